@@ -1,0 +1,196 @@
+//! The command line, in one place: the binary parses it, and the tests that
+//! generate `completions/` and `man/` render it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Delegate agent-queue tasks to the secutools AI platform.
+///
+/// A task in <project>/.agent-queue/inbox/ opts in through its YAML
+/// frontmatter; `submit` hands it to secutools and leaves a marker so the
+/// dispatcher skips it, `reap` (from cron) brings finished jobs back into
+/// done/ or failed/.
+#[derive(Debug, Parser)]
+#[command(name = "ccl-delegate", version, propagate_version = true)]
+#[command(
+    after_help = "Exit codes: 0 ok, 10 submit routed locally, 64 usage, 65 bad data, \
+66 no such input, 69 service unavailable, 75 not ready, 77 refused (auth), 78 configuration, \
+1 anything else."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]
+    #[arg(long, global = true, value_name = "FILE", env = "CCL_DELEGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)
+    #[arg(long, global = true, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Timeout of one HTTP request, e.g. 30s (beats http_timeout)
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub http_timeout: Option<Duration>,
+    /// Extra attempts after a transient HTTP failure (beats retries)
+    #[arg(long, global = true, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Say more on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Say only errors on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print where a task would run (pure: no network, no writes)
+    Decide(DecideArgs),
+    /// Hand an inbox task to secutools and mark it delegated
+    Submit(SubmitArgs),
+    /// Bring finished jobs back into done/ and failed/ (run from cron)
+    Reap(ReapArgs),
+    /// Show a job's status
+    Get(GetArgs),
+    /// Print a completed job's response
+    Result(ResultArgs),
+    /// Show delegated tasks in flight and totals of done and failed tasks
+    Status(StatusArgs),
+    /// Ask the service to cancel a job
+    Cancel(CancelArgs),
+    /// Put a failed task back into the inbox
+    Requeue(RequeueArgs),
+    /// Check the configuration, the key, the service and the queues
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The task file, or - for stdin
+    #[arg(
+        value_name = "TASK",
+        required_unless_present = "set",
+        conflicts_with = "set"
+    )]
+    pub task: Option<PathBuf>,
+    /// Route these frontmatter keys instead of a file (KEY=VALUE, repeatable)
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Add a second line naming the rule that decided
+    #[arg(long)]
+    pub explain: bool,
+    /// Print {"provider","delegate","rule"} as JSON
+    #[arg(long, conflicts_with = "explain")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The task: <project>/.agent-queue/inbox/<id>.md
+    #[arg(value_name = "TASK")]
+    pub task: PathBuf,
+    /// Priority sent to secutools (beats the task's `priority`)
+    #[arg(long, value_name = "P", value_parser = ["low", "normal", "high"])]
+    pub priority: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// A project directory to reap (repeatable) [default: the config's projects]
+    #[arg(long = "project", value_name = "DIR")]
+    pub projects: Vec<PathBuf>,
+    /// The run lock [default: $XDG_STATE_HOME/ccl-delegate/reap.lock]
+    #[arg(long, value_name = "FILE")]
+    pub lock_file: Option<PathBuf>,
+    /// Jobs polled at once [default: 8]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: Option<u32>,
+    /// Give up on a job older than this, e.g. 24h (beats max_age)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+    /// Re-send a pending submission older than this, e.g. 2m (beats submit_grace)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub submit_grace: Option<Duration>,
+    /// Write Prometheus textfile metrics here after the run (beats metrics_file)
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// A job id, or a delegated task's path
+    #[arg(value_name = "JOB_ID|TASK")]
+    pub job: String,
+    /// Print the service's status object as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// A job id, or a delegated task's path
+    #[arg(value_name = "JOB_ID|TASK")]
+    pub job: String,
+    /// Wait until the job finishes (at most DURATION, default 10m)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "10m",
+          value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+    /// Print the service's result object as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this project (repeatable) [default: the config's projects]
+    #[arg(long = "project", value_name = "DIR")]
+    pub projects: Vec<PathBuf>,
+    /// Print JSON for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// A job id, or a delegated task's path
+    #[arg(value_name = "JOB_ID|TASK")]
+    pub job: String,
+    /// Print the service's answer as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RequeueArgs {
+    /// The failed task: <project>/.agent-queue/failed/<id>.md
+    #[arg(value_name = "FAILED_FILE")]
+    pub failed: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Only this project (repeatable) [default: the config's projects]
+    #[arg(long = "project", value_name = "DIR")]
+    pub projects: Vec<PathBuf>,
+    /// Skip the checks that need the network
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// A humantime duration such as `30s`, `2m`, `24h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like 30s or 24h: {e}"))
+}
+
+/// The clap command, for the generators of completions and man pages.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}

@@ -1,0 +1,33 @@
+//! `cancel`: ask the service to cancel a job; the next `reap` moves its task
+//! to failed/ with reason `cancelled`.
+
+use super::target;
+use crate::cli::CancelArgs;
+use crate::client::ClientError;
+use crate::config::Settings;
+use crate::error::Code;
+
+pub fn run(args: &CancelArgs, settings: &Settings) -> anyhow::Result<Code> {
+    let job = target::job_id(&args.job)?;
+    let client = settings.client()?;
+    let st = match client.cancel(&job) {
+        Ok(st) => st,
+        Err(ClientError::Conflict { .. }) => {
+            let st = client
+                .status(&job)
+                .map_err(|e| anyhow::Error::new(e).context(format!("job {job}")))?;
+            eprintln!(
+                "ccl-delegate: job {job} already ended ({}); nothing to cancel",
+                st.status.as_str()
+            );
+            st
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot cancel job {job}"))),
+    };
+    if args.json {
+        println!("{}", st.raw);
+    } else {
+        println!("{}", st.status.as_str());
+    }
+    Ok(Code::Ok)
+}

@@ -1,0 +1,66 @@
+//! `decide`: where would this task run? Pure: no network, no writes.
+
+use std::io::{Read, Write};
+
+use crate::cli::DecideArgs;
+use crate::error::{Code, fail};
+use crate::frontmatter::{self, Meta};
+use crate::route;
+use crate::ui::Ui;
+
+pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
+    let meta = if !args.set.is_empty() {
+        let mut pairs = Vec::with_capacity(args.set.len());
+        for s in &args.set {
+            let (k, v) = s.split_once('=').ok_or_else(|| {
+                fail(
+                    Code::Usage,
+                    format!("--set {s}: expected KEY=VALUE, e.g. --set allow_delegation=true"),
+                )
+            })?;
+            pairs.push((k.trim().to_string(), v.to_string()));
+        }
+        Meta::from_pairs(&pairs).map_err(|p| fail(Code::Usage, format!("--set: {p}")))?
+    } else {
+        let path = args
+            .task
+            .as_deref()
+            .expect("clap requires TASK without --set");
+        let (shown, bytes) = if path.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| fail(Code::NoInput, format!("cannot read stdin: {e}")))?;
+            ("<stdin>".to_string(), buf)
+        } else {
+            let bytes = std::fs::read(path)
+                .map_err(|e| fail(Code::NoInput, format!("{}: {e}", path.display())))?;
+            (path.display().to_string(), bytes)
+        };
+        match frontmatter::split(&bytes).meta {
+            Ok(m) => m,
+            Err(problem) => {
+                ui.warn(format_args!(
+                    "{shown}: {problem}; routing the task locally (claude-code)"
+                ));
+                Meta::default()
+            }
+        }
+    };
+    let d = route::route(&meta);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "provider": d.provider.as_str(),
+            "delegate": d.provider.delegates(),
+            "rule": d.rule,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out, "{}", d.provider.as_str())?;
+        if args.explain {
+            writeln!(out, "{}", d.explain())?;
+        }
+    }
+    Ok(Code::Ok)
+}

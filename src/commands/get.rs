@@ -1,0 +1,23 @@
+//! `get`: a job's status, from the service.
+
+use super::target;
+use crate::cli::GetArgs;
+use crate::config::Settings;
+use crate::error::Code;
+
+pub fn run(args: &GetArgs, settings: &Settings) -> anyhow::Result<Code> {
+    let job = target::job_id(&args.job)?;
+    let client = settings.client()?;
+    let st = client
+        .status(&job)
+        .map_err(|e| anyhow::Error::new(e).context(format!("job {job}")))?;
+    if args.json {
+        println!("{}", st.raw);
+    } else {
+        println!("{}", st.status.as_str());
+        if let Some(err) = &st.error {
+            println!("error: {}", crate::text::clip(err, 2000));
+        }
+    }
+    Ok(Code::Ok)
+}

@@ -1,0 +1,37 @@
+//! One file per subcommand; `run` dispatches.
+
+mod cancel;
+mod decide;
+mod doctor;
+mod get;
+mod reap;
+mod requeue;
+mod result;
+mod status;
+mod submit;
+mod target;
+
+use crate::cli::{Cli, Command};
+use crate::config::Settings;
+use crate::error::Code;
+use crate::ui::Ui;
+
+pub fn run(cli: &Cli) -> anyhow::Result<Code> {
+    let ui = Ui::new(&cli.global);
+    // `decide` is pure and must start as fast as /bin/true: no config.
+    if let Command::Decide(args) = &cli.command {
+        return decide::run(args, ui);
+    }
+    let settings = Settings::load(&cli.global)?;
+    match &cli.command {
+        Command::Decide(_) => unreachable!("handled above"),
+        Command::Submit(a) => submit::run(a, &settings, ui),
+        Command::Reap(a) => reap::run(a, &settings, ui),
+        Command::Get(a) => get::run(a, &settings),
+        Command::Result(a) => result::run(a, &settings),
+        Command::Status(a) => status::run(a, &settings),
+        Command::Cancel(a) => cancel::run(a, &settings),
+        Command::Requeue(a) => requeue::run(a, ui),
+        Command::Doctor(a) => doctor::run(a, &settings),
+    }
+}

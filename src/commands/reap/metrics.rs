@@ -1,0 +1,230 @@
+//! `reap --metrics-file`: the counters the earlier daemon served over HTTP,
+//! written after each run in the Prometheus text format that
+//! node_exporter's textfile collector reads.
+//!
+//! There is no daemon to keep counters in memory, so the `_total` counters
+//! are carried from the previous file: each run adds what it finished.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use crate::queue::Queue;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    active: u64,
+    completed: u64,
+    failed: u64,
+    cost_cad: f64,
+}
+
+/// What one run saw and did, per project and provider.
+#[derive(Debug, Default)]
+pub struct Tally {
+    by: BTreeMap<(String, String), Counts>,
+    projects: Vec<String>,
+}
+
+fn project_label(q: &Queue) -> String {
+    q.project.display().to_string()
+}
+
+impl Tally {
+    pub fn project(&mut self, q: &Queue) {
+        self.projects.push(project_label(q));
+    }
+
+    pub fn active(&mut self, q: &Queue, provider: &str) {
+        self.by
+            .entry((project_label(q), provider.to_string()))
+            .or_default()
+            .active += 1;
+    }
+
+    pub fn finished(&mut self, q: &Queue, provider: &str, completed: bool, cost_cad: f64) {
+        let c = self
+            .by
+            .entry((project_label(q), provider.to_string()))
+            .or_default();
+        c.active = c.active.saturating_sub(1);
+        if completed {
+            c.completed += 1;
+            c.cost_cad += cost_cad;
+        } else {
+            c.failed += 1;
+        }
+    }
+}
+
+const COUNTERS: [&str; 3] = [
+    "ccl_delegate_completed_total",
+    "ccl_delegate_failed_total",
+    "ccl_delegate_cost_cad_total",
+];
+
+/// Writes the metrics file atomically (temporary file + rename).
+pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyhow::Result<()> {
+    let previous = std::fs::read_to_string(path).unwrap_or_default();
+    let mut by = tally.by.clone();
+    let mut last_success = 0.0f64;
+    for line in previous.lines() {
+        if let Some(v) = line.strip_prefix("ccl_delegate_last_success_timestamp_seconds ") {
+            last_success = v.trim().parse().unwrap_or(0.0);
+            continue;
+        }
+        let Some((name, labels, value)) = parse_sample(line) else {
+            continue;
+        };
+        let Some(i) = COUNTERS.iter().position(|c| *c == name) else {
+            continue;
+        };
+        let c = by.entry(labels).or_default();
+        match i {
+            0 => c.completed += value as u64,
+            1 => c.failed += value as u64,
+            _ => c.cost_cad += value,
+        }
+    }
+    if success {
+        last_success = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+    }
+
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&Counts) -> String| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for ((project, provider), c) in &by {
+            out.push_str(&format!(
+                "{name}{{project=\"{}\",provider=\"{}\"}} {}\n",
+                escape(project),
+                escape(provider),
+                value(c)
+            ));
+        }
+    };
+    family(
+        "ccl_delegate_active_jobs",
+        "gauge",
+        "Delegated tasks in flight after the last reap.",
+        &|c| c.active.to_string(),
+    );
+    family(
+        COUNTERS[0],
+        "counter",
+        "Tasks moved to done/ by reap.",
+        &|c| c.completed.to_string(),
+    );
+    family(
+        COUNTERS[1],
+        "counter",
+        "Tasks moved to failed/ by reap.",
+        &|c| c.failed.to_string(),
+    );
+    family(
+        COUNTERS[2],
+        "counter",
+        "Summed cost_cad of completed tasks.",
+        &|c| format!("{:.4}", c.cost_cad),
+    );
+    out.push_str(&format!(
+        "# HELP ccl_delegate_reap_duration_seconds Wall time of the last reap.\n# TYPE ccl_delegate_reap_duration_seconds gauge\nccl_delegate_reap_duration_seconds {:.6}\n",
+        took.as_secs_f64()
+    ));
+    out.push_str(&format!(
+        "# HELP ccl_delegate_reap_success Whether the last reap finished without a local error.\n# TYPE ccl_delegate_reap_success gauge\nccl_delegate_reap_success {}\n",
+        u8::from(success)
+    ));
+    out.push_str(&format!(
+        "# HELP ccl_delegate_last_success_timestamp_seconds When a reap last finished without a local error.\n# TYPE ccl_delegate_last_success_timestamp_seconds gauge\nccl_delegate_last_success_timestamp_seconds {last_success:.3}\n"
+    ));
+
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".ccl-delegate-metrics-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    tmp.write_all(out.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(o) => out.push(o),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `name{project="..",provider=".."} value` as this module writes it.
+fn parse_sample(line: &str) -> Option<(&str, (String, String), f64)> {
+    let (name, rest) = line.split_once("{project=\"")?;
+    let (labels, value) = rest.rsplit_once("} ")?;
+    let (project, provider) = labels.split_once("\",provider=\"")?;
+    let provider = provider.strip_suffix('"')?;
+    Some((
+        name,
+        (unescape(project), unescape(provider)),
+        value.trim().parse().ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_carry_over_from_the_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let q = Queue::at(Path::new("/p/we\"ird"));
+        let mut t = Tally::default();
+        t.active(&q, "gemini");
+        t.finished(&q, "gemini", true, 0.5);
+        write(&path, &t, Duration::from_millis(5), true).unwrap();
+        write(&path, &t, Duration::from_millis(5), true).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(
+                "ccl_delegate_completed_total{project=\"/p/we\\\"ird\",provider=\"gemini\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ccl_delegate_cost_cad_total{project=\"/p/we\\\"ird\",provider=\"gemini\"} 1.0000\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ccl_delegate_reap_success 1\n"));
+    }
+}

@@ -1,0 +1,72 @@
+//! `requeue failed/<id>.md`: put the original task back in the inbox, byte
+//! for byte, never over an existing inbox task.
+
+use std::path::Path;
+
+use crate::cli::RequeueArgs;
+use crate::error::{Code, fail};
+use crate::queue::{self, Queue};
+use crate::record::Record;
+use crate::ui::Ui;
+
+pub fn run(args: &RequeueArgs, ui: Ui) -> anyhow::Result<Code> {
+    let path = &args.failed;
+    let shown = path.display();
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let abs =
+        std::fs::canonicalize(parent).map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?;
+    let in_failed = abs.file_name().is_some_and(|n| n == "failed")
+        && abs
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == queue::QUEUE_DIR);
+    if !in_failed {
+        return Err(fail(
+            Code::Usage,
+            format!("{shown}: not in an .agent-queue/failed/ directory"),
+        ));
+    }
+    let q = Queue::at(abs.parent().expect("checked above"));
+    q.check_dirs()
+        .map_err(|e| fail(Code::Usage, format!("{e:#}")))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let record_path = q.failed.join(&file_name);
+    let lock = q.lock()?;
+    let (bytes, mode) = queue::read_nofollow(&record_path)
+        .map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?
+        .ok_or_else(|| fail(Code::NoInput, format!("{shown}: no such file")))?;
+    let record = Record::parse(&bytes).ok_or_else(|| {
+        fail(
+            Code::DataErr,
+            format!("{shown}: not a failed-task file written by ccl-delegate"),
+        )
+    })?;
+    if record.task_missing || record.task_bytes == 0 {
+        return Err(fail(
+            Code::DataErr,
+            format!("{shown}: holds no original task (it had vanished); nothing to requeue"),
+        ));
+    }
+    let task = record.task_name(&bytes).unwrap_or_else(|| {
+        let stem = file_name.trim_end_matches(".md");
+        // `<id>.N.md` → `<id>.md`
+        let stem = match stem.rsplit_once('.') {
+            Some((s, n)) if n.parse::<u32>().is_ok() => s,
+            _ => stem,
+        };
+        format!("{stem}.md")
+    });
+    let original = record.original(&bytes);
+    let restored = q
+        .requeue(&lock, &record_path, &task, original, mode)
+        .map_err(|e| fail(Code::Other, format!("{shown}: {e:#}")))?;
+    ui.info(format_args!("removed {shown}"));
+    println!("requeued {}", restored.display());
+    Ok(Code::Ok)
+}

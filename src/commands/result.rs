@@ -1,0 +1,91 @@
+//! `result`: a completed job's response on stdout; exit 75 while it is not
+//! ready, or wait for it with `--wait`.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use super::target;
+use crate::cli::ResultArgs;
+use crate::client::{ClientError, Status};
+use crate::config::Settings;
+use crate::error::{Code, fail};
+
+pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
+    let job = target::job_id(&args.job)?;
+    let client = settings.client()?;
+    let start = Instant::now();
+    let deadline = args.wait.map(|d| start + d);
+    let progress = deadline.is_some() && std::io::stderr().is_terminal();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match client.result(&job) {
+            Ok(r) => {
+                if progress {
+                    eprint!("\r\x1b[2K");
+                }
+                let mut out = std::io::stdout().lock();
+                if args.json {
+                    writeln!(out, "{}", r.raw)?;
+                } else {
+                    out.write_all(r.response.as_bytes())?;
+                    if !r.response.ends_with('\n') {
+                        out.write_all(b"\n")?;
+                    }
+                }
+                return Ok(Code::Ok);
+            }
+            Err(ClientError::Conflict { .. }) => {
+                let st = client
+                    .status(&job)
+                    .map_err(|e| anyhow::Error::new(e).context(format!("job {job}")))?;
+                match st.status {
+                    Status::Failed | Status::Cancelled | Status::Expired => {
+                        if progress {
+                            eprint!("\r\x1b[2K");
+                        }
+                        let why = st
+                            .error
+                            .as_deref()
+                            .map(|e| format!(": {}", crate::text::clip(e, 500)))
+                            .unwrap_or_default();
+                        return Err(fail(
+                            Code::Other,
+                            format!(
+                                "job {job} ended {}{why}; it has no result",
+                                st.status.as_str()
+                            ),
+                        ));
+                    }
+                    Status::Completed => {} // the result is on its way: ask again
+                    _ => {}
+                }
+                let now = Instant::now();
+                match deadline {
+                    Some(d) if now < d => {
+                        if progress {
+                            eprint!(
+                                "\rwaiting for {job}: {} ({}s)",
+                                st.status.as_str(),
+                                start.elapsed().as_secs()
+                            );
+                            let _ = std::io::stderr().flush();
+                        }
+                        std::thread::sleep(pause.min(d - now));
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                    _ => {
+                        if progress {
+                            eprint!("\r\x1b[2K");
+                        }
+                        eprintln!(
+                            "ccl-delegate: job {job} is {}: no result yet; try again later",
+                            st.status.as_str()
+                        );
+                        return Ok(Code::TempFail);
+                    }
+                }
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("job {job}"))),
+        }
+    }
+}

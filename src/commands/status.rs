@@ -1,0 +1,266 @@
+//! `status`: what is in flight, and totals of done and failed tasks per
+//! provider, all read from the files (no network).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cli::StatusArgs;
+use crate::config::Settings;
+use crate::error::{Code, fail};
+use crate::marker::{Marker, State};
+use crate::queue::{self, Queue};
+use crate::record::Record;
+use crate::text::clip;
+
+#[derive(Serialize)]
+struct InFlight {
+    project: String,
+    task: String,
+    state: &'static str,
+    provider: String,
+    job_id: Option<String>,
+    started_at: String,
+    age_seconds: u64,
+    poll_errors: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Default, Serialize)]
+struct Total {
+    provider: String,
+    done: u64,
+    failed: u64,
+    cost_cad: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    in_flight: Vec<InFlight>,
+    totals: Vec<Total>,
+}
+
+/// The projects a person means: flags, else the config, else the current
+/// directory when it holds a queue.
+pub(crate) fn projects_for_person(
+    flags: &[PathBuf],
+    settings: &Settings,
+) -> anyhow::Result<Vec<PathBuf>> {
+    if !flags.is_empty() {
+        return Ok(flags.to_vec());
+    }
+    if !settings.projects.is_empty() {
+        return Ok(settings.projects.clone());
+    }
+    if Path::new(queue::QUEUE_DIR).is_dir() {
+        return Ok(vec![PathBuf::from(".")]);
+    }
+    Err(fail(
+        Code::Config,
+        "no projects: pass --project DIR, list `projects` in the config file, or run this in a project directory",
+    ))
+}
+
+pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
+    let projects = projects_for_person(&args.projects, settings)?;
+    let mut report = Report {
+        in_flight: Vec::new(),
+        totals: Vec::new(),
+    };
+    let mut totals: BTreeMap<String, Total> = BTreeMap::new();
+    for dir in &projects {
+        let q = Queue::at(dir);
+        let project = q.project.display().to_string();
+        if let Ok(tasks) = q.marked_tasks() {
+            for task in tasks {
+                let Ok(Some(bytes)) = q.read_marker(&task) else {
+                    continue;
+                };
+                report.in_flight.push(match Marker::parse(&bytes) {
+                    Ok(m) => InFlight {
+                        project: project.clone(),
+                        task,
+                        state: if m.state == State::Pending {
+                            "pending"
+                        } else {
+                            "submitted"
+                        },
+                        age_seconds: crate::timestamp::age(m.started()).as_secs(),
+                        provider: m.provider,
+                        job_id: m.job_id,
+                        started_at: m.started_at,
+                        poll_errors: m.poll_errors,
+                        last_error: m.last_error,
+                    },
+                    Err(why) => InFlight {
+                        project: project.clone(),
+                        task,
+                        state: "corrupt",
+                        provider: "unknown".into(),
+                        job_id: None,
+                        started_at: String::new(),
+                        age_seconds: 0,
+                        poll_errors: 0,
+                        last_error: Some(format!("corrupt marker: {why}")),
+                    },
+                });
+            }
+        }
+        for (dir, done) in [(&q.done, true), (&q.failed, false)] {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if !queue::is_task_name(&name.to_string_lossy()) {
+                    continue;
+                }
+                let Some(r) = read_head(&e.path()) else {
+                    continue;
+                };
+                let provider = r.provider.unwrap_or_else(|| "unknown".into());
+                let t = totals.entry(provider.clone()).or_insert_with(|| Total {
+                    provider,
+                    ..Total::default()
+                });
+                if done {
+                    t.done += 1;
+                    t.cost_cad += r.cost_cad.unwrap_or(0.0);
+                } else {
+                    t.failed += 1;
+                }
+            }
+        }
+    }
+    report
+        .in_flight
+        .sort_by(|a, b| (&a.project, &a.task).cmp(&(&b.project, &b.task)));
+    report.totals = totals.into_values().collect();
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+        return Ok(Code::Ok);
+    }
+    render_table(&mut out, &report, std::io::stdout().is_terminal())?;
+    Ok(Code::Ok)
+}
+
+/// A record's frontmatter, reading only the start of the file when it is
+/// enough.
+fn read_head(path: &Path) -> Option<Record> {
+    let mut f = fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(n);
+    let mut head = parse_head(&buf);
+    if head.is_none() && n == 4096 {
+        f.read_to_end(&mut buf).ok()?;
+        head = parse_head(&buf);
+    }
+    head
+}
+
+fn parse_head(bytes: &[u8]) -> Option<Record> {
+    let split = crate::frontmatter::split(bytes);
+    if split.head.is_empty() {
+        return None;
+    }
+    let text = std::str::from_utf8(split.head).ok()?;
+    let inner = text.split_once('\n')?.1;
+    let inner = &inner[..inner
+        .trim_end_matches(['\r', '\n'])
+        .rfind('\n')
+        .map_or(0, |i| i + 1)];
+    serde_yaml::from_str(inner).ok()
+}
+
+fn render_table(out: &mut impl Write, r: &Report, _tty: bool) -> std::io::Result<()> {
+    if r.in_flight.is_empty() {
+        writeln!(out, "Nothing in flight.")?;
+    } else {
+        let rows: Vec<[String; 6]> = r
+            .in_flight
+            .iter()
+            .map(|t| {
+                [
+                    clip(&t.project, 40),
+                    clip(&t.task, 40),
+                    clip(&t.provider, 12),
+                    t.job_id.clone().unwrap_or_else(|| t.state.to_string()),
+                    humantime::format_duration(std::time::Duration::from_secs(t.age_seconds))
+                        .to_string(),
+                    t.last_error
+                        .as_deref()
+                        .map(|e| clip(e, 60))
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &["PROJECT", "TASK", "PROVIDER", "JOB", "AGE", "LAST ERROR"],
+            &rows,
+        )?;
+    }
+    writeln!(out)?;
+    if r.totals.is_empty() {
+        writeln!(out, "No done or failed tasks yet.")?;
+    } else {
+        let rows: Vec<[String; 4]> = r
+            .totals
+            .iter()
+            .map(|t| {
+                [
+                    clip(&t.provider, 20),
+                    t.done.to_string(),
+                    t.failed.to_string(),
+                    format!("{:.4}", t.cost_cad),
+                ]
+            })
+            .collect();
+        table(out, &["PROVIDER", "DONE", "FAILED", "COST_CAD"], &rows)?;
+    }
+    Ok(())
+}
+
+fn table<const N: usize>(
+    out: &mut impl Write,
+    head: &[&str; N],
+    rows: &[[String; N]],
+) -> std::io::Result<()> {
+    let mut width = head.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut dyn Write, cells: &[&str]| -> std::io::Result<()> {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        writeln!(out, "{}", s.trim_end())
+    };
+    line(out, head)?;
+    for row in rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(out, &cells)?;
+    }
+    Ok(())
+}

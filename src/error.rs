@@ -1,0 +1,79 @@
+//! The exit codes of the design and the one error type that carries them.
+//!
+//! Commands use `anyhow` for context; an error that deserves a specific exit
+//! code is created with [`fail`] (or converted from a client error), and
+//! `main` finds the code by walking the error chain, in one place.
+
+use std::fmt;
+
+/// Exit codes, as listed under "Exit codes" in the design.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    Ok = 0,
+    Other = 1,
+    Local = 10,
+    Usage = 64,
+    DataErr = 65,
+    NoInput = 66,
+    Unavailable = 69,
+    TempFail = 75,
+    NoPerm = 77,
+    Config = 78,
+}
+
+impl Code {
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+/// An error with the exit code it must end the run with.
+#[derive(Debug)]
+pub struct Coded {
+    pub code: Code,
+    pub message: String,
+}
+
+impl fmt::Display for Coded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+/// An `anyhow::Error` that ends the run with `code`.
+pub fn fail(code: Code, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Coded {
+        code,
+        message: message.into(),
+    })
+}
+
+/// The exit code an error ends the run with: the first coded error in its
+/// chain, else a client error's code, else 1.
+pub fn code_of(err: &anyhow::Error) -> Code {
+    for cause in err.chain() {
+        if let Some(c) = cause.downcast_ref::<Coded>() {
+            return c.code;
+        }
+        if let Some(c) = cause.downcast_ref::<crate::client::ClientError>() {
+            return client_code(c);
+        }
+    }
+    Code::Other
+}
+
+/// The exit code of a failed call to the service.
+pub fn client_code(e: &crate::client::ClientError) -> Code {
+    use crate::client::ClientError as E;
+    match e {
+        E::NotFound { .. } => Code::NoInput,
+        E::Conflict { .. } => Code::TempFail,
+        E::InvalidJobId { .. } | E::InvalidIdempotencyKey { .. } => Code::DataErr,
+        E::Auth { .. } => Code::NoPerm,
+        E::Rejected { .. } => Code::DataErr,
+        E::Unavailable { .. } | E::Unknown { .. } | E::BadAnswer { .. } => Code::Unavailable,
+        E::Config { .. } => Code::Config,
+    }
+}

@@ -1,0 +1,21 @@
+//! ccl-delegate: hand agent-queue tasks to the secutools AI platform.
+//!
+//! One module per concern of the design; `commands` holds one file per
+//! subcommand, each calling these.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod error;
+#[cfg(feature = "failpoints")]
+mod failpoint;
+pub mod frontmatter;
+pub mod job;
+pub mod marker;
+pub mod queue;
+pub mod record;
+pub mod route;
+pub mod text;
+pub mod timestamp;
+pub mod ui;

@@ -1,0 +1,34 @@
+//! Parse the command line, run the subcommand, turn the outcome into the
+//! design's exit code.
+
+use std::process::ExitCode;
+
+use ccl_delegate::{cli::Cli, commands, error};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`ccl-delegate status | head`) like
+    // other Unix tools, instead of panicking on the write.
+    // SAFETY: setting a signal disposition to its default is always sound.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                error::Code::Usage.as_u8()
+            } else {
+                0
+            });
+        }
+    };
+    match commands::run(&cli) {
+        Ok(code) => ExitCode::from(code.as_u8()),
+        Err(e) => {
+            eprintln!("ccl-delegate: error: {e:#}");
+            ExitCode::from(error::code_of(&e).as_u8())
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The marker file `inbox/<id>.md.delegated`: its JSON, in this tool's
+//! format and in the earlier Go implementation's.
+//!
+//! A marker is data from disk and may be anything: parsing never panics, and
+//! paths inside it are kept only for display. The task a marker governs is
+//! always the marker's own path minus `.delegated`.
+
+use serde::{Deserialize, Serialize};
+
+pub const SUFFIX: &str = ".delegated";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Written before the POST; the job id is not known yet.
+    Pending,
+    /// The service accepted the job; `job_id` is set.
+    Submitted,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Marker {
+    pub version: u32,
+    pub state: State,
+    pub project: String,
+    pub task_file: String,
+    pub job_id: Option<String>,
+    pub provider: String,
+    pub priority: String,
+    pub idempotency_key: String,
+    pub started_at: String,
+    pub poll_errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// Every field optional: what we accept from disk, either format.
+#[derive(Deserialize)]
+struct Loose {
+    version: Option<u32>,
+    state: Option<String>,
+    project: Option<String>,
+    task_file: Option<String>,
+    job_id: Option<String>,
+    provider: Option<String>,
+    priority: Option<String>,
+    idempotency_key: Option<String>,
+    started_at: Option<String>,
+    poll_errors: Option<u64>,
+    last_error: Option<String>,
+}
+
+impl Marker {
+    /// Parses a marker's bytes. `Err` names what is wrong, for the
+    /// `corrupt marker` reason.
+    pub fn parse(bytes: &[u8]) -> Result<Marker, String> {
+        let l: Loose =
+            serde_json::from_slice(bytes).map_err(|e| format!("not marker JSON: {e}"))?;
+        let job_id = l.job_id.filter(|j| !j.is_empty());
+        if let Some(j) = &job_id {
+            if !crate::client::valid_job_id(j) {
+                return Err(format!(
+                    "job_id {:?} is not a valid job id",
+                    crate::text::clip(j, 80)
+                ));
+            }
+        }
+        let state = match (l.version, l.state.as_deref()) {
+            // The Go implementation wrote no version and no state: its
+            // markers always carry a job id.
+            (None, None) => State::Submitted,
+            (_, Some("pending")) => State::Pending,
+            (_, Some("submitted")) => State::Submitted,
+            (_, Some(other)) => {
+                return Err(format!("unknown state {:?}", crate::text::clip(other, 40)));
+            }
+            (Some(_), None) => return Err("no state".into()),
+        };
+        if let Some(v) = l.version {
+            if v != 1 {
+                return Err(format!("unknown marker version {v}"));
+            }
+        }
+        if state == State::Submitted && job_id.is_none() {
+            return Err("submitted marker without a job_id".into());
+        }
+        let key = l.idempotency_key.unwrap_or_default();
+        if state == State::Pending && !crate::client::valid_idempotency_key(&key) {
+            return Err("pending marker without a valid idempotency_key".into());
+        }
+        let started_at = l.started_at.unwrap_or_default();
+        if crate::timestamp::parse(&started_at).is_none() {
+            return Err(format!(
+                "started_at {:?} is not an RFC 3339 time",
+                crate::text::clip(&started_at, 40)
+            ));
+        }
+        Ok(Marker {
+            version: 1,
+            state,
+            project: l.project.unwrap_or_default(),
+            task_file: l.task_file.unwrap_or_default(),
+            job_id,
+            provider: l.provider.unwrap_or_else(|| "auto".into()),
+            priority: l.priority.unwrap_or_else(|| "normal".into()),
+            idempotency_key: key,
+            started_at,
+            poll_errors: l.poll_errors.unwrap_or(0),
+            last_error: l.last_error,
+        })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("a marker always serializes");
+        v.push(b'\n');
+        v
+    }
+
+    pub fn started(&self) -> std::time::SystemTime {
+        crate::timestamp::parse(&self.started_at).unwrap_or(std::time::UNIX_EPOCH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_go_markers_as_submitted() {
+        let go = br#"{"project":"/home/u/p","task_file":"/home/u/p/.agent-queue/inbox/a.md",
+            "job_id":"j-9","provider":"gemini","started_at":"2026-11-24T10:00:00.123-05:00"}"#;
+        let m = Marker::parse(go).unwrap();
+        assert_eq!(m.state, State::Submitted);
+        assert_eq!(m.job_id.as_deref(), Some("j-9"));
+        assert_eq!(m.provider, "gemini");
+    }
+
+    #[test]
+    fn round_trips_and_refuses_broken_markers() {
+        let m = Marker {
+            version: 1,
+            state: State::Pending,
+            project: "p".into(),
+            task_file: "a.md".into(),
+            job_id: None,
+            provider: "gpu".into(),
+            priority: "high".into(),
+            idempotency_key: "ccl-0123456789abcdef".into(),
+            started_at: "2026-11-24T10:00:00Z".into(),
+            poll_errors: 0,
+            last_error: None,
+        };
+        assert_eq!(Marker::parse(&m.to_bytes()).unwrap(), m);
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"null",
+            br#"{"version":1,"state":"submitted","started_at":"2026-11-24T10:00:00Z"}"#,
+            br#"{"version":1,"state":"pending","started_at":"2026-11-24T10:00:00Z"}"#,
+            br#"{"job_id":"../../x","started_at":"2026-11-24T10:00:00Z"}"#,
+            br#"{"job_id":"j-1","started_at":"soon"}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(
+                Marker::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! Every file transition of the queue, and why each is crash-safe.
+//!
+//! ```text
+//! <project>/.agent-queue/
+//!   inbox/<id>.md              task           (the dispatcher's)
+//!   inbox/<id>.md.delegated    marker         (ours: the task is owned by a job)
+//!   done/<id>[.N].md           result + original task
+//!   failed/<id>[.N].md         reason + original task
+//!   .ccl-delegate.lock         flock(2) lock: held while files change, never
+//!                              across a network call; never deleted
+//!   .ccl-delegate-tmp-*        a file being written (only while the lock is
+//!                              held: any found by a lock holder is debris)
+//! ```
+//!
+//! States of one task and the only transitions:
+//!
+//! ```text
+//!  inbox            --create_marker-->  inbox + marker(pending)
+//!  marker(pending)  --replace_marker--> marker(submitted)      (job id known)
+//!  marker(pending)  --remove_marker-->  inbox                  (POST surely failed)
+//!  inbox + marker   --finish-->         done/ or failed/       (job finished)
+//!  failed/          --requeue-->        inbox
+//! ```
+//!
+//! Every new file is written under a temporary name in `.agent-queue/`,
+//! fsynced, renamed into place without replacing anything (RENAME_NOREPLACE
+//! via `tempfile::persist_noclobber`) or, for a marker update, over the old
+//! marker, and the target directory is fsynced. So a file is either absent or
+//! whole, at every instant. A file is removed only after its successor is
+//! durable, and `finish` removes the task before the marker: a run killed in
+//! between leaves a marker without its task (still skipped by the
+//! dispatcher, and reaped next time), never a task without its marker whose
+//! result is already in done/. A run killed after writing done/ but before
+//! the removals leaves both; the next run finds the done/failed file that
+//! already holds the marker's job id and the same original task, and only
+//! finishes the removals.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::error::{Code, fail};
+use crate::marker::{self, Marker};
+
+pub const QUEUE_DIR: &str = ".agent-queue";
+pub const LOCK_NAME: &str = ".ccl-delegate.lock";
+const TMP_PREFIX: &str = ".ccl-delegate-tmp-";
+
+/// Where a finished task goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed,
+}
+
+/// One project's queue directories.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    pub project: PathBuf,
+    pub root: PathBuf,
+    pub inbox: PathBuf,
+    pub done: PathBuf,
+    pub failed: PathBuf,
+}
+
+/// Proof that the queue lock is held; mutating calls take it.
+pub struct QueueLock {
+    _file: File,
+}
+
+impl Queue {
+    /// The queue of a project directory (or of the `.agent-queue` itself).
+    pub fn at(dir: &Path) -> Queue {
+        let (project, root) = if dir.file_name().is_some_and(|n| n == QUEUE_DIR) {
+            (
+                dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+                dir.to_path_buf(),
+            )
+        } else {
+            (dir.to_path_buf(), dir.join(QUEUE_DIR))
+        };
+        Queue {
+            inbox: root.join("inbox"),
+            done: root.join("done"),
+            failed: root.join("failed"),
+            project,
+            root,
+        }
+    }
+
+    /// The project's name, as sent in job metadata.
+    pub fn project_name(&self) -> String {
+        let abs = fs::canonicalize(&self.project).unwrap_or_else(|_| self.project.clone());
+        abs.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| abs.display().to_string())
+    }
+
+    /// Resolves `<project>/.agent-queue/inbox/<id>.md` into its queue and the
+    /// task's file name. Anything else is a usage error (exit 64); a path
+    /// that does not exist is exit 66.
+    pub fn of_task(path: &Path) -> anyhow::Result<(Queue, String)> {
+        let shown = path.display();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| is_task_name(n))
+            .ok_or_else(|| {
+                fail(
+                    Code::Usage,
+                    format!(
+                        "{shown}: not a task file: expected <project>/.agent-queue/inbox/<id>.md"
+                    ),
+                )
+            })?
+            .to_string();
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let abs_parent =
+            fs::canonicalize(parent).map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?;
+        let in_inbox = abs_parent.file_name().is_some_and(|n| n == "inbox")
+            && abs_parent
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == QUEUE_DIR);
+        if !in_inbox {
+            return Err(fail(
+                Code::Usage,
+                format!("{shown}: not in an .agent-queue/inbox/ directory"),
+            ));
+        }
+        let queue = Queue::at(abs_parent.parent().expect("checked above"));
+        queue
+            .check_dirs()
+            .map_err(|e| fail(Code::Usage, format!("{e:#}")))?;
+        match fs::symlink_metadata(queue.inbox.join(&name)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(fail(Code::NoInput, format!("{shown}: no such task file")))
+            }
+            Err(e) => Err(fail(Code::NoInput, format!("{shown}: {e}"))),
+            Ok(m) if m.file_type().is_symlink() => Err(fail(
+                Code::Usage,
+                format!("{shown}: is a symbolic link; a symlinked task is never read or sent"),
+            )),
+            Ok(m) if !m.is_file() => Err(fail(Code::Usage, format!("{shown}: not a regular file"))),
+            Ok(_) => Ok((queue, name)),
+        }
+    }
+
+    /// The queue root and inbox must be real directories, not symlinks.
+    pub fn check_dirs(&self) -> anyhow::Result<()> {
+        for dir in [&self.root, &self.inbox] {
+            check_real_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the queue lock, waiting for it. Held only while files change.
+    pub fn lock(&self) -> anyhow::Result<QueueLock> {
+        let path = self.root.join(LOCK_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("cannot open the queue lock {}", path.display()))?;
+        fs2::FileExt::lock_exclusive(&file)
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(QueueLock { _file: file })
+    }
+
+    /// Whether a killed run left temporary files (looked at without the lock).
+    pub fn has_debris(&self) -> bool {
+        fs::read_dir(&self.root).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(TMP_PREFIX))
+        })
+    }
+
+    /// Removes temporary files left by a killed run. Every writer holds the
+    /// lock, so under the lock any temporary file is debris.
+    pub fn sweep_debris(&self, _lock: &QueueLock) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// The task names (`<id>.md`) that have a marker, streamed from the
+    /// inbox directory.
+    pub fn marked_tasks(&self) -> io::Result<impl Iterator<Item = String> + use<>> {
+        let entries = fs::read_dir(&self.inbox)?;
+        Ok(entries.filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            let task = name.strip_suffix(marker::SUFFIX)?;
+            is_task_name(task).then(|| task.to_string())
+        }))
+    }
+
+    pub fn task_path(&self, task: &str) -> PathBuf {
+        self.inbox.join(task)
+    }
+
+    pub fn marker_path(&self, task: &str) -> PathBuf {
+        self.inbox.join(format!("{task}{}", marker::SUFFIX))
+    }
+
+    /// The task's bytes and permission bits; `None` when it does not exist.
+    /// A symlink is never followed: it is an error.
+    pub fn read_task(&self, task: &str) -> io::Result<Option<(Vec<u8>, u32)>> {
+        read_nofollow(&self.task_path(task))
+    }
+
+    /// The marker's bytes; `None` when there is none.
+    pub fn read_marker(&self, task: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(read_nofollow(&self.marker_path(task))?.map(|(b, _)| b))
+    }
+
+    /// Writes a new marker; `Ok(false)` when one is already there.
+    pub fn create_marker(&self, _lock: &QueueLock, task: &str, m: &Marker) -> anyhow::Result<bool> {
+        let target = self.marker_path(task);
+        let tmp = self.write_tmp(&m.to_bytes(), 0o644)?;
+        match persist(tmp, &target, false)? {
+            true => {
+                sync_dir(&self.inbox)?;
+                Ok(true)
+            }
+            false => Ok(false),
+        }
+    }
+
+    /// Replaces a marker atomically (state change, poll errors).
+    pub fn replace_marker(&self, _lock: &QueueLock, task: &str, m: &Marker) -> anyhow::Result<()> {
+        let target = self.marker_path(task);
+        let tmp = self.write_tmp(&m.to_bytes(), 0o644)?;
+        persist(tmp, &target, true)?;
+        sync_dir(&self.inbox)
+    }
+
+    /// Removes a marker: its task becomes the dispatcher's again.
+    pub fn remove_marker(&self, _lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+        remove(&self.marker_path(task))?;
+        sync_dir(&self.inbox)
+    }
+
+    /// Moves a finished task out of the inbox: writes `record` as a new file
+    /// in done/ or failed/ (never replacing one), then removes the task and
+    /// its marker. Returns the file written.
+    pub fn finish(
+        &self,
+        lock: &QueueLock,
+        task: &str,
+        outcome: Outcome,
+        record: &[u8],
+        mode: u32,
+    ) -> anyhow::Result<PathBuf> {
+        let dir = self.outcome_dir(outcome);
+        self.ensure_dir(dir)?;
+        let stem = task.strip_suffix(".md").unwrap_or(task);
+        let mut tmp = self.write_tmp(record, mode)?;
+        let mut n = 1u32;
+        let written = loop {
+            let name = if n == 1 {
+                format!("{stem}.md")
+            } else {
+                format!("{stem}.{n}.md")
+            };
+            let target = dir.join(name);
+            fault("rename")?;
+            match tmp.persist_noclobber(&target) {
+                Ok(_) => break target,
+                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                    tmp = e.file;
+                    n += 1;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e.error)
+                        .context(format!("cannot write {}", target.display())));
+                }
+            }
+        };
+        sync_dir(dir)?;
+        self.remove_task_and_marker(lock, task)?;
+        Ok(written)
+    }
+
+    /// Finishes the removals of a task whose record is already durable.
+    pub fn remove_task_and_marker(&self, _lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+        let task_path = self.task_path(task);
+        match fs::symlink_metadata(&task_path) {
+            // A symlinked task is never moved; it stays for a person.
+            Ok(m) if m.file_type().is_symlink() => {}
+            _ => remove(&task_path)?,
+        }
+        remove(&self.marker_path(task))?;
+        sync_dir(&self.inbox)
+    }
+
+    /// A record already in done/ or failed/ for this task and this job (the
+    /// trace of a run killed before it removed the task), if any.
+    pub fn existing_record(
+        &self,
+        task: &str,
+        job_id: Option<&str>,
+        original: &[u8],
+    ) -> Option<PathBuf> {
+        let stem = task.strip_suffix(".md").unwrap_or(task);
+        for dir in [&self.done, &self.failed] {
+            for n in 1u32.. {
+                let name = if n == 1 {
+                    format!("{stem}.md")
+                } else {
+                    format!("{stem}.{n}.md")
+                };
+                let path = dir.join(name);
+                let Ok(Some((bytes, _))) = read_nofollow(&path) else {
+                    break;
+                };
+                if let Some(r) = crate::record::Record::parse(&bytes) {
+                    if r.job_id.as_deref() == job_id && r.original(&bytes) == original {
+                        return Some(path);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Puts the original task of a failed record back into the inbox,
+    /// without replacing an inbox task, then removes the record.
+    pub fn requeue(
+        &self,
+        _lock: &QueueLock,
+        record_path: &Path,
+        task: &str,
+        original: &[u8],
+        mode: u32,
+    ) -> anyhow::Result<PathBuf> {
+        let target = self.task_path(task);
+        let tmp = self.write_tmp(original, mode)?;
+        if !persist(tmp, &target, false)? {
+            return Err(anyhow::anyhow!(
+                "{} already exists; move it away first, nothing was changed",
+                target.display()
+            ));
+        }
+        sync_dir(&self.inbox)?;
+        remove(record_path)?;
+        sync_dir(&self.failed)?;
+        Ok(target)
+    }
+
+    pub fn outcome_dir(&self, outcome: Outcome) -> &Path {
+        match outcome {
+            Outcome::Done => &self.done,
+            Outcome::Failed => &self.failed,
+        }
+    }
+
+    /// Creates done/ or failed/ when missing; refuses a symlink.
+    fn ensure_dir(&self, dir: &Path) -> anyhow::Result<()> {
+        match fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(dir)
+                    .or_else(|e| {
+                        if e.kind() == io::ErrorKind::AlreadyExists {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                sync_dir(&self.root)?;
+                check_real_dir(dir)
+            }
+            _ => check_real_dir(dir),
+        }
+    }
+
+    /// A whole, synced temporary file in the queue root.
+    fn write_tmp(&self, bytes: &[u8], mode: u32) -> anyhow::Result<tempfile::NamedTempFile> {
+        let ctx = || format!("cannot write a temporary file in {}", self.root.display());
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(&self.root)
+            .with_context(ctx)?;
+        fault("write").with_context(ctx)?;
+        tmp.write_all(bytes).with_context(ctx)?;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode & 0o7777))
+            .with_context(ctx)?;
+        fault("fsync").with_context(ctx)?;
+        tmp.as_file().sync_all().with_context(ctx)?;
+        Ok(tmp)
+    }
+}
+
+/// `<id>.md`, not hidden, no path separators.
+pub fn is_task_name(n: &str) -> bool {
+    n.len() > 3 && n.ends_with(".md") && !n.starts_with('.') && !n.contains('/')
+}
+
+pub fn check_real_dir(dir: &Path) -> anyhow::Result<()> {
+    let m = fs::symlink_metadata(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    if m.file_type().is_symlink() {
+        anyhow::bail!(
+            "{} is a symbolic link; queue directories are never followed through links",
+            dir.display()
+        );
+    }
+    if !m.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    Ok(())
+}
+
+/// Renames a synced temporary file into place. `replace: false` never
+/// replaces an existing file and answers `Ok(false)` instead.
+fn persist(tmp: tempfile::NamedTempFile, target: &Path, replace: bool) -> anyhow::Result<bool> {
+    fault("rename").with_context(|| format!("cannot write {}", target.display()))?;
+    let r = if replace {
+        tmp.persist(target).map(drop)
+    } else {
+        tmp.persist_noclobber(target).map(drop)
+    };
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if !replace && e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => {
+            Err(anyhow::Error::new(e.error).context(format!("cannot write {}", target.display())))
+        }
+    }
+}
+
+/// Makes a rename or removal in `dir` durable.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    let ctx = || format!("cannot sync directory {}", dir.display());
+    fault("dirsync").with_context(ctx)?;
+    File::open(dir).and_then(|d| d.sync_all()).with_context(ctx)
+}
+
+fn remove(path: &Path) -> anyhow::Result<()> {
+    let ctx = || format!("cannot remove {}", path.display());
+    fault("unlink").with_context(ctx)?;
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(ctx),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a regular file without following a symlink at its last component.
+pub fn read_nofollow(path: &Path) -> io::Result<Option<(Vec<u8>, u32)>> {
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::other(format!(
+                "{} is a symbolic link, never followed",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut buf)?;
+    Ok(Some((buf, meta.mode() & 0o7777)))
+}
+
+/// Fault injection for the crash tests: with the `failpoints` feature,
+/// `CCL_DELEGATE_FAILPOINT=<step>[:<n>][:enospc]` makes the n-th (default
+/// first) `<step>` (write, fsync, rename, dirsync, unlink) fail. Without the
+/// feature this is nothing.
+#[cfg(feature = "failpoints")]
+fn fault(step: &'static str) -> io::Result<()> {
+    crate::failpoint::hit(step)
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+fn fault(_step: &'static str) -> io::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! The routing table of the design's "Task frontmatter and routing": which
+//! provider runs a task, decided from its frontmatter alone. Pure: no I/O.
+
+use std::fmt;
+
+use serde_yaml::Value;
+
+use crate::frontmatter::{Meta, Problem};
+
+/// Where a task runs. `ClaudeCode` means "run locally"; the others are
+/// secutools providers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Provider {
+    ClaudeCode,
+    Gpu,
+    Gemini,
+    Claude,
+    Auto,
+}
+
+impl Provider {
+    /// The name printed by `decide` and written in markers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::ClaudeCode => "claude-code",
+            Provider::Gpu => "gpu",
+            Provider::Gemini => "gemini",
+            Provider::Claude => "claude",
+            Provider::Auto => "auto",
+        }
+    }
+
+    /// Whether the task goes to secutools (everything but `claude-code`).
+    pub fn delegates(self) -> bool {
+        self != Provider::ClaudeCode
+    }
+
+    /// The `preferred_ai` to send to secutools: `None` for `auto` (let the
+    /// service choose) and for `claude-code` (nothing is sent).
+    pub fn api_name(self) -> Option<&'static str> {
+        match self {
+            Provider::Gpu | Provider::Gemini | Provider::Claude => Some(self.as_str()),
+            Provider::Auto | Provider::ClaudeCode => None,
+        }
+    }
+
+    /// Parses a provider name: case and surrounding white space ignored.
+    pub fn parse(name: &str) -> Option<Provider> {
+        let name = name.trim();
+        [
+            Provider::ClaudeCode,
+            Provider::Gpu,
+            Provider::Gemini,
+            Provider::Claude,
+            Provider::Auto,
+        ]
+        .into_iter()
+        .find(|p| p.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The provider and the number (1..=7) of the rule that chose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub provider: Provider,
+    pub rule: u8,
+}
+
+impl Decision {
+    /// One line naming the rule, for `decide --explain`.
+    pub fn explain(&self) -> &'static str {
+        match self.rule {
+            1 => "rule 1: needs_claude_code is present and not false",
+            2 => "rule 2: preferred_ai is claude-code",
+            3 => "rule 3: allow_delegation is present and not true",
+            4 => "rule 4: preferred_ai names a secutools provider",
+            5 => "rule 5: preferred_ai has an unknown value (fail-safe: run locally)",
+            6 => "rule 6: allow_delegation is true and preferred_ai is absent",
+            7 => "rule 7: no routing key (run locally, as before delegation)",
+            _ => "unknown rule",
+        }
+    }
+}
+
+/// The routing table; the first rule that matches wins.
+///
+/// 1. `needs_claude_code` present and not boolean `false` → `claude-code`
+/// 2. `preferred_ai` is the string `claude-code` → `claude-code`
+/// 3. `allow_delegation` present and not boolean `true` → `claude-code`
+/// 4. `preferred_ai` is the string `gpu`, `gemini`, `claude` or `auto` → that
+/// 5. `preferred_ai` present with any other value → `claude-code`
+/// 6. `allow_delegation: true` (so no `preferred_ai`) → `auto`
+/// 7. none of these → `claude-code`
+///
+/// "Present" includes `null` (`key:` with no value). Strings compare with
+/// case and surrounding white space ignored; only a real YAML boolean is a
+/// boolean (`"false"` quoted is a string, and `no`/`off` are strings in YAML
+/// 1.2). A tagged value (`!foo gpu`) is not a string.
+pub fn route(meta: &Meta) -> Decision {
+    let decide = |rule, provider| Decision { provider, rule };
+    let preferred = meta.preferred_ai.as_ref().map(|v| match v {
+        Value::String(s) => Provider::parse(s),
+        _ => None,
+    });
+    if meta
+        .needs_claude_code
+        .as_ref()
+        .is_some_and(|v| *v != Value::Bool(false))
+    {
+        return decide(1, Provider::ClaudeCode);
+    }
+    if preferred == Some(Some(Provider::ClaudeCode)) {
+        return decide(2, Provider::ClaudeCode);
+    }
+    match &meta.allow_delegation {
+        Some(Value::Bool(true)) | None => {}
+        Some(_) => return decide(3, Provider::ClaudeCode),
+    }
+    match preferred {
+        Some(Some(p)) => return decide(4, p),
+        Some(None) => return decide(5, Provider::ClaudeCode),
+        None => {}
+    }
+    if meta.allow_delegation.is_some() {
+        return decide(6, Provider::Auto);
+    }
+    decide(7, Provider::ClaudeCode)
+}
+
+/// Routes the `meta` of a [`crate::frontmatter::Split`]: a task whose
+/// frontmatter is invalid (or that is not UTF-8) routes as if it had no keys,
+/// which is rule 7; the caller prints the problem as a warning.
+pub fn route_parsed(meta: &Result<Meta, Problem>) -> Decision {
+    match meta {
+        Ok(meta) => route(meta),
+        Err(_) => route(&Meta::default()),
+    }
+}
+
+/// A task's `priority`, forwarded to secutools.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
+    /// Parses `low`, `normal` or `high`: case and surrounding white space
+    /// ignored. For `submit --priority P` as well as the frontmatter.
+    pub fn parse(text: &str) -> Option<Priority> {
+        let text = text.trim();
+        [Priority::Low, Priority::Normal, Priority::High]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(text))
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The task's priority: absent is `normal`; anything but `low`, `normal` or
+/// `high` (case and surrounding white space ignored) is an error message.
+pub fn priority(meta: &Meta) -> Result<Priority, String> {
+    match &meta.priority {
+        None => Ok(Priority::Normal),
+        Some(text) => Priority::parse(text)
+            .ok_or_else(|| format!("priority must be low, normal or high, not {text:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::frontmatter::split;
+
+    /// Routes a frontmatter block given as YAML lines.
+    fn route_yaml(yaml: &str) -> Decision {
+        let task = format!("---\n{yaml}\n---\nbody\n");
+        let got = split(task.as_bytes());
+        route(
+            got.meta
+                .as_ref()
+                .unwrap_or_else(|p| panic!("{yaml:?}: {p}")),
+        )
+    }
+
+    #[test]
+    fn table() {
+        use Provider::*;
+        // (frontmatter, provider, rule)
+        let rows: &[(&str, Provider, u8)] = &[
+            // One row per rule.
+            ("needs_claude_code: true", ClaudeCode, 1),
+            ("preferred_ai: claude-code", ClaudeCode, 2),
+            ("allow_delegation: false", ClaudeCode, 3),
+            ("preferred_ai: gpu", Gpu, 4),
+            ("preferred_ai: gemini", Gemini, 4),
+            ("preferred_ai: claude", Claude, 4),
+            ("preferred_ai: auto", Auto, 4),
+            ("preferred_ai: openai", ClaudeCode, 5),
+            ("allow_delegation: true", Auto, 6),
+            ("", ClaudeCode, 7),
+            (
+                "other: key\ncomplexity_hint: hard\npriority: high",
+                ClaudeCode,
+                7,
+            ),
+            // Rule 1: anything present but boolean false.
+            ("needs_claude_code:", ClaudeCode, 1),
+            ("needs_claude_code: ~", ClaudeCode, 1),
+            ("needs_claude_code: \"false\"", ClaudeCode, 1),
+            ("needs_claude_code: no", ClaudeCode, 1),
+            ("needs_claude_code: 0", ClaudeCode, 1),
+            ("needs_claude_code: []", ClaudeCode, 1),
+            ("needs_claude_code: !foo false", ClaudeCode, 1),
+            (
+                "needs_claude_code: true\npreferred_ai: gpu\nallow_delegation: true",
+                ClaudeCode,
+                1,
+            ),
+            ("needs_claude_code: false", ClaudeCode, 7),
+            ("needs_claude_code: False", ClaudeCode, 7),
+            ("needs_claude_code: !!bool false", ClaudeCode, 7),
+            ("needs_claude_code: false\npreferred_ai: GPU", Gpu, 4),
+            ("needs_claude_code: false\nallow_delegation: true", Auto, 6),
+            // Rule 2 beats rule 3; case and surrounding space ignored.
+            (
+                "preferred_ai: Claude-Code\nallow_delegation: false",
+                ClaudeCode,
+                2,
+            ),
+            ("preferred_ai: \" CLAUDE-CODE \"", ClaudeCode, 2),
+            (
+                "preferred_ai: claude-code\nallow_delegation: true",
+                ClaudeCode,
+                2,
+            ),
+            // Rule 3: anything present but boolean true.
+            ("allow_delegation: \"true\"", ClaudeCode, 3),
+            ("allow_delegation: yes", ClaudeCode, 3),
+            ("allow_delegation:", ClaudeCode, 3),
+            ("allow_delegation: 1", ClaudeCode, 3),
+            ("allow_delegation: false\npreferred_ai: gpu", ClaudeCode, 3),
+            (
+                "allow_delegation: no\npreferred_ai: nonsense",
+                ClaudeCode,
+                3,
+            ),
+            ("allow_delegation: TRUE\npreferred_ai: gemini", Gemini, 4),
+            // Rule 4: case and surrounding space ignored.
+            ("preferred_ai: \" Gemini \"", Gemini, 4),
+            ("preferred_ai: GPU", Gpu, 4),
+            ("preferred_ai: \"\\tAuto\\n\"", Auto, 4),
+            ("preferred_ai: !!str claude", Claude, 4),
+            // Rule 5: any other value, strings or not.
+            ("preferred_ai: 5", ClaudeCode, 5),
+            ("preferred_ai:", ClaudeCode, 5),
+            ("preferred_ai: ~", ClaudeCode, 5),
+            ("preferred_ai: true", ClaudeCode, 5),
+            ("preferred_ai: [gpu]", ClaudeCode, 5),
+            ("preferred_ai: {gpu: 1}", ClaudeCode, 5),
+            ("preferred_ai: \"\"", ClaudeCode, 5),
+            ("preferred_ai: g p u", ClaudeCode, 5),
+            ("preferred_ai: claude_code", ClaudeCode, 5),
+            ("preferred_ai: !foo gpu", ClaudeCode, 5),
+            ("preferred_ai: other\nallow_delegation: true", ClaudeCode, 5),
+            // Keys are exact.
+            ("Preferred_AI: gpu", ClaudeCode, 7),
+            ("allow-delegation: true", ClaudeCode, 7),
+        ];
+        for &(yaml, provider, rule) in rows {
+            let got = route_yaml(yaml);
+            assert_eq!(got, Decision { provider, rule }, "{yaml:?}");
+            assert!(got.explain().starts_with(&format!("rule {rule}: ")));
+        }
+    }
+
+    #[test]
+    fn invalid_frontmatter_routes_by_rule_7() {
+        for task in [
+            &b"---\npreferred_ai: gpu\n"[..],
+            b"---\npreferred_ai: gpu\npreferred_ai: gpu\n---\n",
+            b"---\n- preferred_ai: gpu\n---\n",
+            b"---\npreferred_ai: gpu\n---\n\xFF",
+        ] {
+            let got = split(task);
+            assert!(got.meta.is_err());
+            assert_eq!(
+                route_parsed(&got.meta),
+                Decision {
+                    provider: Provider::ClaudeCode,
+                    rule: 7
+                }
+            );
+        }
+        let got = split(b"---\nallow_delegation: true\n---\n");
+        assert_eq!(route_parsed(&got.meta).provider, Provider::Auto);
+    }
+
+    #[test]
+    fn from_pairs_routes_like_a_file() {
+        let p = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let cases: &[(&[(String, String)], Provider, u8)] = &[
+            (&[p("allow_delegation", "true")], Provider::Auto, 6),
+            (
+                &[p("allow_delegation", "\"true\"")],
+                Provider::ClaudeCode,
+                3,
+            ),
+            (&[p("preferred_ai", " Gemini ")], Provider::Gemini, 4),
+            (&[p("preferred_ai", "5")], Provider::ClaudeCode, 5),
+            (
+                &[p("needs_claude_code", "false"), p("preferred_ai", "GPU")],
+                Provider::Gpu,
+                4,
+            ),
+            (&[p("needs_claude_code", "")], Provider::ClaudeCode, 1),
+            (&[], Provider::ClaudeCode, 7),
+        ];
+        for (pairs, provider, rule) in cases {
+            let meta = Meta::from_pairs(pairs).unwrap();
+            assert_eq!(
+                route(&meta),
+                Decision {
+                    provider: *provider,
+                    rule: *rule
+                },
+                "{pairs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn provider_names() {
+        use Provider::*;
+        let all = [ClaudeCode, Gpu, Gemini, Claude, Auto];
+        let names: Vec<_> = all.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, ["claude-code", "gpu", "gemini", "claude", "auto"]);
+        let delegates: Vec<_> = all.iter().map(|p| p.delegates()).collect();
+        assert_eq!(delegates, [false, true, true, true, true]);
+        let api: Vec<_> = all.iter().map(|p| p.api_name()).collect();
+        assert_eq!(
+            api,
+            [None, Some("gpu"), Some("gemini"), Some("claude"), None]
+        );
+        for p in all {
+            assert_eq!(
+                Provider::parse(&format!(" {} ", p.as_str().to_uppercase())),
+                Some(p)
+            );
+        }
+        assert_eq!(Provider::parse("openai"), None);
+        let explained: Vec<_> = (1..=7)
+            .map(|rule| {
+                Decision {
+                    provider: ClaudeCode,
+                    rule,
+                }
+                .explain()
+            })
+            .collect();
+        assert_eq!(
+            explained[3],
+            "rule 4: preferred_ai names a secutools provider"
+        );
+        assert_eq!(
+            Decision {
+                provider: ClaudeCode,
+                rule: 0
+            }
+            .explain(),
+            "unknown rule"
+        );
+    }
+
+    #[test]
+    fn priorities() {
+        let meta = |p: Option<&str>| Meta {
+            priority: p.map(str::to_owned),
+            ..Meta::default()
+        };
+        assert_eq!(priority(&meta(None)), Ok(Priority::Normal));
+        assert_eq!(priority(&meta(Some("low"))), Ok(Priority::Low));
+        assert_eq!(priority(&meta(Some(" HIGH "))), Ok(Priority::High));
+        assert_eq!(priority(&meta(Some("Normal"))), Ok(Priority::Normal));
+        for bad in ["", "urgent", "null", "a list", "1", "!x low", "lo w"] {
+            let err = priority(&meta(Some(bad))).unwrap_err();
+            assert!(err.contains("low, normal or high"), "{err}");
+        }
+        let from_file = |yaml: &str| {
+            let task = format!("---\n{yaml}\n---\n");
+            priority(&split(task.as_bytes()).meta.unwrap())
+        };
+        assert_eq!(from_file("priority: high"), Ok(Priority::High));
+        assert_eq!(from_file("other: 1"), Ok(Priority::Normal));
+        assert!(from_file("priority:").is_err());
+        assert!(from_file("priority: [high]").is_err());
+        assert!(from_file("priority: 3").is_err());
+        assert_eq!(Priority::default().as_str(), "normal");
+        assert_eq!(Priority::High.to_string(), "high");
+    }
+}
