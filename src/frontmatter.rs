@@ -46,9 +46,13 @@ pub enum Problem {
     /// The block is YAML but not a mapping: `"a scalar"` or `"a list"`.
     NotAMapping(&'static str),
     /// The block is not valid YAML: syntax error, several documents, unknown
-    /// alias, aliases that expand too far, nesting too deep. The message is
-    /// serde_yaml's, with line numbers counted in the task file.
+    /// alias, nesting deeper than 128. The message is serde_yaml's, with line
+    /// numbers counted in the task file.
     Yaml(String),
+    /// The block would take serde_yaml super-linear time or memory: aliases
+    /// that expand too far, or too many `[`/`{` for its size (see the two
+    /// checks of `parse_value` in this module).
+    TooComplex(String),
     /// A mapping in the block (or a `--set` key) appears twice; the key as
     /// written by serde_yaml (strings quoted), and where it is when nested.
     DuplicateKey(String),
@@ -65,6 +69,9 @@ impl fmt::Display for Problem {
             Problem::NoClosingLine => f.write_str("frontmatter has no closing `---` or `...` line"),
             Problem::NotAMapping(what) => write!(f, "frontmatter is {what}, not a mapping"),
             Problem::Yaml(msg) => write!(f, "frontmatter is not valid YAML: {msg}"),
+            Problem::TooComplex(why) => {
+                write!(f, "frontmatter is too complex to parse safely: {why}")
+            }
             Problem::DuplicateKey(key) => write!(f, "duplicate key {key}"),
             Problem::BadValue { key, why } => write!(f, "--set {key}: {why}"),
         }
@@ -263,8 +270,7 @@ fn is_marker(line: &[u8], marker: &[u8]) -> bool {
 /// Parses the YAML block (`yaml` begins with the opening `---` line, which is
 /// `opener_len` bytes long) into the routing keys.
 fn parse_block(yaml: &str, opener_len: usize) -> Result<Meta, Problem> {
-    // The common case, and the only one that must be fast: a mapping.
-    // serde_yaml turns an empty or comment-only document into an empty one.
+    // An empty block needs no parser.
     if yaml[opener_len..]
         .trim_start_matches([' ', '\t', '\r', '\n'])
         .is_empty()
@@ -292,16 +298,14 @@ fn parse_block(yaml: &str, opener_len: usize) -> Result<Meta, Problem> {
 /// Why [`parse_value`] failed.
 enum ParseError {
     Yaml(serde_yaml::Error),
-    TooBig { limit: usize },
+    TooComplex(String),
 }
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ParseError::Yaml(e) => e.fmt(f),
-            ParseError::TooBig { limit } => {
-                write!(f, "aliases expand to more than {limit} values")
-            }
+            ParseError::TooComplex(why) => f.write_str(why),
         }
     }
 }
@@ -313,7 +317,7 @@ impl ParseError {
                 Some(key) => Problem::DuplicateKey(key),
                 None => Problem::Yaml(e.to_string()),
             },
-            e @ ParseError::TooBig { .. } => Problem::Yaml(e.to_string()),
+            ParseError::TooComplex(why) => Problem::TooComplex(why),
         }
     }
 }
@@ -325,15 +329,52 @@ fn value_budget(len: usize) -> usize {
     4096 + 4 * len
 }
 
-/// Parses one YAML document into a `Value`, refusing alias bombs.
+/// Bound on [`flow_cost`]: about 0.1 s of libyaml scanning at worst (8192
+/// nested `[` in a release build). Any text of up to 8000 bytes is under it,
+/// whatever it holds; longer ones are refused only when they hold many `[`
+/// or `{` early on (a 100 KB text may hold about 300 of them).
+const FLOW_COST_BUDGET: u64 = 1 << 25;
+
+/// An upper bound on the work libyaml's scanner does for `yaml`.
 ///
-/// serde_yaml 0.9 refuses nested "billion laughs" aliases (its "repetition
-/// limit": at most 100 alias jumps per event), but not a flat quadratic bomb:
-/// `a: &a [x, x, ... x]` then `b: [*a, *a, ... *a]` builds n² values from
-/// 5n bytes (30 KB of YAML: 10 s, 3.6 GB). So first walk the document
-/// without building anything, counting the values alias expansion would
-/// create, and stop at a budget linear in the input; only then build it.
+/// libyaml keeps one "simple key" per open flow collection (`[` or `{`) and
+/// walks all of them for every token (`yaml_parser_fetch_more_tokens` and
+/// `yaml_parser_stale_simple_keys`), so its time is tokens × flow depth:
+/// 40 KB of `[` takes 2.7 s, 100 KB 16 s, before serde_yaml's recursion
+/// limit (128) is ever applied. The depth at a byte is at most the number of
+/// `[` and `{` before it, whatever quoting or comments say (closers are not
+/// subtracted: a `]` inside a string would make that unsafe), and there are
+/// no more tokens than bytes; the sum over bytes bounds the work.
+fn flow_cost(yaml: &str) -> u64 {
+    let mut open = 0u64;
+    let mut cost = 0u64;
+    for &b in yaml.as_bytes() {
+        open += u64::from(b == b'[' || b == b'{');
+        cost += open;
+    }
+    cost
+}
+
+/// Parses one YAML document into a `Value`, refusing inputs that would make
+/// serde_yaml 0.9 / libyaml take super-linear time or memory:
+///
+/// - Too many flow collections for the text's size: see [`flow_cost`].
+/// - Alias bombs. serde_yaml refuses nested "billion laughs" aliases (its
+///   "repetition limit": at most 100 alias jumps per event), but not a flat
+///   quadratic bomb: `a: &a [x, x, ... x]` then `b: [*a, *a, ... *a]` builds
+///   n² values from 5n bytes (30 KB of YAML: 10 s and 3.6 GB). So first walk
+///   the document without building anything, counting the values alias
+///   expansion would create, and stop at a budget linear in the input
+///   ([`value_budget`]); only then build it.
 fn parse_value(yaml: &str) -> Result<Value, ParseError> {
+    let cost = flow_cost(yaml);
+    if cost > FLOW_COST_BUDGET {
+        let open = yaml.bytes().filter(|&b| b == b'[' || b == b'{').count();
+        return Err(ParseError::TooComplex(format!(
+            "{open} `[` or `{{` in {} bytes: too many flow collections for its size",
+            yaml.len(),
+        )));
+    }
     let limit = value_budget(yaml.len());
     let counter = Counter {
         left: Cell::new(limit),
@@ -341,7 +382,9 @@ fn parse_value(yaml: &str) -> Result<Value, ParseError> {
     };
     if let Err(e) = Budget(&counter).deserialize(serde_yaml::Deserializer::from_str(yaml)) {
         if counter.exhausted.get() {
-            return Err(ParseError::TooBig { limit });
+            return Err(ParseError::TooComplex(format!(
+                "its aliases expand to more than {limit} values"
+            )));
         }
         return Err(ParseError::Yaml(e));
     }
@@ -499,20 +542,20 @@ mod tests {
     #[derive(Debug)]
     enum M {
         /// Ok, with these routing keys (`preferred_ai`, `allow_delegation`).
-        Keys(Meta),
+        Keys(Box<Meta>),
         /// Err, matching this predicate.
         Bad(fn(&Problem) -> bool),
     }
 
     fn ok() -> M {
-        M::Keys(Meta::default())
+        M::Keys(Box::default())
     }
 
     fn pa(v: Value) -> M {
-        M::Keys(Meta {
+        M::Keys(Box::new(Meta {
             preferred_ai: Some(v),
             ..Meta::default()
-        })
+        }))
     }
 
     #[test]
@@ -557,7 +600,7 @@ mod tests {
             ("invalid UTF-8", b"---\na: 1\n---\nbad \xFF\n", 0, M::Bad(|p| *p == Problem::NotUtf8 { offset: 17 })),
             ("invalid UTF-8 in frontmatter", b"---\na: \xC3\n---\n", 0, M::Bad(|p| *p == Problem::NotUtf8 { offset: 7 })),
             ("BOM then invalid UTF-8", b"\xEF\xBB\xBF\x80", 0, M::Bad(|p| *p == Problem::NotUtf8 { offset: 3 })),
-            ("YAML 1.2 yes/no/on/off/y", b"---\npreferred_ai: yes\nallow_delegation: on\nneeds_claude_code: no\ncomplexity_hint: y\npriority: off\n---\n", 102, M::Keys(yes_meta)),
+            ("YAML 1.2 yes/no/on/off/y", b"---\npreferred_ai: yes\nallow_delegation: on\nneeds_claude_code: no\ncomplexity_hint: y\npriority: off\n---\n", 102, M::Keys(Box::new(yes_meta))),
             ("YAML 1.2 booleans", b"---\npreferred_ai: True\n---\n", 27, pa(Value::Bool(true))),
             ("---- opener", b"----\na: 1\n---\n", 0, ok()),
             ("--- x opener", b"--- x\na: 1\n---\n", 0, ok()),
@@ -596,7 +639,7 @@ mod tests {
             assert_eq!(got.head, &input[..head_len], "{name}: head bytes");
             assert_eq!(got.body, &input[head_len..], "{name}: body bytes");
             match (&want, &got.meta) {
-                (M::Keys(want), Ok(meta)) => assert_eq!(meta, want, "{name}: meta"),
+                (M::Keys(want), Ok(meta)) => assert_eq!(meta, &**want, "{name}: meta"),
                 (M::Bad(pred), Err(p)) => assert!(pred(p), "{name}: unexpected problem {p:?}"),
                 _ => panic!("{name}: expected {want:?}, got {:?}", got.meta),
             }
@@ -666,21 +709,41 @@ mod tests {
         );
     }
 
-    /// A classic "billion laughs": serde_yaml's repetition limit stops it.
-    #[test]
-    fn billion_laughs_is_refused_quickly() {
-        let mut y = String::from("---\na: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
+    fn billion_laughs(levels: char) -> String {
+        let mut y = String::from("a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
         let mut prev = 'a';
-        for n in 'b'..='j' {
+        for n in 'b'..=levels {
             let refs = vec![format!("*{prev}"); 9].join(",");
             y.push_str(&format!("{n}: &{n} [{refs}]\n"));
             prev = n;
         }
-        y.push_str("---\n");
+        y
+    }
+
+    /// serde_yaml 0.9 refuses a nested "billion laughs" by itself (its
+    /// "repetition limit"); this pins that behaviour in case it changes.
+    #[test]
+    fn serde_yaml_refuses_billion_laughs() {
+        let t = std::time::Instant::now();
+        let got = serde_yaml::from_str::<Value>(&billion_laughs('j'));
+        assert_eq!(got.unwrap_err().to_string(), "repetition limit exceeded");
+        assert!(t.elapsed().as_secs() < 2, "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn billion_laughs_is_refused_quickly() {
+        let y = format!("---\n{}---\n", billion_laughs('j'));
         let t = std::time::Instant::now();
         let got = split(y.as_bytes());
-        assert!(matches!(got.meta, Err(Problem::Yaml(_))), "{:?}", got.meta);
+        assert!(
+            matches!(&got.meta, Err(Problem::TooComplex(m)) if m.contains("aliases expand")),
+            "{:?}",
+            got.meta
+        );
         assert!(t.elapsed().as_secs() < 2, "{:?}", t.elapsed());
+        // Three levels (9³ = 729 values) is within the budget.
+        let y = format!("---\n{}---\n", billion_laughs('c'));
+        assert_eq!(split(y.as_bytes()).meta, Ok(Meta::default()));
     }
 
     /// A flat quadratic alias bomb, which serde_yaml's limit lets through.
@@ -694,7 +757,7 @@ mod tests {
         );
         let t = std::time::Instant::now();
         let got = split(y.as_bytes());
-        let Err(Problem::Yaml(msg)) = &got.meta else {
+        let Err(Problem::TooComplex(msg)) = &got.meta else {
             panic!("{:?}", got.meta)
         };
         assert!(msg.contains("aliases expand to more than"), "{msg}");
@@ -718,14 +781,56 @@ mod tests {
         })
     }
 
+    /// libyaml scans nested flow collections in tokens × depth time.
     #[test]
-    fn deep_nesting_is_refused_not_overflowed() {
-        let y = format!(
-            "---\na: {}{}\n---\n",
-            "[".repeat(100_000),
-            "]".repeat(100_000)
+    fn deep_flow_nesting_is_refused_quickly() {
+        for (open, close) in [("[", "]"), ("{a: ", "}"), ("[\n", "")] {
+            let y = format!(
+                "---\na: {}{}\n---\n",
+                open.repeat(50_000),
+                close.repeat(50_000)
+            );
+            let t = std::time::Instant::now();
+            let got = split(y.as_bytes());
+            assert!(
+                matches!(&got.meta, Err(Problem::TooComplex(m)) if m.contains("too many flow")),
+                "{:?}",
+                got.meta
+            );
+            assert!(t.elapsed().as_secs() < 2, "{:?}", t.elapsed());
+        }
+        // Within the budget, libyaml runs and serde_yaml's depth limit says no.
+        let y = format!("---\na: {}{}\n---\n", "[".repeat(2000), "]".repeat(2000));
+        let got = split(y.as_bytes());
+        assert!(
+            matches!(&got.meta, Err(Problem::Yaml(m)) if m.contains("recursion limit")),
+            "{:?}",
+            got.meta
         );
-        assert!(matches!(split(y.as_bytes()).meta, Err(Problem::Yaml(_))));
+    }
+
+    /// Any frontmatter up to 8000 bytes passes the flow check, whatever it holds,
+    /// and so do longer ones with a few lists.
+    #[test]
+    fn flow_check_allows_ordinary_frontmatter() {
+        assert!(flow_cost(&"[".repeat(8000)) <= FLOW_COST_BUDGET);
+        let mut y = String::from("---\npreferred_ai: gemini\n");
+        for i in 0..300 {
+            y.push_str(&format!("k{i}: [{{a: 1}}, [b]]\n"));
+        }
+        y.push_str("---\n");
+        assert_eq!(split(y.as_bytes()).meta, pa_meta("gemini"));
+        let mut y = String::from("---\npreferred_ai: gemini\ntags: [a, b, c]\n");
+        for i in 0..5000 {
+            y.push_str(&format!("k{i}: a fairly long value for key number {i}\n"));
+        }
+        y.push_str("---\n");
+        assert!(y.len() > 200_000);
+        assert_eq!(split(y.as_bytes()).meta, pa_meta("gemini"));
+    }
+
+    #[test]
+    fn deep_block_nesting_is_refused() {
         let mut y = String::from("---\n");
         for depth in 0..1000 {
             y.push_str(&" ".repeat(depth));
@@ -800,6 +905,189 @@ mod tests {
                 matches!(Meta::from_pairs(&[p("preferred_ai", bad)]), Err(Problem::BadValue { ref key, .. }) if key == "preferred_ai"),
                 "{bad:?}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An independent model of where the frontmatter ends (the head length),
+    /// written with `str` methods rather than the byte scanner.
+    fn model_head_len(input: &[u8]) -> usize {
+        let Ok(text) = std::str::from_utf8(input) else {
+            return 0;
+        };
+        let bom = if text.starts_with('\u{feff}') { 3 } else { 0 };
+        let is = |line: &str, marker: &str| {
+            let content = match line.strip_suffix('\n') {
+                Some(c) => c.strip_suffix('\r').unwrap_or(c),
+                None => line,
+            };
+            content.trim_end_matches([' ', '\t']) == marker
+        };
+        let mut lines = text[bom..].split_inclusive('\n');
+        let Some(first) = lines.next() else { return 0 };
+        if !is(first, "---") {
+            return 0;
+        }
+        let mut end = bom + first.len();
+        for line in lines {
+            end += line.len();
+            if is(line, "---") || is(line, "...") {
+                return end;
+            }
+        }
+        0
+    }
+
+    fn check(input: &[u8]) -> Result<(), TestCaseError> {
+        let got = split(input);
+        prop_assert_eq!([got.head, got.body].concat(), input);
+        prop_assert_eq!(got.head.len(), model_head_len(input));
+        if got.head.is_empty() {
+            prop_assert!(got.body.len() == input.len());
+        } else {
+            let head = got.head.strip_prefix(BOM).unwrap_or(got.head);
+            prop_assert!(head.starts_with(b"---"));
+        }
+        match &got.meta {
+            Err(Problem::NotUtf8 { offset }) => {
+                prop_assert!(std::str::from_utf8(input).is_err());
+                prop_assert!(std::str::from_utf8(&input[..*offset]).is_ok());
+            }
+            Err(Problem::NoClosingLine) => prop_assert!(got.head.is_empty()),
+            Err(_) => prop_assert!(!got.head.is_empty()),
+            Ok(_) => {}
+        }
+        let decision = crate::route::route_parsed(&got.meta);
+        prop_assert!((1..=7).contains(&decision.rule));
+        if got.meta.is_err() {
+            prop_assert_eq!(decision.rule, 7);
+        }
+        Ok(())
+    }
+
+    const LINES: &[&[u8]] = &[
+        b"---",
+        b"...",
+        b"--- ",
+        b"---\t",
+        b"... \t ",
+        b"----",
+        b"--- x",
+        b"---x",
+        b" ---",
+        b"+++",
+        b"",
+        b" ",
+        b"\t",
+        b"\r",
+        b"a: 1",
+        b"a: 1",
+        b"preferred_ai: gpu",
+        b"preferred_ai: GPU",
+        b"needs_claude_code: false",
+        b"allow_delegation: true",
+        b"priority: high",
+        b"complexity_hint: x",
+        b"yes: no",
+        b"- x",
+        b"  - y",
+        b"x",
+        b"~",
+        b"[a, {b: c}]",
+        b"[",
+        b"]",
+        b"{",
+        b"a: &x [1, 2]",
+        b"b: *x",
+        b"c: *y",
+        b"!tag",
+        b"d: !!str 5",
+        b"# comment",
+        b"%YAML 1.2",
+        b"e: |",
+        b"f: \"unterminated",
+        b"\xEF\xBB\xBF",
+        b"\xEF\xBB\xBF---",
+        b"\x00",
+    ];
+    /// How a generated input starts: mostly with an opening line.
+    const OPENERS: &[&[u8]] = &[
+        b"---\n",
+        b"---\n",
+        b"---\n",
+        b"---\r\n",
+        b"--- \t\n",
+        b"---",
+        b"",
+        b"----\n",
+    ];
+    const ENDS: &[&[u8]] = &[b"\n", b"\n", b"\r\n", b"\r", b""];
+
+    fn biased() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<bool>(),
+            proptest::sample::select(OPENERS),
+            proptest::collection::vec(
+                (
+                    proptest::sample::select(LINES),
+                    proptest::sample::select(ENDS),
+                ),
+                0..12,
+            ),
+            proptest::option::weighted(0.05, any::<proptest::sample::Index>()),
+        )
+            .prop_map(|(bom, opener, lines, bad_byte)| {
+                let mut out = if bom { BOM.to_vec() } else { Vec::new() };
+                out.extend_from_slice(opener);
+                for (line, end) in lines {
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(end);
+                }
+                if let Some(at) = bad_byte {
+                    let at = at.index(out.len() + 1);
+                    out.insert(at, 0xFF);
+                }
+                out
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn any_bytes(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+            check(&input)?;
+        }
+
+        #[test]
+        fn any_text(input in "\\PC{0,300}") {
+            check(input.as_bytes())?;
+            let framed = format!("---\n{input}\n---\nbody");
+            check(framed.as_bytes())?;
+        }
+
+        #[test]
+        fn line_soup(input in biased()) {
+            check(&input)?;
+        }
+
+        #[test]
+        fn set_pairs(pairs in proptest::collection::vec(
+            (proptest::sample::select(&["preferred_ai", "allow_delegation", "needs_claude_code", "priority", "complexity_hint", "x"][..]), "\\PC{0,20}"),
+            0..4,
+        )) {
+            let pairs: Vec<(String, String)> =
+                pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            if let Ok(meta) = Meta::from_pairs(&pairs) {
+                let d = crate::route::route(&meta);
+                prop_assert!((1..=7).contains(&d.rule));
+                let _ = crate::route::priority(&meta);
+            }
         }
     }
 }

@@ -311,29 +311,23 @@ impl Queue {
     }
 
     /// A record already in done/ or failed/ for this task and this job (the
-    /// trace of a run killed before it removed the task), if any.
-    pub fn existing_record(
-        &self,
-        task: &str,
-        job_id: Option<&str>,
-        original: &[u8],
-    ) -> Option<PathBuf> {
+    /// trace of a run killed before it removed the task, or between removing
+    /// the task and the marker), if any: same job id (or none), and the same
+    /// original task unless the task is already gone.
+    pub fn existing_record(&self, task: &str, job_id: Option<&str>, original: Option<&[u8]>) -> Option<PathBuf> {
         let stem = task.strip_suffix(".md").unwrap_or(task);
         for dir in [&self.done, &self.failed] {
             for n in 1u32.. {
-                let name = if n == 1 {
-                    format!("{stem}.md")
-                } else {
-                    format!("{stem}.{n}.md")
-                };
+                let name = if n == 1 { format!("{stem}.md") } else { format!("{stem}.{n}.md") };
                 let path = dir.join(name);
-                let Ok(Some((bytes, _))) = read_nofollow(&path) else {
-                    break;
-                };
-                if let Some(r) = crate::record::Record::parse(&bytes) {
-                    if r.job_id.as_deref() == job_id && r.original(&bytes) == original {
-                        return Some(path);
-                    }
+                let Ok(Some((bytes, _))) = read_nofollow(&path) else { break };
+                let Some(r) = crate::record::Record::parse(&bytes) else { continue };
+                // With the task still there its bytes must match too, so a
+                // task edited in the inbox is never dropped for an old copy.
+                let same = r.job_id.as_deref() == job_id
+                    && original.is_none_or(|t| r.original(&bytes) == t);
+                if same {
+                    return Some(path);
                 }
             }
         }

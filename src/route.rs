@@ -319,34 +319,28 @@ mod tests {
 
     #[test]
     fn from_pairs_routes_like_a_file() {
-        let p = |k: &str, v: &str| (k.to_owned(), v.to_owned());
-        let cases: &[(&[(String, String)], Provider, u8)] = &[
-            (&[p("allow_delegation", "true")], Provider::Auto, 6),
+        use Provider::*;
+        type Pairs = &'static [(&'static str, &'static str)];
+        let cases: &[(Pairs, Provider, u8)] = &[
+            (&[("allow_delegation", "true")], Auto, 6),
+            (&[("allow_delegation", "\"true\"")], ClaudeCode, 3),
+            (&[("preferred_ai", " Gemini ")], Gemini, 4),
+            (&[("preferred_ai", "5")], ClaudeCode, 5),
             (
-                &[p("allow_delegation", "\"true\"")],
-                Provider::ClaudeCode,
-                3,
-            ),
-            (&[p("preferred_ai", " Gemini ")], Provider::Gemini, 4),
-            (&[p("preferred_ai", "5")], Provider::ClaudeCode, 5),
-            (
-                &[p("needs_claude_code", "false"), p("preferred_ai", "GPU")],
-                Provider::Gpu,
+                &[("needs_claude_code", "false"), ("preferred_ai", "GPU")],
+                Gpu,
                 4,
             ),
-            (&[p("needs_claude_code", "")], Provider::ClaudeCode, 1),
-            (&[], Provider::ClaudeCode, 7),
+            (&[("needs_claude_code", "")], ClaudeCode, 1),
+            (&[], ClaudeCode, 7),
         ];
-        for (pairs, provider, rule) in cases {
-            let meta = Meta::from_pairs(pairs).unwrap();
-            assert_eq!(
-                route(&meta),
-                Decision {
-                    provider: *provider,
-                    rule: *rule
-                },
-                "{pairs:?}"
-            );
+        for &(pairs, provider, rule) in cases {
+            let owned: Vec<(String, String)> = pairs
+                .iter()
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            let meta = Meta::from_pairs(&owned).unwrap();
+            assert_eq!(route(&meta), Decision { provider, rule }, "{pairs:?}");
         }
     }
 

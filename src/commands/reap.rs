@@ -325,25 +325,11 @@ impl Ctx<'_> {
         }
     }
 
-    fn still_running(
-        &self,
-        q: &Queue,
-        task: &str,
-        seen: &[u8],
-        mut m: Marker,
-        age: Duration,
-    ) -> anyhow::Result<()> {
+    /// A job still queued or running: nothing is written (the design keeps
+    /// a poll in the marker only when it failed), unless it is too old.
+    fn still_running(&self, q: &Queue, task: &str, seen: &[u8], m: Marker, age: Duration) -> anyhow::Result<()> {
         if age >= self.max_age {
             return self.timeout(q, task, seen, &m);
-        }
-        if m.poll_errors > 0 {
-            // The service answers again: forget the old errors.
-            let lock = q.lock()?;
-            if q.read_marker(task)?.as_deref() == Some(seen) {
-                m.poll_errors = 0;
-                m.last_error = None;
-                q.replace_marker(&lock, task, &m)?;
-            }
         }
         Ok(())
     }
@@ -527,7 +513,7 @@ impl Ctx<'_> {
             },
         };
         if let Some(existing) =
-            q.existing_record(task, job_id, original.as_deref().unwrap_or_default())
+            q.existing_record(task, job_id, original.as_deref())
         {
             q.remove_task_and_marker(&lock, task)?;
             return Ok(Some(existing));

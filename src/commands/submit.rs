@@ -97,9 +97,16 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         Err(e) => {
             let lock = queue.lock()?;
             remove_if_ours(&queue, &lock, &task, &key)?;
-            Err(anyhow::Error::new(e).context(format!(
-                "{shown}: not delegated; the task is untouched and may run locally"
-            )))
+            // The design's codes for a refused POST: 69 unavailable, 77
+            // auth, 65 any other 4xx (a 404 here is a wrong URL, not a job).
+            let code = match crate::error::client_code(&e) {
+                Code::NoInput => Code::DataErr,
+                c => c,
+            };
+            Err(fail(
+                code,
+                format!("{shown}: not delegated: {e}; the task is untouched and may run locally"),
+            ))
         }
     }
 }
