@@ -263,13 +263,10 @@ fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
     serde_yaml::from_str::<Option<FileConfig>>(text)
         .map(Option::unwrap_or_default)
         .map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!(" line {} column {}", l.line(), l.column()))
-                .unwrap_or_default();
+            // serde_yaml's message ends with "at line N column M".
             fail(
                 Code::Config,
-                format!("config file {}:{at}: {e}", path.display()),
+                format!("config file {}: {e}; fix or remove that key", path.display()),
             )
         })
 }

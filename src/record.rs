@@ -154,7 +154,13 @@ pub struct Record {
 impl Record {
     /// Reads a record's frontmatter; `None` when it is not one of ours.
     pub fn parse(bytes: &[u8]) -> Option<Record> {
-        let split = crate::frontmatter::split(bytes);
+        // Only the frontmatter must be UTF-8: the details and the original
+        // task that follow it may be any bytes, so split the valid prefix.
+        let text = match std::str::from_utf8(bytes) {
+            Ok(_) => bytes,
+            Err(e) => &bytes[..e.valid_up_to()],
+        };
+        let split = crate::frontmatter::split(text);
         if split.head.is_empty() {
             return None;
         }
@@ -219,6 +225,26 @@ mod tests {
         assert_eq!(r.original(&out), task);
         assert_eq!(r.job_id.as_deref(), Some("j-123"));
         assert_eq!(r.task_name(&out).as_deref(), Some("a.md"));
+    }
+
+    #[test]
+    fn a_task_that_is_not_utf8_is_read_back() {
+        // The record is found again (a killed run's trace is recognised),
+        // whatever bytes follow its frontmatter.
+        let task = b"bad \xff byte\n";
+        let f = Failure {
+            provider: "gpu",
+            reason: "corrupt marker",
+            job_id: None,
+            delegated_at: "2026-11-24T10:00:00Z",
+            failed_at: "2026-11-24T10:00:00Z",
+            details: b"marker bytes: \xfe\n",
+        };
+        let out = render_failed(&f, "b.md", Some(task));
+        let r = Record::parse(&out).expect("parsed despite the non-UTF-8 tail");
+        assert_eq!(r.original(&out), task);
+        assert_eq!(r.failed_reason.as_deref(), Some("corrupt marker"));
+        assert_eq!(r.task_name(&out).as_deref(), Some("b.md"));
     }
 
     #[test]

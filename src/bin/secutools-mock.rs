@@ -2073,6 +2073,19 @@ POST /api/v1/jobs HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhell
         assert!(r.headers.contains(&("Retry-After", "7".to_string())));
         let stats = respond(&server, &req("GET", "/_mock/stats", &[], "")).body_json();
         assert_eq!(stats["jobs_created"], 0);
+        // The same seed gives the same fault sequence.
+        let sequence = |seed: u64| {
+            let mut c = cfg();
+            c.error_rate = 0.5;
+            c.seed = seed;
+            let server = Server::new(c);
+            (0..32)
+                .map(|_| respond(&server, &req("GET", "/api/v1/jobs/x", &[], "")).status)
+                .collect::<Vec<_>>()
+        };
+        let a = sequence(3);
+        assert_eq!(a, sequence(3));
+        assert!(a.contains(&503) && a.contains(&404));
     }
 
     #[test]

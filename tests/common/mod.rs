@@ -181,3 +181,505 @@ impl Out {
         self
     }
 }
+
+// ---------------------------------------------------------------------------
+// Crash, fault and hostile-input helpers (tests/crash.rs, faults.rs,
+// server_faults.rs, hostile.rs, concurrency.rs).
+// ---------------------------------------------------------------------------
+
+use std::collections::BTreeMap;
+
+/// Prefix of the temporary files ccl-delegate writes in `.agent-queue/`.
+pub const TMP_PREFIX: &str = ".ccl-delegate-tmp-";
+
+impl Mock {
+    /// Creates a job directly on the mock (as a submit would) and returns
+    /// its id.
+    pub fn post_job(&self, key: &str, task: &str) -> String {
+        let body = serde_json::json!({
+            "type": "analyze",
+            "priority": "normal",
+            "prompt": format!("Task: {task}\n\n(set up by the test)"),
+            "metadata": {"project": "proj", "task": task},
+        })
+        .to_string();
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST /api/v1/jobs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\nIdempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("mock answered {resp:?} to a job creation: {e}"));
+        v["job_id"].as_str().expect("job_id in the answer").to_string()
+    }
+
+    /// The mock's jobs, as `stats()` lists them.
+    pub fn jobs(&self) -> Vec<serde_json::Value> {
+        self.stats()["jobs"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// A marker in this tool's JSON format.
+pub fn marker_json(pending: bool, job_id: Option<&str>, key: &str, started_at: &str) -> String {
+    serde_json::json!({
+        "version": 1,
+        "state": if pending { "pending" } else { "submitted" },
+        "project": "proj",
+        "task_file": "",
+        "job_id": job_id,
+        "provider": "gemini",
+        "priority": "normal",
+        "idempotency_key": key,
+        "started_at": started_at,
+        "poll_errors": 0,
+        "last_error": null,
+    })
+    .to_string()
+}
+
+/// An RFC 3339 time `secs_ago` seconds in the past.
+pub fn rfc3339_ago(secs_ago: u64) -> String {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs_ago);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Project {
+    /// Writes `inbox/<task>.delegated`.
+    pub fn write_marker(&self, task: &str, json: &str) -> PathBuf {
+        let p = self.inbox().join(format!("{task}.delegated"));
+        std::fs::write(&p, json).unwrap();
+        p
+    }
+
+    /// Runs `reap` until it exits 0 and leaves no marker (at most `max`
+    /// runs); returns the last run.
+    pub fn reap_until_settled(&self, mock: &Mock, extra: &[&str], max: usize) -> Out {
+        let mut last = None;
+        for _ in 0..max {
+            let out = self.reap(mock, extra);
+            let markers = self
+                .names(&self.inbox())
+                .iter()
+                .any(|n| n.ends_with(".delegated"));
+            let ok = out.code == 0 && !markers;
+            last = Some(out);
+            if ok {
+                break;
+            }
+        }
+        last.expect("max > 0")
+    }
+}
+
+/// A small deterministic generator for the randomised tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from `env` when set (to replay a failure), else from the
+    /// clock; the seed is printed.
+    pub fn from_env(env: &str) -> Rng {
+        let seed = std::env::var(env)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("random seed: {env}={seed}");
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A done/ or failed/ file, read back independently of the crate's parser.
+#[derive(Debug)]
+pub struct RecordFile {
+    pub keys: Vec<String>,
+    pub map: serde_yaml::Mapping,
+    pub task_bytes: usize,
+    pub task_missing: bool,
+    pub job_id: Option<String>,
+}
+
+impl RecordFile {
+    /// Parses the frontmatter (opening `---` line, YAML mapping, first line
+    /// that is exactly `---`) and checks `task_bytes`.
+    pub fn parse(bytes: &[u8]) -> Result<RecordFile, String> {
+        let text = std::str::from_utf8(bytes.get(..bytes.len().min(64 * 1024)).unwrap_or(bytes))
+            .or_else(|e| std::str::from_utf8(&bytes[..e.valid_up_to()]))
+            .map_err(|e| e.to_string())?;
+        let rest = text.strip_prefix("---\n").ok_or("does not open with `---`")?;
+        let mut yaml_len = None;
+        let mut pos = 0;
+        for line in rest.split_inclusive('\n') {
+            if line == "---\n" {
+                yaml_len = Some(pos);
+                break;
+            }
+            pos += line.len();
+        }
+        let yaml = &rest[..yaml_len.ok_or("no closing `---` line")?];
+        let map: serde_yaml::Mapping =
+            serde_yaml::from_str(yaml).map_err(|e| format!("frontmatter is not a mapping: {e}"))?;
+        let keys = map
+            .keys()
+            .map(|k| k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}")))
+            .collect();
+        let task_bytes = map
+            .get("task_bytes")
+            .and_then(serde_yaml::Value::as_u64)
+            .ok_or("no integer task_bytes")? as usize;
+        if task_bytes > bytes.len() {
+            return Err(format!("task_bytes {task_bytes} > file size {}", bytes.len()));
+        }
+        let task_missing = map
+            .get("task_missing")
+            .and_then(serde_yaml::Value::as_bool)
+            .unwrap_or(false);
+        if map.get("status").and_then(serde_yaml::Value::as_str).is_none() {
+            return Err("no status".into());
+        }
+        let job_id = map.get("job_id").and_then(serde_yaml::Value::as_str).map(str::to_string);
+        Ok(RecordFile { keys, map, task_bytes, task_missing, job_id })
+    }
+
+    /// The original task: the file's last `task_bytes` bytes.
+    pub fn original<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[bytes.len() - self.task_bytes..]
+    }
+}
+
+/// Where [`check_invariant`] found the tasks.
+#[derive(Debug, Default, Clone)]
+pub struct Found {
+    pub inbox: usize,
+    pub done: usize,
+    pub failed: usize,
+    pub markers: usize,
+    /// Temporary files in `.agent-queue/` (debris of a killed run).
+    pub debris: usize,
+}
+
+/// `<id>` of `<id>.md` or `<id>.<N>.md` (N >= 2) when `<id>` is a task of
+/// `originals`.
+fn record_id<'a>(name: &str, originals: &'a BTreeMap<String, Vec<u8>>) -> Option<&'a String> {
+    let stem = name.strip_suffix(".md")?;
+    if let Some((k, _)) = originals.get_key_value(stem) {
+        return Some(k);
+    }
+    let (id, n) = stem.rsplit_once('.')?;
+    let n: u32 = n.parse().ok()?;
+    (n >= 2).then_some(())?;
+    originals.get_key_value(id).map(|(k, _)| k)
+}
+
+/// The design's invariant for the tasks `originals` (`<id>` → bytes of
+/// `inbox/<id>.md`): each is found whole in `inbox/<id>.md`, `done/<id>*.md`
+/// or `failed/<id>*.md` (as the file's last `task_bytes` bytes) — at least
+/// once after a kill, exactly once when `settled` (after a run that
+/// finished). Always: no file in inbox/done/failed is partial or altered, no
+/// task has two records, no temporary file is visible in inbox/, done/ or
+/// failed/. When `settled`: no debris in `.agent-queue/` and no marker
+/// without its task.
+pub fn check_invariant(
+    p: &Project,
+    originals: &BTreeMap<String, Vec<u8>>,
+    settled: bool,
+) -> Result<Found, String> {
+    let mut errors = Vec::new();
+    let mut found = Found::default();
+    let mut whole: BTreeMap<&String, Vec<String>> = BTreeMap::new();
+    let mut records: BTreeMap<&String, Vec<String>> = BTreeMap::new();
+    let mut markers = Vec::new();
+
+    for name in p.names(&p.inbox()) {
+        let path = p.inbox().join(&name);
+        if name.starts_with(TMP_PREFIX) || name.starts_with('.') {
+            errors.push(format!("temporary or hidden file visible: inbox/{name}"));
+        } else if let Some(task) = name.strip_suffix(".delegated") {
+            found.markers += 1;
+            markers.push(task.to_string());
+        } else if let Some((id, orig)) = name.strip_suffix(".md").and_then(|s| originals.get_key_value(s)) {
+            let bytes = std::fs::read(&path).map_err(|e| format!("inbox/{name}: {e}"))?;
+            if &bytes != orig {
+                errors.push(format!(
+                    "inbox/{name}: {} bytes, not the original {} bytes (truncated or altered)",
+                    bytes.len(),
+                    orig.len()
+                ));
+            } else {
+                found.inbox += 1;
+                whole.entry(id).or_default().push(format!("inbox/{name}"));
+            }
+        }
+    }
+    for (dir, label) in [(p.done(), "done"), (p.failed(), "failed")] {
+        for name in p.names(&dir) {
+            let shown = format!("{label}/{name}");
+            if name.starts_with(TMP_PREFIX) || name.starts_with('.') {
+                errors.push(format!("temporary or hidden file visible: {shown}"));
+                continue;
+            }
+            let Some(id) = record_id(&name, originals) else {
+                errors.push(format!("{shown}: not named after a known task"));
+                continue;
+            };
+            records.entry(id).or_default().push(shown.clone());
+            let bytes = std::fs::read(dir.join(&name)).map_err(|e| format!("{shown}: {e}"))?;
+            let rec = match RecordFile::parse(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(format!("{shown}: partial or unreadable record: {e}"));
+                    continue;
+                }
+            };
+            let want = if label == "done" { "completed" } else { "failed" };
+            if rec.map.get("status").and_then(serde_yaml::Value::as_str) != Some(want) {
+                errors.push(format!("{shown}: status is not {want}"));
+            }
+            let orig = &originals[id];
+            if rec.task_missing {
+                if rec.task_bytes != 0 {
+                    errors.push(format!("{shown}: task_missing with task_bytes {}", rec.task_bytes));
+                }
+                continue;
+            }
+            let header = format!("## Original task ({id}.md)\n");
+            let before = &bytes[..bytes.len() - rec.task_bytes];
+            if rec.task_bytes != orig.len() || rec.original(&bytes) != orig.as_slice() {
+                errors.push(format!(
+                    "{shown}: the original task is not its last {} bytes (task_bytes {}; truncated or altered)",
+                    orig.len(),
+                    rec.task_bytes
+                ));
+            } else if !before.ends_with(header.as_bytes()) {
+                errors.push(format!("{shown}: no `{}` line before the task", header.trim_end()));
+            } else {
+                if label == "done" {
+                    found.done += 1;
+                } else {
+                    found.failed += 1;
+                }
+                whole.entry(id).or_default().push(shown);
+            }
+        }
+    }
+    for (id, files) in &records {
+        if files.len() > 1 {
+            errors.push(format!("{id}: duplicated: {} records: {files:?}", files.len()));
+        }
+    }
+    for id in originals.keys() {
+        let at = whole.get(id).map(Vec::as_slice).unwrap_or_default();
+        match at.len() {
+            0 => errors.push(format!("{id}: LOST: not found whole anywhere")),
+            1 => {}
+            _ if settled => errors.push(format!(
+                "{id}: found in {} places after a finished run: {at:?}",
+                at.len()
+            )),
+            _ => {}
+        }
+    }
+    for name in p.names(&p.queue()) {
+        if name.starts_with(TMP_PREFIX) {
+            found.debris += 1;
+            if settled {
+                errors.push(format!("debris left after a finished run: .agent-queue/{name}"));
+            }
+        }
+    }
+    if settled {
+        for task in &markers {
+            let id = task.strip_suffix(".md").unwrap_or(task);
+            let in_inbox = p.inbox().join(task).exists();
+            if !in_inbox && originals.contains_key(id) {
+                errors.push(format!("marker {task}.delegated without its task after a finished run"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(found)
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of tests/cycle.rs and tests/inspect.rs: what a run left on disk and
+// on the mock, read independently of the crate's own parsers.
+// ---------------------------------------------------------------------------
+
+/// A file of done/ or failed/ with its bytes: the design's layout (`---`,
+/// YAML, `---`, text, and the original task as the last `task_bytes` bytes).
+#[derive(Debug)]
+pub struct Record {
+    pub bytes: Vec<u8>,
+    pub file: RecordFile,
+}
+
+impl Record {
+    #[track_caller]
+    pub fn read(path: &Path) -> Record {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let file = RecordFile::parse(&bytes).unwrap_or_else(|e| {
+            panic!("{}: {e}:\n{}", path.display(), String::from_utf8_lossy(&bytes))
+        });
+        Record { bytes, file }
+    }
+
+    /// A frontmatter value as a string (`None` when absent or not a string).
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.file.map.get(key).and_then(serde_yaml::Value::as_str)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&serde_yaml::Value> {
+        self.file.map.get(key)
+    }
+
+    /// The original task: the file's last `task_bytes` bytes.
+    pub fn original(&self) -> &[u8] {
+        self.file.original(&self.bytes)
+    }
+
+    /// Everything after the frontmatter's closing line, up to the original
+    /// task.
+    pub fn text(&self) -> String {
+        let without_task = &self.bytes[..self.bytes.len() - self.file.task_bytes];
+        let s = String::from_utf8_lossy(without_task).into_owned();
+        let after_open = s.strip_prefix("---\n").expect("opens with ---");
+        let close = after_open.find("\n---\n").expect("closing ---");
+        after_open[close + 5..].to_string()
+    }
+}
+
+/// Every file, directory and symlink under `dir` with its bytes (a
+/// symlink's target), for "nothing was written" checks.
+pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                out.insert(p, target.to_string_lossy().into_owned().into_bytes());
+            } else if ft.is_dir() {
+                out.insert(p.clone(), b"<dir>".to_vec());
+                walk(&p, out);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, &mut out);
+    out
+}
+
+/// The permission bits of a file (not following a symlink).
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// A loopback URL on which nothing listens.
+pub fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+impl Mock {
+    /// `jobs_created` of the mock's stats.
+    pub fn jobs_created(&self) -> u64 {
+        self.stats()["jobs_created"].as_u64().unwrap()
+    }
+
+    /// `requests` of the mock's stats: every /api request it received.
+    pub fn requests(&self) -> u64 {
+        self.stats()["requests"].as_u64().unwrap()
+    }
+
+    /// The mock's view of one job (an entry of `jobs` in its stats).
+    #[track_caller]
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        self.jobs()
+            .into_iter()
+            .find(|j| j["job_id"] == id)
+            .unwrap_or_else(|| panic!("the mock has no job {id}"))
+    }
+}
+
+impl Project {
+    pub fn marker_path(&self, task: &str) -> PathBuf {
+        self.inbox().join(format!("{task}.delegated"))
+    }
+
+    /// The marker beside `inbox/<task>`, parsed; `None` when there is none.
+    pub fn marker(&self, task: &str) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.marker_path(task)).ok()?;
+        Some(serde_json::from_slice(&bytes).expect("marker is JSON"))
+    }
+
+    /// Like [`Project::run`], with `input` on stdin.
+    pub fn run_with_stdin(&self, mock: Option<&Mock>, args: &[&str], input: &[u8]) -> Out {
+        let mut child = self
+            .cmd(mock)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ccl-delegate");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let o = child.wait_with_output().unwrap();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// `submit inbox/<task>` against `mock`, expecting exit 0 and
+    /// `delegated <provider> <job>`; returns the job id.
+    #[track_caller]
+    pub fn submit_ok(&self, mock: &Mock, task: &str) -> String {
+        let path = self.inbox().join(task);
+        let out = self.run(Some(mock), &["submit", path.to_str().unwrap()]);
+        out.expect(0);
+        let line = out.stdout.trim_end();
+        let words: Vec<&str> = line.split(' ').collect();
+        assert!(words.len() == 3 && words[0] == "delegated", "stdout: {line:?}");
+        words[2].to_string()
+    }
+}
