@@ -30,7 +30,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]
-    #[arg(long, global = true, value_name = "FILE", env = "CCL_DELEGATE_CONFIG", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "CCL_DELEGATE_CONFIG",
+        hide_env_values = true
+    )]
     pub config: Option<PathBuf>,
     /// Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)
     #[arg(long, global = true, value_name = "URL")]

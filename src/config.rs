@@ -266,7 +266,10 @@ fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
             // serde_yaml's message ends with "at line N column M".
             fail(
                 Code::Config,
-                format!("config file {}: {e}; fix or remove that key", path.display()),
+                format!(
+                    "config file {}: {e}; fix or remove that key",
+                    path.display()
+                ),
             )
         })
 }

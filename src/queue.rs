@@ -121,20 +121,35 @@ impl Queue {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let abs_parent =
-            fs::canonicalize(parent).map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?;
-        let in_inbox = abs_parent.file_name().is_some_and(|n| n == "inbox")
-            && abs_parent
-                .parent()
-                .and_then(Path::file_name)
-                .is_some_and(|n| n == QUEUE_DIR);
-        if !in_inbox {
+        // The inbox and .agent-queue are judged by the path as given, so
+        // that a symlinked inbox is refused rather than followed; only a
+        // bare `x.md` (run inside the inbox) needs the real working dir.
+        let in_queue = |inbox: &Path| {
+            inbox.file_name().is_some_and(|n| n == "inbox")
+                && inbox
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|n| n == QUEUE_DIR)
+        };
+        let inbox = if in_queue(parent) {
+            parent.to_path_buf()
+        } else {
+            fs::canonicalize(parent).map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?
+        };
+        if !in_queue(&inbox) {
             return Err(fail(
                 Code::Usage,
                 format!("{shown}: not in an .agent-queue/inbox/ directory"),
             ));
         }
-        let queue = Queue::at(abs_parent.parent().expect("checked above"));
+        let project = inbox
+            .parent()
+            .and_then(Path::parent)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let project =
+            fs::canonicalize(project).map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?;
+        let queue = Queue::at(&project);
         queue
             .check_dirs()
             .map_err(|e| fail(Code::Usage, format!("{e:#}")))?;
@@ -314,14 +329,27 @@ impl Queue {
     /// trace of a run killed before it removed the task, or between removing
     /// the task and the marker), if any: same job id (or none), and the same
     /// original task unless the task is already gone.
-    pub fn existing_record(&self, task: &str, job_id: Option<&str>, original: Option<&[u8]>) -> Option<PathBuf> {
+    pub fn existing_record(
+        &self,
+        task: &str,
+        job_id: Option<&str>,
+        original: Option<&[u8]>,
+    ) -> Option<PathBuf> {
         let stem = task.strip_suffix(".md").unwrap_or(task);
         for dir in [&self.done, &self.failed] {
             for n in 1u32.. {
-                let name = if n == 1 { format!("{stem}.md") } else { format!("{stem}.{n}.md") };
+                let name = if n == 1 {
+                    format!("{stem}.md")
+                } else {
+                    format!("{stem}.{n}.md")
+                };
                 let path = dir.join(name);
-                let Ok(Some((bytes, _))) = read_nofollow(&path) else { break };
-                let Some(r) = crate::record::Record::parse(&bytes) else { continue };
+                let Ok(Some((bytes, _))) = read_nofollow(&path) else {
+                    break;
+                };
+                let Some(r) = crate::record::Record::parse(&bytes) else {
+                    continue;
+                };
                 // With the task still there its bytes must match too, so a
                 // task edited in the inbox is never dropped for an old copy.
                 let same = r.job_id.as_deref() == job_id

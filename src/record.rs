@@ -152,10 +152,17 @@ pub struct Record {
 }
 
 impl Record {
-    /// Reads a record's frontmatter; `None` when it is not one of ours.
+    /// Reads a whole record; `None` when it is not one of ours.
     pub fn parse(bytes: &[u8]) -> Option<Record> {
+        Record::parse_head(bytes).filter(|r| r.task_bytes <= bytes.len())
+    }
+
+    /// Reads the frontmatter at the start of a record (the rest of the file
+    /// may be cut off); `None` when it is not one of ours.
+    pub fn parse_head(bytes: &[u8]) -> Option<Record> {
         // Only the frontmatter must be UTF-8: the details and the original
-        // task that follow it may be any bytes, so split the valid prefix.
+        // task that follow it may be any bytes (or cut mid-character), so
+        // split the valid prefix.
         let text = match std::str::from_utf8(bytes) {
             Ok(_) => bytes,
             Err(e) => &bytes[..e.valid_up_to()],
@@ -165,9 +172,8 @@ impl Record {
             return None;
         }
         let yaml = std::str::from_utf8(split.head).ok()?;
-        let inner = yaml_block(yaml)?;
-        let r: Record = serde_yaml::from_str(inner).ok()?;
-        (r.task_bytes <= bytes.len() && r.status.is_some()).then_some(r)
+        let r: Record = serde_yaml::from_str(yaml_block(yaml)?).ok()?;
+        r.status.is_some().then_some(r)
     }
 
     /// The original task: the file's last `task_bytes` bytes.
@@ -220,7 +226,7 @@ mod tests {
         assert!(text.starts_with(
             "---\nstatus: completed\nprovider: gemini\nmodel: gemini-2.5-pro\ncost_cad: 0.0123\njob_id: j-123\n"
         ), "{text}");
-        assert!(text.contains("task_bytes: 50\n---\n# Result (delegated to secutools)\nThe answer.\n---\nprovider: gemini, cost_cad: 0.0123\n## Original task (a.md)\n"), "{text}");
+        assert!(text.contains("task_bytes: 49\n---\n# Result (delegated to secutools)\nThe answer.\n---\nprovider: gemini, cost_cad: 0.0123\n## Original task (a.md)\n"), "{text}");
         let r = Record::parse(&out).unwrap();
         assert_eq!(r.original(&out), task);
         assert_eq!(r.job_id.as_deref(), Some("j-123"));

@@ -109,7 +109,10 @@ fn setup_reap_round(p: &Project, mock: &Mock, rng: &mut Rng, round: usize, n: us
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     for (id, key, job) in posted {
         if let Some(id) = id.strip_prefix("go:") {
@@ -148,17 +151,29 @@ fn check_no_double_job(mock: &Mock, context: &str) {
     let mut per_task: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
     for j in mock.jobs() {
-        let task = j["metadata"]["task"].as_str().unwrap_or_default().to_string();
+        let task = j["metadata"]["task"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         per_task
             .entry(task)
             .or_default()
             .push(j["job_id"].as_str().unwrap_or_default().to_string());
         *per_key
-            .entry(j["idempotency_key"].as_str().unwrap_or_default().to_string())
+            .entry(
+                j["idempotency_key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
             .or_default() += 1;
     }
     for (task, jobs) in &per_task {
-        assert!(jobs.len() <= 1, "{context}: {task} has {} jobs: {jobs:?}", jobs.len());
+        assert!(
+            jobs.len() <= 1,
+            "{context}: {task} has {} jobs: {jobs:?}",
+            jobs.len()
+        );
     }
     for (key, n) in &per_key {
         assert!(*n <= 1, "{context}: idempotency key {key} has {n} jobs");
@@ -170,7 +185,10 @@ fn check_no_double_job(mock: &Mock, context: &str) {
 fn check_reap_settled(p: &Project, s: &Setup, context: &str) {
     let found = check_invariant(p, &s.originals, true)
         .unwrap_or_else(|e| panic!("{context}: after the clean reap:\n{e}"));
-    assert_eq!(found.inbox, 0, "{context}: tasks left in the inbox: {found:?}");
+    assert_eq!(
+        found.inbox, 0,
+        "{context}: tasks left in the inbox: {found:?}"
+    );
     assert_eq!(found.markers, 0, "{context}: markers left: {found:?}");
 }
 
@@ -182,7 +200,14 @@ fn reap_killed_at_random_instants_loses_nothing() {
     let mut rng = Rng::from_env("CCL_KILL_SEED");
     // 20 % of the jobs end `failed`; latency makes a run last long enough
     // for kills to land anywhere in it.
-    let mock = Mock::start(&["--statuses", "completed", "--fail-rate", "0.2", "--latency", "3ms"]);
+    let mock = Mock::start(&[
+        "--statuses",
+        "completed",
+        "--fail-rate",
+        "0.2",
+        "--latency",
+        "3ms",
+    ]);
 
     // Calibration: one clean run, measured.
     let p = Project::new();

@@ -327,7 +327,14 @@ impl Ctx<'_> {
 
     /// A job still queued or running: nothing is written (the design keeps
     /// a poll in the marker only when it failed), unless it is too old.
-    fn still_running(&self, q: &Queue, task: &str, seen: &[u8], m: Marker, age: Duration) -> anyhow::Result<()> {
+    fn still_running(
+        &self,
+        q: &Queue,
+        task: &str,
+        seen: &[u8],
+        m: Marker,
+        age: Duration,
+    ) -> anyhow::Result<()> {
         if age >= self.max_age {
             return self.timeout(q, task, seen, &m);
         }
@@ -512,9 +519,7 @@ impl Ctx<'_> {
                 None => (None, 0o644),
             },
         };
-        if let Some(existing) =
-            q.existing_record(task, job_id, original.as_deref())
-        {
+        if let Some(existing) = q.existing_record(task, job_id, original.as_deref()) {
             q.remove_task_and_marker(&lock, task)?;
             return Ok(Some(existing));
         }

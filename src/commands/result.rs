@@ -17,6 +17,8 @@ pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
     let deadline = args.wait.map(|d| start + d);
     let progress = deadline.is_some() && std::io::stderr().is_terminal();
     let mut pause = Duration::from_millis(250);
+    // A 409 that races the job's completion: ask once more, without waiting.
+    let mut asked_again = false;
     loop {
         match client.result(&job) {
             Ok(r) => {
@@ -56,7 +58,10 @@ pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
                             ),
                         ));
                     }
-                    Status::Completed => {} // the result is on its way: ask again
+                    Status::Completed if !asked_again => {
+                        asked_again = true;
+                        continue;
+                    }
                     _ => {}
                 }
                 let now = Instant::now();

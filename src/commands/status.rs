@@ -164,26 +164,12 @@ fn read_head(path: &Path) -> Option<Record> {
         }
     }
     buf.truncate(n);
-    let mut head = parse_head(&buf);
+    let mut head = Record::parse_head(&buf);
     if head.is_none() && n == 4096 {
         f.read_to_end(&mut buf).ok()?;
-        head = parse_head(&buf);
+        head = Record::parse_head(&buf);
     }
     head
-}
-
-fn parse_head(bytes: &[u8]) -> Option<Record> {
-    let split = crate::frontmatter::split(bytes);
-    if split.head.is_empty() {
-        return None;
-    }
-    let text = std::str::from_utf8(split.head).ok()?;
-    let inner = text.split_once('\n')?.1;
-    let inner = &inner[..inner
-        .trim_end_matches(['\r', '\n'])
-        .rfind('\n')
-        .map_or(0, |i| i + 1)];
-    serde_yaml::from_str(inner).ok()
 }
 
 fn render_table(out: &mut impl Write, r: &Report, _tty: bool) -> std::io::Result<()> {

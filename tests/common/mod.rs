@@ -37,7 +37,9 @@ impl Mock {
             .spawn()
             .expect("start secutools-mock");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let url = line
             .trim()
             .strip_prefix("listening on ")
@@ -124,7 +126,11 @@ impl Project {
     /// Sorted file names in a directory (empty when it does not exist).
     pub fn names(&self, dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -177,7 +183,11 @@ impl Out {
 
     #[track_caller]
     pub fn expect(&self, code: i32) -> &Out {
-        assert_eq!(self.code, code, "exit code; stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "exit code; stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -217,7 +227,10 @@ impl Mock {
         let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
         let v: serde_json::Value = serde_json::from_str(body)
             .unwrap_or_else(|e| panic!("mock answered {resp:?} to a job creation: {e}"));
-        v["job_id"].as_str().expect("job_id in the answer").to_string()
+        v["job_id"]
+            .as_str()
+            .expect("job_id in the answer")
+            .to_string()
     }
 
     /// The mock's jobs, as `stats()` lists them.
@@ -334,7 +347,9 @@ impl RecordFile {
         let text = std::str::from_utf8(bytes.get(..bytes.len().min(64 * 1024)).unwrap_or(bytes))
             .or_else(|e| std::str::from_utf8(&bytes[..e.valid_up_to()]))
             .map_err(|e| e.to_string())?;
-        let rest = text.strip_prefix("---\n").ok_or("does not open with `---`")?;
+        let rest = text
+            .strip_prefix("---\n")
+            .ok_or("does not open with `---`")?;
         let mut yaml_len = None;
         let mut pos = 0;
         for line in rest.split_inclusive('\n') {
@@ -349,24 +364,44 @@ impl RecordFile {
             serde_yaml::from_str(yaml).map_err(|e| format!("frontmatter is not a mapping: {e}"))?;
         let keys = map
             .keys()
-            .map(|k| k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}")))
+            .map(|k| {
+                k.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{k:?}"))
+            })
             .collect();
         let task_bytes = map
             .get("task_bytes")
             .and_then(serde_yaml::Value::as_u64)
             .ok_or("no integer task_bytes")? as usize;
         if task_bytes > bytes.len() {
-            return Err(format!("task_bytes {task_bytes} > file size {}", bytes.len()));
+            return Err(format!(
+                "task_bytes {task_bytes} > file size {}",
+                bytes.len()
+            ));
         }
         let task_missing = map
             .get("task_missing")
             .and_then(serde_yaml::Value::as_bool)
             .unwrap_or(false);
-        if map.get("status").and_then(serde_yaml::Value::as_str).is_none() {
+        if map
+            .get("status")
+            .and_then(serde_yaml::Value::as_str)
+            .is_none()
+        {
             return Err("no status".into());
         }
-        let job_id = map.get("job_id").and_then(serde_yaml::Value::as_str).map(str::to_string);
-        Ok(RecordFile { keys, map, task_bytes, task_missing, job_id })
+        let job_id = map
+            .get("job_id")
+            .and_then(serde_yaml::Value::as_str)
+            .map(str::to_string);
+        Ok(RecordFile {
+            keys,
+            map,
+            task_bytes,
+            task_missing,
+            job_id,
+        })
     }
 
     /// The original task: the file's last `task_bytes` bytes.
@@ -425,7 +460,10 @@ pub fn check_invariant(
         } else if let Some(task) = name.strip_suffix(".delegated") {
             found.markers += 1;
             markers.push(task.to_string());
-        } else if let Some((id, orig)) = name.strip_suffix(".md").and_then(|s| originals.get_key_value(s)) {
+        } else if let Some((id, orig)) = name
+            .strip_suffix(".md")
+            .and_then(|s| originals.get_key_value(s))
+        {
             let bytes = std::fs::read(&path).map_err(|e| format!("inbox/{name}: {e}"))?;
             if &bytes != orig {
                 errors.push(format!(
@@ -459,14 +497,21 @@ pub fn check_invariant(
                     continue;
                 }
             };
-            let want = if label == "done" { "completed" } else { "failed" };
+            let want = if label == "done" {
+                "completed"
+            } else {
+                "failed"
+            };
             if rec.map.get("status").and_then(serde_yaml::Value::as_str) != Some(want) {
                 errors.push(format!("{shown}: status is not {want}"));
             }
             let orig = &originals[id];
             if rec.task_missing {
                 if rec.task_bytes != 0 {
-                    errors.push(format!("{shown}: task_missing with task_bytes {}", rec.task_bytes));
+                    errors.push(format!(
+                        "{shown}: task_missing with task_bytes {}",
+                        rec.task_bytes
+                    ));
                 }
                 continue;
             }
@@ -479,7 +524,10 @@ pub fn check_invariant(
                     rec.task_bytes
                 ));
             } else if !before.ends_with(header.as_bytes()) {
-                errors.push(format!("{shown}: no `{}` line before the task", header.trim_end()));
+                errors.push(format!(
+                    "{shown}: no `{}` line before the task",
+                    header.trim_end()
+                ));
             } else {
                 if label == "done" {
                     found.done += 1;
@@ -492,7 +540,10 @@ pub fn check_invariant(
     }
     for (id, files) in &records {
         if files.len() > 1 {
-            errors.push(format!("{id}: duplicated: {} records: {files:?}", files.len()));
+            errors.push(format!(
+                "{id}: duplicated: {} records: {files:?}",
+                files.len()
+            ));
         }
     }
     for id in originals.keys() {
@@ -511,7 +562,9 @@ pub fn check_invariant(
         if name.starts_with(TMP_PREFIX) {
             found.debris += 1;
             if settled {
-                errors.push(format!("debris left after a finished run: .agent-queue/{name}"));
+                errors.push(format!(
+                    "debris left after a finished run: .agent-queue/{name}"
+                ));
             }
         }
     }
@@ -520,7 +573,9 @@ pub fn check_invariant(
             let id = task.strip_suffix(".md").unwrap_or(task);
             let in_inbox = p.inbox().join(task).exists();
             if !in_inbox && originals.contains_key(id) {
-                errors.push(format!("marker {task}.delegated without its task after a finished run"));
+                errors.push(format!(
+                    "marker {task}.delegated without its task after a finished run"
+                ));
             }
         }
     }
@@ -549,7 +604,11 @@ impl Record {
     pub fn read(path: &Path) -> Record {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         let file = RecordFile::parse(&bytes).unwrap_or_else(|e| {
-            panic!("{}: {e}:\n{}", path.display(), String::from_utf8_lossy(&bytes))
+            panic!(
+                "{}: {e}:\n{}",
+                path.display(),
+                String::from_utf8_lossy(&bytes)
+            )
         });
         Record { bytes, file }
     }
@@ -608,7 +667,11 @@ pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// The permission bits of a file (not following a symlink).
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 /// A loopback URL on which nothing listens.
@@ -679,7 +742,10 @@ impl Project {
         out.expect(0);
         let line = out.stdout.trim_end();
         let words: Vec<&str> = line.split(' ').collect();
-        assert!(words.len() == 3 && words[0] == "delegated", "stdout: {line:?}");
+        assert!(
+            words.len() == 3 && words[0] == "delegated",
+            "stdout: {line:?}"
+        );
         words[2].to_string()
     }
 }
