@@ -178,14 +178,7 @@ impl Queue {
     /// Takes the queue lock, waiting for it. Held only while files change.
     pub fn lock(&self) -> anyhow::Result<QueueLock> {
         let path = self.root.join(LOCK_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
+        let file = open_lock_file(&path, libc::O_NOFOLLOW)
             .with_context(|| format!("cannot open the queue lock {}", path.display()))?;
         fs2::FileExt::lock_exclusive(&file)
             .with_context(|| format!("cannot lock {}", path.display()))?;
@@ -429,6 +422,19 @@ impl Queue {
         tmp.as_file().sync_all().with_context(ctx)?;
         Ok(tmp)
     }
+}
+
+/// Opens (creating) a lock file. Lock files are never truncated or deleted:
+/// another process may hold a lock on them.
+pub fn open_lock_file(path: &Path, extra_flags: i32) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC | extra_flags)
+        .open(path)
 }
 
 /// `<id>.md`, not hidden, no path separators.

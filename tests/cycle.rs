@@ -8,12 +8,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KEY, Mock, Out, Project, Record, dead_url, marker_json, mode, rfc3339_ago, tree};
+use common::{
+    KEY, Mock, Out, Project, Record, ShellLock, dead_url, marker_json, mode, rfc3339_ago, tree,
+};
 use serde_json::json;
 
 /// A task with this YAML frontmatter and a one-line body.
@@ -1367,51 +1367,6 @@ fn reap_never_reads_or_moves_a_symlinked_task() {
             .is_symlink(),
         "the link is never moved"
     );
-}
-
-/// `flock <lock> sleep 5` in its own process group: the run lock held by a
-/// shell, as the design says flock(1) sees it.
-struct ShellLock(Child);
-
-impl ShellLock {
-    fn hold(lock: &Path) -> ShellLock {
-        std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
-        let child = Command::new("flock")
-            .arg(lock)
-            .args(["sleep", "5"])
-            .process_group(0)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("flock(1) is installed");
-        let t0 = Instant::now();
-        // Held when a non-blocking flock finds it taken (exit 42 by -E).
-        while Command::new("flock")
-            .args(["-n", "-E", "42"])
-            .arg(lock)
-            .arg("true")
-            .status()
-            .unwrap()
-            .code()
-            != Some(42)
-        {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "flock never took the lock"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        ShellLock(child)
-    }
-}
-
-impl Drop for ShellLock {
-    fn drop(&mut self) {
-        // SAFETY: signalling the process group this test started.
-        unsafe {
-            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -1,9 +1,6 @@
 //! `doctor`: one line per check of what a cron job or dispatcher depends on.
 //! Run it after editing the crontab or the config file.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
-
 use crate::cli::DoctorArgs;
 use crate::client::ClientError;
 use crate::config::{KeySource, Settings};
@@ -95,15 +92,7 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
         .parent()
         .map(std::fs::create_dir_all)
         .transpose()
-        .and_then(|_| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(lock)
-        });
+        .and_then(|_| crate::queue::open_lock_file(lock, 0));
     match verdict {
         Ok(f) => match fs2::FileExt::try_lock_exclusive(&f) {
             Ok(()) => c.ok("run lock", lock.display()),

@@ -3,9 +3,8 @@
 //! bounded pool of threads sharing one HTTP agent. No lock is held across a
 //! network call: the queue lock covers only re-checking and changing files.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -142,14 +141,7 @@ fn take_run_lock(path: &Path) -> anyhow::Result<Option<fs::File>> {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {} for the run lock", dir.display()))?;
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
+    let file = crate::queue::open_lock_file(path, 0)
         .with_context(|| format!("cannot open the run lock {}", path.display()))?;
     match fs2::FileExt::try_lock_exclusive(&file) {
         Ok(()) => Ok(Some(file)),
