@@ -69,6 +69,11 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         let mut pool_started = false;
         for dir in &projects {
             let queue = Arc::new(Queue::at(dir));
+            // A project (e.g. from a glob) without a queue has no markers.
+            if !queue.inbox.exists() && !queue.inbox.is_symlink() {
+                ui.info(format_args!("{}: no queue, skipped", queue.inbox.display()));
+                continue;
+            }
             let tasks = match queue.check_dirs().and_then(|()| {
                 queue
                     .marked_tasks()

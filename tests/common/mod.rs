@@ -749,3 +749,46 @@ impl Project {
         words[2].to_string()
     }
 }
+
+/// `flock <lock> sleep 5` in its own process group: a lock held by a shell,
+/// as flock(1) takes it. Killed (the whole group) on drop.
+pub struct ShellLock(Child);
+
+impl ShellLock {
+    pub fn hold(lock: &Path) -> ShellLock {
+        use std::os::unix::process::CommandExt;
+        std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+        let child = Command::new("flock")
+            .arg(lock)
+            .args(["sleep", "5"])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("flock(1) is installed");
+        let t0 = std::time::Instant::now();
+        // Held once a non-blocking flock finds it taken (exit 42 by -E).
+        while Command::new("flock")
+            .args(["-n", "-E", "42"])
+            .arg(lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .code()
+            != Some(42)
+        {
+            assert!(t0.elapsed() < Duration::from_secs(5), "flock never took the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ShellLock(child)
+    }
+}
+
+impl Drop for ShellLock {
+    fn drop(&mut self) {
+        // SAFETY: signals the process group this helper started, by its id.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
