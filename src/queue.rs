@@ -66,6 +66,15 @@ pub struct Queue {
     pub failed: PathBuf,
 }
 
+/// One task of [`Queue::finish_many`].
+pub struct Finishing<'a> {
+    /// `<id>.md`.
+    pub task: &'a str,
+    /// The record to write and its permission bits; `None` when it is
+    /// already durable in done/ or failed/ and only the removals are left.
+    pub record: Option<(Outcome, &'a [u8], u32)>,
+}
+
 /// Proof that the queue lock is held; mutating calls take it.
 pub struct QueueLock {
     _file: File,
@@ -276,12 +285,86 @@ impl Queue {
         record: &[u8],
         mode: u32,
     ) -> anyhow::Result<PathBuf> {
+        let item = Finishing {
+            task,
+            record: Some((outcome, record, mode)),
+        };
+        let written = self.finish_many(lock, std::slice::from_ref(&item)).pop();
+        written
+            .expect("one result per item")?
+            .ok_or_else(|| anyhow::anyhow!("no record written for {task}"))
+    }
+
+    /// [`Queue::finish`] for many tasks under one lock. Every task goes
+    /// through the same durable steps in the same order (its record written
+    /// to a temporary file and fsynced, renamed into place without replacing,
+    /// the directory fsynced; only then its task and marker removed and the
+    /// inbox fsynced), but each directory is fsynced once for the whole
+    /// batch: a reap finishing many jobs pays about one fsync per record
+    /// instead of three. An item whose `record` is `None` already has its
+    /// record durable and only needs the removals. Gives, per item, the
+    /// record written (`None` for removals only) or why that task was not
+    /// finished; a failing item never stops the others, and no task is
+    /// removed before its record is durable.
+    pub fn finish_many(
+        &self,
+        lock: &QueueLock,
+        items: &[Finishing<'_>],
+    ) -> Vec<anyhow::Result<Option<PathBuf>>> {
+        let mut results: Vec<anyhow::Result<Option<PathBuf>>> =
+            items.iter().map(|_| Ok(None)).collect();
+        for (item, result) in items.iter().zip(results.iter_mut()) {
+            if let Some((outcome, record, mode)) = item.record {
+                *result = self.place_record(item.task, outcome, record, mode).map(Some);
+            }
+        }
+        for outcome in [Outcome::Done, Outcome::Failed] {
+            let placed = |i: usize| matches!(items[i].record, Some((o, ..)) if o == outcome);
+            if !(0..items.len()).any(|i| placed(i) && results[i].is_ok()) {
+                continue;
+            }
+            if let Err(e) = sync_dir(self.outcome_dir(outcome)) {
+                for (i, result) in results.iter_mut().enumerate() {
+                    if placed(i) && result.is_ok() {
+                        *result = Err(anyhow::anyhow!("{e:#}"));
+                    }
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if results[i].is_ok() {
+                match self.remove_task_and_marker_unsynced(lock, item.task) {
+                    Ok(()) => removed.push(i),
+                    Err(e) => results[i] = Err(e),
+                }
+            }
+        }
+        if !removed.is_empty() {
+            if let Err(e) = sync_dir(&self.inbox) {
+                for i in removed {
+                    results[i] = Err(anyhow::anyhow!("{e:#}"));
+                }
+            }
+        }
+        results
+    }
+
+    /// Writes a record as a new, synced file in done/ or failed/: `<id>.md`,
+    /// or `<id>.N.md` when that is taken. Its directory is not synced yet.
+    fn place_record(
+        &self,
+        task: &str,
+        outcome: Outcome,
+        record: &[u8],
+        mode: u32,
+    ) -> anyhow::Result<PathBuf> {
         let dir = self.outcome_dir(outcome);
         self.ensure_dir(dir)?;
         let stem = task.strip_suffix(".md").unwrap_or(task);
         let mut tmp = self.write_tmp(record, mode)?;
         let mut n = 1u32;
-        let written = loop {
+        loop {
             let name = if n == 1 {
                 format!("{stem}.md")
             } else {
@@ -290,7 +373,7 @@ impl Queue {
             let target = dir.join(name);
             fault("rename")?;
             match tmp.persist_noclobber(&target) {
-                Ok(_) => break target,
+                Ok(_) => return Ok(target),
                 Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
                     tmp = e.file;
                     n += 1;
@@ -300,22 +383,23 @@ impl Queue {
                         .context(format!("cannot write {}", target.display())));
                 }
             }
-        };
-        sync_dir(dir)?;
-        self.remove_task_and_marker(lock, task)?;
-        Ok(written)
+        }
     }
 
     /// Finishes the removals of a task whose record is already durable.
-    pub fn remove_task_and_marker(&self, _lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+    pub fn remove_task_and_marker(&self, lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+        self.remove_task_and_marker_unsynced(lock, task)?;
+        sync_dir(&self.inbox)
+    }
+
+    fn remove_task_and_marker_unsynced(&self, _lock: &QueueLock, task: &str) -> anyhow::Result<()> {
         let task_path = self.task_path(task);
         match fs::symlink_metadata(&task_path) {
             // A symlinked task is never moved; it stays for a person.
             Ok(m) if m.file_type().is_symlink() => {}
             _ => remove(&task_path)?,
         }
-        remove(&self.marker_path(task))?;
-        sync_dir(&self.inbox)
+        remove(&self.marker_path(task))
     }
 
     /// A record already in done/ or failed/ for this task and this job (the
@@ -366,12 +450,17 @@ impl Queue {
         mode: u32,
     ) -> anyhow::Result<PathBuf> {
         let target = self.task_path(task);
-        let tmp = self.write_tmp(original, mode)?;
-        if !persist(tmp, &target, false)? {
-            return Err(anyhow::anyhow!(
-                "{} already exists; move it away first, nothing was changed",
-                target.display()
-            ));
+        // A requeue that failed after restoring the task left it beside the
+        // record: this run only finishes the removal.
+        let restored = matches!(read_nofollow(&target), Ok(Some((b, _))) if b == original);
+        if !restored {
+            let tmp = self.write_tmp(original, mode)?;
+            if !persist(tmp, &target, false)? {
+                return Err(anyhow::anyhow!(
+                    "{} already exists; move it away first, nothing was changed",
+                    target.display()
+                ));
+            }
         }
         sync_dir(&self.inbox)?;
         remove(record_path)?;

@@ -136,6 +136,22 @@ fn setup_reap_round(p: &Project, mock: &Mock, rng: &mut Rng, round: usize, n: us
     Setup { originals, keys }
 }
 
+/// With `CCL_KILL_KEEP=DIR`, a copy of the queue right after the kill, to
+/// look at when the clean run then fails.
+fn keep_snapshot(p: &Project, round: usize) -> Option<std::path::PathBuf> {
+    let dir =
+        std::path::PathBuf::from(std::env::var_os("CCL_KILL_KEEP")?).join(format!("round-{round}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    std::process::Command::new("cp")
+        .arg("-a")
+        .arg(p.queue())
+        .arg(&dir)
+        .status()
+        .ok()?;
+    Some(dir)
+}
+
 fn spawn_reap(p: &Project, mock: &Mock) -> Child {
     let dir = p.dir.display().to_string();
     p.cmd(Some(mock))
@@ -192,24 +208,49 @@ fn check_reap_settled(p: &Project, s: &Setup, context: &str) {
     assert_eq!(found.markers, 0, "{context}: markers left: {found:?}");
 }
 
+/// The mock every reap round runs against: 20 % of the jobs end `failed`;
+/// latency makes a run last long enough for kills to land anywhere in it.
+fn reap_mock() -> Mock {
+    Mock::start(&[
+        "--statuses",
+        "completed",
+        "--fail-rate",
+        "0.2",
+        "--latency",
+        "5ms",
+    ])
+}
+
+/// Waits up to `delay` for the child; kills it with SIGKILL if it still
+/// runs. `Some(elapsed)` when it had finished on its own first.
+fn kill_after(child: &mut Child, delay: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return Some(t0.elapsed());
+        }
+        let left = delay.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(2)));
+    }
+    // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    // It may have exited between try_wait and kill.
+    status.code().map(|_| t0.elapsed())
+}
+
 #[test]
 #[ignore = "kill test: run with --include-ignored (CCL_KILL_ROUNDS rounds)"]
 fn reap_killed_at_random_instants_loses_nothing() {
     const TASKS: usize = 300;
     let rounds = rounds();
     let mut rng = Rng::from_env("CCL_KILL_SEED");
-    // 20 % of the jobs end `failed`; latency makes a run last long enough
-    // for kills to land anywhere in it.
-    let mock = Mock::start(&[
-        "--statuses",
-        "completed",
-        "--fail-rate",
-        "0.2",
-        "--latency",
-        "3ms",
-    ]);
 
     // Calibration: one clean run, measured.
+    let mock = reap_mock();
     let p = Project::new();
     let s = setup_reap_round(&p, &mock, &mut rng, 0, TASKS);
     let t0 = Instant::now();
@@ -221,31 +262,34 @@ fn reap_killed_at_random_instants_loses_nothing() {
     check_reap_settled(&p, &s, "calibration");
     check_no_double_job(&mock, "calibration");
     eprintln!("clean reap of {TASKS} jobs: {clean:?}");
+    drop(mock);
 
-    let window = clean.mul_f64(1.1).as_micros() as u64 + 1;
+    // Kill instants are uniform in [0, window]; the window follows the
+    // runs that finished before their kill (the machine may be busy).
+    let mut window = clean.mul_f64(1.1);
     let (mut killed, mut finished_first, mut debris_rounds, mut orphan_rounds) = (0, 0, 0, 0);
-    let mut max_found_twice = 0;
+    let mut twice_rounds = 0;
     let started = Instant::now();
     for round in 1..=rounds {
+        let mock = reap_mock();
         let p = Project::new();
         let s = setup_reap_round(&p, &mock, &mut rng, round, TASKS);
-        let delay = Duration::from_micros(rng.below(window));
+        let delay = Duration::from_micros(rng.below(window.as_micros() as u64 + 1));
         let mut child = spawn_reap(&p, &mock);
-        std::thread::sleep(delay);
-        let was_running = child.try_wait().unwrap().is_none();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-        let status = child.wait().unwrap();
-        if was_running && status.code().is_none() {
-            killed += 1;
-        } else {
-            finished_first += 1;
+        match kill_after(&mut child, delay) {
+            None => killed += 1,
+            Some(took) => {
+                finished_first += 1;
+                window = (window + took.mul_f64(1.1)) / 2;
+            }
         }
         let context = format!("round {round} (killed after {delay:?})");
+        let snapshot = keep_snapshot(&p, round);
         let found = check_invariant(&p, &s.originals, false)
             .unwrap_or_else(|e| panic!("{context}: right after the kill:\n{e}"));
-        let twice = found.inbox + found.done + found.failed - s.originals.len();
-        max_found_twice = max_found_twice.max(twice);
+        if found.inbox + found.done + found.failed > s.originals.len() {
+            twice_rounds += 1;
+        }
         if found.debris > 0 {
             debris_rounds += 1;
         }
@@ -260,28 +304,246 @@ fn reap_killed_at_random_instants_loses_nothing() {
         if orphans > 0 {
             orphan_rounds += 1;
         }
+        let context = format!("{context} (state after the kill: {snapshot:?})");
         let out = p.reap_until_settled(&mock, &["-q"], 4);
         assert_eq!(out.code, 0, "{context}: clean reap: {out:?}");
         check_reap_settled(&p, &s, &context);
         check_no_double_job(&mock, &context);
-        // Pending markers were sent with their own key, once.
-        let jobs = mock.jobs();
-        for (id, key) in &s.keys {
-            let n = jobs
-                .iter()
-                .filter(|j| j["idempotency_key"].as_str() == Some(key))
-                .count();
-            assert!(n <= 1, "{context}: task {id}: {n} jobs for key {key}");
+        // Every job of a task was created with its marker's key: a pending
+        // marker was re-sent with its own key, never a fresh one.
+        for j in mock.jobs() {
+            let task = j["metadata"]["task"].as_str().unwrap_or_default();
+            let id = task.trim_end_matches(".md");
+            let key = s.keys.get(id).map(String::as_str);
+            assert_eq!(j["idempotency_key"].as_str(), key, "{context}: job {j}");
         }
     }
     eprintln!(
-        "reap kill test: {rounds} rounds in {:?}: {killed} killed mid-run, {finished_first} \
-         finished before the kill, {debris_rounds} left temporary files, {orphan_rounds} left a marker \
-         without its task, at most {max_found_twice} tasks in two places at a kill",
+        "reap kill test: {rounds} rounds of {TASKS} jobs in {:?} (clean run {clean:?}, final \
+         window {window:?}): {killed} killed mid-run, {finished_first} finished before the kill; \
+         after the kill {debris_rounds} rounds had temporary files, {orphan_rounds} a marker \
+         without its task, {twice_rounds} a task in two places",
         started.elapsed()
     );
     assert!(
         killed * 10 >= rounds * 7,
         "only {killed} of {rounds} rounds killed a running reap: the window is miscalibrated"
+    );
+}
+
+/// One submit round's tasks: `n` tasks that delegate (routing rule 4/6).
+fn setup_submit_round(
+    p: &Project,
+    rng: &mut Rng,
+    round: usize,
+    n: usize,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut originals = BTreeMap::new();
+    for i in 0..n {
+        let id = format!("s{round}-t{i}");
+        let mut bytes = match rng.below(3) {
+            0 => b"---\nallow_delegation: true\n---\n".to_vec(),
+            1 => b"---\r\npreferred_ai: gpu\r\n---\r\n".to_vec(),
+            _ => b"---\npreferred_ai: claude\npriority: high\n...\n".to_vec(),
+        };
+        bytes.extend_from_slice(format!("Submit round {round}, task {i}.\n").as_bytes());
+        p.task(&format!("{id}.md"), &bytes);
+        originals.insert(id, bytes);
+    }
+    originals
+}
+
+fn spawn_submit(p: &Project, mock: &Mock, id: &str) -> Child {
+    let path = p.inbox().join(format!("{id}.md"));
+    p.cmd(Some(mock))
+        .arg("submit")
+        .arg(&path)
+        .arg("-q")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn submit")
+}
+
+/// Right after the kills: each marker is absent, pending with a valid key,
+/// or submitted with the one job of its task; a task without a marker has
+/// no job (the marker is written before the POST).
+fn check_submit_markers(
+    p: &Project,
+    mock: &Mock,
+    originals: &BTreeMap<String, Vec<u8>>,
+    context: &str,
+) -> (usize, usize, usize) {
+    let jobs = mock.jobs();
+    let (mut absent, mut pending, mut submitted) = (0, 0, 0);
+    for id in originals.keys() {
+        let task = format!("{id}.md");
+        let of_task: Vec<&serde_json::Value> = jobs
+            .iter()
+            .filter(|j| j["metadata"]["task"].as_str() == Some(task.as_str()))
+            .collect();
+        assert!(
+            of_task.len() <= 1,
+            "{context}: {task} has {} jobs: {of_task:?}",
+            of_task.len()
+        );
+        let marker = p.inbox().join(format!("{task}.delegated"));
+        let Ok(bytes) = std::fs::read(&marker) else {
+            assert!(
+                of_task.is_empty(),
+                "{context}: {task} has no marker but a job: {of_task:?}"
+            );
+            absent += 1;
+            continue;
+        };
+        let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{context}: {task}: marker is not whole JSON ({e}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        let key = m["idempotency_key"].as_str().unwrap_or_default();
+        assert!(
+            key.len() >= 16,
+            "{context}: {task}: marker without a valid key: {m}"
+        );
+        if let Some(job) = of_task.first() {
+            assert_eq!(
+                job["idempotency_key"].as_str(),
+                Some(key),
+                "{context}: {task}: job sent with another key"
+            );
+        }
+        match m["state"].as_str() {
+            Some("pending") => pending += 1,
+            Some("submitted") => {
+                submitted += 1;
+                let job = of_task
+                    .first()
+                    .unwrap_or_else(|| panic!("{context}: {task}: submitted marker, no job"));
+                assert_eq!(
+                    m["job_id"], job["job_id"],
+                    "{context}: {task}: marker names another job"
+                );
+            }
+            other => panic!("{context}: {task}: marker state {other:?}"),
+        }
+    }
+    (absent, pending, submitted)
+}
+
+#[test]
+#[ignore = "kill test: run with --include-ignored (CCL_KILL_ROUNDS rounds)"]
+fn submit_killed_at_random_instants_never_makes_a_double_job() {
+    const TASKS: usize = 8;
+    let rounds = rounds();
+    let mut rng = Rng::from_env("CCL_KILL_SEED");
+    let submit_mock = || Mock::start(&["--statuses", "completed", "--latency", "40ms"]);
+
+    // Calibration: the submits of one round, unkilled, measured.
+    let mock = submit_mock();
+    let p = Project::new();
+    let originals = setup_submit_round(&p, &mut rng, 0, TASKS);
+    let t0 = Instant::now();
+    let mut children: Vec<Child> = originals
+        .keys()
+        .map(|id| spawn_submit(&p, &mock, id))
+        .collect();
+    for c in &mut children {
+        assert!(c.wait().unwrap().success(), "calibration submit failed");
+    }
+    let clean = t0.elapsed();
+    assert_eq!(
+        check_submit_markers(&p, &mock, &originals, "calibration"),
+        (0, 0, TASKS)
+    );
+    eprintln!("{TASKS} concurrent clean submits: {clean:?}");
+    drop(mock);
+
+    let mut window = clean.mul_f64(1.2);
+    let (mut killed, mut finished_first) = (0, 0);
+    let (mut absent, mut pending, mut submitted) = (0, 0, 0);
+    let started = Instant::now();
+    for round in 1..=rounds {
+        let mock = submit_mock();
+        let p = Project::new();
+        let originals = setup_submit_round(&p, &mut rng, round, TASKS);
+        let mut runs: Vec<(Child, Duration)> = originals
+            .keys()
+            .map(|id| {
+                let delay = Duration::from_micros(rng.below(window.as_micros() as u64 + 1));
+                (spawn_submit(&p, &mock, id), delay)
+            })
+            .collect();
+        let t0 = Instant::now();
+        runs.sort_by_key(|r| r.1);
+        let mut longest_clean = Duration::ZERO;
+        for (child, delay) in &mut runs {
+            match kill_after(child, delay.saturating_sub(t0.elapsed())) {
+                None => killed += 1,
+                Some(_) => {
+                    finished_first += 1;
+                    longest_clean = longest_clean.max(t0.elapsed());
+                }
+            }
+        }
+        if longest_clean > Duration::ZERO && longest_clean.mul_f64(1.2) < window {
+            window = (window + longest_clean.mul_f64(1.2)) / 2;
+        }
+        let context = format!("submit round {round}");
+        check_invariant(&p, &originals, false)
+            .unwrap_or_else(|e| panic!("{context}: right after the kills:\n{e}"));
+        let (a, pe, s) = check_submit_markers(&p, &mock, &originals, &context);
+        absent += a;
+        pending += pe;
+        submitted += s;
+
+        // A clean reap finishes every delegated task; the others are the
+        // dispatcher's, untouched.
+        let out = p.reap_until_settled(&mock, &["-q"], 4);
+        assert_eq!(out.code, 0, "{context}: clean reap: {out:?}");
+        let found = check_invariant(&p, &originals, true)
+            .unwrap_or_else(|e| panic!("{context}: after the clean reap:\n{e}"));
+        assert_eq!(found.inbox, a, "{context}: {found:?}");
+        assert_eq!(found.done, pe + s, "{context}: {found:?}");
+        check_no_double_job(&mock, &context);
+        let stats = mock.stats();
+        assert_eq!(
+            stats["jobs_created"].as_u64(),
+            Some((pe + s) as u64),
+            "{context}: {stats}"
+        );
+        for id in originals.keys() {
+            let done = p.done().join(format!("{id}.md"));
+            let Ok(bytes) = std::fs::read(&done) else {
+                continue;
+            };
+            let rec = RecordFile::parse(&bytes).unwrap();
+            let job = mock
+                .jobs()
+                .into_iter()
+                .find(|j| j["metadata"]["task"].as_str() == Some(&format!("{id}.md")))
+                .unwrap_or_else(|| panic!("{context}: {id} is done without a job"));
+            assert_eq!(
+                rec.job_id.as_deref(),
+                job["job_id"].as_str(),
+                "{context}: {id}"
+            );
+        }
+    }
+    eprintln!(
+        "submit kill test: {rounds} rounds of {TASKS} concurrent submits in {:?} (clean {clean:?}, \
+         final window {window:?}): {killed} killed, {finished_first} finished first; markers after \
+         the kill: {absent} absent, {pending} pending, {submitted} submitted",
+        started.elapsed()
+    );
+    assert!(
+        killed * 10 >= rounds * TASKS * 6,
+        "only {killed} of {} submits were killed: the window is miscalibrated",
+        rounds * TASKS
+    );
+    assert!(
+        absent > 0 && pending > 0 && submitted > 0,
+        "kills did not land in every phase"
     );
 }

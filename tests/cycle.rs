@@ -431,7 +431,7 @@ fn submit_routed_to_claude_code_prints_local_rule_exits_10_and_writes_nothing() 
 fn submit_writes_a_marker_with_the_design_keys_in_state_submitted() {
     let mock = Mock::start(&[]);
     let p = Project::new();
-    let bytes = b"---\npreferred_ai: Gemini\npriority: high\ncomplexity_hint: needs care\n---\n\nWrite a haiku.\n";
+    let bytes = b"---\npreferred_ai: Gemini\npriority: high\ncomplexity_hint: needs care\n---\n\n    indented: kept\nWrite a haiku.\n";
     let task = p.task("a.md", bytes);
     let out = p.run(Some(&mock), &["submit", s(&task)]);
     out.expect(0);
@@ -494,7 +494,7 @@ fn submit_writes_a_marker_with_the_design_keys_in_state_submitted() {
     assert_eq!(j["metadata"], json!({"project": "proj", "task": "a.md"}));
     assert_eq!(
         j["prompt"],
-        "Task: a.md\n\nWrite a haiku.\n\nProvide a complete, self-contained answer."
+        "Task: a.md\n\n    indented: kept\nWrite a haiku.\n\nProvide a complete, self-contained answer."
     );
     // The task itself is untouched.
     assert_eq!(std::fs::read(&task).unwrap(), bytes);
@@ -1327,16 +1327,12 @@ fn reap_never_touches_paths_named_inside_a_marker() {
 
     assert_eq!(tree(&other), before_other, "the other project is untouched");
     assert_eq!(std::fs::read(&loose).unwrap(), b"loose victim\n");
-    for f in ["a.md", "b.md"] {
+    for record in [p.done().join("a.md"), p.failed().join("b.md")] {
+        let bytes = std::fs::read(&record).unwrap();
         assert!(
-            !Record::read(&p.queue().join(if f == "a.md" {
-                "done/a.md"
-            } else {
-                "failed/b.md"
-            }))
-            .bytes
-            .windows(6)
-            .any(|w| w == b"victim")
+            !bytes.windows(6).any(|w| w == b"victim"),
+            "{} holds a file its marker named",
+            record.display()
         );
     }
 }
@@ -1392,7 +1388,7 @@ fn reap_exits_0_at_once_and_silently_when_another_holds_the_run_lock() {
         let out = p.run(Some(&mock), &args);
         out.expect(0);
         assert!(
-            t0.elapsed() < Duration::from_secs(2),
+            t0.elapsed() < Duration::from_secs(10),
             "did not wait: {:?}",
             t0.elapsed()
         );
@@ -1574,7 +1570,7 @@ fn result_wait_ends_with_the_response_once_the_job_completes() {
     let out = p.run(Some(&mock), &["result", &job, "--wait", "20s"]);
     out.expect(0);
     assert_eq!(out.stdout, "Finally.\n");
-    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert!(mock.job(&job)["polls"].as_u64().unwrap() >= 2);
 }
 
@@ -1595,5 +1591,285 @@ fn result_of_a_failed_job_says_so_and_does_not_wait() {
         "{}",
         out.stderr
     );
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// What comes back from the service is data
+// ---------------------------------------------------------------------------
+
+#[test]
+fn reap_transient_error_on_one_job_never_stops_the_others() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let mut jobs = Vec::new();
+    for name in ["a.md", "b.md", "c.md"] {
+        p.task(name, &fm("preferred_ai: gemini"));
+        jobs.push(p.submit_ok(&mock, name));
+    }
+    mock.faults(
+        json!({"next": ["500"], "path": format!("/api/v1/jobs/{}", jobs[1]), "method": "GET"}),
+    );
+    let out = p.reap(&mock, &["--retries", "0", "--concurrency", "1"]);
+    out.expect(0);
+    let mut got = lines(&out);
+    got.sort();
+    assert_eq!(got.len(), 2, "{}", out.stdout);
+    assert!(got[0].starts_with(&format!("done {}", p.done().join("a.md").display())));
+    assert!(got[1].starts_with(&format!("done {}", p.done().join("c.md").display())));
+    let m = p.marker("b.md").expect("b stays in flight");
+    assert_eq!(m["poll_errors"], 1);
+    assert!(m["last_error"].as_str().unwrap().contains("500"), "{m}");
+    assert!(out.stderr.contains("mock internal error"), "{}", out.stderr);
+
+    // The next run finishes it.
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(lines(&out).len(), 1);
+    assert_eq!(p.names(&p.done()), ["a.md", "b.md", "c.md"]);
+}
+
+#[test]
+fn reap_treats_an_unknown_status_as_not_terminal_and_reports_it() {
+    let mock = Mock::start(&["--statuses", "running"]);
+    let p = Project::new();
+    p.task("a.md", &fm("preferred_ai: gemini"));
+    let job = p.submit_ok(&mock, "a.md");
+    mock.set(
+        json!({"status_raw": json!({"job_id": job, "status": "paused", "error": null,
+        "provider": null, "created_at": "2026-11-24T10:00:00Z",
+        "updated_at": "2026-11-24T10:00:00Z", "extra": "ignored"}).to_string()}),
+    );
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(out.stdout, "");
+    assert!(out.stderr.contains("paused"), "reported: {}", out.stderr);
+    assert_eq!(p.marker("a.md").unwrap()["job_id"], job.as_str());
+    assert!(p.inbox().join("a.md").exists());
+}
+
+#[test]
+fn reap_server_strings_are_data_and_never_add_a_frontmatter_key() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let evil = "x\n---\nstatus: failed\ninjected: true\n...\n";
+    mock.set(json!({
+        "model": format!("m{evil}"),
+        "provider": format!("gemini\r\ninjected: 1"),
+        "response": format!("The answer.\n{evil}"),
+    }));
+    let p = Project::new();
+    let bytes = fm("preferred_ai: gemini");
+    p.task("a.md", &bytes);
+    p.submit_ok(&mock, "a.md");
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(
+        lines(&out).len(),
+        1,
+        "one line, whatever the server says: {:?}",
+        out.stdout
+    );
+    assert_eq!(p.names(&p.done()), ["a.md"], "no other file");
+    let r = Record::read(&p.done().join("a.md"));
+    assert_eq!(
+        r.file.keys,
+        [
+            "status",
+            "provider",
+            "model",
+            "cost_cad",
+            "job_id",
+            "delegated_at",
+            "completed_at",
+            "task_bytes"
+        ]
+    );
+    assert_eq!(r.str("status"), Some("completed"));
+    assert_eq!(r.str("model"), Some(format!("m{evil}").as_str()));
+    assert_eq!(r.str("provider"), Some("gemini\r\ninjected: 1"));
+    assert!(
+        r.text().contains(&format!("The answer.\n{evil}")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.original(), bytes);
+}
+
+#[test]
+fn reap_keeps_a_pending_marker_when_the_resend_is_refused_for_auth() {
+    // The first POST may have created a job: a 401 now proves nothing about
+    // it, so the task must stay skipped (nothing runs twice) until the key
+    // is fixed.
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let bytes = fm("preferred_ai: gemini");
+    p.task("a.md", &bytes);
+    let key = "ccl-5eed5eed5eed5eed5eed";
+    p.write_marker("a.md", &marker_json(true, None, key, &rfc3339_ago(300)));
+    let dir = s(&p.dir);
+    let out = Out::of(
+        p.cmd(None)
+            .env("SECUTOOLS_URL", &mock.url)
+            .env("SECUTOOLS_API_KEY", "rotated-key-0000")
+            .args(["reap", "--project", dir]),
+    );
+    out.expect(0);
+    assert_eq!(out.stdout, "");
+    let m = p.marker("a.md").expect("the pending marker stays");
+    assert_eq!(m["state"], "pending");
+    assert_eq!(m["poll_errors"], 1);
+    assert!(m["last_error"].as_str().unwrap().contains("401"), "{m}");
+    assert_eq!(std::fs::read(p.inbox().join("a.md")).unwrap(), bytes);
+
+    // With the key fixed, the next reap re-sends it with the same key.
+    let out = p.run(Some(&mock), &["reap", "--project", dir]);
+    out.expect(0);
+    assert_eq!(p.marker("a.md").unwrap()["state"], "submitted");
+    assert_eq!(mock.stats()["posts_by_key"][key], 2);
+    assert_eq!(mock.jobs_created(), 1);
+}
+
+#[test]
+fn reap_returns_a_pending_task_the_service_rejects_to_the_dispatcher() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    let bytes = fm("preferred_ai: gemini");
+    p.task("a.md", &bytes);
+    p.write_marker(
+        "a.md",
+        &marker_json(true, None, "ccl-5eed5eed5eed5eed5eed", &rfc3339_ago(300)),
+    );
+    mock.faults(json!({"next": ["413"]}));
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(lines(&out).len(), 1, "{}", out.stdout);
+    assert!(out.stdout.contains("413"), "{}", out.stdout);
+    assert_eq!(
+        p.names(&p.inbox()),
+        ["a.md"],
+        "the task is the dispatcher's again"
+    );
+    assert_eq!(std::fs::read(p.inbox().join("a.md")).unwrap(), bytes);
+}
+
+#[test]
+fn reap_moves_a_symlinked_marker_to_failed_as_corrupt_without_following_it() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    let bytes = fm("preferred_ai: gemini");
+    p.task("a.md", &bytes);
+    let target = p.tmp.path().join("elsewhere.json");
+    let target_bytes = br#"{"job_id":"j-secret","started_at":"2026-01-01T00:00:00Z"}"#;
+    std::fs::write(&target, target_bytes).unwrap();
+    std::os::unix::fs::symlink(&target, p.marker_path("a.md")).unwrap();
+
+    // status shows it (the dispatcher skips the task meanwhile).
+    let out = p.run(None, &["status", "--json", "--project", s(&p.dir)]);
+    out.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["in_flight"][0]["task"], "a.md", "{v}");
+    assert_eq!(v["in_flight"][0]["state"], "corrupt", "{v}");
+    let why = v["in_flight"][0]["last_error"].as_str().unwrap();
+    assert!(why.contains("symbolic link"), "{why}");
+    // submit sees a marker there: the task stays skipped, nothing is sent.
+    let out = p.run(Some(&mock), &["submit", s(&p.inbox().join("a.md"))]);
+    out.expect(0);
+    assert_eq!(out.stdout, "pending unknown\n");
+    assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
+
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "failed {} (job none: corrupt marker)\n",
+            p.failed().join("a.md").display()
+        )
+    );
+    let r = Record::read(&p.failed().join("a.md"));
+    assert_eq!(r.str("failed_reason"), Some("corrupt marker"));
+    assert_eq!(r.original(), bytes);
+    assert!(r.text().contains("symbolic link"), "{}", r.text());
+    assert!(!r.text().contains("j-secret"), "the link is never followed");
+    assert_eq!(
+        p.names(&p.inbox()),
+        Vec::<String>::new(),
+        "the link is removed"
+    );
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        target_bytes,
+        "its target is untouched"
+    );
+    assert_eq!(mock.requests(), 0);
+}
+
+#[test]
+fn reap_resends_a_pending_submission_only_once_older_than_submit_grace() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    let bytes = fm("preferred_ai: gpu\npriority: low");
+    p.task("a.md", &bytes);
+    let key = "ccl-feedfacefeedface0001";
+    p.write_marker("a.md", &marker_json(true, None, key, &rfc3339_ago(30)));
+    let marker = std::fs::read(p.marker_path("a.md")).unwrap();
+    let dir = s(&p.dir);
+
+    let out = p.run(
+        Some(&mock),
+        &["reap", "--project", dir, "--submit-grace", "1h"],
+    );
+    out.expect(0);
+    assert_eq!(out.stdout, "");
+    assert_eq!(mock.requests(), 0, "too young to re-send");
+    assert_eq!(std::fs::read(p.marker_path("a.md")).unwrap(), marker);
+
+    let out = p.run(
+        Some(&mock),
+        &["reap", "--project", dir, "--submit-grace", "10s"],
+    );
+    out.expect(0);
+    assert_eq!(out.stdout, "", "re-sending finishes nothing");
+    let m = p.marker("a.md").unwrap();
+    assert_eq!(m["state"], "submitted");
+    assert_eq!(m["idempotency_key"], key);
+    let job = m["job_id"].as_str().unwrap();
+    assert_eq!(mock.stats()["posts_by_key"], json!({ key: 1 }));
+    let j = mock.job(job);
+    assert_eq!(j["priority"], "normal", "the marker's priority");
+    assert_eq!(j["preferred_ai"], "gemini", "the marker's provider");
+    assert_eq!(std::fs::read(p.inbox().join("a.md")).unwrap(), bytes);
+}
+
+#[test]
+fn get_shows_the_error_of_a_failed_job() {
+    let mock = Mock::start(&["--statuses", "running"]);
+    let p = Project::new();
+    p.task("a.md", &fm("preferred_ai: gemini"));
+    let job = p.submit_ok(&mock, "a.md");
+    mock.set(json!({"status_of": {job.clone(): "failed"}, "error": "out of GPU memory"}));
+    let out = p.run(Some(&mock), &["get", &job]);
+    out.expect(0);
+    assert_eq!(out.stdout, "failed\nerror: out of GPU memory\n");
+}
+
+#[test]
+fn submit_and_reap_keep_task_names_with_spaces_and_unicode() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let name = "ma tâche #1 — café.md";
+    let bytes = fm("preferred_ai: gemini");
+    p.task(name, &bytes);
+    let job = p.submit_ok(&mock, name);
+    assert_eq!(mock.job(&job)["metadata"]["task"], name);
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    let done = p.done().join(name);
+    assert_eq!(
+        out.stdout,
+        format!("done {} (job {job}, gemini, 0.0123 CAD)\n", done.display())
+    );
+    let r = Record::read(&done);
+    assert_eq!(r.original(), bytes);
+    assert!(r.text().ends_with(&format!("## Original task ({name})\n")));
 }

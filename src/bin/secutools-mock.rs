@@ -4,12 +4,13 @@
 //! a secutools account can drive `ccl-delegate` end to end. Its behaviour is set
 //! by flags (latency, the status sequence a job walks through, a share of
 //! failing jobs, random faults) and by the admin endpoints under `/_mock/`
-//! (one-shot faults, overrides of ids, statuses and bodies, stats, reset). It
-//! is hand-rolled on `std::net` with `httparse` rather than built on
-//! `tiny_http` because the mock must be able to drop a connection after reading
-//! a request without answering it at all, which `tiny_http` cannot do (a
-//! dropped `Request` answers 500); a thread per connection keeps it simple and
-//! lets latency sleeps run in parallel without holding the state lock.
+//! (one-shot faults, overrides of ids, statuses and bodies, for every job or
+//! for one, stats, reset). It is hand-rolled on `std::net` with `httparse`
+//! rather than built on `tiny_http` because the mock must be able to drop a
+//! connection after reading a request without answering it at all, which
+//! `tiny_http` cannot do (a dropped `Request` answers 500); a thread per
+//! connection keeps it simple and lets latency sleeps run in parallel without
+//! holding the state lock.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -876,6 +877,9 @@ struct State {
     counter: u64,
     faults: VecDeque<QueuedFault>,
     ov: Overrides,
+    /// Overrides scoped to one job (`"job": ID` in the override body); they
+    /// win over `ov` for that job.
+    per_job: HashMap<String, Overrides>,
     fault_rng: XorShift,
     fail_rng: XorShift,
 }
@@ -893,6 +897,7 @@ impl State {
             counter: 0,
             faults: VecDeque::new(),
             ov: Overrides::default(),
+            per_job: HashMap::new(),
             fault_rng: XorShift::new(seed),
             fail_rng: XorShift::new(seed ^ 0x5EC0_7001),
         }
@@ -925,10 +930,16 @@ impl State {
         }
     }
 
+    /// An override for one job: its own, else the global one.
+    fn ov_of<T>(&self, job_id: &str, field: impl Fn(&Overrides) -> Option<T>) -> Option<T> {
+        self.per_job
+            .get(job_id)
+            .and_then(&field)
+            .or_else(|| field(&self.ov))
+    }
+
     fn provider_of(&self, job: &Job) -> String {
-        self.ov
-            .provider
-            .clone()
+        self.ov_of(&job.id, |o| o.provider.clone())
             .or_else(|| job.preferred_ai.clone())
             .unwrap_or_else(|| "gemini".to_string())
     }
@@ -936,9 +947,7 @@ impl State {
     fn status_object(&self, job: &Job, status: &str) -> Value {
         let error = if status == "failed" {
             Value::String(
-                self.ov
-                    .error
-                    .clone()
+                self.ov_of(&job.id, |o| o.error.clone())
                     .unwrap_or_else(|| DEFAULT_JOB_ERROR.to_string()),
             )
         } else {
@@ -960,25 +969,27 @@ impl State {
     }
 
     fn result_response(&self, job: &Job) -> Response {
-        if let Some(raw) = &self.ov.result_raw {
-            return Response::raw(200, raw.clone());
+        if let Some(raw) = self.ov_of(&job.id, |o| o.result_raw.clone()) {
+            return Response::raw(200, raw);
         }
         let provider = self.provider_of(job);
         let model = self
-            .ov
-            .model
-            .clone()
+            .ov_of(&job.id, |o| o.model.clone())
             .unwrap_or_else(|| model_for(&provider).to_string());
-        let text = self.ov.response.clone().unwrap_or_else(|| {
-            let task = job
-                .metadata
-                .get("task")
-                .and_then(Value::as_str)
-                .unwrap_or("(no task)");
-            let head: String = job.prompt.chars().take(200).collect();
-            format!("Mock answer for {task}:\n{head}")
-        });
-        let pad = self.ov.result_pad_bytes;
+        let text = self
+            .ov_of(&job.id, |o| o.response.clone())
+            .unwrap_or_else(|| {
+                let task = job
+                    .metadata
+                    .get("task")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(no task)");
+                let head: String = job.prompt.chars().take(200).collect();
+                format!("Mock answer for {task}:\n{head}")
+            });
+        let pad = self
+            .ov_of(&job.id, |o| Some(o.result_pad_bytes).filter(|&p| p > 0))
+            .unwrap_or(0);
         let tokens_in = job.prompt.chars().count() as u64 / 4 + 1;
         let tokens_out = (text.chars().count() as u64).saturating_add(pad) / 4 + 1;
         let text_js = js(&text);
@@ -1233,8 +1244,8 @@ impl Server {
         job.polls += 1;
         let status = job.status(&self.cfg.statuses);
         job.observe(&status, SystemTime::now());
-        if let Some(raw) = &st.ov.status_raw {
-            return Response::raw(200, raw.clone());
+        if let Some(raw) = st.ov_of(id, |o| o.status_raw.clone()) {
+            return Response::raw(200, raw);
         }
         Response::json(200, &st.status_object(&st.jobs[i], &status))
     }
@@ -1349,9 +1360,19 @@ impl Server {
         let Value::Object(obj) = v else {
             return Response::error(400, "override body must be a JSON object");
         };
+        // `"job": ID` scopes the other fields to that job (created or not).
+        let job_scope = match obj.get("job") {
+            None => None,
+            Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
+            Some(_) => return Response::error(400, "invalid value for override 'job'"),
+        };
         // Validate everything first so that a bad request changes nothing.
         for (k, val) in &obj {
+            if job_scope.is_some() && (k == "next_job_id" || k == "status_of") {
+                return Response::error(400, &format!("override '{k}' cannot be scoped to a job"));
+            }
             let ok = match k.as_str() {
+                "job" => true,
                 "next_job_id" | "response" | "model" | "provider" | "error" | "result_raw"
                 | "status_raw" => val.is_string() || val.is_null(),
                 "result_pad_bytes" => val.is_u64() || val.is_null(),
@@ -1369,15 +1390,19 @@ impl Server {
         let now = SystemTime::now();
         for (k, val) in obj {
             let text = val.as_str().map(str::to_string);
+            let ov = match &job_scope {
+                Some(id) => st.per_job.entry(id.clone()).or_default(),
+                None => &mut st.ov,
+            };
             match k.as_str() {
-                "next_job_id" => st.ov.next_job_id = text,
-                "response" => st.ov.response = text,
-                "model" => st.ov.model = text,
-                "provider" => st.ov.provider = text,
-                "error" => st.ov.error = text,
-                "result_raw" => st.ov.result_raw = text,
-                "status_raw" => st.ov.status_raw = text,
-                "result_pad_bytes" => st.ov.result_pad_bytes = val.as_u64().unwrap_or(0),
+                "next_job_id" => ov.next_job_id = text,
+                "response" => ov.response = text,
+                "model" => ov.model = text,
+                "provider" => ov.provider = text,
+                "error" => ov.error = text,
+                "result_raw" => ov.result_raw = text,
+                "status_raw" => ov.status_raw = text,
+                "result_pad_bytes" => ov.result_pad_bytes = val.as_u64().unwrap_or(0),
                 "status_of" => {
                     for (id, s) in val.as_object().into_iter().flatten() {
                         let s = s.as_str().map(str::to_string);
@@ -2120,6 +2145,46 @@ POST /api/v1/jobs HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhell
         assert_eq!(get("/api/v1/jobs/a/b").body_bytes(), b"<html>");
         admin(r#"{"status_raw":null,"error":"boom","status_of":{"a/b":"failed"}}"#);
         assert_eq!(get("/api/v1/jobs/a/b").body_json()["error"], "boom");
+    }
+
+    #[test]
+    fn overrides_scoped_to_one_job() {
+        let mut c = cfg();
+        c.statuses = vec!["completed".into()];
+        let server = Server::new(c);
+        let admin = |body: &str| respond(&server, &req("POST", "/_mock/override", &[], body));
+        let a = create(&server, KEY).body_json()["job_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let b = create(&server, "key-bbbbbbbbbbbbbbbb").body_json()["job_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(admin(r#"{"job":"x","next_job_id":"y"}"#).status, 400);
+        assert_eq!(admin(r#"{"job":"x","status_of":{}}"#).status, 400);
+        assert_eq!(admin(r#"{"job":7}"#).status, 400);
+        let scoped = json!({"job": a, "status_raw": "{not json", "result_raw": "<html>",
+            "model": "m-a", "result_pad_bytes": 3});
+        assert_eq!(admin(&scoped.to_string()).status, 200);
+        admin(r#"{"model":"m-all"}"#);
+        let get = |p: &str| respond(&server, &req("GET", p, &[], ""));
+        assert_eq!(get(&format!("/api/v1/jobs/{a}")).body_bytes(), b"{not json");
+        assert_eq!(
+            get(&format!("/api/v1/jobs/{a}/result")).body_bytes(),
+            b"<html>"
+        );
+        assert_eq!(
+            get(&format!("/api/v1/jobs/{b}")).body_json()["status"],
+            "completed"
+        );
+        let r = get(&format!("/api/v1/jobs/{b}/result"));
+        assert!(matches!(r.body, Body::Bytes(_)));
+        assert_eq!(r.body_json()["model"], "m-all");
+        admin(&json!({"job": a, "status_raw": null, "result_raw": null}).to_string());
+        let r = get(&format!("/api/v1/jobs/{a}/result"));
+        assert!(matches!(r.body, Body::Padded { pad: 3, .. }));
+        assert_eq!(r.body_json()["model"], "m-a");
     }
 
     #[test]

@@ -196,11 +196,15 @@ impl Ctx<'_> {
     /// One marker: decide what it needs, do the network part without any
     /// lock, then re-check and change the files under the queue lock.
     fn handle(&self, q: &Queue, task: &str) -> anyhow::Result<()> {
-        let Some(seen) = q
-            .read_marker(task)
-            .with_context(|| "cannot read its marker")?
-        else {
-            return Ok(());
+        let seen = match q.read_marker(task) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(()),
+            // A symlink (never followed) or a non-file can never be read: a
+            // corrupt marker, whose bytes count as none (see `finish`).
+            Err(e) if fs::symlink_metadata(q.marker_path(task)).is_ok_and(|m| !m.is_file()) => {
+                return self.corrupt(q, task, &[], &format!("cannot read it: {e}"));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot read its marker")),
         };
         let m = match Marker::parse(&seen) {
             Ok(m) => m,
@@ -214,6 +218,18 @@ impl Ctx<'_> {
         let Some(job_id) = m.job_id.clone().filter(|_| m.state == State::Submitted) else {
             return self.pending(q, task, &seen, &m, age);
         };
+        if let Some(path) = self.finish_recorded(q, task, &seen, &job_id)? {
+            let what = if path.starts_with(&q.done) {
+                "done"
+            } else {
+                "failed"
+            };
+            self.say(format_args!(
+                "{what} {} (job {job_id}): removed the task an interrupted run left",
+                path.display()
+            ));
+            return Ok(());
+        }
         let Some(client) = self.client() else {
             return Ok(());
         };
@@ -308,7 +324,10 @@ impl Ctx<'_> {
                 }
                 Ok(())
             }
-            Err(e @ (ClientError::Auth { .. } | ClientError::Rejected { .. })) => {
+            // A 401/403 proves nothing about the first POST (a job may
+            // exist): the marker stays, as after any failed poll. A 4xx
+            // rejection of the request itself returns the task.
+            Err(e @ ClientError::Rejected { .. }) => {
                 let lock = q.lock()?;
                 remove_if_ours(q, &lock, task, &m.idempotency_key)?;
                 drop(lock);
@@ -483,6 +502,36 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// A record of this job already in done/ or failed/ (a run stopped
+    /// before removing the task and marker): finish the removals under the
+    /// queue lock, without asking the service, so that a run finishing while
+    /// it is down still leaves the task in one place. `None` when there is
+    /// no such record (the common case costs two failed opens, no lock).
+    fn finish_recorded(
+        &self,
+        q: &Queue,
+        task: &str,
+        seen: &[u8],
+        job_id: &str,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        if q.existing_record(task, Some(job_id), None).is_none() {
+            return Ok(None);
+        }
+        let lock = q.lock()?;
+        if q.read_marker(task)?.as_deref() != Some(seen) {
+            return Ok(None);
+        }
+        let original = match fs::symlink_metadata(q.task_path(task)) {
+            Ok(meta) if meta.file_type().is_symlink() => None,
+            _ => q.read_task(task)?.map(|(bytes, _)| bytes),
+        };
+        let Some(path) = q.existing_record(task, Some(job_id), original.as_deref()) else {
+            return Ok(None);
+        };
+        q.remove_task_and_marker(&lock, task)?;
+        Ok(Some(path))
+    }
+
     /// Under the queue lock: if the marker is still the one we acted on,
     /// write the record and remove task and marker. `None` when another run
     /// changed the marker meanwhile.
@@ -496,7 +545,12 @@ impl Ctx<'_> {
         render: impl FnOnce(Option<&[u8]>) -> Vec<u8>,
     ) -> anyhow::Result<Option<PathBuf>> {
         let lock = q.lock()?;
-        if q.read_marker(task)?.as_deref() != Some(seen) {
+        let now = match q.read_marker(task) {
+            Ok(now) => now,
+            Err(_) if seen.is_empty() => Some(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if now.as_deref() != Some(seen) {
             return Ok(None);
         }
         let task_path = q.task_path(task);

@@ -62,6 +62,17 @@ pub fn run(args: &RequeueArgs, ui: Ui) -> anyhow::Result<Code> {
         };
         format!("{stem}.md")
     });
+    // A marker left by a vanished task would claim the requeued one.
+    let marker = q.marker_path(&task);
+    if std::fs::symlink_metadata(&marker).is_ok() {
+        return Err(fail(
+            Code::Other,
+            format!(
+                "{shown}: {} is still there (a delegation in flight); reap it first, nothing was changed",
+                marker.display()
+            ),
+        ));
+    }
     let original = record.original(&bytes);
     let restored = q
         .requeue(&lock, &record_path, &task, original, mode)

@@ -76,10 +76,14 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
         let project = q.project.display().to_string();
         if let Ok(tasks) = q.marked_tasks() {
             for task in tasks {
-                let Ok(Some(bytes)) = q.read_marker(&task) else {
-                    continue;
+                // An unreadable marker (a symlink) still holds its task back
+                // from the dispatcher: show it, as reap will move it.
+                let parsed = match q.read_marker(&task) {
+                    Ok(Some(bytes)) => Marker::parse(&bytes),
+                    Ok(None) => continue,
+                    Err(e) => Err(format!("cannot read it: {e}")),
                 };
-                report.in_flight.push(match Marker::parse(&bytes) {
+                report.in_flight.push(match parsed {
                     Ok(m) => InFlight {
                         project: project.clone(),
                         task,

@@ -1,6 +1,8 @@
 //! `submit`: hand one inbox task to secutools, leaving a marker first so
 //! that the dispatcher skips it and a killed run loses nothing.
 
+use anyhow::Context;
+
 use crate::cli::SubmitArgs;
 use crate::config::Settings;
 use crate::error::{Code, fail};
@@ -67,63 +69,94 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         poll_errors: 0,
         last_error: None,
     };
-    {
-        let lock = queue.lock()?;
-        if !queue.create_marker(&lock, &task, &marker)? {
-            drop(lock);
-            // Another submit won the race: report its marker.
-            let line =
-                existing(&queue, &task, ui)?.unwrap_or_else(|| format!("pending {provider}"));
-            println!("{line}");
-            return Ok(Code::Ok);
+    let sent = (|| {
+        {
+            let lock = queue.lock()?;
+            let created = queue
+                .create_marker(&lock, &task, &marker)
+                .with_context(|| format!("{shown}: cannot write its marker"))?;
+            if !created {
+                drop(lock);
+                // Another submit won the race: report its marker.
+                let line =
+                    existing(&queue, &task, ui)?.unwrap_or_else(|| format!("pending {provider}"));
+                println!("{line}");
+                return Ok(Code::Ok);
+            }
         }
-    }
 
-    let req = job::request(&project, &task, &bytes, provider, &priority);
-    match client.submit(&req, &key) {
-        Ok(s) => {
-            let lock = queue.lock()?;
-            record_job_id(&queue, &lock, &task, &key, &s.job_id)?;
-            println!("delegated {provider} {}", s.job_id);
-            Ok(Code::Ok)
+        let req = job::request(&project, &task, &bytes, provider, &priority);
+        match client.submit(&req, &key) {
+            Ok(s) => {
+                let lock = queue.lock()?;
+                record_job_id(&queue, &lock, &task, &key, &s.job_id).with_context(|| {
+                    format!(
+                        "{shown}: job {} was created; cannot record it in the marker",
+                        s.job_id
+                    )
+                })?;
+                println!("delegated {provider} {}", s.job_id);
+                Ok(Code::Ok)
+            }
+            Err(e) if !e.nothing_created() => {
+                ui.warn(format_args!(
+                    "{shown}: the outcome of the submission is unknown ({e}); the marker stays pending and the next reap re-sends it with the same idempotency key"
+                ));
+                println!("pending {provider}");
+                Ok(Code::Ok)
+            }
+            Err(e) => {
+                let lock = queue.lock()?;
+                remove_if_ours(&queue, &lock, &task, &key).with_context(|| {
+                    format!("{shown}: not delegated ({e}); cannot remove its pending marker")
+                })?;
+                // The design's codes for a refused POST: 69 unavailable, 77
+                // auth, 65 any other 4xx (a 404 here is a wrong URL, not a job).
+                let code = match crate::error::client_code(&e) {
+                    Code::NoInput => Code::DataErr,
+                    c => c,
+                };
+                Err(fail(
+                    code,
+                    format!(
+                        "{shown}: not delegated: {e}; the task is untouched and may run locally"
+                    ),
+                ))
+            }
         }
-        Err(e) if !e.nothing_created() => {
-            ui.warn(format_args!(
-                "{shown}: the outcome of the submission is unknown ({e}); the marker stays pending and the next reap re-sends it with the same idempotency key"
-            ));
-            println!("pending {provider}");
-            Ok(Code::Ok)
-        }
-        Err(e) => {
-            let lock = queue.lock()?;
-            remove_if_ours(&queue, &lock, &task, &key)?;
-            // The design's codes for a refused POST: 69 unavailable, 77
-            // auth, 65 any other 4xx (a 404 here is a wrong URL, not a job).
-            let code = match crate::error::client_code(&e) {
-                Code::NoInput => Code::DataErr,
-                c => c,
-            };
-            Err(fail(
-                code,
-                format!("{shown}: not delegated: {e}; the task is untouched and may run locally"),
-            ))
-        }
+    })();
+    // Exit 0 means exactly that a marker exists. A write or removal that
+    // failed may leave one (renamed into place before a directory sync
+    // failed, a pending marker whose job id could not be recorded, one that
+    // could not be removed): then the dispatcher must skip the task, and the
+    // next reap finishes the submission with the same idempotency key.
+    match sent {
+        Err(e) => match existing(&queue, &task, ui) {
+            Ok(Some(line)) => {
+                // Said even with --quiet: a write failed.
+                eprintln!(
+                    "ccl-delegate: error: {e:#}; the marker stays and the next reap finishes the submission"
+                );
+                println!("{line}");
+                Ok(Code::Ok)
+            }
+            _ => Err(e),
+        },
+        ok => ok,
     }
 }
 
 /// `delegated <provider> <job>` or `pending <provider>` when a marker is
 /// already there.
 fn existing(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Option<String>> {
-    let Some(bytes) = queue.read_marker(task).map_err(|e| {
-        fail(
-            Code::NoInput,
-            format!("{}: {e}", queue.marker_path(task).display()),
-        )
-    })?
-    else {
-        return Ok(None);
+    // A marker that cannot be read (a symlink, never followed) is still a
+    // marker: the task stays skipped, like one whose marker is corrupt.
+    let parsed = match queue.read_marker(task) {
+        Ok(Some(bytes)) => Marker::parse(&bytes),
+        Ok(None) => return Ok(None),
+        Err(e) => Err(format!("cannot read it: {e}")),
     };
-    Ok(Some(match Marker::parse(&bytes) {
+    Ok(Some(match parsed {
         Ok(Marker {
             state: State::Submitted,
             job_id: Some(j),

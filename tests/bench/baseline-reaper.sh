@@ -45,30 +45,31 @@ write_record() {
 }
 
 shopt -s nullglob
+export TZ=UTC
 for marker in "$inbox"/*.md.delegated; do
     task=${marker%.delegated}
-    name=$(basename "$task")
+    name=${task##*/}
     stem=${name%.md}
     { read -r job_id; read -r provider; read -r started_at; } < <(
         jq -r '.job_id, .provider, .started_at' "$marker")
     status_json=$(api "$job_id") || { echo "poll $job_id failed" >&2; continue; }
-    status=$(jq -r .status <<<"$status_json")
-    now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    { read -r status; read -r error; } < <(jq -r '.status, (.error // "" | tojson)' <<<"$status_json")
+    printf -v now '%(%Y-%m-%dT%H:%M:%SZ)T' -1
     task_bytes=$(stat -c %s "$task")
     case $status in
     completed)
         result=$(api "$job_id/result") || { echo "result $job_id failed" >&2; continue; }
-        { read -r r_provider; read -r model; read -r cost; read -r cost4; } < <(
-            jq -r '.provider, .model, .cost_cad, (.cost_cad * 10000 | round / 10000)' <<<"$result")
+        # One jq renders the whole record but the original task; tojson
+        # quotes the server's strings so they stay data in the YAML.
         target=$({
-            printf -- '---\nstatus: completed\nprovider: %s\nmodel: %s\ncost_cad: %s\n' \
-                "$(jq -n --arg s "$r_provider" '$s')" "$(jq -n --arg s "$model" '$s')" "$cost"
-            printf 'job_id: %s\ndelegated_at: %s\ncompleted_at: %s\ntask_bytes: %s\n---\n' \
-                "$job_id" "$started_at" "$now" "$task_bytes"
-            printf '# Result (delegated to secutools)\n'
-            jq -r .response <<<"$result"
-            printf -- '---\nprovider: %s, cost_cad: %s\n## Original task (%s)\n' \
-                "$r_provider" "$cost4" "$name"
+            jq -r --arg job "$job_id" --arg at "$started_at" --arg now "$now" \
+                --arg bytes "$task_bytes" --arg name "$name" '
+                "---\nstatus: completed\nprovider: \(.provider | tojson)\nmodel: \(.model | tojson)\n"
+                + "cost_cad: \(.cost_cad)\njob_id: \($job)\ndelegated_at: \($at)\n"
+                + "completed_at: \($now)\ntask_bytes: \($bytes)\n---\n"
+                + "# Result (delegated to secutools)\n\(.response)\n---\n"
+                + "provider: \(.provider), cost_cad: \(.cost_cad * 10000 | round / 10000)\n"
+                + "## Original task (\($name))"' <<<"$result"
             cat "$task"
         } | write_record "$queue/done" "$stem")
         ;;
@@ -78,7 +79,7 @@ for marker in "$inbox"/*.md.delegated; do
             printf 'job_id: %s\ndelegated_at: %s\nfailed_at: %s\ntask_bytes: %s\n---\n' \
                 "$job_id" "$started_at" "$now" "$task_bytes"
             printf '# Delegation failed\nThe job ended `%s` on secutools: %s\n---\n' \
-                "$status" "$(jq -r '.error // ""' <<<"$status_json")"
+                "$status" "$error"
             printf '## Original task (%s)\n' "$name"
             cat "$task"
         } | write_record "$queue/failed" "$stem")

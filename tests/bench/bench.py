@@ -9,7 +9,7 @@ prints one table. It is a benchmark, not a test: nothing here is asserted by
 Timing is done here rather than with hyperfine so that every figure (and its
 floor) is measured the same way: a child is started with posix_spawn (what a
 shell's fork+exec costs, without Python's subprocess bookkeeping) and waited
-for with wait4, whose rusage also gives the peak RSS.
+for with waitpid; peak RSS comes from GNU time (see peak_rss_kib).
 """
 
 import argparse
@@ -60,7 +60,7 @@ DEVNULL_FD = os.open(os.devnull, os.O_RDWR)
 
 
 def spawn_wait(argv, env=None, stdout_fd=None):
-    """Runs argv; returns (wall seconds, exit status, peak RSS in KiB)."""
+    """Runs argv; returns (wall seconds, exit status)."""
     out = DEVNULL_FD if stdout_fd is None else stdout_fd
     actions = [
         (os.POSIX_SPAWN_DUP2, DEVNULL_FD, 0),
@@ -69,16 +69,52 @@ def spawn_wait(argv, env=None, stdout_fd=None):
     t0 = time.perf_counter()
     pid = os.posix_spawn(argv[0], argv, env if env is not None else os.environ,
                          file_actions=actions)
-    _, status, usage = os.wait4(pid, 0)
+    _, status = os.waitpid(pid, 0)
     wall = time.perf_counter() - t0
-    return wall, os.waitstatus_to_exitcode(status), usage.ru_maxrss
+    return wall, os.waitstatus_to_exitcode(status)
 
 
 def spawn_checked(argv, env=None, stdout_fd=None, ok=(0,)):
-    wall, code, rss = spawn_wait(argv, env, stdout_fd)
+    wall, code = spawn_wait(argv, env, stdout_fd)
     if code not in ok:
         sys.exit(f"bench: {' '.join(argv)} exited {code}")
-    return wall, rss
+    return wall
+
+
+def peak_rss_kib(argv, env):
+    """Runs argv; returns (wall seconds, peak RSS in KiB).
+
+    Not wait4's ru_maxrss: a child started from this (large) Python process
+    inherits its high-water mark at exec. GNU time forks from a small
+    process; without it, the child's VmHWM is sampled until it exits (the
+    mark only grows, so the last sample is the peak but for the final ms)."""
+    gnu_time = "/usr/bin/time"
+    if os.access(gnu_time, os.X_OK):
+        with tempfile.NamedTemporaryFile("r", suffix=".rss") as f:
+            wall, code = spawn_wait([gnu_time, "-f", "%M", "-o", f.name, *argv], env)
+            text = f.read().strip()
+        if code == 0 and text.isdigit():
+            return wall, int(text)
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=[
+        (os.POSIX_SPAWN_DUP2, DEVNULL_FD, 0), (os.POSIX_SPAWN_DUP2, DEVNULL_FD, 1)])
+    hwm = 0
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        try:
+            with open(f"/proc/{pid}/status") as st:
+                for line in st:
+                    if line.startswith("VmHWM:"):
+                        hwm = max(hwm, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+        time.sleep(0.001)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"bench: {' '.join(argv)} failed")
+    return wall, hwm
 
 
 def interleaved_medians(a_argv, b_argv, runs, warmup, env=None):
@@ -89,8 +125,8 @@ def interleaved_medians(a_argv, b_argv, runs, warmup, env=None):
         spawn_wait(b_argv, env)
     ta, tb = [], []
     for _ in range(runs):
-        ta.append(spawn_checked(a_argv, env)[0])
-        tb.append(spawn_checked(b_argv, env)[0])
+        ta.append(spawn_checked(a_argv, env))
+        tb.append(spawn_checked(b_argv, env))
     return statistics.median(ta), statistics.median(tb)
 
 
@@ -286,8 +322,8 @@ def fig_reap(env, bins, work, mock, count, concurrency, latency_ms, repeats, loc
         delegate_tasks(mock, project, count)
         out = os.path.join(work, f"reap-{i}.out")
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        wall, _ = spawn_checked([bins["ccl"], "reap", "--project", project, "--concurrency",
-                                 str(concurrency), "--lock-file", lock], env, stdout_fd=fd)
+        wall = spawn_checked([bins["ccl"], "reap", "--project", project, "--concurrency",
+                              str(concurrency), "--lock-file", lock], env, stdout_fd=fd)
         os.close(fd)
         check_reaped(project, count)
         walls.append(wall)
@@ -302,8 +338,7 @@ def fig_reap(env, bins, work, mock, count, concurrency, latency_ms, repeats, loc
 def fig_baseline(env, work, mock, count, reap_wall):
     project = os.path.join(work, "baseline")
     delegate_tasks(mock, project, count)
-    wall, _ = spawn_checked(["/bin/bash", os.path.join(HERE, "baseline-reaper.sh"), project],
-                            env)
+    wall = spawn_checked(["/bin/bash", os.path.join(HERE, "baseline-reaper.sh"), project], env)
     check_reaped(project, count)
     r = wall / reap_wall
     return Row(f"the same reap vs bash+curl+jq baseline (serial)", ms(reap_wall),
@@ -331,8 +366,8 @@ def fig_empty_projects(env, bins, work, projects, tasks_each, runs, lock):
 def fig_rss(env, bins, work, mock, count, concurrency, lock):
     project = os.path.join(work, "rss")
     delegate_tasks(mock, project, count)
-    wall, rss_kib = spawn_checked([bins["ccl"], "reap", "--project", project, "--concurrency",
-                                   str(concurrency), "--lock-file", lock], env)
+    wall, rss_kib = peak_rss_kib([bins["ccl"], "reap", "--project", project, "--concurrency",
+                                  str(concurrency), "--lock-file", lock], env)
     left = count_files(os.path.join(project, ".agent-queue", "inbox"), ".delegated")
     if left != count:
         sys.exit(f"bench: the RSS reap changed markers ({left} of {count} left)")
@@ -352,7 +387,7 @@ def fig_submit(env, bins, work, mock, runs):
             f.write(task)
     walls = []
     for i, n in enumerate(names):
-        wall, _ = spawn_checked([bins["ccl"], "submit", os.path.join(inbox, n)], env)
+        wall = spawn_checked([bins["ccl"], "submit", os.path.join(inbox, n)], env)
         if i >= 10:  # the first few warm the caches
             walls.append(wall)
     submit = statistics.median(walls)

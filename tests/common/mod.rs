@@ -750,17 +750,20 @@ impl Project {
     }
 }
 
-/// `flock <lock> sleep 5` in its own process group: a lock held by a shell,
-/// as flock(1) takes it. Killed (the whole group) on drop.
+/// `flock <lock> sleep 60` in its own process group: a lock held by a
+/// shell, as flock(1) takes it, until the group is killed on drop.
 pub struct ShellLock(Child);
 
 impl ShellLock {
     pub fn hold(lock: &Path) -> ShellLock {
         use std::os::unix::process::CommandExt;
         std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+        // -o: only flock itself holds the lock (not `sleep`), so it is
+        // released once flock is reaped.
         let child = Command::new("flock")
+            .arg("-o")
             .arg(lock)
-            .args(["sleep", "5"])
+            .args(["sleep", "60"])
             .process_group(0)
             .stdout(Stdio::null())
             .spawn()
@@ -776,7 +779,10 @@ impl ShellLock {
             .code()
             != Some(42)
         {
-            assert!(t0.elapsed() < Duration::from_secs(5), "flock never took the lock");
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "flock never took the lock"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         ShellLock(child)
