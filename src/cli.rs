@@ -143,14 +143,31 @@ pub struct GetArgs {
 pub struct ResultArgs {
     /// A job id, or a delegated task's path
     #[arg(value_name = "JOB_ID|TASK")]
-    pub job: String,
+    pub job: Option<String>,
     /// Wait until the job finishes (at most DURATION, default 10m)
-    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "10m",
-          value_parser = parse_duration)]
-    pub wait: Option<Duration>,
+    #[arg(long, value_name = "DURATION", num_args = 0..=1)]
+    pub wait: Option<Option<String>>,
     /// Print the service's result object as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+impl ResultArgs {
+    /// The job argument and how long to wait. `--wait` takes an optional
+    /// value, so in `result --wait JOB` clap hands the job to `--wait`: a
+    /// value that is not a duration is the job.
+    pub fn job_and_wait(&self) -> Result<(&str, Option<Duration>), String> {
+        const DEFAULT_WAIT: Duration = Duration::from_secs(600);
+        match (&self.job, &self.wait) {
+            (Some(job), None) => Ok((job, None)),
+            (Some(job), Some(None)) => Ok((job, Some(DEFAULT_WAIT))),
+            (Some(job), Some(Some(d))) => Ok((job, Some(parse_duration(d)?))),
+            (None, Some(Some(v))) if parse_duration(v).is_err() => Ok((v, Some(DEFAULT_WAIT))),
+            (None, _) => {
+                Err("missing JOB_ID|TASK: e.g. ccl-delegate result j-123 --wait 5m".into())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -28,10 +28,12 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 
 /// `ccl-delegate/<version>`: the User-Agent and the `source` of a submission.
 pub const USER_AGENT: &str = concat!("ccl-delegate/", env!("CARGO_PKG_VERSION"));
@@ -53,6 +55,12 @@ const RESOLVE_TIMEOUT_CAP: Duration = Duration::from_secs(5);
 
 /// Idle connections kept per host: the reaper polls with many threads.
 const MAX_IDLE_CONNECTIONS: usize = 64;
+
+/// Input and output buffer of each connection (ureq's default is 128 KiB
+/// each, zero-filled: 8 MiB of resident memory for a reap polling on 32
+/// connections). The input buffer bounds a response's header block; bodies
+/// stream through it.
+const IO_BUFFER_BYTES: usize = 16 * 1024;
 
 const JOBS_PATH: &str = "/api/v1/jobs";
 
@@ -496,13 +504,19 @@ impl Client {
             .timeout_resolve(Some(resolve_timeout(cfg.timeout)))
             .timeout_connect(Some(connect_timeout(cfg.timeout)))
             .max_idle_connections(MAX_IDLE_CONNECTIONS)
-            .max_idle_connections_per_host(MAX_IDLE_CONNECTIONS);
+            .max_idle_connections_per_host(MAX_IDLE_CONNECTIONS)
+            .input_buffer_size(IO_BUFFER_BYTES)
+            .output_buffer_size(IO_BUFFER_BYTES);
         if plain_http {
             // The key would travel in clear to an HTTP proxy from the
             // environment: loopback http goes direct.
             builder = builder.proxy(None);
         }
-        let agent = ureq::Agent::new_with_config(builder.build());
+        let agent = ureq::Agent::with_parts(
+            builder.build(),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            OnceResolver::default(),
+        );
 
         Ok(Client {
             agent,
@@ -886,16 +900,23 @@ impl Client {
             .chars()
             .map(|c| if is_unsafe_char(c) { ' ' } else { c })
             .collect();
-        let redacted = blanked.replace(&self.api_key, "<redacted>");
+        let redacted = if self.api_key.len() >= MIN_REDACTED_KEY {
+            blanked.replace(&self.api_key, "<redacted>")
+        } else {
+            blanked
+        };
         clip(redacted.trim(), MESSAGE_MAX_CHARS)
     }
 
     fn parse_object(&self, call: &Call, body: &[u8]) -> Result<serde_json::Value, ClientError> {
-        let value: serde_json::Value = serde_json::from_slice(body)
+        let mut value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| self.bad_answer(call, &format!("malformed JSON: {e}")))?;
         if !value.is_object() {
             return Err(self.bad_answer(call, "expected a JSON object"));
         }
+        // A service that echoes the key (in a job's error, a response)
+        // must not get it into a done/failed file or onto a terminal.
+        redact(&mut value, &self.api_key);
         Ok(value)
     }
 
@@ -936,6 +957,69 @@ impl Client {
             request: call.request.clone(),
             message: self.clean(message),
         }
+    }
+}
+
+/// Keys shorter than this (test keys like `k`) are not redacted: replacing
+/// them would mangle ordinary server text.
+const MIN_REDACTED_KEY: usize = 8;
+
+/// Replaces the API key in every string of an answer.
+fn redact(v: &mut serde_json::Value, key: &str) {
+    match v {
+        serde_json::Value::String(s) if key.len() >= MIN_REDACTED_KEY && s.contains(key) => {
+            *s = s.replace(key, "<redacted>");
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| redact(i, key)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|i| redact(i, key)),
+        _ => {}
+    }
+}
+
+/// ureq asks its resolver before every request, even one that then reuses
+/// a pooled connection, and its default resolver spawns a thread for every
+/// lookup that has a timeout: a reap of 1000 jobs spawned 2000 threads. This
+/// one answers an IP literal at once, and looks a host name up (through the
+/// default resolver, with its timeout) once per client, that is once per run.
+#[derive(Debug, Default)]
+struct OnceResolver {
+    looked_up: Mutex<Vec<(String, ResolvedSocketAddrs)>>,
+}
+
+impl Resolver for OnceResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host_port = match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => DefaultResolver::host_and_port(scheme, authority),
+            _ => None,
+        };
+        let Some(host_port) = host_port else {
+            return DefaultResolver::default().resolve(uri, config, timeout);
+        };
+        if let Ok(addr) = host_port.parse::<std::net::SocketAddr>() {
+            let mut addrs = self.empty();
+            addrs.push(addr);
+            return Ok(addrs);
+        }
+        let known = |looked_up: &[(String, ResolvedSocketAddrs)]| {
+            looked_up
+                .iter()
+                .find(|(hp, _)| *hp == host_port)
+                .map(|(_, addrs)| addrs.clone())
+        };
+        if let Some(addrs) = known(&self.looked_up.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(addrs);
+        }
+        let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
+        let mut looked_up = self.looked_up.lock().unwrap_or_else(|p| p.into_inner());
+        if known(&looked_up).is_none() {
+            looked_up.push((host_port, addrs.clone()));
+        }
+        Ok(addrs)
     }
 }
 
@@ -2027,6 +2111,17 @@ mod tests {
             assert!(matches!(e, ClientError::BadAnswer { .. }), "{e:?}");
             assert_eq!(fake.requests().len(), 1, "never retried");
         }
+    }
+
+    #[test]
+    fn a_key_echoed_by_the_service_is_redacted_from_answers() {
+        let body = format!(
+            r#"{{"job_id":"j-1","status":"failed","error":"key {KEY} expired","provider":"gpu","x":[{{"y":"{KEY}"}}]}}"#
+        );
+        let fake = Fake::start(move |_, _| json(200, &body));
+        let st = fake.client().status("j-1").unwrap();
+        assert_eq!(st.error.as_deref(), Some("key <redacted> expired"));
+        assert!(!st.raw.to_string().contains(KEY), "{}", st.raw);
     }
 
     #[test]

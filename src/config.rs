@@ -243,6 +243,15 @@ impl Settings {
 
     /// The HTTP client, built once per run. Missing URL or key: exit 78.
     pub fn client(&self) -> anyhow::Result<Client> {
+        if self.api_url.is_none() && matches!(self.key_source, KeySource::Missing) {
+            return Err(fail(
+                Code::Config,
+                format!(
+                    "no API URL and no API key: set {ENV_URL} (or --api-url, or api_url) and {ENV_KEY} (or api_key_file) ({})",
+                    self.config_hint()
+                ),
+            ));
+        }
         let base_url = self.api_url()?.to_string();
         let api_key = self.api_key()?;
         Client::new(ClientConfig {

@@ -33,7 +33,9 @@
 //! result is already in done/. A run killed after writing done/ but before
 //! the removals leaves both; the next run finds the done/failed file that
 //! already holds the marker's job id and the same original task, and only
-//! finishes the removals.
+//! finishes the removals. `finish_many` takes these steps for many tasks
+//! under one hold of the lock, in the same order for each, with one fsync
+//! per directory for the whole batch.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -109,8 +111,8 @@ impl Queue {
     }
 
     /// Resolves `<project>/.agent-queue/inbox/<id>.md` into its queue and the
-    /// task's file name. Anything else is a usage error (exit 64); a path
-    /// that does not exist is exit 66.
+    /// task's file name. Anything else, a path that does not exist
+    /// included, is a usage error (exit 64), as `submit`'s step 1 says.
     pub fn of_task(path: &Path) -> anyhow::Result<(Queue, String)> {
         let shown = path.display();
         let name = path
@@ -143,7 +145,7 @@ impl Queue {
         let inbox = if in_queue(parent) {
             parent.to_path_buf()
         } else {
-            fs::canonicalize(parent).map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?
+            fs::canonicalize(parent).map_err(|e| fail(Code::Usage, format!("{shown}: {e}")))?
         };
         if !in_queue(&inbox) {
             return Err(fail(
@@ -157,16 +159,16 @@ impl Queue {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let project =
-            fs::canonicalize(project).map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?;
+            fs::canonicalize(project).map_err(|e| fail(Code::Usage, format!("{shown}: {e}")))?;
         let queue = Queue::at(&project);
         queue
             .check_dirs()
             .map_err(|e| fail(Code::Usage, format!("{e:#}")))?;
         match fs::symlink_metadata(queue.inbox.join(&name)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(fail(Code::NoInput, format!("{shown}: no such task file")))
+                Err(fail(Code::Usage, format!("{shown}: no such task file")))
             }
-            Err(e) => Err(fail(Code::NoInput, format!("{shown}: {e}"))),
+            Err(e) => Err(fail(Code::Usage, format!("{shown}: {e}"))),
             Ok(m) if m.file_type().is_symlink() => Err(fail(
                 Code::Usage,
                 format!("{shown}: is a symbolic link; a symlinked task is never read or sent"),
@@ -315,7 +317,9 @@ impl Queue {
             items.iter().map(|_| Ok(None)).collect();
         for (item, result) in items.iter().zip(results.iter_mut()) {
             if let Some((outcome, record, mode)) = item.record {
-                *result = self.place_record(item.task, outcome, record, mode).map(Some);
+                *result = self
+                    .place_record(item.task, outcome, record, mode)
+                    .map(Some);
             }
         }
         for outcome in [Outcome::Done, Outcome::Failed] {
@@ -414,6 +418,11 @@ impl Queue {
     ) -> Option<PathBuf> {
         let stem = task.strip_suffix(".md").unwrap_or(task);
         for dir in [&self.done, &self.failed] {
+            // A symlinked done/ or failed/ is never followed, not even to
+            // read: a record found through it would end the task.
+            if check_real_dir(dir).is_err() {
+                continue;
+            }
             for n in 1u32.. {
                 let name = if n == 1 {
                     format!("{stem}.md")

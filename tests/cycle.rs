@@ -382,11 +382,12 @@ fn submit_file_not_named_md_is_a_usage_error() {
 }
 
 #[test]
-fn submit_missing_task_file_exits_66() {
+fn submit_missing_task_file_is_a_usage_error() {
+    // "The path must be a regular file ...; otherwise exit 64".
     let mock = Mock::start(&[]);
     let p = Project::new();
     let out = p.run(Some(&mock), &["submit", s(&p.inbox().join("nope.md"))]);
-    out.expect(66);
+    out.expect(64);
     assert_eq!(out.stdout, "");
     assert!(out.stderr.contains("nope.md"), "{}", out.stderr);
     assert_eq!(p.names(&p.inbox()), Vec::<String>::new());
@@ -1872,4 +1873,68 @@ fn submit_and_reap_keep_task_names_with_spaces_and_unicode() {
     let r = Record::read(&done);
     assert_eq!(r.original(), bytes);
     assert!(r.text().ends_with(&format!("## Original task ({name})\n")));
+}
+
+#[test]
+fn result_wait_may_come_before_the_job_argument() {
+    // `result JOB_ID|TASK [--wait [DURATION]]`: `--wait JOB` must not take
+    // the job for a duration.
+    let mock = Mock::start(&["--statuses", "running,completed"]);
+    mock.set(json!({"response": "Here."}));
+    let p = Project::new();
+    p.task("a.md", &fm("preferred_ai: gemini"));
+    let job = p.submit_ok(&mock, "a.md");
+    let out = p.run(Some(&mock), &["result", "--wait", &job]);
+    out.expect(0);
+    assert_eq!(out.stdout, "Here.\n");
+    let task = p.inbox().join("a.md");
+    let out = p.run(Some(&mock), &["result", "--wait", "5s", s(&task)]);
+    out.expect(0);
+    assert_eq!(out.stdout, "Here.\n");
+    let out = p.run(Some(&mock), &["result", "--wait"]);
+    out.expect(64);
+    assert!(out.stderr.contains("JOB_ID"), "{}", out.stderr);
+}
+
+#[test]
+fn decide_json_keys_come_in_the_design_order() {
+    let p = Project::new();
+    let t = p.task("a.md", &fm("preferred_ai: claude"));
+    let out = p.run(None, &["decide", "--json", s(&t)]);
+    out.expect(0);
+    assert_eq!(
+        out.stdout,
+        "{\"provider\":\"claude\",\"delegate\":true,\"rule\":4}\n"
+    );
+}
+
+#[test]
+fn decide_never_reads_a_symlinked_task_and_routes_it_locally() {
+    let p = Project::new();
+    let real = p.tmp.path().join("real.md");
+    std::fs::write(&real, fm("preferred_ai: gemini")).unwrap();
+    let link = p.inbox().join("a.md");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = p.run(None, &["decide", "--explain", s(&link)]);
+    out.expect(0);
+    assert!(out.stdout.starts_with("claude-code\n"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("a.md") && out.stderr.contains("symbolic link"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn missing_url_and_key_are_both_named() {
+    let p = Project::new();
+    let t = p.task("a.md", &fm("allow_delegation: true"));
+    let out = p.run(None, &["submit", s(&t)]);
+    out.expect(78);
+    assert!(
+        out.stderr.contains("SECUTOOLS_URL") && out.stderr.contains("SECUTOOLS_API_KEY"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(p.names(&p.inbox()), vec!["a.md".to_string()]);
 }

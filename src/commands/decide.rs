@@ -33,9 +33,20 @@ pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
                 .map_err(|e| fail(Code::NoInput, format!("cannot read stdin: {e}")))?;
             ("<stdin>".to_string(), buf)
         } else {
-            let bytes = std::fs::read(path)
-                .map_err(|e| fail(Code::NoInput, format!("{}: {e}", path.display())))?;
-            (path.display().to_string(), bytes)
+            let shown = path.display().to_string();
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                // A symlinked task is never read; it runs locally.
+                ui.warn(format_args!(
+                    "{shown}: is a symbolic link, never read; routing the task locally (claude-code)"
+                ));
+                (shown, Vec::new())
+            } else {
+                let bytes = crate::queue::read_nofollow(path)
+                    .map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?
+                    .ok_or_else(|| fail(Code::NoInput, format!("{shown}: no such file")))?
+                    .0;
+                (shown, bytes)
+            }
         };
         match frontmatter::split(&bytes).meta {
             Ok(m) => m,
@@ -50,12 +61,18 @@ pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
     let d = route::route(&meta);
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = serde_json::json!({
-            "provider": d.provider.as_str(),
-            "delegate": d.provider.delegates(),
-            "rule": d.rule,
-        });
-        writeln!(out, "{v}")?;
+        #[derive(serde::Serialize)]
+        struct Json {
+            provider: &'static str,
+            delegate: bool,
+            rule: u8,
+        }
+        let v = Json {
+            provider: d.provider.as_str(),
+            delegate: d.provider.delegates(),
+            rule: d.rule,
+        };
+        writeln!(out, "{}", serde_json::to_string(&v)?)?;
     } else {
         writeln!(out, "{}", d.provider.as_str())?;
         if args.explain {

@@ -2,11 +2,14 @@
 //! waiting, streams every project's inbox for markers and handles them on a
 //! bounded pool of threads sharing one HTTP agent. No lock is held across a
 //! network call: the queue lock covers only re-checking and changing files.
+//! The pollers hand finished jobs to one finishing thread, which writes
+//! their records in batches (one queue lock hold and one directory fsync per
+//! batch, one fsync per record), so that no poller waits for the disk.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,7 @@ use crate::client::{Client, ClientError, JobResult, Status};
 use crate::config::Settings;
 use crate::error::{Code, code_of, fail};
 use crate::marker::{Marker, State};
-use crate::queue::{Outcome, Queue};
+use crate::queue::{Finishing, Outcome, Queue, QueueLock};
 use crate::record::{self, Completed, Failure};
 use crate::text::clip;
 use crate::timestamp;
@@ -60,12 +63,15 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         out: Mutex::new(()),
         local_errors: AtomicU32::new(0),
         tally: Mutex::new(metrics::Tally::default()),
+        finisher: OnceLock::new(),
+        workers: AtomicUsize::new(0),
     };
     let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1) as usize;
 
     let (tx, rx) = mpsc::sync_channel::<(Arc<Queue>, String)>(concurrency * 4);
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
+        let (ctx, rx) = (&ctx, &rx);
         let mut pool_started = false;
         for dir in &projects {
             let queue = Arc::new(Queue::at(dir));
@@ -97,8 +103,16 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
             for task in tasks {
                 if !pool_started {
                     pool_started = true;
+                    // Records are written by one thread, in batches under
+                    // one queue lock and one directory fsync, so that the
+                    // pollers never wait for the disk (see `finish_batch`).
+                    let (finish_tx, finish_rx) = mpsc::sync_channel(concurrency * 2);
+                    let _ = ctx.finisher.set(finish_tx);
+                    ctx.workers.store(concurrency, Ordering::Release);
+                    scope.spawn(move || ctx.finish_loop(finish_rx));
                     for _ in 0..concurrency {
-                        scope.spawn(|| {
+                        scope.spawn(move || {
+                            let _exit = WorkerExit(ctx);
                             loop {
                                 let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                                 let Ok((queue, task)) = next else { break };
@@ -166,6 +180,60 @@ struct Ctx<'a> {
     out: Mutex<()>,
     local_errors: AtomicU32,
     tally: Mutex<metrics::Tally>,
+    /// To the finishing thread, once the pool is started; `None` says that
+    /// the last worker is done.
+    finisher: OnceLock<mpsc::SyncSender<Option<Finished>>>,
+    /// Workers still running.
+    workers: AtomicUsize,
+}
+
+/// Renders a record, given the original task (`None` when it vanished).
+type Render = Box<dyn FnOnce(Option<&[u8]>) -> Vec<u8> + Send>;
+
+/// A job whose record is ready to be written, with everything the
+/// finishing thread needs, owned.
+struct Finished {
+    queue: Queue,
+    task: String,
+    /// The marker's bytes the decision was made on.
+    seen: Vec<u8>,
+    outcome: Outcome,
+    job_id: Option<String>,
+    render: Render,
+    /// For the tally.
+    provider: String,
+    cost_cad: f64,
+    /// The line printed once the record is written.
+    line: Box<dyn FnOnce(&Path) -> String + Send>,
+}
+
+/// What `prepare` found under the queue lock.
+enum Prepared {
+    /// Another run changed the marker meanwhile: leave everything.
+    Changed,
+    /// An interrupted run already wrote this record: only the removals
+    /// are left.
+    Recorded(PathBuf),
+    /// Write the record: the original task (`None` when it vanished or is
+    /// a symlink) and the permission bits the record gets.
+    Write(Option<Vec<u8>>, u32),
+}
+
+/// At most this many records are written under one hold of a queue lock.
+const MAX_BATCH: usize = 64;
+
+/// Counts a worker out when it ends (or unwinds); the last one tells the
+/// finishing thread that nothing more comes.
+struct WorkerExit<'c, 'a>(&'c Ctx<'a>);
+
+impl Drop for WorkerExit<'_, '_> {
+    fn drop(&mut self) {
+        if self.0.workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(tx) = self.0.finisher.get() {
+                let _ = tx.send(None);
+            }
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -236,7 +304,7 @@ impl Ctx<'_> {
         match client.status(&job_id) {
             Ok(st) => match st.status {
                 Status::Completed => match client.result(&job_id) {
-                    Ok(r) => self.done(q, task, &seen, &m, &r),
+                    Ok(r) => self.done(q, task, &seen, &m, r),
                     Err(e) => self.poll_failed(q, task, &seen, m, age, &e),
                 },
                 Status::Failed | Status::Cancelled | Status::Expired => {
@@ -431,39 +499,51 @@ impl Ctx<'_> {
         task: &str,
         seen: &[u8],
         m: &Marker,
-        r: &JobResult,
+        r: JobResult,
     ) -> anyhow::Result<()> {
-        let job = m.job_id.as_deref().unwrap_or_default();
+        let job = m.job_id.clone().unwrap_or_default();
         let now = timestamp::now();
         let provider = if r.provider.is_empty() {
-            m.provider.as_str()
+            m.provider.clone()
         } else {
-            r.provider.as_str()
+            r.provider
         };
-        let c = Completed {
+        let cost_cad = r.cost_cad;
+        let (p, j, delegated_at, name) = (
+            provider.clone(),
+            job.clone(),
+            m.started_at.clone(),
+            task.to_string(),
+        );
+        let (model, response) = (r.model, r.response);
+        let shown = clip(&provider, 40);
+        self.hand_over(Finished {
+            queue: q.clone(),
+            task: task.to_string(),
+            seen: seen.to_vec(),
+            outcome: Outcome::Done,
+            job_id: m.job_id.clone(),
+            render: Box::new(move |t| {
+                let c = Completed {
+                    provider: &p,
+                    model: &model,
+                    cost_cad,
+                    job_id: &j,
+                    delegated_at: &delegated_at,
+                    completed_at: &now,
+                    response: &response,
+                };
+                record::render_done(&c, &name, t)
+            }),
             provider,
-            model: &r.model,
-            cost_cad: r.cost_cad,
-            job_id: job,
-            delegated_at: &m.started_at,
-            completed_at: &now,
-            response: &r.response,
-        };
-        let written = self.finish(q, task, seen, Outcome::Done, m.job_id.as_deref(), |t| {
-            record::render_done(&c, task, t)
-        })?;
-        if let Some(path) = written {
-            self.tally
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .finished(q, provider, true, r.cost_cad);
-            self.say(format_args!(
-                "done {} (job {job}, {}, {:.4} CAD)",
-                path.display(),
-                clip(provider, 40),
-                r.cost_cad
-            ));
-        }
+            cost_cad,
+            line: Box::new(move |path| {
+                format!(
+                    "done {} (job {job}, {shown}, {cost_cad:.4} CAD)",
+                    path.display()
+                )
+            }),
+        });
         Ok(())
     }
 
@@ -477,29 +557,162 @@ impl Ctx<'_> {
         details: &[u8],
     ) -> anyhow::Result<()> {
         let now = timestamp::now();
-        let f = Failure {
-            provider: &m.provider,
-            reason,
-            job_id: m.job_id.as_deref(),
-            delegated_at: &m.started_at,
-            failed_at: &now,
-            details,
-        };
-        let written = self.finish(q, task, seen, Outcome::Failed, m.job_id.as_deref(), |t| {
-            record::render_failed(&f, task, t)
-        })?;
-        if let Some(path) = written {
-            self.tally
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .finished(q, &m.provider, false, 0.0);
-            let job = m.job_id.as_deref().unwrap_or("none");
-            self.say(format_args!(
-                "failed {} (job {job}: {reason})",
-                path.display()
-            ));
-        }
+        let (provider, job_id, delegated_at, name) = (
+            m.provider.clone(),
+            m.job_id.clone(),
+            m.started_at.clone(),
+            task.to_string(),
+        );
+        let (why, details) = (reason.to_string(), details.to_vec());
+        let job = m.job_id.clone().unwrap_or_else(|| "none".into());
+        let reason = reason.to_string();
+        self.hand_over(Finished {
+            queue: q.clone(),
+            task: task.to_string(),
+            seen: seen.to_vec(),
+            outcome: Outcome::Failed,
+            job_id: m.job_id.clone(),
+            render: Box::new(move |t| {
+                let f = Failure {
+                    provider: &provider,
+                    reason: &why,
+                    job_id: job_id.as_deref(),
+                    delegated_at: &delegated_at,
+                    failed_at: &now,
+                    details: &details,
+                };
+                record::render_failed(&f, &name, t)
+            }),
+            provider: m.provider.clone(),
+            cost_cad: 0.0,
+            line: Box::new(move |path| format!("failed {} (job {job}: {reason})", path.display())),
+        });
         Ok(())
+    }
+
+    /// Gives a finished job to the finishing thread (or, outside the pool
+    /// or when that thread is gone, finishes it here).
+    fn hand_over(&self, f: Finished) {
+        let f = match self.finisher.get() {
+            Some(tx) => match tx.send(Some(f)) {
+                Ok(()) => return,
+                Err(mpsc::SendError(f)) => f,
+            },
+            None => Some(f),
+        };
+        self.finish_batch(f.into_iter().collect());
+    }
+
+    /// The finishing thread: takes what the workers hand over, as many as
+    /// are waiting at once, until the last worker is done.
+    fn finish_loop(&self, rx: mpsc::Receiver<Option<Finished>>) {
+        while let Ok(Some(first)) = rx.recv() {
+            let mut batch = vec![first];
+            let mut end = false;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Some(f)) => batch.push(f),
+                    Ok(None) => {
+                        end = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.finish_batch(batch);
+            if end {
+                break;
+            }
+        }
+    }
+
+    /// Writes the records of finished jobs and removes their tasks and
+    /// markers: per project, under one hold of the queue lock, with one
+    /// fsync of each directory for the whole batch (`Queue::finish_many`),
+    /// while every record still gets its own fsync before its task goes.
+    fn finish_batch(&self, batch: Vec<Finished>) {
+        let mut by_project: Vec<Vec<Finished>> = Vec::new();
+        for f in batch {
+            match by_project
+                .iter_mut()
+                .find(|g| g[0].queue.root == f.queue.root)
+            {
+                Some(g) => g.push(f),
+                None => by_project.push(vec![f]),
+            }
+        }
+        for group in by_project {
+            let q = group[0].queue.clone();
+            let report = |task: &str, e: &anyhow::Error| {
+                self.local_error(format_args!("{}: {e:#}", q.task_path(task).display()));
+            };
+            let lock = match q.lock() {
+                Ok(lock) => lock,
+                Err(e) => {
+                    group.iter().for_each(|f| report(&f.task, &e));
+                    continue;
+                }
+            };
+            // Each job re-checked, and its record rendered (or found
+            // already written by an interrupted run).
+            let mut jobs = Vec::with_capacity(group.len());
+            for f in group {
+                let Finished {
+                    task,
+                    seen,
+                    outcome,
+                    job_id,
+                    render,
+                    provider,
+                    cost_cad,
+                    line,
+                    ..
+                } = f;
+                // Ok: the record to write and its mode; Err: the record
+                // an interrupted run wrote.
+                let record = match self.prepare(&q, &lock, &task, &seen, job_id.as_deref()) {
+                    Ok(Prepared::Changed) => continue,
+                    Ok(Prepared::Recorded(path)) => Err(path),
+                    Ok(Prepared::Write(original, mode)) => Ok((render(original.as_deref()), mode)),
+                    Err(e) => {
+                        report(&task, &e);
+                        continue;
+                    }
+                };
+                jobs.push((task, outcome, record, provider, cost_cad, line));
+            }
+            let items: Vec<Finishing> = jobs
+                .iter()
+                .map(|(task, outcome, record, ..)| Finishing {
+                    task,
+                    record: record
+                        .as_ref()
+                        .ok()
+                        .map(|(bytes, mode)| (*outcome, bytes.as_slice(), *mode)),
+                })
+                .collect();
+            let results = q.finish_many(&lock, &items);
+            drop(items);
+            drop(lock);
+            for ((task, outcome, record, provider, cost_cad, line), result) in
+                jobs.into_iter().zip(results)
+            {
+                let path = match (result, record) {
+                    (Ok(Some(written)), _) => written,
+                    (Ok(None), Err(existing)) => existing,
+                    (Ok(None), Ok(_)) => continue,
+                    (Err(e), _) => {
+                        report(&task, &e);
+                        continue;
+                    }
+                };
+                self.tally
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .finished(&q, &provider, outcome == Outcome::Done, cost_cad);
+                self.say(format_args!("{}", line(&path)));
+            }
+        }
     }
 
     /// A record of this job already in done/ or failed/ (a run stopped
@@ -532,26 +745,23 @@ impl Ctx<'_> {
         Ok(Some(path))
     }
 
-    /// Under the queue lock: if the marker is still the one we acted on,
-    /// write the record and remove task and marker. `None` when another run
-    /// changed the marker meanwhile.
-    fn finish(
+    /// Under the queue lock, before a record is written: is the marker
+    /// still the one we acted on, and is the record already there?
+    fn prepare(
         &self,
         q: &Queue,
+        _lock: &QueueLock,
         task: &str,
         seen: &[u8],
-        outcome: Outcome,
         job_id: Option<&str>,
-        render: impl FnOnce(Option<&[u8]>) -> Vec<u8>,
-    ) -> anyhow::Result<Option<PathBuf>> {
-        let lock = q.lock()?;
+    ) -> anyhow::Result<Prepared> {
         let now = match q.read_marker(task) {
             Ok(now) => now,
             Err(_) if seen.is_empty() => Some(Vec::new()),
             Err(e) => return Err(e.into()),
         };
         if now.as_deref() != Some(seen) {
-            return Ok(None);
+            return Ok(Prepared::Changed);
         }
         let task_path = q.task_path(task);
         let (original, mode) = match fs::symlink_metadata(&task_path) {
@@ -571,11 +781,16 @@ impl Ctx<'_> {
             },
         };
         if let Some(existing) = q.existing_record(task, job_id, original.as_deref()) {
-            q.remove_task_and_marker(&lock, task)?;
-            return Ok(Some(existing));
+            return Ok(Prepared::Recorded(existing));
         }
-        let bytes = render(original.as_deref());
-        let path = q.finish(&lock, task, outcome, &bytes, mode)?;
-        Ok(Some(path))
+        if original.is_none() && fs::symlink_metadata(&task_path).is_err() {
+            // Not fatal: the record says `task_missing: true`.
+            self.ui.warn(format_args!(
+                "{}: the task vanished while delegated (job {}); was it run or moved by the dispatcher, which should skip a task with a marker?",
+                task_path.display(),
+                job_id.unwrap_or("none")
+            ));
+        }
+        Ok(Prepared::Write(original, mode))
     }
 }

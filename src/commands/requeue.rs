@@ -47,7 +47,7 @@ pub fn run(args: &RequeueArgs, ui: Ui) -> anyhow::Result<Code> {
             format!("{shown}: not a failed-task file written by ccl-delegate"),
         )
     })?;
-    if record.task_missing || record.task_bytes == 0 {
+    if record.task_missing {
         return Err(fail(
             Code::DataErr,
             format!("{shown}: holds no original task (it had vanished); nothing to requeue"),

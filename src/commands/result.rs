@@ -11,10 +11,11 @@ use crate::config::Settings;
 use crate::error::{Code, fail};
 
 pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
-    let job = target::job_id(&args.job)?;
+    let (job, wait) = args.job_and_wait().map_err(|e| fail(Code::Usage, e))?;
+    let job = target::job_id(job)?;
     let client = settings.client()?;
     let start = Instant::now();
-    let deadline = args.wait.map(|d| start + d);
+    let deadline = wait.map(|d| start + d);
     let progress = deadline.is_some() && std::io::stderr().is_terminal();
     let mut pause = Duration::from_millis(250);
     // A 409 that races the job's completion: ask once more, without waiting.
@@ -76,7 +77,7 @@ pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
                             let _ = std::io::stderr().flush();
                         }
                         std::thread::sleep(pause.min(d - now));
-                        pause = (pause * 2).min(Duration::from_secs(5));
+                        pause = (pause * 2).min(Duration::from_secs(2));
                     }
                     _ => {
                         if progress {

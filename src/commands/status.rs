@@ -73,7 +73,10 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
     let mut totals: BTreeMap<String, Total> = BTreeMap::new();
     for dir in &projects {
         let q = Queue::at(dir);
-        let project = q.project.display().to_string();
+        let project = std::fs::canonicalize(&q.project)
+            .unwrap_or_else(|_| q.project.clone())
+            .display()
+            .to_string();
         if let Ok(tasks) = q.marked_tasks() {
             for task in tasks {
                 // An unreadable marker (a symlink) still holds its task back
@@ -142,7 +145,14 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
     report
         .in_flight
         .sort_by(|a, b| (&a.project, &a.task).cmp(&(&b.project, &b.task)));
-    report.totals = totals.into_values().collect();
+    report.totals = totals
+        .into_values()
+        .map(|mut t| {
+            // Sums of decimal costs, shown as the files hold them.
+            t.cost_cad = (t.cost_cad * 10_000.0).round() / 10_000.0;
+            t
+        })
+        .collect();
 
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -342,7 +342,7 @@ pub struct RecordFile {
 
 impl RecordFile {
     /// Parses the frontmatter (opening `---` line, YAML mapping, first line
-    /// that is exactly `---`) and checks `task_bytes`.
+    /// that is `---` or `...`) and checks `task_bytes`.
     pub fn parse(bytes: &[u8]) -> Result<RecordFile, String> {
         let text = std::str::from_utf8(bytes.get(..bytes.len().min(64 * 1024)).unwrap_or(bytes))
             .or_else(|e| std::str::from_utf8(&bytes[..e.valid_up_to()]))
@@ -353,7 +353,11 @@ impl RecordFile {
         let mut yaml_len = None;
         let mut pos = 0;
         for line in rest.split_inclusive('\n') {
-            if line == "---\n" {
+            // The design's closing line: `---` or `...`, trailing blanks.
+            let content = line
+                .trim_end_matches(['\n', '\r'])
+                .trim_end_matches([' ', '\t']);
+            if content == "---" || content == "..." {
                 yaml_len = Some(pos);
                 break;
             }

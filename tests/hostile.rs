@@ -1,0 +1,961 @@
+//! Hostile input: task files of every malformed-frontmatter shape, markers
+//! that point outside the queue, symlinks in every place, server strings
+//! built to inject YAML, and the API key's secrecy.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::*;
+use serde_json::json;
+
+// ---------------------------------------------------------------------------
+// The hostile corpus
+// ---------------------------------------------------------------------------
+
+/// Task files of every malformed-frontmatter shape: BOMs, openers and
+/// closers that almost are, line ends (LF, CRLF, lone CR, mixed), YAML that
+/// is a scalar, a list, invalid, duplicated, aliased, deep, tagged, bytes
+/// that are not UTF-8, NULs, huge lines; plus seeded mutations of them.
+fn corpus() -> Vec<Vec<u8>> {
+    let boms: [&[u8]; 3] = [b"", b"\xEF\xBB\xBF", b"\xEF\xBB\xBF\xEF\xBB\xBF"];
+    let openers: [&[u8]; 9] = [
+        b"---", b"--- \t", b"----", b"--- x", b"", b" ---", b"+++", b"...", b"---\r",
+    ];
+    let ends: [&[u8]; 4] = [b"\n", b"\r\n", b"\r", b"\n\r"];
+    let blocks: [&[u8]; 24] = [
+        b"",
+        b"allow_delegation: true",
+        b"allow_delegation: true\npreferred_ai: gemini",
+        b"a: 1\na: 2",
+        b"allow_delegation: true\nallow_delegation: false",
+        b"- allow_delegation: true",
+        b"just a scalar",
+        b"[",
+        b"{allow_delegation: [}",
+        b"a: &x [*x, *x]",
+        b"a: &a [1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d]",
+        b"allow_delegation: !!binary aGVsbG8=",
+        b"? [complex, key]\n: value",
+        b"\tallow_delegation: true",
+        b"preferred_ai: |\n  ---\n  gpu",
+        b"%YAML 1.2\n---\nallow_delegation: true",
+        b"# only a comment",
+        b"~",
+        b"allow_delegation: yes\npreferred_ai: ' GPU '",
+        b"allow_delegation: true\x00",
+        b"allow_delegation: \xff\xfe",
+        b"preferred_ai: \xED\xA0\x80",
+        b"allow_delegation: true\npriority: urgent\ncomplexity_hint: [1, 2]",
+        b"<<: {allow_delegation: true}",
+    ];
+    let closers: [&[u8]; 6] = [b"---", b"...", b"--- \t", b"", b"----", b" ..."];
+    let bodies: [&[u8]; 4] = [
+        b"",
+        b"Body.",
+        b"---\nallow_delegation: true\n---\nagain\n",
+        b"\xC0\xAF overlong\x00",
+    ];
+    let mut out = Vec::new();
+    let mut n = 0usize;
+    // A pseudo-random walk through the product, every value of every axis
+    // used many times.
+    for (i, block) in blocks.iter().enumerate() {
+        for j in 0..12 {
+            n += 1;
+            let bom = boms[(i + j) % boms.len()];
+            let opener = openers[(i * 7 + j) % openers.len()];
+            let end = ends[(i + j * 3) % ends.len()];
+            let closer = closers[(i * 5 + j * 2) % closers.len()];
+            let body = bodies[(i + j * 5 + n) % bodies.len()];
+            let mut f = Vec::new();
+            f.extend_from_slice(bom);
+            f.extend_from_slice(opener);
+            f.extend_from_slice(end);
+            for line in block.split(|&b| b == b'\n') {
+                f.extend_from_slice(line);
+                f.extend_from_slice(end);
+            }
+            if !closer.is_empty() {
+                f.extend_from_slice(closer);
+                if j % 4 != 3 {
+                    f.extend_from_slice(end);
+                }
+            }
+            f.extend_from_slice(body);
+            out.push(f);
+        }
+    }
+    // Well-formed delegating shapes, so that submit builds their prompts.
+    for bom in &boms[..2] {
+        for end in [&b"\n"[..], b"\r\n"] {
+            for closer in [&b"---"[..], b"...", b"--- \t"] {
+                for body in bodies {
+                    let mut f = bom.to_vec();
+                    for line in [
+                        &b"---"[..],
+                        b"allow_delegation: true",
+                        b"complexity_hint: \"x: y\"",
+                        closer,
+                    ] {
+                        f.extend_from_slice(line);
+                        f.extend_from_slice(end);
+                    }
+                    f.extend_from_slice(body);
+                    out.push(f);
+                }
+            }
+        }
+    }
+    // Edge files.
+    let mut deep = b"---\n".to_vec();
+    for d in 0..300 {
+        deep.extend_from_slice(format!("{}k{d}:\n", " ".repeat(d)).as_bytes());
+    }
+    deep.extend_from_slice(b"---\n");
+    let huge_line = [
+        b"---\nallow_delegation: true\ncomplexity_hint: ".to_vec(),
+        vec![b'x'; 300_000],
+        b"\n---\nbody".to_vec(),
+    ]
+    .concat();
+    let brackets = [b"---\na: ".to_vec(), vec![b'['; 5000], b"\n---\n".to_vec()].concat();
+    for edge in [
+        Vec::new(),
+        b"---".to_vec(),
+        b"---\n".to_vec(),
+        b"---\n---".to_vec(),
+        b"---\r\n---\r\n".to_vec(),
+        b"\n---\nallow_delegation: true\n---\n".to_vec(),
+        b"\xEF\xBB".to_vec(),
+        b"\xEF\xBB\xBF".to_vec(),
+        vec![0u8; 100],
+        vec![0xffu8; 100],
+        b"---\nallow_delegation: true\n---\n\xff".to_vec(),
+        deep,
+        huge_line,
+        brackets,
+    ] {
+        out.push(edge);
+    }
+    // Seeded mutations: flip, insert and delete bytes of corpus files.
+    let mut rng = Rng(0x5EED_CAFE);
+    let base = out.len();
+    for _ in 0..120 {
+        let mut f = out[rng.below(base as u64) as usize].clone();
+        for _ in 0..1 + rng.below(4) {
+            let at = if f.is_empty() {
+                0
+            } else {
+                rng.below(f.len() as u64 + 1) as usize
+            };
+            const BYTES: &[u8] = b"-.\n\r \t:#'\"[]{}&*!|>\xff\xef\xbb\xbf\x00a";
+            let b = BYTES[rng.below(BYTES.len() as u64) as usize];
+            match rng.below(3) {
+                0 if at < f.len() => f[at] = b,
+                1 if at < f.len() => {
+                    f.remove(at);
+                }
+                _ => f.insert(at, b),
+            }
+        }
+        out.push(f);
+    }
+    out
+}
+
+const PROVIDERS: [&str; 5] = ["claude-code", "gpu", "gemini", "claude", "auto"];
+
+/// `decide` on every corpus file: never panics, prints a provider, and
+/// explains an unusable frontmatter by a warning naming the file. The
+/// splitter's contract (head + body = input) holds for each, and `decide`
+/// agrees with the library.
+#[test]
+fn decide_on_the_hostile_corpus_never_panics_and_names_the_file() {
+    let files = corpus();
+    eprintln!("hostile corpus: {} files", files.len());
+    assert!(files.len() >= 400);
+    let p = Project::new();
+    let dir = p.tmp.path().join("corpus");
+    std::fs::create_dir(&dir).unwrap();
+    let chunks: Vec<Vec<(usize, &Vec<u8>)>> = {
+        let all: Vec<_> = files.iter().enumerate().collect();
+        all.chunks(files.len().div_ceil(4))
+            .map(<[_]>::to_vec)
+            .collect()
+    };
+    std::thread::scope(|s| {
+        for chunk in &chunks {
+            let (p, dir) = (&p, &dir);
+            s.spawn(move || {
+                for (i, bytes) in chunk {
+                    let split = ccl_delegate::frontmatter::split(bytes);
+                    assert_eq!(
+                        [split.head, split.body].concat(),
+                        **bytes,
+                        "file {i}: split loses bytes"
+                    );
+                    let path = dir.join(format!("c{i}.md"));
+                    std::fs::write(&path, bytes).unwrap();
+                    let out = p.run(None, &["decide", "--json", path.to_str().unwrap()]);
+                    assert_eq!(
+                        out.code,
+                        0,
+                        "file {i} {:?}: {out:?}",
+                        String::from_utf8_lossy(bytes)
+                    );
+                    assert!(!out.stderr.contains("panicked"), "file {i}: {out:?}");
+                    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+                    let provider = v["provider"].as_str().unwrap();
+                    assert!(PROVIDERS.contains(&provider), "file {i}: {v}");
+                    match split.meta {
+                        Err(_) => {
+                            assert_eq!(
+                                provider, "claude-code",
+                                "file {i}: invalid frontmatter delegates"
+                            );
+                            let line = out.stderr.lines().next().unwrap_or_default();
+                            assert!(
+                                line.contains(path.to_str().unwrap()),
+                                "file {i}: warning {out:?}"
+                            );
+                            assert!(
+                                line.contains("routing the task locally"),
+                                "file {i}: {out:?}"
+                            );
+                        }
+                        Ok(_) => assert!(out.stderr.is_empty(), "file {i}: {out:?}"),
+                    }
+                    // stdin gives the same answer.
+                    let again = p.run_with_stdin(None, &["decide", "--json", "-"], bytes);
+                    assert_eq!(again.stdout, out.stdout, "file {i}");
+                }
+            });
+        }
+    });
+}
+
+/// Every corpus file as an inbox task: `submit` never panics (0 or 10),
+/// and after a reap each comes back byte for byte as the last `task_bytes`
+/// bytes of its done/ file.
+#[test]
+fn the_hostile_corpus_goes_through_submit_and_reap_byte_for_byte() {
+    let files = corpus();
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let mut originals = BTreeMap::new();
+    for (i, bytes) in files.iter().enumerate() {
+        p.task(&format!("c{i}.md"), bytes);
+        originals.insert(format!("c{i}"), bytes.clone());
+    }
+    let ids: Vec<&String> = originals.keys().collect();
+    let locals: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .chunks(ids.len().div_ceil(4))
+            .map(|chunk| {
+                let (p, mock) = (&p, &mock);
+                s.spawn(move || {
+                    let mut locals = Vec::new();
+                    for id in chunk {
+                        let path = p.inbox().join(format!("{id}.md"));
+                        let out = p.run(Some(mock), &["submit", path.to_str().unwrap()]);
+                        assert!(out.code == 0 || out.code == 10, "{id}: {out:?}");
+                        assert!(!out.stderr.contains("panicked"), "{id}: {out:?}");
+                        if out.code == 10 {
+                            assert!(out.stdout.starts_with("local "), "{id}: {out:?}");
+                            locals.push(id.to_string());
+                        } else {
+                            assert!(out.stdout.starts_with("delegated "), "{id}: {out:?}");
+                        }
+                    }
+                    locals
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    // The tasks routed locally are delegated by hand (a marker as submit
+    // would write it), so that every shape goes through the reap too.
+    for (n, id) in locals.iter().enumerate() {
+        let key = format!("ccl-corpus-local-{n}-0123456789");
+        let job = mock.post_job(&key, &format!("{id}.md"));
+        p.write_marker(
+            &format!("{id}.md"),
+            &marker_json(false, Some(&job), &key, &rfc3339_ago(10)),
+        );
+    }
+    eprintln!(
+        "corpus: {} delegated by submit, {} routed locally",
+        files.len() - locals.len(),
+        locals.len()
+    );
+    let out = p.reap_until_settled(&mock, &[], 3);
+    out.expect(0);
+    let found = check_invariant(&p, &originals, true).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(found.done, files.len(), "{found:?}");
+    // The prompts submit built follow the contract.
+    let mut built = 0;
+    for j in mock.jobs() {
+        if j["idempotency_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ccl-corpus-local-")
+        {
+            continue;
+        }
+        built += 1;
+        let prompt = j["prompt"].as_str().unwrap();
+        let task = j["metadata"]["task"].as_str().unwrap();
+        assert!(
+            prompt.starts_with(&format!("Task: {task}\n\n")),
+            "{prompt:?}"
+        );
+        assert!(
+            prompt.ends_with("\n\nProvide a complete, self-contained answer."),
+            "{prompt:?}"
+        );
+    }
+    assert!(
+        built >= 36,
+        "only {built} corpus files were delegated by submit"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Markers that point outside the queue
+// ---------------------------------------------------------------------------
+
+const SECRET: &str = "VICTIM-CONTENT-never-read";
+
+fn victim(p: &Project) -> std::path::PathBuf {
+    let v = p.tmp.path().join("victim.md");
+    std::fs::write(&v, format!("---\nallow_delegation: true\n---\n{SECRET}\n")).unwrap();
+    v
+}
+
+/// Nothing under the temp dir outside `proj/.agent-queue` changed, the
+/// victim is whole, and its text reached no file and no request.
+#[track_caller]
+fn victim_untouched(p: &Project, mock: &Mock, v: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(v).unwrap(),
+        format!("---\nallow_delegation: true\n---\n{SECRET}\n")
+    );
+    for (path, bytes) in tree(p.tmp.path()) {
+        if path.starts_with(p.queue()) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(SECRET),
+                "{} holds the victim's text",
+                path.display()
+            );
+        }
+    }
+    let stats = mock.stats().to_string();
+    assert!(!stats.contains(SECRET), "the victim was sent");
+}
+
+#[test]
+fn marker_paths_outside_the_queue_are_never_read_or_deleted() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let v = victim(&p);
+    let abs = v.to_str().unwrap();
+    let old = rfc3339_ago(3600);
+    let mut originals = BTreeMap::new();
+    let cases: Vec<(&str, bool, serde_json::Value)> = vec![
+        (
+            "rel",
+            true,
+            json!({"task_file": "../../victim.md", "project": "../.."}),
+        ),
+        ("abs", true, json!({"task_file": abs, "project": "/"})),
+        (
+            "gone",
+            false,
+            json!({"task_file": abs, "project": p.tmp.path()}),
+        ),
+        (
+            "pending",
+            true,
+            json!({"task_file": "../../victim.md", "state": "pending", "job_id": null}),
+        ),
+        (
+            "pendgone",
+            false,
+            json!({"task_file": abs, "state": "pending", "job_id": null}),
+        ),
+        ("dots", true, json!({"task_file": "..", "project": "."})),
+    ];
+    for (i, (name, with_task, fields)) in cases.iter().enumerate() {
+        let task = format!("{name}.md");
+        if *with_task {
+            let bytes =
+                format!("---\nallow_delegation: true\n---\nThe real task {name}.\n").into_bytes();
+            p.task(&task, &bytes);
+            originals.insert(name.to_string(), bytes);
+        }
+        let key = format!("ccl-outside-{i}-0123456789");
+        let job = mock.post_job(&key, &task);
+        let mut m: serde_json::Value =
+            serde_json::from_str(&marker_json(false, Some(&job), &key, &old)).unwrap();
+        for (k, val) in fields.as_object().unwrap() {
+            m[k] = val.clone();
+        }
+        p.write_marker(&task, &m.to_string());
+    }
+    // The Go format holds absolute paths.
+    let go = json!({"project": p.tmp.path(), "task_file": abs, "job_id": mock.post_job("ccl-outside-go-0123456789", "go.md"),
+        "provider": "gpu", "started_at": "2026-01-01T00:00:00Z"});
+    p.task("go.md", b"The Go task.\n");
+    originals.insert("go".into(), b"The Go task.\n".to_vec());
+    p.write_marker("go.md", &go.to_string());
+
+    let status = p.run(
+        Some(&mock),
+        &["status", "--project", p.dir.to_str().unwrap()],
+    );
+    status.expect(0);
+    let get = p.run(
+        Some(&mock),
+        &["get", p.inbox().join("abs.md").to_str().unwrap()],
+    );
+    get.expect(0);
+    let out = p.reap_until_settled(&mock, &[], 3);
+    out.expect(0);
+    victim_untouched(&p, &mock, &v);
+    // The tasks without an inbox file were reaped as missing, not as the victim.
+    for name in ["gone", "pendgone"] {
+        let rec = [p.done(), p.failed()]
+            .iter()
+            .map(|d| d.join(format!("{name}.md")))
+            .find(|f| f.exists())
+            .unwrap_or_else(|| panic!("{name} not reaped: {out:?}"));
+        let r = RecordFile::parse(&std::fs::read(&rec).unwrap()).unwrap();
+        assert!(r.task_missing && r.task_bytes == 0, "{name}: {:?}", r.map);
+        std::fs::remove_file(rec).unwrap();
+    }
+    check_invariant(&p, &originals, true).unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ---------------------------------------------------------------------------
+// Symlinks
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_symlinked_task_is_never_read_sent_or_moved() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let v = victim(&p);
+    std::os::unix::fs::symlink(&v, p.inbox().join("link.md")).unwrap();
+    let out = p.run(
+        Some(&mock),
+        &["submit", p.inbox().join("link.md").to_str().unwrap()],
+    );
+    out.expect(64);
+    assert!(
+        out.stderr.contains("link.md") && out.stderr.contains("symbolic link"),
+        "{out:?}"
+    );
+
+    // Delegated before it became a link (or marked by hand): the reap
+    // leaves the link and the file it points to.
+    let job = mock.post_job("ccl-link-0123456789abc", "link.md");
+    p.write_marker(
+        "link.md",
+        &marker_json(
+            false,
+            Some(&job),
+            "ccl-link-0123456789abc",
+            &rfc3339_ago(60),
+        ),
+    );
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert!(
+        out.stderr.contains("link.md") && out.stderr.contains("symbolic link"),
+        "{out:?}"
+    );
+    assert!(
+        std::fs::symlink_metadata(p.inbox().join("link.md"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    victim_untouched(&p, &mock, &v);
+}
+
+#[test]
+fn a_symlinked_marker_is_never_followed() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let v = victim(&p);
+    let target = p.tmp.path().join("marker.json");
+    let job = mock.post_job("ccl-linked-marker-0123456789", "a.md");
+    let json = marker_json(
+        false,
+        Some(&job),
+        "ccl-linked-marker-0123456789",
+        &rfc3339_ago(60),
+    );
+    std::fs::write(&target, &json).unwrap();
+    let bytes = b"---\nallow_delegation: true\n---\nA.\n".to_vec();
+    p.task("a.md", &bytes);
+    std::os::unix::fs::symlink(&target, p.inbox().join("a.md.delegated")).unwrap();
+    // submit sees a marker (the task stays skipped) without reading it.
+    let out = p.run(
+        Some(&mock),
+        &["submit", p.inbox().join("a.md").to_str().unwrap()],
+    );
+    out.expect(0);
+    assert_eq!(
+        mock.jobs_created(),
+        1,
+        "submit sent the task again: {out:?}"
+    );
+    let out = p.reap_until_settled(&mock, &[], 2);
+    out.expect(0);
+    // The link's target is untouched and was never polled.
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), json);
+    assert_eq!(
+        mock.job(&job)["polls"],
+        0,
+        "the linked marker's job was polled"
+    );
+    let originals = BTreeMap::from([("a".to_string(), bytes)]);
+    let found = check_invariant(&p, &originals, true).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(found.failed, 1);
+    victim_untouched(&p, &mock, &v);
+}
+
+#[test]
+fn a_symlinked_inbox_or_queue_is_never_followed() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    for linked in ["inbox", ".agent-queue"] {
+        let p = Project::new();
+        // The real queue lives elsewhere; the project reaches it by a link.
+        let elsewhere = p.tmp.path().join("elsewhere");
+        let real_inbox = if linked == "inbox" {
+            std::fs::create_dir_all(&elsewhere).unwrap();
+            std::fs::remove_dir(p.inbox()).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, p.inbox()).unwrap();
+            elsewhere.clone()
+        } else {
+            std::fs::create_dir_all(elsewhere.join("inbox")).unwrap();
+            std::fs::remove_dir_all(p.queue()).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, p.queue()).unwrap();
+            elsewhere.join("inbox")
+        };
+        std::fs::write(
+            real_inbox.join("a.md"),
+            b"---\nallow_delegation: true\n---\nA.\n",
+        )
+        .unwrap();
+        let job = mock.post_job(
+            &format!("ccl-linked-{}-0123456789", linked.trim_start_matches('.')),
+            "a.md",
+        );
+        std::fs::write(
+            real_inbox.join("a.md.delegated"),
+            marker_json(
+                false,
+                Some(&job),
+                "ccl-linked-x-0123456789",
+                &rfc3339_ago(60),
+            ),
+        )
+        .unwrap();
+        let before = tree(&elsewhere);
+        let out = p.run(
+            Some(&mock),
+            &["submit", p.inbox().join("a.md").to_str().unwrap()],
+        );
+        assert_eq!(out.code, 64, "{linked}: {out:?}");
+        let out = p.reap(&mock, &[]);
+        assert_eq!(out.code, 1, "{linked}: {out:?}");
+        assert!(out.stderr.contains("symbolic link"), "{linked}: {out:?}");
+        assert_eq!(
+            tree(&elsewhere),
+            before,
+            "{linked}: the linked queue changed"
+        );
+        assert_eq!(mock.job(&job)["polls"], 0, "{linked}");
+    }
+}
+
+/// done/ or failed/ as a symlink: nothing is written or read through it,
+/// not even a record that would let the reap think the task is finished.
+#[test]
+fn a_symlinked_done_or_failed_dir_is_never_followed() {
+    for (dir, status) in [("done", "completed"), ("failed", "failed")] {
+        let mock = Mock::start(&["--statuses", status]);
+        let p = Project::new();
+        let bytes = b"---\nallow_delegation: true\n---\nA.\n".to_vec();
+        p.task("a.md", &bytes);
+        let key = "ccl-linked-done-0123456789";
+        let job = mock.post_job(key, "a.md");
+        p.write_marker(
+            "a.md",
+            &marker_json(false, Some(&job), key, &rfc3339_ago(60)),
+        );
+        // Elsewhere holds a record of this very job and task, as a killed
+        // run would have left in done/: reading it would end the task.
+        let elsewhere = p.tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let record = [
+            format!("---\nstatus: {}\nprovider: gemini\nmodel: m\ncost_cad: 0.1\njob_id: {job}\n", if dir == "done" { "completed" } else { "failed" }),
+            format!("delegated_at: x\ncompleted_at: y\ntask_bytes: {}\n---\n# Result\nR\n---\n## Original task (a.md)\n", bytes.len()),
+        ]
+        .concat();
+        let mut rec_bytes = record.into_bytes();
+        rec_bytes.extend_from_slice(&bytes);
+        std::fs::write(elsewhere.join("a.md"), &rec_bytes).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, p.queue().join(dir)).unwrap();
+        let before = tree(&elsewhere);
+
+        let out = p.reap(&mock, &[]);
+        assert_eq!(out.code, 1, "{dir}: {out:?}");
+        assert!(
+            out.stderr.contains("symbolic link") && out.stderr.contains("a.md"),
+            "{dir}: {out:?}"
+        );
+        assert_eq!(tree(&elsewhere), before, "{dir}: written through the link");
+        assert_eq!(
+            std::fs::read(p.inbox().join("a.md")).unwrap(),
+            bytes,
+            "{dir}: task gone"
+        );
+        assert!(
+            p.inbox().join("a.md.delegated").exists(),
+            "{dir}: marker gone"
+        );
+        assert_eq!(
+            p.names(&p.queue())
+                .iter()
+                .filter(|n| n.starts_with(TMP_PREFIX))
+                .count(),
+            0
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server strings
+// ---------------------------------------------------------------------------
+
+/// Strings built to break out of a YAML value or a Markdown line.
+fn evil_strings() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "x\n---\ninjected: 1",
+        "x\n...\ninjected: 1",
+        "x\r\n---\r\ninjected: 1\r\n",
+        "x\r---\rinjected: 1",
+        "x\u{85}---\u{85}injected: 1",
+        "x\u{2028}---\u{2029}injected: 1",
+        "---",
+        "...",
+        "--- |",
+        "injected: 1",
+        "status: completed\ntask_bytes: 0",
+        "a: b\n  c: d",
+        "- x\n- y",
+        "{injected: 1}",
+        "[1, 2]",
+        "&anchor x",
+        "*alias",
+        "!!python/object:os.system x",
+        "? k\n: v",
+        "'",
+        "\"",
+        "# comment",
+        "%YAML 1.1",
+        "@x",
+        "`x`",
+        "| literal\n  ---",
+        "> folded",
+        "\t\ttabs\t",
+        "nul\0byte",
+        "\u{1b}[2J\u{1b}]0;title\u{7}",
+        "\u{feff}bom",
+        "\u{202e}rtl",
+        "   leading",
+        "trailing   ",
+        "",
+        "null",
+        "~",
+        "true",
+        "no",
+        "123",
+        "0x1F",
+        ".nan",
+        "2026-01-01",
+        "<<: *a",
+        "ünïcödé ✓ 日本",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(format!("{}\n---\ninjected: 1", "--- ... ".repeat(2000)));
+    v
+}
+
+const DONE_KEYS: [&str; 8] = [
+    "status",
+    "provider",
+    "model",
+    "cost_cad",
+    "job_id",
+    "delegated_at",
+    "completed_at",
+    "task_bytes",
+];
+const FAILED_KEYS: [&str; 7] = [
+    "status",
+    "provider",
+    "failed_reason",
+    "job_id",
+    "delegated_at",
+    "failed_at",
+    "task_bytes",
+];
+
+#[test]
+fn server_strings_cannot_add_a_frontmatter_key() {
+    let evil = evil_strings();
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let mut originals = BTreeMap::new();
+    let mut jobs = Vec::new();
+    for (i, s) in evil.iter().enumerate() {
+        let task = format!("e{i}.md");
+        let bytes = format!("---\nallow_delegation: true\n---\nEvil {i}.\n").into_bytes();
+        p.task(&task, &bytes);
+        originals.insert(format!("e{i}"), bytes);
+        let key = format!("ccl-evil-{i}-0123456789");
+        let job = mock.post_job(&key, &task);
+        // Even ones fail with the string as the error; odd ones complete
+        // with it as model, provider and response.
+        if i % 2 == 0 {
+            mock.set(json!({"job": job, "error": s}));
+            mock.set(json!({"status_of": {job.clone(): "failed"}}));
+        } else {
+            mock.set(json!({"job": job, "model": s, "provider": s, "response": s}));
+        }
+        p.write_marker(
+            &task,
+            &marker_json(false, Some(&job), &key, &rfc3339_ago(60)),
+        );
+        jobs.push(job);
+    }
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert!(
+        !out.stdout.contains('\u{1b}') && !out.stderr.contains('\u{1b}'),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.stdout.lines().count(),
+        evil.len(),
+        "one line per task: {out:?}"
+    );
+    check_invariant(&p, &originals, true).unwrap_or_else(|e| panic!("{e}"));
+    for (i, s) in evil.iter().enumerate() {
+        let (dir, keys) = if i % 2 == 0 {
+            (p.failed(), &FAILED_KEYS[..])
+        } else {
+            (p.done(), &DONE_KEYS[..])
+        };
+        let bytes = std::fs::read(dir.join(format!("e{i}.md"))).unwrap();
+        let rec = RecordFile::parse(&bytes).unwrap_or_else(|e| panic!("string {i} {s:?}: {e}"));
+        assert_eq!(rec.keys, keys, "string {i} {s:?} changed the keys");
+        assert_eq!(rec.job_id.as_deref(), Some(jobs[i].as_str()));
+        assert_eq!(
+            rec.original(&bytes),
+            originals[&format!("e{i}")],
+            "string {i}"
+        );
+        if i % 2 == 1 {
+            assert_eq!(
+                rec.map["model"].as_str(),
+                Some(s.as_str()),
+                "string {i}: the model is kept as data"
+            );
+            assert_eq!(rec.map["provider"].as_str(), Some(s.as_str()), "string {i}");
+        }
+        // The crate reads its own file back the same way.
+        let r = ccl_delegate::record::Record::parse(&bytes)
+            .unwrap_or_else(|| panic!("string {i} {s:?}: unreadable by the crate"));
+        assert_eq!(r.job_id.as_deref(), Some(jobs[i].as_str()), "string {i}");
+        assert_eq!(
+            r.original(&bytes),
+            originals[&format!("e{i}")],
+            "string {i}"
+        );
+    }
+    // status reads every record.
+    let st = p.run(
+        Some(&mock),
+        &["status", "--json", "--project", p.dir.to_str().unwrap()],
+    );
+    st.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let text = v.to_string();
+    assert!(
+        text.contains(&format!("\"done\":{}", evil.len() / 2)) || text.contains("done"),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The API key
+// ---------------------------------------------------------------------------
+
+/// The key never appears on the command line, in a marker, a done/failed
+/// file, any file of the queue, or any message, even when the service
+/// echoes it back in an error or a result.
+#[test]
+fn the_api_key_never_appears_in_files_or_messages() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let a = p.task("a.md", b"---\nallow_delegation: true\n---\nA.\n");
+    let b = p.task("b.md", b"---\npreferred_ai: gpu\n---\nB.\n");
+    let mut outs = vec![
+        p.run(Some(&mock), &["submit", a.to_str().unwrap()]),
+        p.run(Some(&mock), &["submit", b.to_str().unwrap()]),
+    ];
+    let ja = mock.jobs()[0]["job_id"].as_str().unwrap().to_string();
+    let jb = mock.jobs()[1]["job_id"].as_str().unwrap().to_string();
+    // A service that echoes the key: in a job's error, in a result, in a
+    // bad answer.
+    mock.set(json!({"job": ja, "error": format!("auth {KEY} expired")}));
+    mock.set(json!({"status_of": {ja.clone(): "failed"}}));
+    mock.set(json!({"job": jb, "response": format!("your key is {KEY}"), "model": KEY}));
+    outs.push(p.run(Some(&mock), &["get", &ja, "--json"]));
+    outs.push(p.run(Some(&mock), &["get", a.to_str().unwrap()]));
+    outs.push(p.run(Some(&mock), &["result", &jb]));
+    outs.push(p.run(Some(&mock), &["result", &jb, "--json"]));
+    outs.push(p.run(
+        Some(&mock),
+        &["status", "--project", p.dir.to_str().unwrap()],
+    ));
+    outs.push(p.reap(&mock, &[]));
+    let (pc, pd) = (Project::new(), Project::new());
+    pc.task("c.md", b"---\nallow_delegation: true\n---\nC.\n");
+    let jc = mock.post_job("ccl-key-echo-c-0123456789", "c.md");
+    pc.write_marker(
+        "c.md",
+        &marker_json(
+            false,
+            Some(&jc),
+            "ccl-key-echo-c-0123456789",
+            &rfc3339_ago(60),
+        ),
+    );
+    mock.set(json!({"job": jc, "status_raw": format!("{{\"job_id\": \"{jc}\", \"status\": \"{KEY}\"}}")}));
+    outs.push(pc.reap(&mock, &[]));
+    mock.set(json!({"job": jc, "status_raw": format!("not json {KEY}")}));
+    outs.push(pc.reap(&mock, &[]));
+    // A refused key never comes back in the message either.
+    let c = pd.task("d.md", b"---\nallow_delegation: true\n---\nD.\n");
+    let wrong = Out::of(
+        pd.cmd(Some(&mock))
+            .args(["submit", c.to_str().unwrap()])
+            .env("SECUTOOLS_API_KEY", "wrong-key-9876543210"),
+    );
+    assert_eq!(wrong.code, 77, "{wrong:?}");
+    assert!(!wrong.stderr.contains("wrong-key-9876543210"), "{wrong:?}");
+    for (n, out) in outs.iter().enumerate() {
+        assert!(
+            !out.stdout.contains(KEY) && !out.stderr.contains(KEY),
+            "run {n}: {out:?}"
+        );
+    }
+    assert!(p.failed().join("a.md").exists() && p.done().join("b.md").exists());
+    for project in [&p, &pc, &pd] {
+        for (path, bytes) in tree(project.tmp.path()) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(KEY),
+                "{} holds the key",
+                path.display()
+            );
+        }
+    }
+    // No flag takes the key: it can only come from the environment or a file.
+    let out = p.run(None, &["--api-key", KEY, "status"]);
+    assert_eq!(out.code, 64, "{out:?}");
+    for sub in [
+        "submit", "reap", "get", "result", "status", "cancel", "requeue", "doctor",
+    ] {
+        let help = p.run(None, &[sub, "--help"]);
+        assert!(
+            !help.stdout.to_lowercase().contains("api-key"),
+            "{sub}: {help:?}"
+        );
+    }
+}
+
+#[test]
+fn an_api_key_file_readable_by_group_or_others_is_refused() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    let key_file = p.home.join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let config = p.home.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "api_url: {}\napi_key_file: {}\n",
+            mock.url,
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let path = p.task("a.md", b"---\nallow_delegation: true\n---\nA.\n");
+    let submit = |p: &Project| {
+        Out::of(p.cmd(None).args([
+            "--config",
+            config.to_str().unwrap(),
+            "submit",
+            path.to_str().unwrap(),
+        ]))
+    };
+    for mode in [
+        0o644, 0o640, 0o604, 0o660, 0o620, 0o602, 0o610, 0o601, 0o666,
+    ] {
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = submit(&p);
+        assert_eq!(out.code, 78, "mode {mode:o}: {out:?}");
+        assert!(
+            out.stderr.contains("readable by group or others"),
+            "mode {mode:o}: {out:?}"
+        );
+        assert!(
+            out.stderr
+                .contains(&format!("chmod 600 {}", key_file.display())),
+            "{out:?}"
+        );
+        assert!(!out.stderr.contains(KEY));
+        assert!(!p.inbox().join("a.md.delegated").exists());
+    }
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = submit(&p);
+        assert_eq!(out.code, 0, "mode {mode:o}: {out:?}");
+        std::fs::remove_file(p.inbox().join("a.md.delegated")).unwrap();
+    }
+    // A key file that is a link to a private file is not followed.
+    let link = p.home.join("key-link");
+    std::os::unix::fs::symlink(&key_file, &link).unwrap();
+    std::fs::write(
+        &config,
+        format!("api_url: {}\napi_key_file: {}\n", mock.url, link.display()),
+    )
+    .unwrap();
+    let out = submit(&p);
+    assert_eq!(out.code, 78, "{out:?}");
+    assert!(out.stderr.contains("key-link"), "{out:?}");
+}
