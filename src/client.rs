@@ -56,11 +56,13 @@ const RESOLVE_TIMEOUT_CAP: Duration = Duration::from_secs(5);
 /// Idle connections kept per host: the reaper polls with many threads.
 const MAX_IDLE_CONNECTIONS: usize = 64;
 
-/// Input and output buffer of each connection (ureq's default is 128 KiB
-/// each, zero-filled: 8 MiB of resident memory for a reap polling on 32
-/// connections). The input buffer bounds a response's header block; bodies
-/// stream through it.
-const IO_BUFFER_BYTES: usize = 16 * 1024;
+/// Buffers of each connection. ureq's defaults (128 KiB each, zero-filled)
+/// cost 8 MiB of resident memory for a reap polling on 32 connections. The
+/// input buffer must hold a whole response header block, which is capped
+/// below it so that a larger one is a clear error; bodies stream through.
+const INPUT_BUFFER_BYTES: usize = 32 * 1024;
+const OUTPUT_BUFFER_BYTES: usize = 16 * 1024;
+const MAX_RESPONSE_HEADER_BYTES: usize = 16 * 1024;
 
 const JOBS_PATH: &str = "/api/v1/jobs";
 
@@ -505,8 +507,9 @@ impl Client {
             .timeout_connect(Some(connect_timeout(cfg.timeout)))
             .max_idle_connections(MAX_IDLE_CONNECTIONS)
             .max_idle_connections_per_host(MAX_IDLE_CONNECTIONS)
-            .input_buffer_size(IO_BUFFER_BYTES)
-            .output_buffer_size(IO_BUFFER_BYTES);
+            .input_buffer_size(INPUT_BUFFER_BYTES)
+            .output_buffer_size(OUTPUT_BUFFER_BYTES)
+            .max_response_header_size(MAX_RESPONSE_HEADER_BYTES);
         if plain_http {
             // The key would travel in clear to an HTTP proxy from the
             // environment: loopback http goes direct.
@@ -1526,6 +1529,28 @@ mod tests {
     const STATUS_J1: &str = r#"{"job_id":"j-1","status":"running","error":null,"provider":"gemini","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:01Z","extra":{"x":1}}"#;
 
     // ---- pure functions ----------------------------------------------------
+
+    #[test]
+    fn header_blocks_up_to_16_kib_are_read_and_larger_ones_refused() {
+        for (size, ok) in [(15_000usize, true), (17_000, false), (40_000, false)] {
+            let big = "x".repeat(size);
+            let fake = Fake::start(move |_, _| {
+                reply(
+                    200,
+                    &[("X-Big", big.as_str())],
+                    r#"{"job_id":"j-1","status":"queued","error":null,"provider":null}"#,
+                )
+            });
+            let got = fake.client_with(|c| c.retries = 0).status("j-1");
+            match got {
+                Ok(st) => assert!(ok, "{size}: {st:?}"),
+                Err(e) => assert!(
+                    !ok && e.to_string().contains("response header is too big"),
+                    "{size}: {e}"
+                ),
+            }
+        }
+    }
 
     #[test]
     fn client_is_send_and_sync() {

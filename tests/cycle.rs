@@ -1714,8 +1714,10 @@ fn reap_keeps_a_pending_marker_when_the_resend_is_refused_for_auth() {
             .env("SECUTOOLS_API_KEY", "rotated-key-0000")
             .args(["reap", "--project", dir]),
     );
-    out.expect(0);
+    // Exit 77: refused by the service (auth); cron mails the message.
+    out.expect(77);
     assert_eq!(out.stdout, "");
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
     let m = p.marker("a.md").expect("the pending marker stays");
     assert_eq!(m["state"], "pending");
     assert_eq!(m["poll_errors"], 1);

@@ -36,6 +36,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
     } else {
         args.projects.clone()
     };
+    let projects = unique_projects(projects);
     if projects.is_empty() {
         return Err(fail(
             Code::Config,
@@ -62,6 +63,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         client: OnceLock::new(),
         out: Mutex::new(()),
         local_errors: AtomicU32::new(0),
+        auth_refusals: AtomicU32::new(0),
         tally: Mutex::new(metrics::Tally::default()),
         finisher: OnceLock::new(),
         workers: AtomicUsize::new(0),
@@ -151,7 +153,46 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
     if let Some(Err((code, msg))) = ctx.client.get() {
         return Err(fail(*code, msg.clone()));
     }
-    Ok(if failed_run { Code::Other } else { Code::Ok })
+    Ok(if failed_run {
+        Code::Other
+    } else if ctx.auth_refusals.load(Ordering::Relaxed) > 0 {
+        Code::NoPerm
+    } else {
+        Code::Ok
+    })
+}
+
+/// The line for a task whose record an interrupted run had already
+/// written: the same as when the record is written now.
+fn recorded_line(path: &Path, job_id: &str) -> String {
+    let r = crate::queue::read_nofollow(path)
+        .ok()
+        .flatten()
+        .and_then(|(bytes, _)| record::Record::parse(&bytes))
+        .unwrap_or_default();
+    if r.status.as_deref() == Some("completed") {
+        format!(
+            "done {} (job {job_id}, {}, {:.4} CAD)",
+            path.display(),
+            clip(r.provider.as_deref().unwrap_or("unknown"), 40),
+            r.cost_cad.unwrap_or(0.0)
+        )
+    } else {
+        format!(
+            "failed {} (job {job_id}: {})",
+            path.display(),
+            r.failed_reason.as_deref().unwrap_or("failed")
+        )
+    }
+}
+
+/// The projects to reap, each once (a glob and a flag may name the same).
+fn unique_projects(projects: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    projects
+        .into_iter()
+        .filter(|p| seen.insert(fs::canonicalize(p).unwrap_or_else(|_| p.clone())))
+        .collect()
 }
 
 /// The run lock: flock(2), never waited for, never deleted.
@@ -179,6 +220,8 @@ struct Ctx<'a> {
     /// Serializes the lines on stdout.
     out: Mutex<()>,
     local_errors: AtomicU32,
+    /// Calls the service refused with 401/403: the run exits 77.
+    auth_refusals: AtomicU32,
     tally: Mutex<metrics::Tally>,
     /// To the finishing thread, once the pool is started; `None` says that
     /// the last worker is done.
@@ -287,15 +330,7 @@ impl Ctx<'_> {
             return self.pending(q, task, &seen, &m, age);
         };
         if let Some(path) = self.finish_recorded(q, task, &seen, &job_id)? {
-            let what = if path.starts_with(&q.done) {
-                "done"
-            } else {
-                "failed"
-            };
-            self.say(format_args!(
-                "{what} {} (job {job_id}): removed the task an interrupted run left",
-                path.display()
-            ));
+            self.say(format_args!("{}", recorded_line(&path, &job_id)));
             return Ok(());
         }
         let Some(client) = self.client() else {
@@ -435,6 +470,9 @@ impl Ctx<'_> {
         e: &ClientError,
     ) -> anyhow::Result<()> {
         let job = m.job_id.as_deref().unwrap_or("(pending)");
+        if matches!(e, ClientError::Auth { .. }) {
+            self.auth_refusals.fetch_add(1, Ordering::Relaxed);
+        }
         self.ui.warn(format_args!(
             "job {job} ({}): {e}; will try again on the next run",
             q.task_path(task).display()

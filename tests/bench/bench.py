@@ -431,7 +431,7 @@ def main():
     ap.add_argument("--decide-runs", type=int, default=300)
     ap.add_argument("--reap-repeats", type=int, default=3)
     ap.add_argument("--skip-baseline", action="store_true",
-                    help="skip the bash+curl+jq peer (it takes about a minute)")
+                    help="skip the bash+curl+jq peer (it takes about two minutes)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
 
@@ -471,7 +471,7 @@ def main():
         reap_wall, row = fig_reap(env, bins, work, slow, 1000, 32, 20, args.reap_repeats, lock)
         rows.append(row)
         if not args.skip_baseline:
-            progress("the bash+curl+jq baseline reaper (about a minute)")
+            progress("the bash+curl+jq baseline reaper (about two minutes)")
             rows.append(fig_baseline(env, work, slow, 1000, reap_wall))
 
         fast = Mock(args.bin_dir, "--statuses", "running")
