@@ -187,11 +187,17 @@ fn recorded_line(path: &Path, job_id: &str) -> String {
 }
 
 /// The projects to reap, each once (a glob and a flag may name the same).
+/// A directory is known by its device and inode: one stat, where resolving
+/// the path would read every link on the way.
 fn unique_projects(projects: Vec<PathBuf>) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     let mut seen = std::collections::HashSet::new();
     projects
         .into_iter()
-        .filter(|p| seen.insert(fs::canonicalize(p).unwrap_or_else(|_| p.clone())))
+        .filter(|p| {
+            let id = fs::metadata(p).map(|m| (m.dev(), m.ino()));
+            seen.insert(id.map_err(|_| p.clone()))
+        })
         .collect()
 }
 

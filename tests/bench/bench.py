@@ -452,6 +452,7 @@ def main():
         "LANG": "C.UTF-8",
     }
 
+    load_before = f"{os.getloadavg()[0]:.2f}"
     rows = []
     mocks = []
     try:
@@ -487,8 +488,9 @@ def main():
         if not args.keep and not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"ccl-delegate benchmark, {os.cpu_count()} CPUs, work dir on "
-          f"{'a temporary directory' if not args.work_dir else args.work_dir}")
+    print(f"ccl-delegate benchmark, {os.cpu_count()} CPUs, load average {load_before} before "
+          f"and {os.getloadavg()[0]:.2f} after, work dir "
+          f"{'in ' + os.path.dirname(work) if not args.work_dir else args.work_dir}")
     print_table(rows)
 
 
