@@ -655,3 +655,43 @@ fn requeue_never_puts_a_task_back_beside_a_marker() {
     assert!(out.stderr.contains("a.md.delegated"), "{}", out.stderr);
     assert_eq!(tree(p.tmp.path()), before, "nothing changed");
 }
+
+#[test]
+fn result_wait_shows_progress_on_a_terminal_and_nothing_when_piped() {
+    let mock = Mock::start(&["--statuses", "running,running,running,completed"]);
+    mock.set(json!({"response": "All done."}));
+    let p = Project::new();
+    p.task("a.md", &fm("preferred_ai: gemini"));
+    let job = p.submit_ok(&mock, "a.md");
+
+    // Piped: the response alone, nothing on stderr.
+    let out = p.run(Some(&mock), &["result", &job, "--wait", "20s"]);
+    out.expect(0);
+    assert_eq!(out.stdout, "All done.\n");
+    assert_eq!(out.stderr, "");
+
+    // On a terminal (script(1) gives the run a pty): the status and the
+    // elapsed time while it waits.
+    p.task("b.md", &fm("preferred_ai: gemini"));
+    let job = p.submit_ok(&mock, "b.md");
+    let line = format!("{} result {job} --wait 20s", common::bin());
+    let mut script = std::process::Command::new("script");
+    script.env_clear();
+    for (k, v) in p.cmd(Some(&mock)).get_envs() {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    let out = Out::of(
+        script
+            .env("TERM", "dumb")
+            .args(["-qec", &line, "/dev/null"]),
+    );
+    out.expect(0);
+    assert!(
+        out.stdout.contains(&format!("waiting for {job}: running")),
+        "{:?}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("All done."), "{:?}", out.stdout);
+}
