@@ -291,10 +291,15 @@ impl Queue {
             task,
             record: Some((outcome, record, mode)),
         };
-        let written = self.finish_many(lock, std::slice::from_ref(&item)).pop();
-        written
+        let (mut results, inbox_sync) = self.finish_many(lock, std::slice::from_ref(&item));
+        let written = results
+            .pop()
             .expect("one result per item")?
-            .ok_or_else(|| anyhow::anyhow!("no record written for {task}"))
+            .ok_or_else(|| anyhow::anyhow!("no record written for {task}"))?;
+        match inbox_sync {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
     }
 
     /// [`Queue::finish`] for many tasks under one lock. Every task goes
@@ -308,13 +313,31 @@ impl Queue {
     /// record written (`None` for removals only) or why that task was not
     /// finished; a failing item never stops the others, and no task is
     /// removed before its record is durable.
+    ///
+    /// The second value is a failed sync of the inbox after the removals:
+    /// those tasks are finished (their records are durable), but the run
+    /// must report it.
     pub fn finish_many(
         &self,
         lock: &QueueLock,
         items: &[Finishing<'_>],
-    ) -> Vec<anyhow::Result<Option<PathBuf>>> {
+    ) -> (Vec<anyhow::Result<Option<PathBuf>>>, Option<anyhow::Error>) {
         let mut results: Vec<anyhow::Result<Option<PathBuf>>> =
             items.iter().map(|_| Ok(None)).collect();
+        // A record found already written may still sit only in the page
+        // cache (its run died before syncing its directory): make it
+        // durable before its task goes.
+        if items.iter().any(|i| i.record.is_none()) {
+            for dir in [&self.done, &self.failed] {
+                if let Err(e) = sync_dir_if_present(dir) {
+                    for (item, result) in items.iter().zip(results.iter_mut()) {
+                        if item.record.is_none() {
+                            *result = Err(anyhow::anyhow!("{e:#}"));
+                        }
+                    }
+                }
+            }
+        }
         for (item, result) in items.iter().zip(results.iter_mut()) {
             if let Some((outcome, record, mode)) = item.record {
                 *result = self
@@ -335,23 +358,21 @@ impl Queue {
                 }
             }
         }
-        let mut removed = Vec::new();
+        let mut removed = false;
         for (i, item) in items.iter().enumerate() {
             if results[i].is_ok() {
                 match self.remove_task_and_marker_unsynced(lock, item.task) {
-                    Ok(()) => removed.push(i),
+                    Ok(()) => removed = true,
                     Err(e) => results[i] = Err(e),
                 }
             }
         }
-        if !removed.is_empty() {
-            if let Err(e) = sync_dir(&self.inbox) {
-                for i in removed {
-                    results[i] = Err(anyhow::anyhow!("{e:#}"));
-                }
-            }
-        }
-        results
+        let inbox_sync = if removed {
+            sync_dir(&self.inbox).err()
+        } else {
+            None
+        };
+        (results, inbox_sync)
     }
 
     /// Writes a record as a new, synced file in done/ or failed/: `<id>.md`,
@@ -570,6 +591,11 @@ fn persist(tmp: tempfile::NamedTempFile, target: &Path, replace: bool) -> anyhow
             Err(anyhow::Error::new(e.error).context(format!("cannot write {}", target.display())))
         }
     }
+}
+
+/// [`sync_dir`], for a directory that may not exist yet.
+fn sync_dir_if_present(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() { sync_dir(dir) } else { Ok(()) }
 }
 
 /// Makes a rename or removal in `dir` durable.

@@ -1940,3 +1940,50 @@ fn missing_url_and_key_are_both_named() {
     );
     assert_eq!(p.names(&p.inbox()), vec!["a.md".to_string()]);
 }
+
+#[test]
+fn reap_of_a_queue_named_twice_writes_one_record_per_job() {
+    let mock = Mock::start(&["--statuses", "completed", "--latency", "20ms"]);
+    let p = Project::new();
+    for i in 0..6 {
+        p.task(&format!("t{i}.md"), &fm("preferred_ai: gemini"));
+        p.submit_ok(&mock, &format!("t{i}.md"));
+    }
+    let queue = p.queue();
+    let out = p.reap(&mock, &["--project", s(&queue), "--project", s(&p.dir)]);
+    out.expect(0);
+    assert_eq!(out.stdout.lines().count(), 6, "{}", out.stdout);
+    let done = p.names(&p.done());
+    assert_eq!(done, (0..6).map(|i| format!("t{i}.md")).collect::<Vec<_>>());
+    assert_eq!(p.names(&p.inbox()), Vec::<String>::new());
+}
+
+#[test]
+fn reap_hands_back_a_new_task_beside_the_stale_marker_of_a_finished_job() {
+    // A run killed between removing a finished task and its marker leaves
+    // the marker; the dispatcher then writes a new task of the same name.
+    // The new task must not be swallowed into the old job's result.
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    p.task("a.md", &fm("preferred_ai: gemini"));
+    let job = p.submit_ok(&mock, "a.md");
+    let marker = std::fs::read(p.marker_path("a.md")).unwrap();
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(p.names(&p.done()), vec!["a.md".to_string()]);
+    let record = std::fs::read(p.done().join("a.md")).unwrap();
+
+    std::fs::write(p.marker_path("a.md"), &marker).unwrap();
+    let new_task = b"A new task that reuses the name.\n";
+    p.task("a.md", new_task);
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert!(
+        out.stdout.starts_with("returned ") && out.stdout.contains(&job),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(std::fs::read(p.inbox().join("a.md")).unwrap(), new_task);
+    assert_eq!(p.names(&p.inbox()), vec!["a.md".to_string()]);
+    assert_eq!(p.names(&p.done()), vec!["a.md".to_string()]);
+    assert_eq!(std::fs::read(p.done().join("a.md")).unwrap(), record);
+}

@@ -75,6 +75,9 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
     std::thread::scope(|scope| {
         let (ctx, rx) = (&ctx, &rx);
         let mut pool_started = false;
+        // No thread could be started (the system is out of them): the
+        // markers are handled here, one by one.
+        let mut inline = false;
         for dir in &projects {
             let queue = Arc::new(Queue::at(dir));
             // A project (e.g. from a glob) without a queue has no markers.
@@ -111,9 +114,13 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
                     let (finish_tx, finish_rx) = mpsc::sync_channel(concurrency * 2);
                     let _ = ctx.finisher.set(finish_tx);
                     ctx.workers.store(concurrency, Ordering::Release);
-                    scope.spawn(move || ctx.finish_loop(finish_rx));
+                    // Without the finishing thread, workers finish their
+                    // own jobs (`hand_over`).
+                    let _ = std::thread::Builder::new()
+                        .spawn_scoped(scope, move || ctx.finish_loop(finish_rx));
+                    let mut spawned = 0;
                     for _ in 0..concurrency {
-                        scope.spawn(move || {
+                        let worker = std::thread::Builder::new().spawn_scoped(scope, move || {
                             let _exit = WorkerExit(ctx);
                             loop {
                                 let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
@@ -126,9 +133,22 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
                                 }
                             }
                         });
+                        match worker {
+                            Ok(_) => spawned += 1,
+                            // Counted out as if it had ended.
+                            Err(_) => drop(WorkerExit(ctx)),
+                        }
                     }
+                    inline = spawned == 0;
                 }
-                if tx.send((queue.clone(), task)).is_err() {
+                if inline {
+                    if let Err(e) = ctx.handle(&queue, &task) {
+                        ctx.local_error(format_args!(
+                            "{}: {e:#}",
+                            queue.task_path(&task).display()
+                        ));
+                    }
+                } else if tx.send((queue.clone(), task)).is_err() {
                     break;
                 }
             }
@@ -195,7 +215,7 @@ fn unique_projects(projects: Vec<PathBuf>) -> Vec<PathBuf> {
     projects
         .into_iter()
         .filter(|p| {
-            let id = fs::metadata(p).map(|m| (m.dev(), m.ino()));
+            let id = fs::metadata(Queue::at(p).root).map(|m| (m.dev(), m.ino()));
             seen.insert(id.map_err(|_| p.clone()))
         })
         .collect()
@@ -266,6 +286,11 @@ enum Prepared {
     /// Write the record: the original task (`None` when it vanished or is
     /// a symlink) and the permission bits the record gets.
     Write(Option<Vec<u8>>, u32),
+    /// This job's record is already written, with another original task:
+    /// the inbox task is a new one (a run died between removing the old
+    /// task and its marker, and the id was reused) or was edited. Only the
+    /// stale marker goes, handing the task back to the dispatcher.
+    Stale(PathBuf),
 }
 
 /// At most this many records are written under one hold of a queue lock.
@@ -681,6 +706,9 @@ impl Ctx<'_> {
                 .iter_mut()
                 .find(|g| g[0].queue.root == f.queue.root)
             {
+                // The same task twice (a queue named twice): once is enough,
+                // and twice would write two records for one job.
+                Some(g) if g.iter().any(|o| o.task == f.task) => {}
                 Some(g) => g.push(f),
                 None => by_project.push(vec![f]),
             }
@@ -716,6 +744,18 @@ impl Ctx<'_> {
                 // an interrupted run wrote.
                 let record = match self.prepare(&q, &lock, &task, &seen, job_id.as_deref()) {
                     Ok(Prepared::Changed) => continue,
+                    Ok(Prepared::Stale(existing)) => {
+                        match q.remove_marker(&lock, &task) {
+                            Ok(()) => self.say(format_args!(
+                                "returned {} to the dispatcher: job {} already finished into {}",
+                                q.task_path(&task).display(),
+                                job_id.as_deref().unwrap_or("none"),
+                                existing.display()
+                            )),
+                            Err(e) => report(&task, &e),
+                        }
+                        continue;
+                    }
                     Ok(Prepared::Recorded(path)) => Err(path),
                     Ok(Prepared::Write(original, mode)) => Ok((render(original.as_deref()), mode)),
                     Err(e) => {
@@ -735,7 +775,7 @@ impl Ctx<'_> {
                         .map(|(bytes, mode)| (*outcome, bytes.as_slice(), *mode)),
                 })
                 .collect();
-            let results = q.finish_many(&lock, &items);
+            let (results, inbox_sync) = q.finish_many(&lock, &items);
             drop(items);
             drop(lock);
             for ((task, outcome, record, provider, cost_cad, line), result) in
@@ -755,6 +795,9 @@ impl Ctx<'_> {
                     .unwrap_or_else(|p| p.into_inner())
                     .finished(&q, &provider, outcome == Outcome::Done, cost_cad);
                 self.say(format_args!("{}", line(&path)));
+            }
+            if let Some(e) = inbox_sync {
+                self.local_error(format_args!("{e:#}"));
             }
         }
     }
@@ -785,6 +828,10 @@ impl Ctx<'_> {
         let Some(path) = q.existing_record(task, Some(job_id), original.as_deref()) else {
             return Ok(None);
         };
+        // The run that wrote it may have died before syncing its directory.
+        if let Some(dir) = path.parent() {
+            crate::queue::sync_dir(dir)?;
+        }
         q.remove_task_and_marker(&lock, task)?;
         Ok(Some(path))
     }
@@ -826,6 +873,11 @@ impl Ctx<'_> {
         };
         if let Some(existing) = q.existing_record(task, job_id, original.as_deref()) {
             return Ok(Prepared::Recorded(existing));
+        }
+        if let (Some(_), Some(_)) = (job_id, &original) {
+            if let Some(existing) = q.existing_record(task, job_id, None) {
+                return Ok(Prepared::Stale(existing));
+            }
         }
         if original.is_none() && fs::symlink_metadata(&task_path).is_err() {
             // Not fatal: the record says `task_missing: true`.
