@@ -444,16 +444,30 @@ impl Queue {
             if check_real_dir(dir).is_err() {
                 continue;
             }
-            for n in 1u32.. {
+            // The scan goes past one missing name: a person may have moved
+            // `<id>.md` away while `<id>.2.md` still awaits its removals.
+            let mut missing = 0;
+            for n in 1u32..=100_000 {
                 let name = if n == 1 {
                     format!("{stem}.md")
                 } else {
                     format!("{stem}.{n}.md")
                 };
                 let path = dir.join(name);
-                let Ok(Some((bytes, _))) = read_nofollow(&path) else {
-                    break;
+                let bytes = match read_nofollow(&path) {
+                    Ok(Some((bytes, _))) => bytes,
+                    Ok(None) => {
+                        missing += 1;
+                        if missing == 2 {
+                            break;
+                        }
+                        continue;
+                    }
+                    // Taken by something that is no record (a symlink, a
+                    // directory): the writer skips such names too.
+                    Err(_) => continue,
                 };
+                missing = 0;
                 let Some(r) = crate::record::Record::parse(&bytes) else {
                     continue;
                 };

@@ -1987,3 +1987,32 @@ fn reap_hands_back_a_new_task_beside_the_stale_marker_of_a_finished_job() {
     assert_eq!(p.names(&p.done()), vec!["a.md".to_string()]);
     assert_eq!(std::fs::read(p.done().join("a.md")).unwrap(), record);
 }
+
+#[test]
+fn reap_finds_a_later_record_after_a_gap_in_the_numbering() {
+    // done/a.md is an older job's; this job's record went to done/a.2.md
+    // and its run died before removing the task. A person then archives
+    // done/a.md: the next reap must still find a.2.md, not write a third.
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    std::fs::create_dir_all(p.done()).unwrap();
+    std::fs::write(p.done().join("a.md"), "an older result\n").unwrap();
+    let bytes = fm("preferred_ai: gemini");
+    p.task("a.md", &bytes);
+    p.submit_ok(&mock, "a.md");
+    let marker = std::fs::read(p.marker_path("a.md")).unwrap();
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(
+        p.names(&p.done()),
+        vec!["a.2.md".to_string(), "a.md".to_string()]
+    );
+    // The interrupted run's trace: task and marker back, a.md archived.
+    p.task("a.md", &bytes);
+    std::fs::write(p.marker_path("a.md"), &marker).unwrap();
+    std::fs::remove_file(p.done().join("a.md")).unwrap();
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(p.names(&p.done()), vec!["a.2.md".to_string()]);
+    assert_eq!(p.names(&p.inbox()), Vec::<String>::new());
+    assert!(out.stdout.contains("a.2.md"), "{}", out.stdout);
+}
