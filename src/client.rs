@@ -584,26 +584,33 @@ impl Client {
         let (_, body) = self.execute(&call)?;
         let raw = self.parse_object(&call, &body)?;
 
+        // The response is what the user paid for: a result that lacks (or
+        // nulls) only provider, model or cost is still taken, with those
+        // empty or zero, rather than refused until the job times out.
         #[derive(Deserialize)]
         struct Wire {
             job_id: String,
-            provider: String,
-            model: String,
+            #[serde(default)]
+            provider: Option<String>,
+            #[serde(default)]
+            model: Option<String>,
             response: String,
-            cost_cad: f64,
-            tokens_in: Option<u64>,
-            tokens_out: Option<u64>,
+            #[serde(default)]
+            cost_cad: Option<f64>,
         }
+        // Token counts are informative only: a float or a string there
+        // never costs the result.
+        let tokens = |k: &str| raw.get(k).and_then(serde_json::Value::as_u64);
         let w: Wire = self.decode(&call, &raw)?;
         self.check_answer_id(&call, &w.job_id, Some(job_id))?;
         Ok(JobResult {
             job_id: w.job_id,
-            provider: w.provider,
-            model: w.model,
+            provider: w.provider.unwrap_or_default(),
+            model: w.model.unwrap_or_default(),
             response: w.response,
-            cost_cad: w.cost_cad,
-            tokens_in: w.tokens_in,
-            tokens_out: w.tokens_out,
+            cost_cad: w.cost_cad.unwrap_or(0.0),
+            tokens_in: tokens("tokens_in"),
+            tokens_out: tokens("tokens_out"),
             raw,
         })
     }
@@ -642,16 +649,22 @@ impl Client {
         struct Wire {
             job_id: String,
             status: String,
-            error: Option<String>,
-            provider: Option<String>,
         }
         let w: Wire = self.decode(call, &raw)?;
         self.check_answer_id(call, &w.job_id, Some(job_id))?;
+        // `error` and `provider` are shown, never acted on: an object or a
+        // number there is shown as JSON rather than refusing the answer
+        // (which would keep a failed job from ever reaching failed/).
+        let text = |k: &str| match raw.get(k) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+        };
         Ok(JobStatus {
             job_id: w.job_id,
             status: Status::parse(&w.status),
-            error: w.error,
-            provider: w.provider,
+            error: text("error"),
+            provider: text("provider"),
             raw,
         })
     }
@@ -2121,6 +2134,32 @@ mod tests {
     }
 
     #[test]
+    fn odd_error_provider_and_cost_fields_never_cost_the_answer() {
+        let fake = Fake::start(|_, _| {
+            json(
+                200,
+                r#"{"job_id":"j-1","status":"failed","error":{"code":7},"provider":5}"#,
+            )
+        });
+        let st = fake.client().status("j-1").unwrap();
+        assert_eq!(st.status, Status::Failed);
+        assert_eq!(st.error.as_deref(), Some(r#"{"code":7}"#));
+        assert_eq!(st.provider.as_deref(), Some("5"));
+        let fake = Fake::start(|_, _| {
+            json(
+                200,
+                r#"{"job_id":"j-1","response":"Hi","model":null,"tokens_in":1.5}"#,
+            )
+        });
+        let r = fake.client().result("j-1").unwrap();
+        assert_eq!(
+            (r.response.as_str(), r.model.as_str(), r.cost_cad),
+            ("Hi", "", 0.0)
+        );
+        assert_eq!(r.tokens_in, None);
+    }
+
+    #[test]
     fn malformed_answers_are_bad_answers() {
         for body in [
             "not json",
@@ -2128,7 +2167,6 @@ mod tests {
             r#"{"status":"queued"}"#,
             r#"{"job_id":7,"status":"queued"}"#,
             r#"{"job_id":"j-1"}"#,
-            r#"{"job_id":"j-1","status":"queued","error":{"a":1}}"#,
         ] {
             let body = body.to_string();
             let fake = Fake::start(move |_, _| json(200, &body));
