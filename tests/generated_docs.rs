@@ -23,10 +23,19 @@ fn generated() -> Vec<(PathBuf, Vec<u8>)> {
     let mut buf = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut buf).unwrap();
     files.push((PathBuf::from("man/ccl-delegate.1"), buf));
-    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+    // Built, so that each subcommand carries the global options too.
+    let mut built = cmd.clone();
+    built.build();
+    for sub in built.get_subcommands().filter(|s| s.get_name() != "help") {
         let name = format!("ccl-delegate-{}", sub.get_name());
         let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
-        let sub = sub.clone().name(leaked).version(env!("CARGO_PKG_VERSION"));
+        let usage: &'static str =
+            Box::leak(format!("ccl-delegate {}", sub.get_name()).into_boxed_str());
+        let sub = sub
+            .clone()
+            .name(leaked)
+            .bin_name(usage)
+            .version(env!("CARGO_PKG_VERSION"));
         let mut buf = Vec::new();
         clap_mangen::Man::new(sub).render(&mut buf).unwrap();
         files.push((Path::new("man").join(format!("{name}.1")), buf));
