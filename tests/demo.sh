@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --quiet --bins
-bin="$PWD/target/debug"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/debug"
+for b in ccl-delegate secutools-mock; do
+    [ -x "$bin/$b" ] || { echo "demo: $bin/$b was not built" >&2; exit 1; }
+done
 work=$(mktemp -d "${TMPDIR:-/tmp}/ccl-delegate-demo.XXXXXX")
 mock_pid=
 trap '[ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null' EXIT
@@ -15,7 +18,9 @@ trap '[ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null' EXIT
 "$bin/secutools-mock" --port 0 --latency 30ms --statuses queued,running,completed >"$work/mock.out" &
 mock_pid=$!
 for _ in $(seq 100); do [ -s "$work/mock.out" ] && break; sleep 0.05; done
-export SECUTOOLS_URL=$(sed -n '1s/^listening on //p' "$work/mock.out")
+SECUTOOLS_URL=$(sed -n '1s/^listening on //p' "$work/mock.out")
+[ -n "$SECUTOOLS_URL" ] || { echo "demo: secutools-mock did not start" >&2; exit 1; }
+export SECUTOOLS_URL
 export SECUTOOLS_API_KEY=demo-key-not-secret
 export XDG_CONFIG_HOME="$work/config" XDG_STATE_HOME="$work/state"
 echo "secutools-mock at $SECUTOOLS_URL"
