@@ -424,7 +424,7 @@ def print_table(rows):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin-dir", default=os.path.join(REPO, "target", "release"))
+    ap.add_argument("--bin-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target"), "release"))
     ap.add_argument("--work-dir", help="where the queues go (default: a new temporary "
                     "directory, removed afterwards); use a directory on the disk your "
                     "queues live on, since fsync costs differ between file systems")
