@@ -8,14 +8,15 @@ use crate::frontmatter;
 use crate::route::Provider;
 
 /// The prompt of the API contract: `Task: <id>.md`, a blank line, the body
-/// (frontmatter removed), a blank line, the closing instruction.
+/// (frontmatter removed), a blank line, the closing instruction. The body
+/// goes in verbatim, line ends and blank lines included ("no byte of a task
+/// is ever silently dropped"); one with nothing but whitespace is empty.
 pub fn prompt(task_name: &str, body: &[u8]) -> String {
     let body = String::from_utf8_lossy(body);
-    let body = body.trim_matches(['\r', '\n']);
     let body = if body.trim().is_empty() {
         "(empty task body)"
     } else {
-        body
+        &body
     };
     format!("Task: {task_name}\n\n{body}\n\nProvide a complete, self-contained answer.")
 }
@@ -66,8 +67,8 @@ mod tests {
     #[test]
     fn prompt_follows_the_contract() {
         assert_eq!(
-            prompt("a.md", b"Do X.\n"),
-            "Task: a.md\n\nDo X.\n\nProvide a complete, self-contained answer."
+            prompt("a.md", b"\nDo X.\r\n"),
+            "Task: a.md\n\n\nDo X.\r\n\n\nProvide a complete, self-contained answer."
         );
         assert_eq!(
             prompt("a.md", b"\n"),

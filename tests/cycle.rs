@@ -495,7 +495,7 @@ fn submit_writes_a_marker_with_the_design_keys_in_state_submitted() {
     assert_eq!(j["metadata"], json!({"project": "proj", "task": "a.md"}));
     assert_eq!(
         j["prompt"],
-        "Task: a.md\n\n    indented: kept\nWrite a haiku.\n\nProvide a complete, self-contained answer."
+        "Task: a.md\n\n\n    indented: kept\nWrite a haiku.\n\n\nProvide a complete, self-contained answer."
     );
     // The task itself is untouched.
     assert_eq!(std::fs::read(&task).unwrap(), bytes);

@@ -250,9 +250,28 @@ fn a_404_for_a_known_job_is_a_failed_poll_within_submit_grace_then_a_verdict() {
     let mock = Mock::start(&["--statuses", "completed"]);
     let (p, jobs, originals) = busy(&mock, 3);
     mock.faults(json!({"next": ["404"], "path": format!("/{}", jobs[1])}));
+    // The service's known lag after a create: recorded, but cron stays
+    // quiet about it; -v says it.
     let (out, _) = reap(&p, &mock, &["--submit-grace", "2h"]);
     others_done(&p, &out, &jobs, &[1]);
-    poll_failed(&p, &out, &jobs[1], "t1.md", "not found (404)");
+    assert_eq!(out.stderr, "", "{out:?}");
+    assert_eq!(marker(&p, "t1.md").unwrap()["poll_errors"], 1);
+    mock.faults(json!({"next": ["404"], "path": format!("/{}", jobs[1])}));
+    let (out, _) = reap(&p, &mock, &["--submit-grace", "2h", "-v"]);
+    out.expect(0);
+    let m = marker(&p, "t1.md").unwrap();
+    assert_eq!(m["poll_errors"], 2, "{m}");
+    assert!(
+        m["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not found (404)"),
+        "{m}"
+    );
+    assert!(
+        out.stderr.contains(&format!("job {} ", jobs[1])) && out.stderr.contains("t1.md"),
+        "{out:?}"
+    );
 
     mock.faults(json!({"next": ["404"], "path": format!("/{}", jobs[1])}));
     let (out, _) = reap(&p, &mock, &["--submit-grace", "10m"]);

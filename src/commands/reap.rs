@@ -504,10 +504,18 @@ impl Ctx<'_> {
         if matches!(e, ClientError::Auth { .. }) {
             self.auth_refusals.fetch_add(1, Ordering::Relaxed);
         }
-        self.ui.warn(format_args!(
+        let msg = format!(
             "job {job} ({}): {e}; will try again on the next run",
             q.task_path(task).display()
-        ));
+        );
+        if matches!(e, ClientError::NotFound { .. }) {
+            // A 404 right after a create is the service's known lag, not
+            // trouble: kept in the marker, said only with -v, so cron
+            // stays quiet.
+            self.ui.info(msg);
+        } else {
+            self.ui.warn(msg);
+        }
         if age >= self.max_age {
             return self.timeout(q, task, seen, &m);
         }
