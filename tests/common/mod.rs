@@ -49,21 +49,32 @@ impl Mock {
         Mock { child, url, addr }
     }
 
-    /// A plain HTTP/1.1 request to the mock's admin endpoints.
-    pub fn admin(&self, method: &str, path: &str, body: &str) -> serde_json::Value {
+    /// A plain HTTP/1.1 request to the mock; gives the whole answer and
+    /// its body.
+    fn raw(&self, method: &str, path: &str, headers: &str, body: &str) -> (String, String) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
             body.len()
         )
         .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
-        let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
+        (resp, body)
+    }
+
+    /// A request to the mock's admin endpoints.
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> serde_json::Value {
+        let (_, body) = self.raw(method, path, "", body);
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
     }
 
     pub fn stats(&self) -> serde_json::Value {
@@ -213,19 +224,9 @@ impl Mock {
             "metadata": {"project": "proj", "task": task},
         })
         .to_string();
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "POST /api/v1/jobs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\nIdempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-        let v: serde_json::Value = serde_json::from_str(body)
+        let headers = format!("Authorization: Bearer {KEY}\r\nIdempotency-Key: {key}\r\n");
+        let (resp, body) = self.raw("POST", "/api/v1/jobs", &headers, &body);
+        let v: serde_json::Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("mock answered {resp:?} to a job creation: {e}"));
         v["job_id"]
             .as_str()
