@@ -182,6 +182,20 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
     })
 }
 
+/// The line for a task finished into done/.
+fn done_line(path: &Path, job_id: &str, provider: &str, cost_cad: f64) -> String {
+    format!(
+        "done {} (job {job_id}, {}, {cost_cad:.4} CAD)",
+        path.display(),
+        clip(provider, 40)
+    )
+}
+
+/// The line for a task finished into failed/.
+fn failed_line(path: &Path, job_id: &str, reason: &str) -> String {
+    format!("failed {} (job {job_id}: {reason})", path.display())
+}
+
 /// The line for a task whose record an interrupted run had already
 /// written: the same as when the record is written now.
 fn recorded_line(path: &Path, job_id: &str) -> String {
@@ -191,18 +205,10 @@ fn recorded_line(path: &Path, job_id: &str) -> String {
         .and_then(|(bytes, _)| record::Record::parse(&bytes))
         .unwrap_or_default();
     if r.status.as_deref() == Some("completed") {
-        format!(
-            "done {} (job {job_id}, {}, {:.4} CAD)",
-            path.display(),
-            clip(r.provider.as_deref().unwrap_or("unknown"), 40),
-            r.cost_cad.unwrap_or(0.0)
-        )
+        let provider = r.provider.as_deref().unwrap_or("unknown");
+        done_line(path, job_id, provider, r.cost_cad.unwrap_or(0.0))
     } else {
-        format!(
-            "failed {} (job {job_id}: {})",
-            path.display(),
-            r.failed_reason.as_deref().unwrap_or("failed")
-        )
+        failed_line(path, job_id, r.failed_reason.as_deref().unwrap_or("failed"))
     }
 }
 
@@ -256,8 +262,20 @@ struct Ctx<'a> {
     workers: AtomicUsize,
 }
 
-/// Renders a record, given the original task (`None` when it vanished).
-type Render = Box<dyn FnOnce(Option<&[u8]>) -> Vec<u8> + Send>;
+/// How a job ended, with what its record needs.
+enum Verdict {
+    Done {
+        provider: String,
+        model: String,
+        cost_cad: f64,
+        response: String,
+    },
+    Failed {
+        provider: String,
+        reason: String,
+        details: Vec<u8>,
+    },
+}
 
 /// A job whose record is ready to be written, with everything the
 /// finishing thread needs, owned.
@@ -266,14 +284,80 @@ struct Finished {
     task: String,
     /// The marker's bytes the decision was made on.
     seen: Vec<u8>,
-    outcome: Outcome,
     job_id: Option<String>,
-    render: Render,
-    /// For the tally.
-    provider: String,
-    cost_cad: f64,
-    /// The line printed once the record is written.
-    line: Box<dyn FnOnce(&Path) -> String + Send>,
+    delegated_at: String,
+    verdict: Verdict,
+}
+
+impl Finished {
+    fn outcome(&self) -> Outcome {
+        match self.verdict {
+            Verdict::Done { .. } => Outcome::Done,
+            Verdict::Failed { .. } => Outcome::Failed,
+        }
+    }
+
+    /// The record, given the original task (`None` when it vanished).
+    fn render(&self, original: Option<&[u8]>) -> Vec<u8> {
+        let now = timestamp::now();
+        match &self.verdict {
+            Verdict::Done {
+                provider,
+                model,
+                cost_cad,
+                response,
+            } => record::render_done(
+                &Completed {
+                    provider,
+                    model,
+                    cost_cad: *cost_cad,
+                    job_id: self.job_id.as_deref().unwrap_or_default(),
+                    delegated_at: &self.delegated_at,
+                    completed_at: &now,
+                    response,
+                },
+                &self.task,
+                original,
+            ),
+            Verdict::Failed {
+                provider,
+                reason,
+                details,
+            } => record::render_failed(
+                &Failure {
+                    provider,
+                    reason,
+                    job_id: self.job_id.as_deref(),
+                    delegated_at: &self.delegated_at,
+                    failed_at: &now,
+                    details,
+                },
+                &self.task,
+                original,
+            ),
+        }
+    }
+
+    /// The line printed once its record is in `path`.
+    fn line(&self, path: &Path) -> String {
+        let job = self.job_id.as_deref().unwrap_or("none");
+        match &self.verdict {
+            Verdict::Done {
+                provider, cost_cad, ..
+            } => done_line(path, job, provider, *cost_cad),
+            Verdict::Failed { reason, .. } => failed_line(path, job, reason),
+        }
+    }
+
+    /// Counts it in the run's metrics.
+    fn tally(&self, tally: &mut metrics::Tally) {
+        match &self.verdict {
+            Verdict::Done {
+                provider, cost_cad, ..
+            } => tally.finished(&self.queue, provider, true, *cost_cad),
+            Verdict::Failed { provider, .. } => tally.finished(&self.queue, provider, false, 0.0),
+        }
+    }
 }
 
 /// What `prepare` found under the queue lock.
@@ -578,48 +662,23 @@ impl Ctx<'_> {
         m: &Marker,
         r: JobResult,
     ) -> anyhow::Result<()> {
-        let job = m.job_id.clone().unwrap_or_default();
-        let now = timestamp::now();
         let provider = if r.provider.is_empty() {
             m.provider.clone()
         } else {
             r.provider
         };
-        let cost_cad = r.cost_cad;
-        let (p, j, delegated_at, name) = (
-            provider.clone(),
-            job.clone(),
-            m.started_at.clone(),
-            task.to_string(),
-        );
-        let (model, response) = (r.model, r.response);
-        let shown = clip(&provider, 40);
         self.hand_over(Finished {
             queue: q.clone(),
             task: task.to_string(),
             seen: seen.to_vec(),
-            outcome: Outcome::Done,
             job_id: m.job_id.clone(),
-            render: Box::new(move |t| {
-                let c = Completed {
-                    provider: &p,
-                    model: &model,
-                    cost_cad,
-                    job_id: &j,
-                    delegated_at: &delegated_at,
-                    completed_at: &now,
-                    response: &response,
-                };
-                record::render_done(&c, &name, t)
-            }),
-            provider,
-            cost_cad,
-            line: Box::new(move |path| {
-                format!(
-                    "done {} (job {job}, {shown}, {cost_cad:.4} CAD)",
-                    path.display()
-                )
-            }),
+            delegated_at: m.started_at.clone(),
+            verdict: Verdict::Done {
+                provider,
+                model: r.model,
+                cost_cad: r.cost_cad,
+                response: r.response,
+            },
         });
         Ok(())
     }
@@ -633,36 +692,17 @@ impl Ctx<'_> {
         reason: &str,
         details: &[u8],
     ) -> anyhow::Result<()> {
-        let now = timestamp::now();
-        let (provider, job_id, delegated_at, name) = (
-            m.provider.clone(),
-            m.job_id.clone(),
-            m.started_at.clone(),
-            task.to_string(),
-        );
-        let (why, details) = (reason.to_string(), details.to_vec());
-        let job = m.job_id.clone().unwrap_or_else(|| "none".into());
-        let reason = reason.to_string();
         self.hand_over(Finished {
             queue: q.clone(),
             task: task.to_string(),
             seen: seen.to_vec(),
-            outcome: Outcome::Failed,
             job_id: m.job_id.clone(),
-            render: Box::new(move |t| {
-                let f = Failure {
-                    provider: &provider,
-                    reason: &why,
-                    job_id: job_id.as_deref(),
-                    delegated_at: &delegated_at,
-                    failed_at: &now,
-                    details: &details,
-                };
-                record::render_failed(&f, &name, t)
-            }),
-            provider: m.provider.clone(),
-            cost_cad: 0.0,
-            line: Box::new(move |path| format!("failed {} (job {job}: {reason})", path.display())),
+            delegated_at: m.started_at.clone(),
+            verdict: Verdict::Failed {
+                provider: m.provider.clone(),
+                reason: reason.to_string(),
+                details: details.to_vec(),
+            },
         });
         Ok(())
     }
@@ -737,72 +777,59 @@ impl Ctx<'_> {
             // already written by an interrupted run).
             let mut jobs = Vec::with_capacity(group.len());
             for f in group {
-                let Finished {
-                    task,
-                    seen,
-                    outcome,
-                    job_id,
-                    render,
-                    provider,
-                    cost_cad,
-                    line,
-                    ..
-                } = f;
+                let (task, job_id) = (&f.task, f.job_id.as_deref());
                 // Ok: the record to write and its mode; Err: the record
                 // an interrupted run wrote.
-                let record = match self.prepare(&q, &lock, &task, &seen, job_id.as_deref()) {
+                let record = match self.prepare(&q, &lock, task, &f.seen, job_id) {
                     Ok(Prepared::Changed) => continue,
                     Ok(Prepared::Stale(existing)) => {
-                        match q.remove_marker(&lock, &task) {
+                        match q.remove_marker(&lock, task) {
                             Ok(()) => self.say(format_args!(
                                 "returned {} to the dispatcher: job {} already finished into {}",
-                                q.task_path(&task).display(),
-                                job_id.as_deref().unwrap_or("none"),
+                                q.task_path(task).display(),
+                                job_id.unwrap_or("none"),
                                 existing.display()
                             )),
-                            Err(e) => report(&task, &e),
+                            Err(e) => report(task, &e),
                         }
                         continue;
                     }
                     Ok(Prepared::Recorded(path)) => Err(path),
-                    Ok(Prepared::Write(original, mode)) => Ok((render(original.as_deref()), mode)),
+                    Ok(Prepared::Write(original, mode)) => {
+                        Ok((f.render(original.as_deref()), mode))
+                    }
                     Err(e) => {
-                        report(&task, &e);
+                        report(task, &e);
                         continue;
                     }
                 };
-                jobs.push((task, outcome, record, provider, cost_cad, line));
+                jobs.push((f, record));
             }
             let items: Vec<Finishing> = jobs
                 .iter()
-                .map(|(task, outcome, record, ..)| Finishing {
-                    task,
+                .map(|(f, record)| Finishing {
+                    task: &f.task,
                     record: record
                         .as_ref()
                         .ok()
-                        .map(|(bytes, mode)| (*outcome, bytes.as_slice(), *mode)),
+                        .map(|(bytes, mode)| (f.outcome(), bytes.as_slice(), *mode)),
                 })
                 .collect();
             let (results, inbox_sync) = q.finish_many(&lock, &items);
             drop(items);
             drop(lock);
-            for ((task, outcome, record, provider, cost_cad, line), result) in
-                jobs.into_iter().zip(results)
-            {
+            for ((f, record), result) in jobs.into_iter().zip(results) {
                 let path = match (result, record) {
                     (Ok(Some(written)), _) => written,
                     (Ok(None), Err(existing)) => existing,
                     (Ok(None), Ok(_)) => continue,
                     (Err(e), _) => {
-                        report(&task, &e);
+                        report(&f.task, &e);
                         continue;
                     }
                 };
-                self.tally
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .finished(&q, &provider, outcome == Outcome::Done, cost_cad);
-                self.say(format_args!("{}", line(&path)));
+                f.tally(&mut self.tally.lock().unwrap_or_else(|p| p.into_inner()));
+                self.say(format_args!("{}", f.line(&path)));
             }
             if let Some(e) = inbox_sync {
                 self.local_error(format_args!("{e:#}"));
