@@ -18,7 +18,9 @@
 //!  inbox            --create_marker-->  inbox + marker(pending)
 //!  marker(pending)  --replace_marker--> marker(submitted)      (job id known)
 //!  marker(pending)  --remove_marker-->  inbox                  (POST surely failed)
-//!  inbox + marker   --finish-->         done/ or failed/       (job finished)
+//!  stale marker     --remove_marker-->  inbox                  (its job's record exists
+//!                                                               with another task)
+//!  inbox + marker   --finish_many-->    done/ or failed/       (job finished)
 //!  failed/          --requeue-->        inbox
 //! ```
 //!
@@ -27,8 +29,8 @@
 //! via `tempfile::persist_noclobber`) or, for a marker update, over the old
 //! marker, and the target directory is fsynced. So a file is either absent or
 //! whole, at every instant. A file is removed only after its successor is
-//! durable, and `finish` removes the task before the marker: a run killed in
-//! between leaves a marker without its task (still skipped by the
+//! durable, and `finish_many` removes the task before the marker: a run
+//! killed in between leaves a marker without its task (still skipped by the
 //! dispatcher, and reaped next time), never a task without its marker whose
 //! result is already in done/. A run killed after writing done/ but before
 //! the removals leaves both; the next run finds the done/failed file that
@@ -276,33 +278,9 @@ impl Queue {
         sync_dir(&self.inbox)
     }
 
-    /// Moves a finished task out of the inbox: writes `record` as a new file
-    /// in done/ or failed/ (never replacing one), then removes the task and
-    /// its marker. Returns the file written.
-    pub fn finish(
-        &self,
-        lock: &QueueLock,
-        task: &str,
-        outcome: Outcome,
-        record: &[u8],
-        mode: u32,
-    ) -> anyhow::Result<PathBuf> {
-        let item = Finishing {
-            task,
-            record: Some((outcome, record, mode)),
-        };
-        let (mut results, inbox_sync) = self.finish_many(lock, std::slice::from_ref(&item));
-        let written = results
-            .pop()
-            .expect("one result per item")?
-            .ok_or_else(|| anyhow::anyhow!("no record written for {task}"))?;
-        match inbox_sync {
-            Some(e) => Err(e),
-            None => Ok(written),
-        }
-    }
-
-    /// [`Queue::finish`] for many tasks under one lock. Every task goes
+    /// Moves finished tasks out of the inbox, under one lock: each one's
+    /// record written as a new file in done/ or failed/ (never replacing
+    /// one), then its task and marker removed. Every task goes
     /// through the same durable steps in the same order (its record written
     /// to a temporary file and fsynced, renamed into place without replacing,
     /// the directory fsynced; only then its task and marker removed and the
@@ -512,7 +490,7 @@ impl Queue {
         Ok(target)
     }
 
-    pub fn outcome_dir(&self, outcome: Outcome) -> &Path {
+    fn outcome_dir(&self, outcome: Outcome) -> &Path {
         match outcome {
             Outcome::Done => &self.done,
             Outcome::Failed => &self.failed,
