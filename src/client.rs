@@ -29,10 +29,12 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::text::{clip, is_unsafe_char};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 
 /// `ccl-delegate/<version>`: the User-Agent and the `source` of a submission.
@@ -314,18 +316,6 @@ impl ClientError {
             | ClientError::BadAnswer { .. } => false,
         }
     }
-
-    /// The HTTP status of the answer this error comes from, if it is one.
-    pub fn http_status(&self) -> Option<u16> {
-        match self {
-            ClientError::NotFound { .. } => Some(404),
-            ClientError::Conflict { .. } => Some(409),
-            ClientError::Auth { status, .. } | ClientError::Rejected { status, .. } => {
-                Some(*status)
-            }
-            _ => None,
-        }
-    }
 }
 
 fn plural(n: u32) -> &'static str {
@@ -422,6 +412,11 @@ pub struct Client {
     retries: u32,
     max_retry_wait: Duration,
     backoff_base: Duration,
+    /// Set when a call used up its retries on a failing service, cleared
+    /// by any answer: while set, calls try once, so a reap of many jobs
+    /// against a service that is down does not sleep through every
+    /// job's retries.
+    failing: AtomicBool,
 }
 
 impl fmt::Debug for Client {
@@ -530,12 +525,8 @@ impl Client {
             retries: cfg.retries,
             max_retry_wait: cfg.max_retry_wait,
             backoff_base: cfg.backoff_base,
+            failing: AtomicBool::new(false),
         })
-    }
-
-    /// The normalised base URL (no trailing slash).
-    pub fn base_url(&self) -> &str {
-        &self.base
     }
 
     /// `POST /api/v1/jobs` with the idempotency key.
@@ -583,6 +574,9 @@ impl Client {
         let call = self.call(Method::Get, &path, None, None);
         let (_, body) = self.execute(&call)?;
         let raw = self.parse_object(&call, &body)?;
+        // A response may be up to 32 MiB, on every polling thread: hold it
+        // as few times as possible.
+        drop(body);
 
         // The response is what the user paid for: a result that lacks (or
         // nulls) only provider, model or cost is still taken, with those
@@ -671,7 +665,11 @@ impl Client {
 
     /// Runs the attempts; gives the status and body of a 2xx answer.
     fn execute(&self, call: &Call) -> Result<(u16, Vec<u8>), ClientError> {
-        let attempts = self.retries.saturating_add(1);
+        let attempts = if self.failing.load(Ordering::Relaxed) {
+            1
+        } else {
+            self.retries.saturating_add(1)
+        };
         let mut maybe_delivered = false;
         let mut last = String::new();
         for attempt in 0..attempts {
@@ -682,6 +680,10 @@ impl Client {
                     retry_after,
                     location,
                 } => {
+                    // An answer that is not 429/5xx shows the service works.
+                    if !matches!(status, 429 | 500..=599) {
+                        self.failing.store(false, Ordering::Relaxed);
+                    }
                     if (200..300).contains(&status) {
                         return Ok((status, body));
                     }
@@ -747,6 +749,7 @@ impl Client {
             }
         }
         let request = call.request.clone();
+        self.failing.store(true, Ordering::Relaxed);
         Err(if maybe_delivered {
             ClientError::Unknown {
                 request,
@@ -1196,25 +1199,6 @@ fn maybe_delivered(e: &ureq::Error) -> bool {
         ),
         _ => true,
     }
-}
-
-/// Control characters and bidi overrides/isolates.
-fn is_unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// At most `max` characters of `s` with control characters blanked, `…`
-/// when cut.
-fn clip(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .take(max)
-        .map(|c| if is_unsafe_char(c) { ' ' } else { c })
-        .collect();
-    if s.chars().nth(max).is_some() {
-        out.push('…');
-    }
-    out
 }
 
 /// `Retry-After`: delta seconds, or an IMF-fixdate (`Sun, 06 Nov 1994
@@ -1984,6 +1968,32 @@ mod tests {
             reqs.iter()
                 .all(|r| r.header("idempotency-key") == Some(IDEM))
         );
+    }
+
+    #[test]
+    fn after_a_call_used_up_its_retries_calls_try_once_until_the_service_answers() {
+        let fake = Fake::start(|n, _| match n {
+            5 => json(200, r#"{"job_id":"j-1","status":"running"}"#),
+            _ => json(503, r#"{"error":"mock overload"}"#),
+        });
+        let client = fake.client();
+        let e = client.status("j-1").unwrap_err();
+        assert!(
+            matches!(e, ClientError::Unavailable { attempts: 4, .. }),
+            "{e:?}"
+        );
+        let e = client.status("j-1").unwrap_err();
+        assert!(
+            matches!(e, ClientError::Unavailable { attempts: 1, .. }),
+            "{e:?}"
+        );
+        assert_eq!(client.status("j-1").unwrap().status, Status::Running);
+        let e = client.status("j-1").unwrap_err();
+        assert!(
+            matches!(e, ClientError::Unavailable { attempts: 4, .. }),
+            "{e:?}"
+        );
+        assert_eq!(fake.requests().len(), 10);
     }
 
     #[test]

@@ -2,8 +2,6 @@
 //! the config file, which beats the defaults ("Configuration" in the design).
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -113,11 +111,11 @@ fn expand(raw: &str, base: Option<&Path>) -> PathBuf {
 fn config_duration(file: &Path, key: &str, v: &Option<String>) -> anyhow::Result<Option<Duration>> {
     match v {
         None => Ok(None),
-        Some(s) => humantime::parse_duration(s.trim()).map(Some).map_err(|e| {
+        Some(s) => crate::cli::parse_duration(s).map(Some).map_err(|e| {
             fail(
                 Code::Config,
                 format!(
-                    "{}: `{key}: {s}` is not a duration like 30s or 24h ({e}); fix the value or remove the key",
+                    "{}: {key}: {e}; fix the value or remove the key",
                     file.display()
                 ),
             )
@@ -261,7 +259,15 @@ impl Settings {
             retries: self.retries,
             ..ClientConfig::default()
         })
-        .map_err(|e| fail(Code::Config, format!("{e} (from {})", self.api_url_from)))
+        .map_err(|e| {
+            // Name where the URL came from only when the URL is the problem.
+            let msg = e.to_string();
+            if msg.contains("API URL") {
+                fail(Code::Config, format!("{msg} (from {})", self.api_url_from))
+            } else {
+                fail(Code::Config, msg)
+            }
+        })
     }
 }
 
@@ -314,38 +320,29 @@ fn expand_project(
 
 fn read_key_file(p: &Path) -> anyhow::Result<String> {
     let shown = p.display();
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(p)
-        .map_err(|e| {
-            fail(
-                Code::Config,
-                format!("cannot read api_key_file {shown}: {e}; create it with the key and run chmod 600 {shown}"),
-            )
-        })?;
-    let meta = f.metadata().map_err(|e| {
+    let cannot = |why: String| {
         fail(
             Code::Config,
-            format!("cannot stat api_key_file {shown}: {e}"),
+            format!(
+                "cannot read api_key_file {shown}: {why}; create it with the key and run chmod 600 {shown}"
+            ),
         )
-    })?;
-    if meta.mode() & 0o077 != 0 {
+    };
+    // Never follows a symlink, never blocks on a FIFO, refuses what is not
+    // a regular file.
+    let (bytes, mode) = crate::queue::read_nofollow(p)
+        .map_err(|e| cannot(e.to_string()))?
+        .ok_or_else(|| cannot("no such file".into()))?;
+    if mode & 0o077 != 0 {
         return Err(fail(
             Code::Config,
             format!(
                 "api_key_file {shown} is readable by group or others (mode {:o}); run: chmod 600 {shown}",
-                meta.mode() & 0o777
+                mode & 0o777
             ),
         ));
     }
-    let mut key = String::new();
-    f.read_to_string(&mut key).map_err(|e| {
-        fail(
-            Code::Config,
-            format!("cannot read api_key_file {shown}: {e}"),
-        )
-    })?;
+    let key = String::from_utf8(bytes).map_err(|_| cannot("not UTF-8 text".into()))?;
     let key = key.trim().to_string();
     if key.is_empty() {
         return Err(fail(Code::Config, format!("api_key_file {shown} is empty")));
