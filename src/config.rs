@@ -349,3 +349,24 @@ fn read_key_file(p: &Path) -> anyhow::Result<String> {
     }
     Ok(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_that_is_a_fifo_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("key");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_key_file(&fifo).map_err(|e| e.to_string())));
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("reading a FIFO key file must not block");
+        let e = got.unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+}
