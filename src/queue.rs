@@ -193,7 +193,7 @@ impl Queue {
         let path = self.root.join(LOCK_NAME);
         let file = open_lock_file(&path, libc::O_NOFOLLOW)
             .with_context(|| format!("cannot open the queue lock {}", path.display()))?;
-        fs2::FileExt::lock_exclusive(&file)
+        file.lock()
             .with_context(|| format!("cannot lock {}", path.display()))?;
         Ok(QueueLock { _file: file })
     }

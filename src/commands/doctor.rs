@@ -94,7 +94,7 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
         .transpose()
         .and_then(|_| crate::queue::open_lock_file(lock, 0));
     match verdict {
-        Ok(f) => match fs2::FileExt::try_lock_exclusive(&f) {
+        Ok(f) => match f.try_lock() {
             Ok(()) => c.ok("run lock", lock.display()),
             Err(_) => c.ok(
                 "run lock",

@@ -235,10 +235,12 @@ fn take_run_lock(path: &Path) -> anyhow::Result<Option<fs::File>> {
     }
     let file = crate::queue::open_lock_file(path, 0)
         .with_context(|| format!("cannot open the run lock {}", path.display()))?;
-    match fs2::FileExt::try_lock_exclusive(&file) {
+    match file.try_lock() {
         Ok(()) => Ok(Some(file)),
-        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => Ok(None),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display()))),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+        }
     }
 }
 
