@@ -15,10 +15,10 @@ pub fn now() -> String {
 /// both this tool and the earlier Go implementation wrote them.
 pub fn parse(s: &str) -> Option<SystemTime> {
     let s = s.trim();
-    if let Ok(t) = humantime::parse_rfc3339_weak(s.trim_end_matches(['Z', 'z'])) {
-        if s.ends_with(['Z', 'z']) || !has_offset(s) {
-            return Some(t);
-        }
+    if let Ok(t) = humantime::parse_rfc3339_weak(s.trim_end_matches(['Z', 'z']))
+        && (s.ends_with(['Z', 'z']) || !has_offset(s))
+    {
+        return Some(t);
     }
     // `...+05:30` / `...-04:00`: parse the local part, then shift to UTC.
     if s.len() < 6 || !s.is_char_boundary(s.len() - 6) {
