@@ -134,7 +134,10 @@ mod tests {
 
     #[test]
     fn plan_creates_what_is_missing_and_refuses_anything_not_a_directory() {
-        let rows: &[([super::Found; 4], Result<Vec<usize>, usize>)] = &[
+        // What is found at .agent-queue, inbox, done, failed → what to
+        // create, or the index of the part that refuses the run.
+        type Row = ([super::Found; 4], Result<Vec<usize>, usize>);
+        let rows: &[Row] = &[
             ([Missing, Missing, Missing, Missing], Ok(vec![0, 1, 2, 3])),
             ([Dir, Dir, Dir, Dir], Ok(vec![])),
             ([Dir, Dir, Missing, Missing], Ok(vec![2, 3])),
