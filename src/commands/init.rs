@@ -95,8 +95,13 @@ pub fn run(args: &InitArgs) -> anyhow::Result<Code> {
         })
         .collect();
     let mut found = [Found::Missing; 4];
-    for (f, p) in found.iter_mut().zip(&paths) {
-        *f = look(p).with_context(|| format!("cannot look at {}", shown(p)))?;
+    for (i, p) in paths.iter().enumerate() {
+        // Inside an .agent-queue that is not a directory there is nothing
+        // to look at (and the plan refuses it).
+        if i > 0 && found[0] != Found::Dir {
+            break;
+        }
+        found[i] = look(p).with_context(|| format!("cannot look at {}", shown(p)))?;
     }
     let create = plan(&found).map_err(|(i, why)| {
         fail(
