@@ -336,6 +336,7 @@ fn readme_command_table_lists_the_exit_codes_of_each_command() {
     for line in readme.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
         let Some(name) = cells[0]
+            .trim()
             .trim_start_matches('`')
             .split([' ', '`'])
             .next()
