@@ -31,6 +31,9 @@ _ccl__delegate() {
             ccl__delegate,help)
                 cmd="ccl__delegate__subcmd__help"
                 ;;
+            ccl__delegate,init)
+                cmd="ccl__delegate__subcmd__init"
+                ;;
             ccl__delegate,reap)
                 cmd="ccl__delegate__subcmd__reap"
                 ;;
@@ -61,6 +64,9 @@ _ccl__delegate() {
             ccl__delegate__subcmd__help,help)
                 cmd="ccl__delegate__subcmd__help__subcmd__help"
                 ;;
+            ccl__delegate__subcmd__help,init)
+                cmd="ccl__delegate__subcmd__help__subcmd__init"
+                ;;
             ccl__delegate__subcmd__help,reap)
                 cmd="ccl__delegate__subcmd__help__subcmd__reap"
                 ;;
@@ -83,7 +89,7 @@ _ccl__delegate() {
 
     case "${cmd}" in
         ccl__delegate)
-            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version decide submit reap get result status cancel requeue doctor help"
+            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version init decide submit reap get result status cancel requeue doctor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -112,7 +118,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__cancel)
+        ccl__delegate__subcmd__cancel)
             opts="-v -q -h -V --json --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -142,7 +148,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__decide)
+        ccl__delegate__subcmd__decide)
             opts="-v -q -h -V --set --explain --json --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -176,7 +182,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__doctor)
+        ccl__delegate__subcmd__doctor)
             opts="-v -q -h -V --project --offline --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -210,7 +216,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__get)
+        ccl__delegate__subcmd__get)
             opts="-v -q -h -V --json --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -240,8 +246,8 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help)
-            opts="decide submit reap get result status cancel requeue doctor help"
+        ccl__delegate__subcmd__help)
+            opts="init decide submit reap get result status cancel requeue doctor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -254,7 +260,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__cancel)
+        ccl__delegate__subcmd__help__subcmd__cancel)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -268,7 +274,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__decide)
+        ccl__delegate__subcmd__help__subcmd__decide)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -282,7 +288,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__doctor)
+        ccl__delegate__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -296,7 +302,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__get)
+        ccl__delegate__subcmd__help__subcmd__get)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -310,7 +316,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__help)
+        ccl__delegate__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -324,7 +330,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__reap)
+        ccl__delegate__subcmd__help__subcmd__init)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -338,7 +344,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__requeue)
+        ccl__delegate__subcmd__help__subcmd__reap)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -352,7 +358,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__result)
+        ccl__delegate__subcmd__help__subcmd__requeue)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -366,7 +372,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__status)
+        ccl__delegate__subcmd__help__subcmd__result)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -380,7 +386,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__help__subcmd__submit)
+        ccl__delegate__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -394,7 +400,51 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__reap)
+        ccl__delegate__subcmd__help__subcmd__submit)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__init)
+            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --http-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__reap)
             opts="-v -q -h -V --project --lock-file --concurrency --max-age --submit-grace --metrics-file --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -448,7 +498,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__requeue)
+        ccl__delegate__subcmd__requeue)
             opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -478,7 +528,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__result)
+        ccl__delegate__subcmd__result)
             opts="-v -q -h -V --wait --json --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -512,7 +562,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__status)
+        ccl__delegate__subcmd__status)
             opts="-v -q -h -V --project --json --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -546,7 +596,7 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        ccl__subcmd__delegate__subcmd__submit)
+        ccl__delegate__subcmd__submit)
             opts="-v -q -h -V --priority --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -32,6 +32,7 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -s v -l verbose 
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -s q -l quiet -d 'Say only errors on stderr'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -s V -l version -d 'Print version'
+complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "init" -d 'Create a project\'s queue: DIR/.agent-queue/{inbox,done,failed}'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "decide" -d 'Print where a task would run (pure: no network, no writes)'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "submit" -d 'Hand an inbox task to secutools and mark it delegated'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "reap" -d 'Bring finished jobs back into done/ and failed/ (run from cron)'
@@ -42,6 +43,14 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "cancel" -
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "requeue" -d 'Put a failed task back into the inbox'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "doctor" -d 'Check the configuration, the key, the service and the queues'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -l http-timeout -d 'Timeout of one HTTP request, e.g. 30s (beats http_timeout)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -l retries -d 'Extra attempts after a transient HTTP failure (beats retries)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -s v -l verbose -d 'Say more on stderr (repeat for more)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -s q -l quiet -d 'Say only errors on stderr'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -s h -l help -d 'Print help'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -s V -l version -d 'Print version'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l set -d 'Route these frontmatter keys instead of a file (KEY=VALUE, repeatable)' -r
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
@@ -134,13 +143,14 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s v -
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s q -l quiet -d 'Say only errors on stderr'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s V -l version -d 'Print version'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "decide" -d 'Print where a task would run (pure: no network, no writes)'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "submit" -d 'Hand an inbox task to secutools and mark it delegated'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "reap" -d 'Bring finished jobs back into done/ and failed/ (run from cron)'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "get" -d 'Show a job\'s status'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "result" -d 'Print a completed job\'s response'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "status" -d 'Show delegated tasks in flight and totals of done and failed tasks'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "cancel" -d 'Ask the service to cancel a job'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "requeue" -d 'Put a failed task back into the inbox'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "doctor" -d 'Check the configuration, the key, the service and the queues'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from decide submit reap get result status cancel requeue doctor help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "init" -d 'Create a project\'s queue: DIR/.agent-queue/{inbox,done,failed}'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "decide" -d 'Print where a task would run (pure: no network, no writes)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "submit" -d 'Hand an inbox task to secutools and mark it delegated'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "reap" -d 'Bring finished jobs back into done/ and failed/ (run from cron)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "get" -d 'Show a job\'s status'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "result" -d 'Print a completed job\'s response'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "status" -d 'Show delegated tasks in flight and totals of done and failed tasks'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "cancel" -d 'Ask the service to cancel a job'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "requeue" -d 'Put a failed task back into the inbox'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "doctor" -d 'Check the configuration, the key, the service and the queues'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -57,6 +57,8 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a project's queue: DIR/.agent-queue/{inbox,done,failed}
+    Init(InitArgs),
     /// Print where a task would run (pure: no network, no writes)
     Decide(DecideArgs),
     /// Hand an inbox task to secutools and mark it delegated
@@ -75,6 +77,13 @@ pub enum Command {
     Requeue(RequeueArgs),
     /// Check the configuration, the key, the service and the queues
     Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The project directory [default: the current directory]
+    #[arg(value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

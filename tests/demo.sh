@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "building ccl-delegate and secutools-mock (cargo build; the first build takes a minute or two)..."
 cargo build --quiet --bins
 bin="${CARGO_TARGET_DIR:-$PWD/target}/debug"
 for b in ccl-delegate secutools-mock; do
@@ -27,7 +28,10 @@ echo "secutools-mock at $SECUTOOLS_URL"
 
 project="$work/sample-project"
 inbox="$project/.agent-queue/inbox"
-mkdir -p "$inbox"
+mkdir -p "$project"
+echo
+echo "== ccl-delegate init makes the project's queue"
+"$bin/ccl-delegate" init "$project"
 cat >"$inbox/haiku.md" <<'TASK'
 ---
 preferred_ai: gemini

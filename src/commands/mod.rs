@@ -4,6 +4,7 @@ mod cancel;
 mod decide;
 mod doctor;
 mod get;
+mod init;
 mod reap;
 mod requeue;
 mod result;
@@ -18,13 +19,16 @@ use crate::ui::Ui;
 
 pub fn run(cli: &Cli) -> anyhow::Result<Code> {
     let ui = Ui::new(&cli.global);
-    // `decide` is pure and must start as fast as /bin/true: no config.
-    if let Command::Decide(args) = &cli.command {
-        return decide::run(args, ui);
+    // These two read no config: `decide` is pure and must start as fast as
+    // /bin/true; `init` runs before any config or key exists.
+    match &cli.command {
+        Command::Decide(args) => return decide::run(args, ui),
+        Command::Init(args) => return init::run(args),
+        _ => {}
     }
     let settings = Settings::load(&cli.global)?;
     match &cli.command {
-        Command::Decide(_) => unreachable!("handled above"),
+        Command::Decide(_) | Command::Init(_) => unreachable!("handled above"),
         Command::Submit(a) => submit::run(a, &settings, ui),
         Command::Reap(a) => reap::run(a, &settings, ui),
         Command::Get(a) => get::run(a, &settings),
