@@ -890,3 +890,206 @@ fn connect_timeout_is_unavailable() {
     assert!(start.elapsed() < Duration::from_secs(2));
     drop(fillers);
 }
+
+// ---- client-side gaps ------------------------------------------------------
+
+#[test]
+fn a_404_on_the_result_is_not_found_on_that_endpoint() {
+    let fake = Fake::start(|_, r| match r.path.as_str() {
+        "/api/v1/jobs/j-1" => json(200, STATUS_J1),
+        _ => reply(404, &[], "gone"),
+    });
+    let c = fake.client();
+    let e = c.result("j-1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::NotFound {
+                endpoint: Endpoint::Result,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().ends_with("/result: not found (404): gone"),
+        "{e}"
+    );
+    let e = c.status("j-2").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::NotFound {
+                endpoint: Endpoint::Status,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = c.cancel("j-2").unwrap_err();
+    assert!(matches!(
+        e,
+        ClientError::NotFound {
+            endpoint: Endpoint::Cancel,
+            ..
+        }
+    ));
+    // Never retried.
+    assert_eq!(fake.requests().len(), 3);
+}
+
+#[test]
+fn a_result_with_an_odd_cost_or_token_count_is_kept_with_a_note() {
+    for (cost, note) in [
+        (r#""0.5""#, Some(r#"cost_cad "0.5""#)),
+        (r#""NaN""#, Some(r#"cost_cad "NaN""#)),
+        ("1e400", Some(r#"cost_cad "1e400""#)),
+        ("-1e400", Some(r#"cost_cad "-1e400""#)),
+        ("1e308", Some("cost_cad 1e+308")),
+        ("-0.01", Some("cost_cad -0.01")),
+        ("2000000", Some("cost_cad 2000000")),
+        ("null", Some("no cost_cad")),
+        ("0.0123", None),
+    ] {
+        let body = format!(
+            r#"{{"job_id":"j-1","provider":"gpu","model":"m","response":"Hi","cost_cad":{cost},"tokens_in":1e400,"tokens_out":-3}}"#
+        );
+        let fake = Fake::start(move |_, _| json(200, &body));
+        let r = fake
+            .client()
+            .result("j-1")
+            .unwrap_or_else(|e| panic!("{cost}: {e}"));
+        assert_eq!(r.response, "Hi");
+        assert_eq!((r.tokens_in, r.tokens_out), (None, None), "{cost}");
+        match note {
+            Some(n) => {
+                assert_eq!(r.cost_cad, 0.0, "{cost}");
+                let got = r.cost_note.as_deref().unwrap_or_default();
+                assert!(got.starts_with(n), "{cost}: {got}");
+            }
+            None => {
+                assert_eq!((r.cost_cad, r.cost_note), (0.0123, None));
+            }
+        }
+        assert_eq!(fake.requests().len(), 1, "{cost}: never retried");
+    }
+    let fake = Fake::start(|_, _| {
+        json(
+            200,
+            r#"{"job_id":"j-1","provider":"gpu","model":"m","response":"Hi","cost_cad":0.5,"tokens_in":10,"tokens_out":20}"#,
+        )
+    });
+    let r = fake.client().result("j-1").unwrap();
+    assert_eq!((r.tokens_in, r.tokens_out), (Some(10), Some(20)));
+}
+
+#[test]
+fn an_oversized_submission_is_never_sent() {
+    let fake = Fake::start(|_, _| json(201, r#"{"job_id":"j-1","status":"queued"}"#));
+    let mut req = submit_request();
+    req.prompt = "x".repeat(MAX_REQUEST_BODY_BYTES as usize);
+    let e = fake.client().submit(&req, IDEM).unwrap_err();
+    assert!(matches!(e, ClientError::TooLarge { .. }), "{e:?}");
+    assert!(e.nothing_created());
+    assert_eq!(fake.connections.load(Ordering::SeqCst), 0);
+}
+
+/// A server with a body limit: it reads the request's head, answers 413
+/// and closes without reading the body. Gives the heads it saw.
+fn refusing_server(
+    wait_before_answer: Duration,
+    answer: &'static str,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
+            std::thread::sleep(wait_before_answer);
+            let _ = stream.write_all(answer.as_bytes());
+            // Dropped with the body unread: the kernel resets the connection.
+        }
+    });
+    (addr, heads)
+}
+
+const ANSWER_413: &str = "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: 30\r\nConnection: close\r\n\r\n{\"error\":\"prompt too large!\"}\n";
+
+#[test]
+fn a_413_answered_before_the_body_is_read_is_a_refusal() {
+    let (addr, heads) = refusing_server(Duration::ZERO, ANSWER_413);
+    let client = Client::new(test_config(&format!("http://{addr}"))).unwrap();
+    let mut req = submit_request();
+    req.prompt = "x".repeat(8 * 1024 * 1024);
+    let e = client.submit(&req, IDEM).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Rejected { status: 413, message, .. }
+            if message == "prompt too large!"),
+        "{e:?}"
+    );
+    assert!(e.nothing_created());
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 1, "never retried");
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("expect: 100-continue"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[0].to_ascii_lowercase().contains("content-length: "),
+        "{}",
+        heads[0]
+    );
+}
+
+#[test]
+fn a_small_submission_does_not_wait_for_100_continue() {
+    let fake = Fake::start(|_, _| json(201, r#"{"job_id":"j-1","status":"queued"}"#));
+    let start = Instant::now();
+    fake.client().submit(&submit_request(), IDEM).unwrap();
+    assert!(start.elapsed() < Duration::from_millis(900));
+    let reqs = fake.requests();
+    assert_eq!(reqs[0].header("expect"), None);
+    assert_eq!(reqs[0].header("transfer-encoding"), None);
+    assert_eq!(
+        reqs[0].header("content-length"),
+        Some(reqs[0].body.len().to_string().as_str())
+    );
+}
+
+#[test]
+fn a_connection_closed_before_the_body_was_sent_whole_delivered_nothing() {
+    // No answer to `Expect`: the client gives up waiting after a second and
+    // uploads; the server has closed without reading, so the upload breaks
+    // with most of the body never sent.
+    let (addr, heads) = refusing_server(Duration::from_millis(1200), "");
+    let client = Client::new(ClientConfig {
+        retries: 1,
+        ..test_config(&format!("http://{addr}"))
+    })
+    .unwrap();
+    let mut req = submit_request();
+    req.prompt = "x".repeat(16 * 1024 * 1024);
+    let e = client.submit(&req, IDEM).unwrap_err();
+    assert!(
+        matches!(e, ClientError::Unavailable { attempts: 2, .. }),
+        "{e:?}"
+    );
+    assert!(e.nothing_created());
+    assert_eq!(heads.lock().unwrap().len(), 2);
+}

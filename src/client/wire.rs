@@ -399,4 +399,119 @@ mod tests {
         assert!(v.get("preferred_ai").is_none());
         assert_eq!(v["complexity_hint"], "hard");
     }
+
+    #[test]
+    fn a_cost_is_a_finite_number_in_range_else_unknown_with_a_note() {
+        use serde_json::json;
+        for (v, cost, note) in [
+            (Some(json!(0.0123)), 0.0123, None),
+            (Some(json!(0)), 0.0, None),
+            (Some(json!(-0.0)), 0.0, None),
+            (Some(json!(999_999.99)), 999_999.99, None),
+            (Some(json!(1_000_000)), 0.0, Some("cost_cad 1000000 is not")),
+            (Some(json!(1e308)), 0.0, Some("cost_cad 1e+308 is not")),
+            (Some(json!(-0.5)), 0.0, Some("cost_cad -0.5 is not")),
+            (Some(json!("0.5")), 0.0, Some(r#"cost_cad "0.5" is not"#)),
+            (Some(json!("NaN")), 0.0, Some(r#"cost_cad "NaN" is not"#)),
+            (Some(json!(true)), 0.0, Some("cost_cad true is not")),
+            (
+                Some(json!({"cad": 1})),
+                0.0,
+                Some(r#"cost_cad {"cad":1} is not"#),
+            ),
+            (Some(Value::Null), 0.0, Some("no cost_cad")),
+            (None, 0.0, Some("no cost_cad")),
+        ] {
+            let (got, got_note) = cost_of(v.as_ref());
+            assert_eq!(got.to_bits(), f64::to_bits(cost), "{v:?}");
+            match (note, &got_note) {
+                (None, None) => {}
+                (Some(start), Some(n)) => {
+                    assert!(n.starts_with(start), "{v:?}: {n}");
+                    assert!(n.ends_with("taken as 0"), "{n}");
+                }
+                _ => panic!("{v:?}: {got_note:?}"),
+            }
+        }
+        // A hostile string is escaped and clipped in the note.
+        let (_, n) = cost_of(Some(&json!(format!(
+            "\u{1b}[2J\u{202e}{}",
+            "9".repeat(500)
+        ))));
+        let n = n.unwrap();
+        assert!(!n.chars().any(crate::text::is_unsafe_char), "{n:?}");
+        assert!(n.contains("\\u001b[2J"), "{n}");
+        assert!(n.chars().count() < 120, "{n}");
+    }
+
+    #[test]
+    fn a_token_count_is_a_non_negative_integer_else_dropped() {
+        use serde_json::json;
+        for (v, want) in [
+            (json!(12), Some(12)),
+            (json!(0), Some(0)),
+            (json!(-5), None),
+            (json!(1.5), None),
+            (json!("12"), None),
+            (json!(null), None),
+            (json!([1]), None),
+        ] {
+            assert_eq!(count_of(Some(&v)), want, "{v}");
+        }
+        assert_eq!(count_of(None), None);
+    }
+
+    #[test]
+    fn a_number_beyond_f64_costs_only_its_field() {
+        let v = parse_object(
+            br#"{"job_id":"j-1","cost_cad":1e400,"deep":{"x":-1e999},"response":"Hi","n":[1]}"#,
+        )
+        .unwrap();
+        assert_eq!(v["cost_cad"], "1e400");
+        assert_eq!(v["deep"], r#"{"x":-1e999}"#);
+        assert_eq!(v["response"], "Hi");
+        assert_eq!(v["n"][0], 1);
+        // Key order is kept.
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["job_id", "cost_cad", "deep", "response", "n"]);
+        for bad in [
+            &b"not json"[..],
+            b"[1e400]",
+            b"{\"a\":1e400",
+            b"{\"a\":NaN}",
+            b"[1]",
+        ] {
+            assert!(
+                parse_object(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_submission_over_32_mib_is_too_large() {
+        let mut r = submit_request();
+        assert!(check_body_size(&r).is_ok());
+        r.prompt.clear();
+        let overhead = serde_json::to_vec(&r).unwrap().len();
+        r.prompt = "x".repeat(MAX_REQUEST_BODY_BYTES as usize - overhead);
+        assert_eq!(
+            serde_json::to_vec(&r).unwrap().len() as u64,
+            MAX_REQUEST_BODY_BYTES
+        );
+        assert!(check_body_size(&r).is_ok());
+        r.prompt.push('x');
+        let e = check_body_size(&r).unwrap_err();
+        assert!(
+            matches!(e, ClientError::TooLarge { bytes, limit }
+                if bytes == MAX_REQUEST_BODY_BYTES + 1 && limit == MAX_REQUEST_BODY_BYTES),
+            "{e:?}"
+        );
+        assert!(e.nothing_created());
+        assert!(e.to_string().contains("over the limit of 32 MiB"), "{e}");
+        // Escaping counts: a prompt of control characters grows sixfold.
+        r.prompt = "\u{1}".repeat(6 * 1024 * 1024);
+        assert!(check_body_size(&r).is_err());
+    }
 }
