@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::Global;
-use crate::client::{Client, ClientConfig};
+use crate::client::{Client, ClientConfig, ClientError, ConfigField};
 use crate::error::{Code, fail};
 
 pub const ENV_URL: &str = "SECUTOOLS_URL";
@@ -259,14 +259,13 @@ impl Settings {
             retries: self.retries,
             ..ClientConfig::default()
         })
-        .map_err(|e| {
+        .map_err(|e| match e {
             // Name where the URL came from only when the URL is the problem.
-            let msg = e.to_string();
-            if msg.contains("API URL") {
-                fail(Code::Config, format!("{msg} (from {})", self.api_url_from))
-            } else {
-                fail(Code::Config, msg)
-            }
+            ClientError::Config {
+                field: ConfigField::Url,
+                ..
+            } => fail(Code::Config, format!("{e} (from {})", self.api_url_from)),
+            other => anyhow::Error::new(other),
         })
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Commands use `anyhow` for context; an error that deserves a specific exit
 //! code is created with [`fail`] (or converted from a client error), and
-//! `main` finds the code by walking the error chain, in one place.
+//! `main` finds the code by walking the error chain, in one place: the code
+//! comes from the error's type, never from its text.
 
 use std::fmt;
 
@@ -72,8 +73,106 @@ pub fn client_code(e: &crate::client::ClientError) -> Code {
         E::Conflict { .. } => Code::TempFail,
         E::InvalidJobId { .. } | E::InvalidIdempotencyKey { .. } => Code::DataErr,
         E::Auth { .. } => Code::NoPerm,
-        E::Rejected { .. } => Code::DataErr,
+        E::Rejected { .. } | E::TooLarge { .. } => Code::DataErr,
         E::Unavailable { .. } | E::Unknown { .. } | E::BadAnswer { .. } => Code::Unavailable,
         E::Config { .. } => Code::Config,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{ClientError as E, ConfigField, Endpoint};
+
+    #[test]
+    fn each_client_error_has_the_design_exit_code() {
+        let r = || "GET http://127.0.0.1:1/api/v1/jobs/j".to_string();
+        let m = || "m".to_string();
+        for (e, code) in [
+            (
+                E::NotFound {
+                    request: r(),
+                    message: m(),
+                    endpoint: Endpoint::Status,
+                },
+                66,
+            ),
+            (
+                E::Conflict {
+                    request: r(),
+                    message: m(),
+                },
+                75,
+            ),
+            (
+                E::Auth {
+                    request: r(),
+                    status: 403,
+                    message: m(),
+                },
+                77,
+            ),
+            (
+                E::Rejected {
+                    request: r(),
+                    status: 400,
+                    message: m(),
+                },
+                65,
+            ),
+            (
+                E::TooLarge {
+                    bytes: 40 << 20,
+                    limit: 32 << 20,
+                },
+                65,
+            ),
+            (
+                E::Unavailable {
+                    request: r(),
+                    attempts: 4,
+                    message: m(),
+                },
+                69,
+            ),
+            (
+                E::Unknown {
+                    request: r(),
+                    attempts: 4,
+                    message: m(),
+                },
+                69,
+            ),
+            (
+                E::BadAnswer {
+                    request: r(),
+                    message: m(),
+                },
+                69,
+            ),
+            (E::InvalidJobId { id: "..".into() }, 65),
+            (E::InvalidIdempotencyKey { key: "k".into() }, 65),
+            (
+                E::Config {
+                    field: ConfigField::Url,
+                    message: m(),
+                },
+                78,
+            ),
+            (
+                E::Config {
+                    field: ConfigField::Key,
+                    message: m(),
+                },
+                78,
+            ),
+        ] {
+            assert_eq!(client_code(&e).as_u8(), code, "{e:?}");
+            // Wrapped in context, the code is the same.
+            let wrapped = anyhow::Error::new(e).context("while doing x");
+            assert_eq!(code_of(&wrapped).as_u8(), code);
+        }
+        assert_eq!(code_of(&fail(Code::Config, "no API URL")), Code::Config);
+        assert_eq!(code_of(&anyhow::anyhow!("plain")), Code::Other);
     }
 }
