@@ -301,6 +301,7 @@ impl Admin<'_> {
                 json!({
                     "job_id": j.id,
                     "status": j.status(&self.service.statuses),
+                    "provider": j.provider,
                     "idempotency_key": j.key,
                     "polls": j.polls,
                     "priority": j.priority,
@@ -317,6 +318,7 @@ impl Admin<'_> {
             200,
             &json!({
                 "jobs_created": st.jobs_created,
+                "jobs_by_provider": st.by_provider,
                 "requests": f.requests,
                 "faults_served": f.served,
                 "faults_pending": f.queue.len(),
@@ -373,6 +375,20 @@ impl Admin<'_> {
                 "next_job_id" | "response" | "model" | "provider" | "error" | "result_raw"
                 | "status_raw" => val.is_string() || val.is_null(),
                 "result_pad_bytes" => val.is_u64() || val.is_null(),
+                // Any value, hostile ones included: that is their use.
+                "cost_cad" | "tokens_in" | "tokens_out" => true,
+                "result_fields_raw" => {
+                    val.is_null()
+                        || val
+                            .as_object()
+                            .is_some_and(|m| m.values().all(|s| s.is_string() || s.is_null()))
+                }
+                "omit_fields" => {
+                    val.is_null()
+                        || val
+                            .as_array()
+                            .is_some_and(|a| a.iter().all(Value::is_string))
+                }
                 "status_of" => val
                     .as_object()
                     .is_some_and(|m| m.values().all(|s| s.is_string() || s.is_null())),
@@ -405,6 +421,32 @@ impl Admin<'_> {
                 "result_raw" => ov.result_raw = text,
                 "status_raw" => ov.status_raw = text,
                 "result_pad_bytes" => ov.result_pad_bytes = val.as_u64().unwrap_or(0),
+                "cost_cad" => ov.cost_cad = Some(val).filter(|v| !v.is_null()),
+                "tokens_in" => ov.tokens_in = Some(val).filter(|v| !v.is_null()),
+                "tokens_out" => ov.tokens_out = Some(val).filter(|v| !v.is_null()),
+                "result_fields_raw" => match val {
+                    Value::Object(m) => {
+                        for (field, raw) in m {
+                            match raw {
+                                Value::String(text) => {
+                                    ov.result_fields_raw.insert(field, text);
+                                }
+                                _ => {
+                                    ov.result_fields_raw.remove(&field);
+                                }
+                            }
+                        }
+                    }
+                    _ => ov.result_fields_raw.clear(),
+                },
+                "omit_fields" => {
+                    ov.omit_fields = val.as_array().map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    });
+                }
                 _ => {}
             }
         }

@@ -72,6 +72,9 @@ pub enum ReadError {
     Closed,
     /// The request is malformed: answer this status and text, then close.
     Bad(u16, &'static str),
+    /// The body is over [`MAX_BODY`]: answer 413 and close without reading
+    /// the rest of it.
+    TooLarge,
 }
 
 /// Buffered reader of requests from one connection.
@@ -152,7 +155,7 @@ impl<R: Read> Reader<R> {
                 }
             }
             if body.len().saturating_add(size) > MAX_BODY {
-                return Err(ReadError::Bad(413, "request body too large"));
+                return Err(ReadError::TooLarge);
             }
             body.extend_from_slice(&self.take(size)?);
             if self.take(2)? != b"\r\n" {
@@ -234,8 +237,10 @@ impl<R: Read> Reader<R> {
             length = Some(n);
         }
         let length = length.unwrap_or(0);
+        // Refused on the headers alone, before a `100 Continue` and before
+        // a byte of the body is read.
         if length > MAX_BODY {
-            return Err(ReadError::Bad(413, "request body too large"));
+            return Err(ReadError::TooLarge);
         }
         if (chunked || length > 0) && req.has_token("expect", "100-continue") {
             cont.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -427,6 +432,17 @@ pub fn serve_connection(stream: TcpStream, log: bool, handle: impl Fn(&Request) 
         let req = match reader.read_request(&mut out) {
             Ok(Some(req)) => req,
             Ok(None) | Err(ReadError::Closed) => return,
+            Err(ReadError::TooLarge) => {
+                log_line(log, None, "413");
+                // No linger: the unread body is left to the kernel, which
+                // resets the connection if the client goes on sending, as a
+                // server that refuses a body on its headers does.
+                let answer = Response::error(413, "prompt too large");
+                if write_response(&mut out, &answer, false).is_ok() {
+                    let _ = out.shutdown(Shutdown::Write);
+                }
+                return;
+            }
             Err(ReadError::Bad(code, text)) => {
                 log_line(log, None, &code.to_string());
                 if write_response(&mut out, &Response::error(code, text), false).is_ok() {
@@ -514,7 +530,7 @@ POST /api/v1/jobs HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhell
             ),
             (
                 b"GET / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
-                ReadError::Bad(413, "request body too large"),
+                ReadError::TooLarge,
             ),
             (
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",

@@ -23,11 +23,28 @@ use crate::faults::{Admin, Faults};
 use crate::http::{Outcome, Request, Response};
 use crate::service::Jobs;
 
+/// The admin endpoints, for `--help`.
+const ADMIN_HELP: &str = "\
+A request body over 32 MiB is answered 413 {\"error\":\"prompt too large\"} on its headers, \
+and the connection closed unread.
+
+Admin endpoints (no key needed):
+  GET  /_mock/stats     jobs (with provider, polls, prompt...), jobs_created, \
+jobs_by_provider, requests, faults_served, posts_by_key
+  POST /_mock/faults    {\"next\":[\"503\",\"429-date\",\"drop\",\"slow:2s\",...], \
+\"path\":SUBSTRING, \"method\":M}: one-shot faults for the next matching /api requests
+  POST /_mock/override  {FIELD: VALUE, ...} for every job, or for one with \"job\":ID; \
+null clears. Fields: next_job_id, response, model, provider, error, result_raw, \
+status_raw, result_pad_bytes, cost_cad, tokens_in, tokens_out (any JSON value), \
+result_fields_raw ({FIELD: RAW_JSON_TEXT}), omit_fields ([FIELD...]), status_of ({ID: STATUS})
+  POST /_mock/reset     forget every job, fault and override";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "secutools-mock",
     version,
-    about = "Mock secutools job service for ccl-delegate (loopback only, for tests and trials)"
+    about = "Mock secutools job service for ccl-delegate (loopback only, for tests and trials)",
+    after_help = ADMIN_HELP
 )]
 struct Args {
     /// Address to listen on.
@@ -48,9 +65,26 @@ struct Args {
     #[arg(long, default_value = "queued,running,completed", value_parser = parse_statuses)]
     statuses: StatusList,
 
-    /// Share (0..1) of jobs that end in `failed` instead of `completed`.
+    /// Share (0..1) of jobs that end in `failed` instead of `completed`
+    /// (jobs of a provider given --provider-outcome excepted).
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     fail_rate: f64,
+
+    /// The terminal status (completed, failed, cancelled, expired) the jobs
+    /// of PROVIDER (gpu, gemini, claude) end in, e.g. `gemini=failed` (error
+    /// "gemini model overloaded"); repeatable. A job without preferred_ai
+    /// (auto) runs on gemini.
+    #[arg(long, value_name = "PROVIDER=STATUS", value_parser = service::parse_provider_outcome)]
+    provider_outcome: Vec<(String, String)>,
+
+    /// `cost_cad` reported by every completed job.
+    #[arg(long, value_name = "N", default_value_t = service::DEFAULT_COST_CAD, value_parser = service::parse_cost)]
+    cost_cad: f64,
+
+    /// `cost_cad` reported by the completed jobs of PROVIDER, e.g.
+    /// `claude=0.25`; repeatable; wins over --cost-cad.
+    #[arg(long, value_name = "PROVIDER=N", value_parser = service::parse_provider_cost)]
+    provider_cost: Vec<(String, f64)>,
 
     /// Seed of the pseudo-random choices (failing jobs, random faults).
     #[arg(long, default_value_t = 1)]
@@ -121,6 +155,9 @@ impl Config {
                 statuses: args.statuses.0.clone(),
                 fail_rate: args.fail_rate,
                 seed: args.seed,
+                cost_cad: args.cost_cad,
+                provider_outcome: args.provider_outcome.iter().cloned().collect(),
+                provider_cost: args.provider_cost.iter().cloned().collect(),
             },
             faults: faults::Settings {
                 latency: args.latency,

@@ -2,7 +2,7 @@
 //! authentication, job creation with idempotency keys, the status walk,
 //! results and cancel. Faults and the admin endpoints live in `faults.rs`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
@@ -11,8 +11,14 @@ use crate::http::{Body, Request, Response};
 
 /// The statuses after which a job no longer changes.
 const TERMINAL: [&str; 4] = ["completed", "failed", "cancelled", "expired"];
-/// Error text of a job that fails (unless overridden).
+/// Error text of a job that fails by `--fail-rate` (unless overridden).
 pub const DEFAULT_JOB_ERROR: &str = "model crashed (mock)";
+/// The providers a job may ask for.
+pub const PROVIDERS: [&str; 3] = ["gpu", "gemini", "claude"];
+/// The provider of a job that names none (auto).
+pub const AUTO_PROVIDER: &str = "gemini";
+/// `cost_cad` of every completed job unless set otherwise.
+pub const DEFAULT_COST_CAD: f64 = 0.0123;
 
 /// Service settings fixed at start.
 #[derive(Debug, Clone)]
@@ -24,6 +30,52 @@ pub struct Settings {
     /// Share (0..1) of jobs that end in `failed`.
     pub fail_rate: f64,
     pub seed: u64,
+    /// `cost_cad` of a completed job whose provider has no cost of its own.
+    pub cost_cad: f64,
+    /// The terminal status a provider's jobs end in (instead of `completed`).
+    pub provider_outcome: BTreeMap<String, String>,
+    /// `cost_cad` of a provider's completed jobs.
+    pub provider_cost: BTreeMap<String, f64>,
+}
+
+/// Parses `PROVIDER=STATUS` with a terminal status (`--provider-outcome`).
+pub fn parse_provider_outcome(s: &str) -> Result<(String, String), String> {
+    let (provider, status) = split_provider(s)?;
+    if !is_terminal(status) {
+        return Err(format!(
+            "'{status}' is not a terminal status (expected one of {})",
+            TERMINAL.join(", ")
+        ));
+    }
+    Ok((provider.to_string(), status.to_string()))
+}
+
+/// Parses `PROVIDER=N`, a cost in CAD (`--provider-cost`).
+pub fn parse_provider_cost(s: &str) -> Result<(String, f64), String> {
+    let (provider, n) = split_provider(s)?;
+    Ok((provider.to_string(), parse_cost(n)?))
+}
+
+/// Parses a cost in CAD: a finite number, not negative.
+pub fn parse_cost(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a cost (a number, 0 or more)")),
+    }
+}
+
+fn split_provider(s: &str) -> Result<(&str, &str), String> {
+    let (provider, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not PROVIDER=VALUE"))?;
+    let provider = provider.trim();
+    if !PROVIDERS.contains(&provider) {
+        return Err(format!(
+            "unknown provider '{provider}' (expected one of {})",
+            PROVIDERS.join(", ")
+        ));
+    }
+    Ok((provider, value.trim()))
 }
 
 /// An idempotency key is 16-128 characters of `[A-Za-z0-9_-]`.
@@ -36,9 +88,9 @@ pub fn valid_idempotency_key(key: &str) -> bool {
 
 /// The status a job shows after `polls` status polls: `queued` before the
 /// first one, then the configured sequence one step per poll, the last entry
-/// sticking. A failing job shows `failed` wherever the sequence says
-/// `completed`.
-pub fn walk_status(statuses: &[String], polls: u64, fails: bool) -> String {
+/// sticking, with the job's own `end` (`failed` for a failing job, its
+/// provider's outcome) wherever the sequence says `completed`.
+pub fn walk_status(statuses: &[String], polls: u64, end: &str) -> String {
     if polls == 0 || statuses.is_empty() {
         return "queued".to_string();
     }
@@ -46,10 +98,21 @@ pub fn walk_status(statuses: &[String], polls: u64, fails: bool) -> String {
         .unwrap_or(usize::MAX)
         .min(statuses.len() - 1);
     let s = &statuses[idx];
-    if fails && s == "completed" {
-        "failed".to_string()
+    if s == "completed" {
+        end.to_string()
     } else {
         s.clone()
+    }
+}
+
+/// How a new job ends, and the error text a `failed` end shows: its
+/// provider's outcome when one is set, else `failed` for a job the fail
+/// rate picked, else `completed`.
+pub fn job_end(cfg: &Settings, provider: &str, fails: bool) -> (String, String) {
+    match cfg.provider_outcome.get(provider) {
+        Some(status) => (status.clone(), format!("{provider} model overloaded")),
+        None if fails => ("failed".to_string(), DEFAULT_JOB_ERROR.to_string()),
+        None => ("completed".to_string(), DEFAULT_JOB_ERROR.to_string()),
     }
 }
 
@@ -104,6 +167,49 @@ pub fn method_not_allowed(allow: &str) -> Response {
     Response::error(405, "method not allowed").with_header("Allow", allow.to_string())
 }
 
+/// A result object of these fields (name, raw JSON text), with `pad` bytes
+/// of `x` streamed at the end of the `response` string.
+fn result_body(fields: &[(String, String)], pad: u64) -> Response {
+    let mut head = String::from("{");
+    let mut tail = String::new();
+    let mut padded = false;
+    for (i, (name, value)) in fields.iter().enumerate() {
+        let out = if padded { &mut tail } else { &mut head };
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&js(name));
+        out.push(':');
+        // The padding goes inside the response string, before its quote.
+        if pad > 0 && !padded && name == "response" && value.ends_with('"') {
+            out.push_str(&value[..value.len() - 1]);
+            tail.push('"');
+            padded = true;
+        } else {
+            out.push_str(value);
+        }
+    }
+    if padded {
+        tail.push('}');
+    } else {
+        head.push('}');
+    }
+    let body = if padded {
+        Body::Padded {
+            head: head.into_bytes(),
+            pad,
+            tail: tail.into_bytes(),
+        }
+    } else {
+        Body::Bytes(head.into_bytes())
+    };
+    Response {
+        status: 200,
+        headers: Vec::new(),
+        body,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
@@ -115,8 +221,13 @@ pub struct Job {
     pub complexity_hint: Option<String>,
     pub source: Option<String>,
     pub metadata: Value,
+    /// `preferred_ai`, or the provider auto picked.
+    pub provider: String,
     pub polls: u64,
-    fails: bool,
+    /// The status shown where the walk says `completed`.
+    end: String,
+    /// The error text shown when the job has failed.
+    error: String,
     /// A status set by cancel or by an override; wins over the walk.
     pub forced: Option<String>,
     created_at: SystemTime,
@@ -128,7 +239,7 @@ impl Job {
     pub fn status(&self, statuses: &[String]) -> String {
         match &self.forced {
             Some(s) => s.clone(),
-            None => walk_status(statuses, self.polls, self.fails),
+            None => walk_status(statuses, self.polls, &self.end),
         }
     }
 
@@ -218,6 +329,16 @@ pub struct Overrides {
     pub result_raw: Option<String>,
     pub status_raw: Option<String>,
     pub result_pad_bytes: u64,
+    /// Values of the result's `cost_cad`, `tokens_in` and `tokens_out`, sent
+    /// as they are (a string, a negative number, ...).
+    pub cost_cad: Option<Value>,
+    pub tokens_in: Option<Value>,
+    pub tokens_out: Option<Value>,
+    /// Result fields sent as this raw text (for what JSON numbers cannot
+    /// hold, such as `1e400`), replacing or adding the field.
+    pub result_fields_raw: BTreeMap<String, String>,
+    /// Result fields left out.
+    pub omit_fields: Option<Vec<String>>,
     /// status_of entries for jobs not created yet, applied at creation.
     pub pending_status: HashMap<String, String>,
 }
@@ -229,6 +350,8 @@ pub struct Jobs {
     pub index: HashMap<String, usize>,
     by_key: HashMap<String, usize>,
     pub jobs_created: u64,
+    /// Jobs created, by provider.
+    pub by_provider: BTreeMap<String, u64>,
     counter: u64,
     pub ov: Overrides,
     /// Overrides scoped to one job (`"job": ID` in the override body); they
@@ -244,6 +367,7 @@ impl Jobs {
             index: HashMap::new(),
             by_key: HashMap::new(),
             jobs_created: 0,
+            by_provider: BTreeMap::new(),
             counter: 0,
             ov: Overrides::default(),
             per_job: HashMap::new(),
@@ -261,15 +385,14 @@ impl Jobs {
 
     fn provider_of(&self, job: &Job) -> String {
         self.ov_of(&job.id, |o| o.provider.clone())
-            .or_else(|| job.preferred_ai.clone())
-            .unwrap_or_else(|| "gemini".to_string())
+            .unwrap_or_else(|| job.provider.clone())
     }
 
     fn status_object(&self, job: &Job, status: &str) -> Value {
         let error = if status == "failed" {
             Value::String(
                 self.ov_of(&job.id, |o| o.error.clone())
-                    .unwrap_or_else(|| DEFAULT_JOB_ERROR.to_string()),
+                    .unwrap_or_else(|| job.error.clone()),
             )
         } else {
             Value::Null
@@ -289,7 +412,7 @@ impl Jobs {
         })
     }
 
-    fn result_response(&self, job: &Job) -> Response {
+    fn result_response(&self, cfg: &Settings, job: &Job) -> Response {
         if let Some(raw) = self.ov_of(&job.id, |o| o.result_raw.clone()) {
             return Response::raw(200, raw);
         }
@@ -311,33 +434,48 @@ impl Jobs {
         let pad = self
             .ov_of(&job.id, |o| Some(o.result_pad_bytes).filter(|&p| p > 0))
             .unwrap_or(0);
+        let cost = cfg
+            .provider_cost
+            .get(&job.provider)
+            .copied()
+            .unwrap_or(cfg.cost_cad);
+        let number = |field: fn(&Overrides) -> &Option<Value>, default: Value| {
+            self.ov_of(&job.id, |o| field(o).clone())
+                .unwrap_or(default)
+                .to_string()
+        };
         let tokens_in = job.prompt.chars().count() as u64 / 4 + 1;
         let tokens_out = (text.chars().count() as u64).saturating_add(pad) / 4 + 1;
-        let text_js = js(&text);
-        let head = format!(
-            "{{\"job_id\":{},\"provider\":{},\"model\":{},\"response\":{}",
-            js(&job.id),
-            js(&provider),
-            js(&model),
-            &text_js[..text_js.len() - 1]
-        );
-        let tail = format!(
-            "\",\"cost_cad\":0.0123,\"tokens_in\":{tokens_in},\"tokens_out\":{tokens_out}}}"
-        );
-        let body = if pad == 0 {
-            Body::Bytes(format!("{head}{tail}").into_bytes())
-        } else {
-            Body::Padded {
-                head: head.into_bytes(),
-                pad,
-                tail: tail.into_bytes(),
-            }
-        };
-        Response {
-            status: 200,
-            headers: Vec::new(),
-            body,
+        let mut fields: Vec<(String, String)> = vec![
+            ("job_id".into(), js(&job.id)),
+            ("provider".into(), js(&provider)),
+            ("model".into(), js(&model)),
+            ("response".into(), js(&text)),
+            ("cost_cad".into(), number(|o| &o.cost_cad, json!(cost))),
+            (
+                "tokens_in".into(),
+                number(|o| &o.tokens_in, json!(tokens_in)),
+            ),
+            (
+                "tokens_out".into(),
+                number(|o| &o.tokens_out, json!(tokens_out)),
+            ),
+        ];
+        let mut raw = self.ov.result_fields_raw.clone();
+        if let Some(own) = self.per_job.get(&job.id) {
+            raw.extend(own.result_fields_raw.clone());
         }
+        for (name, text) in raw {
+            match fields.iter_mut().find(|(n, _)| *n == name) {
+                Some(f) => f.1 = text,
+                None => fields.push((name, text)),
+            }
+        }
+        let omit = self
+            .ov_of(&job.id, |o| o.omit_fields.clone())
+            .unwrap_or_default();
+        fields.retain(|(n, _)| !omit.contains(n));
+        result_body(&fields, pad)
     }
 
     /// Answers an authenticated request under /api.
@@ -406,7 +544,16 @@ impl Jobs {
             .next_job_id
             .take()
             .unwrap_or_else(|| format!("j-{:06}", self.counter));
-        let fails = cfg.fail_rate > 0.0 && self.fail_rng.f64() < cfg.fail_rate;
+        let provider = spec
+            .preferred_ai
+            .clone()
+            .unwrap_or_else(|| AUTO_PROVIDER.to_string());
+        // Only a job whose provider has no outcome of its own draws.
+        let fails = !cfg.provider_outcome.contains_key(&provider)
+            && cfg.fail_rate > 0.0
+            && self.fail_rng.f64() < cfg.fail_rate;
+        let (end, error) = job_end(cfg, &provider, fails);
+        *self.by_provider.entry(provider.clone()).or_default() += 1;
         let now = SystemTime::now();
         let forced = self.ov.pending_status.remove(&id);
         let job = Job {
@@ -419,8 +566,10 @@ impl Jobs {
             complexity_hint: spec.complexity_hint,
             source: spec.source,
             metadata: spec.metadata,
+            provider,
             polls: 0,
-            fails,
+            end,
+            error,
             forced,
             created_at: now,
             updated_at: now,
@@ -456,7 +605,7 @@ impl Jobs {
         if status != "completed" {
             return Response::error(409, &format!("job is not completed (status: {status})"));
         }
-        self.result_response(job)
+        self.result_response(cfg, job)
     }
 
     fn cancel(&mut self, cfg: &Settings, id: &str) -> Response {
@@ -512,7 +661,7 @@ mod tests {
             .iter()
             .map(|x| x.to_string())
             .collect();
-        let walk: Vec<String> = (0..6).map(|p| walk_status(&s, p, false)).collect();
+        let walk: Vec<String> = (0..6).map(|p| walk_status(&s, p, "completed")).collect();
         assert_eq!(
             walk,
             [
@@ -524,14 +673,107 @@ mod tests {
                 "completed"
             ]
         );
-        assert_eq!(walk_status(&s, 3, true), "failed");
-        assert_eq!(walk_status(&s, 99, true), "failed");
-        assert_eq!(walk_status(&s, 2, true), "running");
-        assert_eq!(walk_status(&s, u64::MAX, false), "completed");
+        assert_eq!(walk_status(&s, 3, "failed"), "failed");
+        assert_eq!(walk_status(&s, 99, "expired"), "expired");
+        assert_eq!(walk_status(&s, 2, "failed"), "running");
+        assert_eq!(walk_status(&s, u64::MAX, "completed"), "completed");
         let one = vec!["completed".to_string()];
-        assert_eq!(walk_status(&one, 1, false), "completed");
+        assert_eq!(walk_status(&one, 1, "completed"), "completed");
         let odd = vec!["paused".to_string()];
-        assert_eq!(walk_status(&odd, 5, true), "paused");
+        assert_eq!(walk_status(&odd, 5, "failed"), "paused");
+    }
+
+    fn settings(outcomes: &[(&str, &str)]) -> Settings {
+        Settings {
+            api_key: None,
+            statuses: vec!["completed".into()],
+            fail_rate: 0.0,
+            seed: 1,
+            cost_cad: DEFAULT_COST_CAD,
+            provider_outcome: outcomes
+                .iter()
+                .map(|(p, s)| (p.to_string(), s.to_string()))
+                .collect(),
+            provider_cost: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn how_a_job_ends() {
+        let cfg = settings(&[("gemini", "failed"), ("gpu", "expired")]);
+        // (provider, picked by the fail rate) -> (end, error when failed)
+        let table = [
+            ("gemini", false, "failed", "gemini model overloaded"),
+            ("gemini", true, "failed", "gemini model overloaded"),
+            ("gpu", false, "expired", "gpu model overloaded"),
+            ("claude", false, "completed", DEFAULT_JOB_ERROR),
+            ("claude", true, "failed", DEFAULT_JOB_ERROR),
+        ];
+        for (provider, fails, end, error) in table {
+            let got = job_end(&cfg, provider, fails);
+            assert_eq!(
+                (got.0.as_str(), got.1.as_str()),
+                (end, error),
+                "{provider} {fails}"
+            );
+        }
+    }
+
+    #[test]
+    fn provider_flags() {
+        assert_eq!(
+            parse_provider_outcome("gemini=failed"),
+            Ok(("gemini".into(), "failed".into()))
+        );
+        assert_eq!(
+            parse_provider_outcome(" gpu = expired "),
+            Ok(("gpu".into(), "expired".into()))
+        );
+        assert_eq!(
+            parse_provider_cost("claude=0.5"),
+            Ok(("claude".into(), 0.5))
+        );
+        for bad in [
+            "gemini",
+            "gemini=running",
+            "gemini=",
+            "openai=failed",
+            "=failed",
+            "auto=completed",
+        ] {
+            assert!(parse_provider_outcome(bad).is_err(), "{bad}");
+        }
+        for bad in ["gpu=-1", "gpu=NaN", "gpu=inf", "gpu=x", "gpu", "x=1"] {
+            assert!(parse_provider_cost(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_cost("0"), Ok(0.0));
+        assert!(parse_cost("1e400").is_err());
+    }
+
+    #[test]
+    fn result_bodies() {
+        let fields = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let f = fields(&[
+            ("job_id", "\"j\""),
+            ("response", "\"ab\""),
+            ("cost_cad", "1e400"),
+        ]);
+        assert_eq!(
+            result_body(&f, 0).body_bytes(),
+            br#"{"job_id":"j","response":"ab","cost_cad":1e400}"#
+        );
+        assert_eq!(
+            result_body(&f, 3).body_bytes(),
+            br#"{"job_id":"j","response":"abxxx","cost_cad":1e400}"#
+        );
+        // A response replaced by a non-string is sent unpadded.
+        let f = fields(&[("response", "7")]);
+        assert_eq!(result_body(&f, 3).body_bytes(), br#"{"response":7}"#);
     }
 
     #[test]
