@@ -866,3 +866,35 @@ pub fn status_code(resp: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+// ---------------------------------------------------------------------------
+// Small helpers shared by the cycle, hostile and fault tests.
+// ---------------------------------------------------------------------------
+
+/// A task with this YAML frontmatter and a one-line body.
+pub fn fm(yaml: &str) -> Vec<u8> {
+    format!("---\n{yaml}\n---\nDo the thing.\n").into_bytes()
+}
+
+/// A path as an argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The lines a run printed on stdout.
+pub fn lines(out: &Out) -> Vec<&str> {
+    out.stdout.lines().collect()
+}
+
+/// The keys of a JSON object, sorted.
+pub fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+pub fn set(names: &[&str]) -> std::collections::BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
