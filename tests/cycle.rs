@@ -12,35 +12,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    KEY, Mock, Out, Project, Record, ShellLock, dead_url, marker_json, mode, rfc3339_ago, tree,
+    KEY, Mock, Out, Project, Record, ShellLock, dead_url, fm, keys, lines, marker_json, mode,
+    rfc3339_ago, s, set, tree,
 };
 use serde_json::json;
-
-/// A task with this YAML frontmatter and a one-line body.
-fn fm(yaml: &str) -> Vec<u8> {
-    format!("---\n{yaml}\n---\nDo the thing.\n").into_bytes()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn lines(out: &Out) -> Vec<&str> {
-    out.stdout.lines().collect()
-}
-
-/// The keys of a JSON object, sorted.
-fn keys(v: &serde_json::Value) -> BTreeSet<String> {
-    v.as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"))
-        .keys()
-        .cloned()
-        .collect()
-}
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
 
 /// Rewrites one field of a marker, as time passing would (`started_at`).
 fn edit_marker(p: &Project, task: &str, field: &str, value: serde_json::Value) {
@@ -346,23 +321,6 @@ fn submit_path_not_directly_in_an_inbox_is_a_usage_error() {
 }
 
 #[test]
-fn submit_symlinked_task_is_refused_never_read_or_sent() {
-    let mock = Mock::start(&[]);
-    let p = Project::new();
-    let real = p.tmp.path().join("secret.md");
-    std::fs::write(&real, fm("preferred_ai: gemini")).unwrap();
-    let link = p.inbox().join("a.md");
-    std::os::unix::fs::symlink(&real, &link).unwrap();
-    let before = tree(p.tmp.path());
-    let out = p.run(Some(&mock), &["submit", s(&link)]);
-    out.expect(64);
-    assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
-    assert_eq!(out.stdout, "");
-    assert_eq!(tree(p.tmp.path()), before);
-    assert_eq!(mock.requests(), 0);
-}
-
-#[test]
 fn submit_file_not_named_md_is_a_usage_error() {
     let mock = Mock::start(&[]);
     let p = Project::new();
@@ -641,57 +599,6 @@ fn submit_rejected_with_400_or_413_exits_65_and_leaves_no_marker() {
 }
 
 #[test]
-fn submit_timeout_after_send_keeps_pending_marker_and_reap_resends_with_the_same_key() {
-    let mock = Mock::start(&["--statuses", "completed"]);
-    let p = Project::new();
-    let bytes = fm("preferred_ai: claude");
-    let task = p.task("a.md", &bytes);
-    mock.faults(json!({"next": ["slow:1200ms"], "path": "/api/v1/jobs", "method": "POST"}));
-    let t0 = Instant::now();
-    let out = p.run(
-        Some(&mock),
-        &["submit", s(&task), "--http-timeout", "1s", "--retries", "0"],
-    );
-    out.expect(0);
-    assert_eq!(out.stdout, "pending claude\n");
-    let m = p.marker("a.md").expect("the pending marker is kept");
-    assert_eq!(m["state"], "pending");
-    assert_eq!(m["job_id"], serde_json::Value::Null);
-    let key = m["idempotency_key"].as_str().unwrap().to_string();
-
-    // A submit now reports the pending marker and sends nothing.
-    let again = p.run(Some(&mock), &["submit", s(&task)]);
-    again.expect(0);
-    assert_eq!(again.stdout, "pending claude\n");
-
-    // Let the slow answer finish on the mock side, so the counts are final.
-    std::thread::sleep(Duration::from_millis(1400).saturating_sub(t0.elapsed()));
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    let m = p
-        .marker("a.md")
-        .expect("marker kept until the job finishes");
-    assert_eq!(m["state"], "submitted");
-    assert_eq!(m["idempotency_key"], key.as_str());
-    let job = m["job_id"].as_str().unwrap().to_string();
-    let st = mock.stats();
-    assert_eq!(
-        st["posts_by_key"],
-        json!({ key.clone(): 2 }),
-        "two POSTs, one key"
-    );
-    assert_eq!(st["jobs_created"], 1, "one job");
-
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    assert_eq!(lines(&out).len(), 1, "{}", out.stdout);
-    let r = Record::read(&p.done().join("a.md"));
-    assert_eq!(r.str("job_id"), Some(job.as_str()));
-    assert_eq!(r.original(), bytes);
-    assert_eq!(mock.jobs_created(), 1);
-}
-
-#[test]
 fn submit_without_api_url_or_key_exits_78_naming_what_is_missing() {
     let mock = Mock::start(&[]);
     let p = Project::new();
@@ -718,53 +625,6 @@ fn submit_without_api_url_or_key_exits_78_naming_what_is_missing() {
 
     assert_eq!(tree(p.tmp.path()), before, "nothing written");
     assert_eq!(mock.requests(), 0);
-}
-
-#[test]
-fn key_file_readable_by_others_exits_78_with_chmod_advice() {
-    let mock = Mock::start(&[]);
-    let p = Project::new();
-    let task = p.task("a.md", &fm("preferred_ai: gemini"));
-    let key_file = p.home.join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let config = p.home.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "api_url: {}\napi_key_file: {}\n",
-            mock.url,
-            key_file.display()
-        ),
-    )
-    .unwrap();
-    let run = || {
-        Out::of(
-            p.cmd(None)
-                .args(["--config", s(&config), "submit", s(&task)]),
-        )
-    };
-
-    let out = run();
-    out.expect(78);
-    assert!(
-        out.stderr
-            .contains(&format!("chmod 600 {}", key_file.display())),
-        "{}",
-        out.stderr
-    );
-    assert!(!out.stderr.contains(KEY), "the key is never printed");
-    assert_eq!(p.names(&p.inbox()), ["a.md"]);
-    assert_eq!(mock.requests(), 0);
-
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = run();
-    out.expect(0);
-    assert!(
-        out.stdout.starts_with("delegated gemini "),
-        "{}",
-        out.stdout
-    );
 }
 
 #[test]
@@ -991,63 +851,6 @@ fn reap_moves_failed_cancelled_and_expired_jobs_to_failed_with_reason() {
 }
 
 #[test]
-fn reap_404_for_a_job_older_than_submit_grace_fails_with_not_found() {
-    let mock = Mock::start(&[]);
-    let p = Project::new();
-    let bytes = fm("preferred_ai: gemini");
-    p.task("a.md", &bytes);
-    p.write_marker(
-        "a.md",
-        &marker_json(false, Some("j-ghost"), "", &rfc3339_ago(30)),
-    );
-    let out = p.run(
-        Some(&mock),
-        &["reap", "--project", s(&p.dir), "--submit-grace", "10s"],
-    );
-    out.expect(0);
-    assert_eq!(
-        out.stdout,
-        format!(
-            "failed {} (job j-ghost: not found)\n",
-            p.failed().join("a.md").display()
-        )
-    );
-    let r = Record::read(&p.failed().join("a.md"));
-    assert_eq!(r.str("failed_reason"), Some("not found"));
-    assert_eq!(r.str("job_id"), Some("j-ghost"));
-    assert!(r.text().contains("404"), "{}", r.text());
-    assert_eq!(r.original(), bytes);
-    assert_eq!(p.names(&p.inbox()), Vec::<String>::new());
-}
-
-#[test]
-fn reap_404_for_a_job_younger_than_submit_grace_is_a_failed_poll() {
-    let mock = Mock::start(&[]);
-    let p = Project::new();
-    let bytes = fm("preferred_ai: gemini");
-    p.task("a.md", &bytes);
-    p.write_marker(
-        "a.md",
-        &marker_json(false, Some("j-young"), "", &rfc3339_ago(1)),
-    );
-    for n in 1..=2 {
-        let out = p.run(
-            Some(&mock),
-            &["reap", "--project", s(&p.dir), "--submit-grace", "1h"],
-        );
-        out.expect(0);
-        assert_eq!(out.stdout, "", "a failed poll finishes nothing");
-        let m = p.marker("a.md").expect("the marker stays");
-        assert_eq!(m["poll_errors"], n);
-        let last = m["last_error"].as_str().expect("last_error is set");
-        assert!(last.contains("404"), "{last}");
-        assert_eq!(m["job_id"], "j-young");
-    }
-    assert_eq!(std::fs::read(p.inbox().join("a.md")).unwrap(), bytes);
-    assert!(!p.failed().exists());
-}
-
-#[test]
 fn reap_cancels_a_job_older_than_max_age_and_fails_it_with_timeout() {
     let mock = Mock::start(&["--statuses", "queued,running"]);
     let p = Project::new();
@@ -1259,111 +1062,6 @@ fn reap_reads_markers_of_the_earlier_go_implementation() {
     );
     assert_eq!(r.original(), bytes);
     assert_eq!(p.names(&p.inbox()), Vec::<String>::new());
-}
-
-#[test]
-fn reap_never_touches_paths_named_inside_a_marker() {
-    let mock = Mock::start(&["--statuses", "completed"]);
-    let p = Project::new();
-    // Another project and a loose file the markers will point at.
-    let other = p.tmp.path().join("other");
-    std::fs::create_dir_all(other.join(".agent-queue/inbox")).unwrap();
-    std::fs::write(
-        other.join(".agent-queue/inbox/a.md"),
-        b"victim in another project\n",
-    )
-    .unwrap();
-    std::fs::write(other.join(".agent-queue/inbox/b.md"), b"another victim\n").unwrap();
-    let loose = p.tmp.path().join("victim.md");
-    std::fs::write(&loose, b"loose victim\n").unwrap();
-    let before_other = tree(&other);
-
-    let a = fm("preferred_ai: gemini\ntitle: the real a");
-    let b = fm("preferred_ai: gemini\ntitle: the real b");
-    let c = fm("preferred_ai: gemini\ntitle: the real c");
-    p.task("a.md", &a);
-    p.task("b.md", &b);
-    p.task("c.md", &c);
-    let job_a = p.submit_ok(&mock, "a.md");
-    let job_b = p.submit_ok(&mock, "b.md");
-    mock.set(json!({"status_of": {job_b.clone(): "failed"}}));
-    // a: completed, pointing at the other project's task (Go format).
-    p.write_marker(
-        "a.md",
-        &json!({"project": s(&other), "task_file": s(&other.join(".agent-queue/inbox/a.md")),
-                "job_id": job_a, "provider": "gemini", "started_at": rfc3339_ago(5)})
-        .to_string(),
-    );
-    // b: failed, pointing at a relative path out of the inbox.
-    edit_marker(
-        &p,
-        "b.md",
-        "task_file",
-        json!("../../other/.agent-queue/inbox/b.md"),
-    );
-    edit_marker(&p, "b.md", "project", json!(s(&other)));
-    // c: pending (to be re-sent), pointing at the loose file.
-    p.write_marker(
-        "c.md",
-        &json!({"version": 1, "state": "pending", "project": s(&other), "task_file": s(&loose),
-                "job_id": null, "provider": "gemini", "priority": "normal",
-                "idempotency_key": "ccl-c0ffee0123456789abcd", "started_at": rfc3339_ago(5),
-                "poll_errors": 0, "last_error": null})
-        .to_string(),
-    );
-
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    assert_eq!(lines(&out).len(), 2, "{}", out.stdout);
-    assert_eq!(Record::read(&p.done().join("a.md")).original(), a);
-    assert_eq!(Record::read(&p.failed().join("b.md")).original(), b);
-    // c was re-sent from its own task, not from the file its marker names.
-    let job_c = p.marker("c.md").unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let prompt = mock.job(&job_c)["prompt"].as_str().unwrap().to_string();
-    assert!(prompt.contains("Task: c.md\n\nDo the thing."), "{prompt}");
-    assert!(!prompt.contains("victim"), "{prompt}");
-
-    assert_eq!(tree(&other), before_other, "the other project is untouched");
-    assert_eq!(std::fs::read(&loose).unwrap(), b"loose victim\n");
-    for record in [p.done().join("a.md"), p.failed().join("b.md")] {
-        let bytes = std::fs::read(&record).unwrap();
-        assert!(
-            !bytes.windows(6).any(|w| w == b"victim"),
-            "{} holds a file its marker named",
-            record.display()
-        );
-    }
-}
-
-#[test]
-fn reap_never_reads_or_moves_a_symlinked_task() {
-    let mock = Mock::start(&["--statuses", "completed"]);
-    let p = Project::new();
-    p.task("a.md", &fm("preferred_ai: gemini"));
-    let job = p.submit_ok(&mock, "a.md");
-    let secret = p.tmp.path().join("secret.md");
-    std::fs::write(&secret, b"secret words\n").unwrap();
-    std::fs::remove_file(p.inbox().join("a.md")).unwrap();
-    std::os::unix::fs::symlink(&secret, p.inbox().join("a.md")).unwrap();
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    let r = Record::read(&p.done().join("a.md"));
-    assert_eq!(r.str("job_id"), Some(job.as_str()));
-    assert!(
-        !r.bytes.windows(6).any(|w| w == b"secret"),
-        "the link's target is never read"
-    );
-    assert_eq!(std::fs::read(&secret).unwrap(), b"secret words\n");
-    assert!(
-        std::fs::symlink_metadata(p.inbox().join("a.md"))
-            .unwrap()
-            .file_type()
-            .is_symlink(),
-        "the link is never moved"
-    );
 }
 
 #[test]
@@ -1600,103 +1298,6 @@ fn result_of_a_failed_job_says_so_and_does_not_wait() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn reap_transient_error_on_one_job_never_stops_the_others() {
-    let mock = Mock::start(&["--statuses", "completed"]);
-    let p = Project::new();
-    let mut jobs = Vec::new();
-    for name in ["a.md", "b.md", "c.md"] {
-        p.task(name, &fm("preferred_ai: gemini"));
-        jobs.push(p.submit_ok(&mock, name));
-    }
-    mock.faults(
-        json!({"next": ["500"], "path": format!("/api/v1/jobs/{}", jobs[1]), "method": "GET"}),
-    );
-    let out = p.reap(&mock, &["--retries", "0", "--concurrency", "1"]);
-    out.expect(0);
-    let mut got = lines(&out);
-    got.sort();
-    assert_eq!(got.len(), 2, "{}", out.stdout);
-    assert!(got[0].starts_with(&format!("done {}", p.done().join("a.md").display())));
-    assert!(got[1].starts_with(&format!("done {}", p.done().join("c.md").display())));
-    let m = p.marker("b.md").expect("b stays in flight");
-    assert_eq!(m["poll_errors"], 1);
-    assert!(m["last_error"].as_str().unwrap().contains("500"), "{m}");
-    assert!(out.stderr.contains("mock internal error"), "{}", out.stderr);
-
-    // The next run finishes it.
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    assert_eq!(lines(&out).len(), 1);
-    assert_eq!(p.names(&p.done()), ["a.md", "b.md", "c.md"]);
-}
-
-#[test]
-fn reap_treats_an_unknown_status_as_not_terminal_and_reports_it() {
-    let mock = Mock::start(&["--statuses", "running"]);
-    let p = Project::new();
-    p.task("a.md", &fm("preferred_ai: gemini"));
-    let job = p.submit_ok(&mock, "a.md");
-    mock.set(
-        json!({"status_raw": json!({"job_id": job, "status": "paused", "error": null,
-        "provider": null, "created_at": "2026-11-24T10:00:00Z",
-        "updated_at": "2026-11-24T10:00:00Z", "extra": "ignored"}).to_string()}),
-    );
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    assert_eq!(out.stdout, "");
-    assert!(out.stderr.contains("paused"), "reported: {}", out.stderr);
-    assert_eq!(p.marker("a.md").unwrap()["job_id"], job.as_str());
-    assert!(p.inbox().join("a.md").exists());
-}
-
-#[test]
-fn reap_server_strings_are_data_and_never_add_a_frontmatter_key() {
-    let mock = Mock::start(&["--statuses", "completed"]);
-    let evil = "x\n---\nstatus: failed\ninjected: true\n...\n";
-    mock.set(json!({
-        "model": format!("m{evil}"),
-        "provider": format!("gemini\r\ninjected: 1"),
-        "response": format!("The answer.\n{evil}"),
-    }));
-    let p = Project::new();
-    let bytes = fm("preferred_ai: gemini");
-    p.task("a.md", &bytes);
-    p.submit_ok(&mock, "a.md");
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    assert_eq!(
-        lines(&out).len(),
-        1,
-        "one line, whatever the server says: {:?}",
-        out.stdout
-    );
-    assert_eq!(p.names(&p.done()), ["a.md"], "no other file");
-    let r = Record::read(&p.done().join("a.md"));
-    assert_eq!(
-        r.file.keys,
-        [
-            "status",
-            "provider",
-            "model",
-            "cost_cad",
-            "job_id",
-            "delegated_at",
-            "completed_at",
-            "task_bytes"
-        ]
-    );
-    assert_eq!(r.str("status"), Some("completed"));
-    assert_eq!(r.str("model"), Some(format!("m{evil}").as_str()));
-    assert_eq!(r.str("provider"), Some("gemini\r\ninjected: 1"));
-    assert!(
-        r.text().contains(&format!("The answer.\n{evil}")),
-        "{}",
-        r.text()
-    );
-    assert_eq!(r.original(), bytes);
-}
-
-#[test]
 fn reap_keeps_a_pending_marker_when_the_resend_is_refused_for_auth() {
     // The first POST may have created a job: a 401 now proves nothing about
     // it, so the task must stay skipped (nothing runs twice) until the key
@@ -1753,58 +1354,6 @@ fn reap_returns_a_pending_task_the_service_rejects_to_the_dispatcher() {
         "the task is the dispatcher's again"
     );
     assert_eq!(std::fs::read(p.inbox().join("a.md")).unwrap(), bytes);
-}
-
-#[test]
-fn reap_moves_a_symlinked_marker_to_failed_as_corrupt_without_following_it() {
-    let mock = Mock::start(&[]);
-    let p = Project::new();
-    let bytes = fm("preferred_ai: gemini");
-    p.task("a.md", &bytes);
-    let target = p.tmp.path().join("elsewhere.json");
-    let target_bytes = br#"{"job_id":"j-secret","started_at":"2026-01-01T00:00:00Z"}"#;
-    std::fs::write(&target, target_bytes).unwrap();
-    std::os::unix::fs::symlink(&target, p.marker_path("a.md")).unwrap();
-
-    // status shows it (the dispatcher skips the task meanwhile).
-    let out = p.run(None, &["status", "--json", "--project", s(&p.dir)]);
-    out.expect(0);
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(v["in_flight"][0]["task"], "a.md", "{v}");
-    assert_eq!(v["in_flight"][0]["state"], "corrupt", "{v}");
-    let why = v["in_flight"][0]["last_error"].as_str().unwrap();
-    assert!(why.contains("symbolic link"), "{why}");
-    // submit sees a marker there: the task stays skipped, nothing is sent.
-    let out = p.run(Some(&mock), &["submit", s(&p.inbox().join("a.md"))]);
-    out.expect(0);
-    assert_eq!(out.stdout, "pending unknown\n");
-    assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
-
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    assert_eq!(
-        out.stdout,
-        format!(
-            "failed {} (job none: corrupt marker)\n",
-            p.failed().join("a.md").display()
-        )
-    );
-    let r = Record::read(&p.failed().join("a.md"));
-    assert_eq!(r.str("failed_reason"), Some("corrupt marker"));
-    assert_eq!(r.original(), bytes);
-    assert!(r.text().contains("symbolic link"), "{}", r.text());
-    assert!(!r.text().contains("j-secret"), "the link is never followed");
-    assert_eq!(
-        p.names(&p.inbox()),
-        Vec::<String>::new(),
-        "the link is removed"
-    );
-    assert_eq!(
-        std::fs::read(&target).unwrap(),
-        target_bytes,
-        "its target is untouched"
-    );
-    assert_eq!(mock.requests(), 0);
 }
 
 #[test]

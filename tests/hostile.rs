@@ -400,7 +400,12 @@ fn marker_paths_outside_the_queue_are_never_read_or_deleted() {
             originals.insert(name.to_string(), bytes);
         }
         let key = format!("ccl-outside-{i}-0123456789");
-        let job = mock.post_job(&key, &task);
+        // `pending` was never received: its re-send shows what is sent.
+        let job = if *name == "pending" {
+            String::new()
+        } else {
+            mock.post_job(&key, &task)
+        };
         let mut m: serde_json::Value =
             serde_json::from_str(&marker_json(false, Some(&job), &key, &old)).unwrap();
         for (k, val) in fields.as_object().unwrap() {
@@ -414,6 +419,16 @@ fn marker_paths_outside_the_queue_are_never_read_or_deleted() {
     p.task("go.md", b"The Go task.\n");
     originals.insert("go".into(), b"The Go task.\n".to_vec());
     p.write_marker("go.md", &go.to_string());
+    // One of them failed: the failed path must not follow its marker either.
+    let abs_job = p.marker("abs.md").unwrap()["job_id"].clone();
+    mock.set(json!({"status_of": {abs_job.as_str().unwrap(): "failed"}}));
+    let outside = |p: &Project| {
+        let mut t = tree(p.tmp.path());
+        // The project and the home (the run lock lives there) are the tool's.
+        t.retain(|path, _| !path.starts_with(&p.dir) && !path.starts_with(&p.home));
+        t
+    };
+    let before = outside(&p);
 
     let status = p.run(
         Some(&mock),
@@ -428,6 +443,16 @@ fn marker_paths_outside_the_queue_are_never_read_or_deleted() {
     let out = p.reap_until_settled(&mock, &[], 3);
     out.expect(0);
     victim_untouched(&p, &mock, &v);
+    assert_eq!(outside(&p), before, "nothing outside the project changed");
+    assert!(p.failed().join("abs.md").exists(), "{out:?}");
+    // The pending task was re-sent from its own file, not the one named.
+    let resent = mock
+        .jobs()
+        .into_iter()
+        .find(|j| j["metadata"]["task"] == "pending.md")
+        .expect("pending.md re-sent");
+    let prompt = resent["prompt"].as_str().unwrap();
+    assert!(prompt.contains("The real task pending."), "{prompt}");
     // The tasks without an inbox file were reaped as missing, not as the victim.
     for name in ["gone", "pendgone"] {
         let rec = [p.done(), p.failed()]
@@ -452,15 +477,19 @@ fn a_symlinked_task_is_never_read_sent_or_moved() {
     let p = Project::new();
     let v = victim(&p);
     std::os::unix::fs::symlink(&v, p.inbox().join("link.md")).unwrap();
+    let before = tree(p.tmp.path());
     let out = p.run(
         Some(&mock),
         &["submit", p.inbox().join("link.md").to_str().unwrap()],
     );
     out.expect(64);
+    assert_eq!(out.stdout, "");
     assert!(
         out.stderr.contains("link.md") && out.stderr.contains("symbolic link"),
         "{out:?}"
     );
+    assert_eq!(tree(p.tmp.path()), before, "submit wrote nothing");
+    assert_eq!(mock.requests(), 0, "submit sent nothing");
 
     // Delegated before it became a link (or marked by hand): the reap
     // leaves the link and the file it points to.
@@ -486,50 +515,63 @@ fn a_symlinked_task_is_never_read_sent_or_moved() {
             .file_type()
             .is_symlink()
     );
+    // The job's answer is still recorded, without the link's target.
+    let r = Record::read(&p.done().join("link.md"));
+    assert_eq!(r.str("job_id"), Some(job.as_str()));
     victim_untouched(&p, &mock, &v);
 }
 
+/// Moved to failed/ as a corrupt marker, its target never read.
 #[test]
 fn a_symlinked_marker_is_never_followed() {
-    let mock = Mock::start(&["--statuses", "completed"]);
+    let mock = Mock::start(&[]);
     let p = Project::new();
-    let v = victim(&p);
-    let target = p.tmp.path().join("marker.json");
-    let job = mock.post_job("ccl-linked-marker-0123456789", "a.md");
-    let json = marker_json(
-        false,
-        Some(&job),
-        "ccl-linked-marker-0123456789",
-        &rfc3339_ago(60),
-    );
-    std::fs::write(&target, &json).unwrap();
-    let bytes = b"---\nallow_delegation: true\n---\nA.\n".to_vec();
+    let bytes = fm("preferred_ai: gemini");
     p.task("a.md", &bytes);
-    std::os::unix::fs::symlink(&target, p.inbox().join("a.md.delegated")).unwrap();
-    // submit sees a marker (the task stays skipped) without reading it.
-    let out = p.run(
-        Some(&mock),
-        &["submit", p.inbox().join("a.md").to_str().unwrap()],
-    );
+    let target = p.tmp.path().join("elsewhere.json");
+    let target_bytes = br#"{"job_id":"j-secret","started_at":"2026-01-01T00:00:00Z"}"#;
+    std::fs::write(&target, target_bytes).unwrap();
+    std::os::unix::fs::symlink(&target, p.marker_path("a.md")).unwrap();
+
+    // status shows it (the dispatcher skips the task meanwhile).
+    let out = p.run(None, &["status", "--json", "--project", s(&p.dir)]);
+    out.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["in_flight"][0]["task"], "a.md", "{v}");
+    assert_eq!(v["in_flight"][0]["state"], "corrupt", "{v}");
+    let why = v["in_flight"][0]["last_error"].as_str().unwrap();
+    assert!(why.contains("symbolic link"), "{why}");
+    // submit sees a marker there: the task stays skipped, nothing is sent.
+    let out = p.run(Some(&mock), &["submit", s(&p.inbox().join("a.md"))]);
+    out.expect(0);
+    assert_eq!(out.stdout, "pending unknown\n");
+    assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
+
+    let out = p.reap(&mock, &[]);
     out.expect(0);
     assert_eq!(
-        mock.jobs_created(),
-        1,
-        "submit sent the task again: {out:?}"
+        out.stdout,
+        format!(
+            "failed {} (job none: corrupt marker)\n",
+            p.failed().join("a.md").display()
+        )
     );
-    let out = p.reap_until_settled(&mock, &[], 2);
-    out.expect(0);
-    // The link's target is untouched and was never polled.
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), json);
+    let r = Record::read(&p.failed().join("a.md"));
+    assert_eq!(r.str("failed_reason"), Some("corrupt marker"));
+    assert_eq!(r.original(), bytes);
+    assert!(r.text().contains("symbolic link"), "{}", r.text());
+    assert!(!r.text().contains("j-secret"), "the link is never followed");
     assert_eq!(
-        mock.job(&job)["polls"],
-        0,
-        "the linked marker's job was polled"
+        p.names(&p.inbox()),
+        Vec::<String>::new(),
+        "the link is removed"
     );
-    let originals = BTreeMap::from([("a".to_string(), bytes)]);
-    let found = check_invariant(&p, &originals, true).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(found.failed, 1);
-    victim_untouched(&p, &mock, &v);
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        target_bytes,
+        "its target is untouched"
+    );
+    assert_eq!(mock.requests(), 0);
 }
 
 #[test]
@@ -785,6 +827,11 @@ fn server_strings_cannot_add_a_frontmatter_key() {
                 "string {i}: the model is kept as data"
             );
             assert_eq!(rec.map["provider"].as_str(), Some(s.as_str()), "string {i}");
+            let text = Record::read(&dir.join(format!("e{i}.md"))).text();
+            assert!(
+                text.contains(s.as_str()),
+                "string {i}: the response is kept: {text:?}"
+            );
         }
         // The crate reads its own file back the same way.
         let r = ccl_delegate::record::Record::parse(&bytes)
@@ -941,10 +988,12 @@ fn an_api_key_file_readable_by_group_or_others_is_refused() {
         assert!(!out.stderr.contains(KEY));
         assert!(!p.inbox().join("a.md.delegated").exists());
     }
+    assert_eq!(mock.requests(), 0, "a refused key file sends nothing");
     for mode in [0o600, 0o400] {
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).unwrap();
         let out = submit(&p);
         assert_eq!(out.code, 0, "mode {mode:o}: {out:?}");
+        assert!(out.stdout.starts_with("delegated auto "), "{out:?}");
         std::fs::remove_file(p.inbox().join("a.md.delegated")).unwrap();
     }
     // A key file that is a link to a private file is not followed.

@@ -50,11 +50,6 @@ fn reap(p: &Project, mock: &Mock, extra: &[&str]) -> (Out, Duration) {
     (out, t0.elapsed())
 }
 
-fn marker(p: &Project, task: &str) -> Option<serde_json::Value> {
-    let bytes = std::fs::read(p.inbox().join(format!("{task}.delegated"))).ok()?;
-    Some(serde_json::from_slice(&bytes).unwrap())
-}
-
 /// Every task but `except` is in done/ and was reported by this run.
 #[track_caller]
 fn others_done(p: &Project, out: &Out, jobs: &[String], except: &[usize]) {
@@ -71,7 +66,9 @@ fn others_done(p: &Project, out: &Out, jobs: &[String], except: &[usize]) {
 #[track_caller]
 fn poll_failed(p: &Project, out: &Out, job: &str, task: &str, why: &str) {
     assert_eq!(out.code, 0, "a failed poll is not a failed run: {out:?}");
-    let m = marker(p, task).unwrap_or_else(|| panic!("{task}: marker gone: {out:?}"));
+    let m = p
+        .marker(task)
+        .unwrap_or_else(|| panic!("{task}: marker gone: {out:?}"));
     assert_eq!(m["state"], "submitted");
     assert_eq!(m["poll_errors"], 1, "{m}");
     let last = m["last_error"].as_str().unwrap_or_default();
@@ -113,6 +110,10 @@ fn persistent_5xx_is_a_failed_poll_recorded_in_the_marker() {
         &jobs[1],
         "t1.md",
         "service unavailable after 3 attempts",
+    );
+    assert!(
+        out.stderr.contains("mock internal error"),
+        "the service's error text: {out:?}"
     );
     // The service answers again: the next run finishes the job.
     let (out, _) = reap(&p, &mock, &[]);
@@ -217,32 +218,55 @@ fn answers_slower_than_the_timeout_are_retried_then_a_failed_poll() {
 fn a_slow_submit_is_pending_and_the_reap_resends_it_with_the_same_key() {
     let mock = Mock::start(&["--statuses", "completed"]);
     let p = Project::new();
-    let path = p.task("a.md", b"---\npreferred_ai: gemini\n---\nA\n");
-    mock.faults(json!({"next": ["slow:2s", "slow:2s"], "method": "POST"}));
+    let bytes = fm("preferred_ai: claude");
+    let task = p.task("a.md", &bytes);
+    mock.faults(json!({"next": ["slow:1200ms"], "path": "/api/v1/jobs", "method": "POST"}));
+    let t0 = Instant::now();
     let out = p.run(
         Some(&mock),
-        &[
-            "submit",
-            path.to_str().unwrap(),
-            "--http-timeout",
-            "1s",
-            "--retries",
-            "1",
-        ],
+        &["submit", s(&task), "--http-timeout", "1s", "--retries", "0"],
     );
     out.expect(0);
-    assert_eq!(out.stdout, "pending gemini\n", "{out:?}");
+    assert_eq!(out.stdout, "pending claude\n");
     assert!(
         out.stderr.contains("a.md") && out.stderr.contains("timed out"),
         "{out:?}"
     );
-    assert_eq!(marker(&p, "a.md").unwrap()["state"], "pending");
-    std::thread::sleep(Duration::from_millis(2200)); // the slow POSTs land
-    let out = p.reap_until_settled(&mock, &[], 3);
+    let m = p.marker("a.md").expect("the pending marker is kept");
+    assert_eq!(m["state"], "pending");
+    assert_eq!(m["job_id"], serde_json::Value::Null);
+    let key = m["idempotency_key"].as_str().unwrap().to_string();
+
+    // A submit now reports the pending marker and sends nothing.
+    let again = p.run(Some(&mock), &["submit", s(&task)]);
+    again.expect(0);
+    assert_eq!(again.stdout, "pending claude\n");
+
+    // Let the slow answer finish on the mock side, so the counts are final.
+    std::thread::sleep(Duration::from_millis(1400).saturating_sub(t0.elapsed()));
+    let out = p.reap(&mock, &[]);
     out.expect(0);
-    let stats = mock.stats();
-    assert_eq!(stats["jobs_created"], 1, "{stats}");
-    assert!(p.done().join("a.md").exists());
+    let m = p
+        .marker("a.md")
+        .expect("marker kept until the job finishes");
+    assert_eq!(m["state"], "submitted");
+    assert_eq!(m["idempotency_key"], key.as_str());
+    let job = m["job_id"].as_str().unwrap().to_string();
+    let st = mock.stats();
+    assert_eq!(
+        st["posts_by_key"],
+        json!({ key.clone(): 2 }),
+        "two POSTs, one key"
+    );
+    assert_eq!(st["jobs_created"], 1, "one job");
+
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(lines(&out).len(), 1, "{}", out.stdout);
+    let r = Record::read(&p.done().join("a.md"));
+    assert_eq!(r.str("job_id"), Some(job.as_str()));
+    assert_eq!(r.original(), bytes);
+    assert_eq!(mock.jobs_created(), 1);
 }
 
 #[test]
@@ -255,11 +279,11 @@ fn a_404_for_a_known_job_is_a_failed_poll_within_submit_grace_then_a_verdict() {
     let (out, _) = reap(&p, &mock, &["--submit-grace", "2h"]);
     others_done(&p, &out, &jobs, &[1]);
     assert_eq!(out.stderr, "", "{out:?}");
-    assert_eq!(marker(&p, "t1.md").unwrap()["poll_errors"], 1);
+    assert_eq!(p.marker("t1.md").unwrap()["poll_errors"], 1);
     mock.faults(json!({"next": ["404"], "path": format!("/{}", jobs[1])}));
     let (out, _) = reap(&p, &mock, &["--submit-grace", "2h", "-v"]);
     out.expect(0);
-    let m = marker(&p, "t1.md").unwrap();
+    let m = p.marker("t1.md").unwrap();
     assert_eq!(m["poll_errors"], 2, "{m}");
     assert!(
         m["last_error"]
@@ -282,8 +306,9 @@ fn a_404_for_a_known_job_is_a_failed_poll_within_submit_grace_then_a_verdict() {
             .contains(&format!("(job {}: not found)", jobs[1])),
         "{out:?}"
     );
-    let rec = RecordFile::parse(&std::fs::read(&failed).unwrap()).unwrap();
-    assert_eq!(rec.map["failed_reason"].as_str(), Some("not found"));
+    let rec = Record::read(&failed);
+    assert_eq!(rec.str("failed_reason"), Some("not found"));
+    assert!(rec.text().contains("404"), "{}", rec.text());
     check_invariant(&p, &originals, true).unwrap();
 }
 
@@ -328,7 +353,11 @@ fn malformed_json_is_a_bad_answer_for_that_job_only() {
 fn an_unknown_status_is_not_terminal_and_is_reported() {
     let mock = Mock::start(&["--statuses", "completed"]);
     let (p, jobs, _) = busy(&mock, 3);
-    mock.set(json!({"status_of": {jobs[0].clone(): "paused\u{1b}[31m"}}));
+    // Unknown fields are ignored as well.
+    let status = json!({"job_id": jobs[0], "status": "paused\u{1b}[31m", "error": null,
+        "provider": null, "created_at": "2026-11-24T10:00:00Z",
+        "updated_at": "2026-11-24T10:00:00Z", "extra": "ignored"});
+    mock.set(json!({"job": jobs[0], "status_raw": status.to_string()}));
     let (out, _) = reap(&p, &mock, &[]);
     out.expect(0);
     others_done(&p, &out, &jobs, &[0]);
@@ -338,14 +367,16 @@ fn an_unknown_status_is_not_terminal_and_is_reported() {
         .find(|l| l.contains("unknown status"))
         .expect("reported");
     assert!(
-        line.contains(&format!("job {}", jobs[0])) && line.contains("t0.md"),
+        line.contains(&format!("job {}", jobs[0]))
+            && line.contains("t0.md")
+            && line.contains("paused"),
         "{line}"
     );
     assert!(
         !line.contains('\u{1b}'),
         "control characters reach the terminal: {line:?}"
     );
-    let m = marker(&p, "t0.md").unwrap();
+    let m = p.marker("t0.md").unwrap();
     assert_eq!(m["state"], "submitted");
     assert!(p.inbox().join("t0.md").exists());
 }
@@ -384,7 +415,7 @@ fn job_ids_with_a_slash_or_dots_never_reach_a_url_or_a_file() {
             out.stderr.contains("invalid job id") && out.stderr.contains("a.md"),
             "{bad}: {out:?}"
         );
-        let m = marker(&p, "a.md").unwrap();
+        let m = p.marker("a.md").unwrap();
         assert_eq!(m["state"], "pending", "{bad}");
         assert_eq!(m["job_id"], serde_json::Value::Null, "{bad}");
 
@@ -399,7 +430,7 @@ fn job_ids_with_a_slash_or_dots_never_reach_a_url_or_a_file() {
             "{bad}: only the re-sent POST: {out:?}"
         );
         assert!(out.stderr.contains("invalid job id"), "{bad}: {out:?}");
-        assert_eq!(marker(&p, "a.md").unwrap()["poll_errors"], 1);
+        assert_eq!(p.marker("a.md").unwrap()["poll_errors"], 1);
         assert_eq!(p.names(p.tmp.path()), ["home", "proj"], "{bad}");
         assert_eq!(
             p.names(&p.queue()),

@@ -803,3 +803,98 @@ impl Drop for ShellLock {
         let _ = self.0.wait();
     }
 }
+
+// ---------------------------------------------------------------------------
+// The mock's own API, spoken directly (tests/mock.rs).
+// ---------------------------------------------------------------------------
+
+impl Mock {
+    /// An authorised request to the mock's API: the status code and the
+    /// body text.
+    pub fn api(&self, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+        let headers = format!("Authorization: Bearer {KEY}\r\n{headers}");
+        let (resp, body) = self.raw(method, path, &headers, body);
+        (status_code(&resp), body)
+    }
+
+    /// Creates a job asking for `preferred_ai` (`None`: auto) and returns
+    /// its id.
+    #[track_caller]
+    pub fn post_job_as(&self, key: &str, task: &str, preferred_ai: Option<&str>) -> String {
+        let mut body = serde_json::json!({
+            "type": "analyze",
+            "priority": "normal",
+            "prompt": format!("Task: {task}\n\n(set up by the test)"),
+            "metadata": {"project": "proj", "task": task},
+        });
+        if let Some(p) = preferred_ai {
+            body["preferred_ai"] = p.into();
+        }
+        let (code, text) = self.api(
+            "POST",
+            "/api/v1/jobs",
+            &format!("Idempotency-Key: {key}\r\n"),
+            &body.to_string(),
+        );
+        assert!(code == 200 || code == 201, "job creation: {code} {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON answer");
+        v["job_id"].as_str().expect("job_id").to_string()
+    }
+
+    /// Polls a job until its status is terminal (at most 20 polls) and
+    /// returns the last status object.
+    #[track_caller]
+    pub fn poll_until_terminal(&self, id: &str) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..20 {
+            let (code, text) = self.api("GET", &format!("/api/v1/jobs/{id}"), "", "");
+            assert_eq!(code, 200, "status of {id}: {text}");
+            last = serde_json::from_str(&text).expect("JSON status");
+            let s = last["status"].as_str().unwrap_or_default();
+            if ["completed", "failed", "cancelled", "expired"].contains(&s) {
+                return last;
+            }
+        }
+        panic!("{id} never reached a terminal status: {last}");
+    }
+}
+
+/// The status code of a raw HTTP answer (0 when there is none).
+pub fn status_code(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers shared by the cycle, hostile and fault tests.
+// ---------------------------------------------------------------------------
+
+/// A task with this YAML frontmatter and a one-line body.
+pub fn fm(yaml: &str) -> Vec<u8> {
+    format!("---\n{yaml}\n---\nDo the thing.\n").into_bytes()
+}
+
+/// A path as an argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The lines a run printed on stdout.
+pub fn lines(out: &Out) -> Vec<&str> {
+    out.stdout.lines().collect()
+}
+
+/// The keys of a JSON object, sorted.
+pub fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+pub fn set(names: &[&str]) -> std::collections::BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
