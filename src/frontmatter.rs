@@ -295,29 +295,33 @@ fn parse_block(yaml: &str, opener_len: usize) -> Result<Meta, Problem> {
     }
 }
 
-/// Why [`parse_value`] failed.
-enum ParseError {
+/// Why YAML was refused: the parser's error (which says where), or the
+/// guard's reason (see [`from_yaml`]).
+#[derive(Debug)]
+pub enum YamlError {
     Yaml(serde_yaml::Error),
     TooComplex(String),
 }
 
-impl fmt::Display for ParseError {
+impl fmt::Display for YamlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParseError::Yaml(e) => e.fmt(f),
-            ParseError::TooComplex(why) => f.write_str(why),
+            YamlError::Yaml(e) => e.fmt(f),
+            YamlError::TooComplex(why) => f.write_str(why),
         }
     }
 }
 
-impl ParseError {
+impl std::error::Error for YamlError {}
+
+impl YamlError {
     fn into_problem(self) -> Problem {
         match self {
-            ParseError::Yaml(e) => match duplicate_key(&e) {
+            YamlError::Yaml(e) => match duplicate_key(&e) {
                 Some(key) => Problem::DuplicateKey(key),
                 None => Problem::Yaml(e.to_string()),
             },
-            ParseError::TooComplex(why) => Problem::TooComplex(why),
+            YamlError::TooComplex(why) => Problem::TooComplex(why),
         }
     }
 }
@@ -366,11 +370,24 @@ fn flow_cost(yaml: &str) -> u64 {
 ///   the document without building anything, counting the values alias
 ///   expansion would create, and stop at a budget linear in the input
 ///   ([`value_budget`]); only then build it.
-fn parse_value(yaml: &str) -> Result<Value, ParseError> {
+fn parse_value(yaml: &str) -> Result<Value, YamlError> {
+    from_yaml(yaml)
+}
+
+/// The one door for YAML this tool reads (task frontmatter, record heads,
+/// the config file, and any later file): the two checks of [`parse_value`]
+/// first, then serde_yaml into `T`.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, YamlError> {
+    guard(yaml)?;
+    serde_yaml::from_str::<T>(yaml).map_err(YamlError::Yaml)
+}
+
+/// Refuses a text that would make serde_yaml super-linear; see [`parse_value`].
+fn guard(yaml: &str) -> Result<(), YamlError> {
     let cost = flow_cost(yaml);
     if cost > FLOW_COST_BUDGET {
         let open = yaml.bytes().filter(|&b| b == b'[' || b == b'{').count();
-        return Err(ParseError::TooComplex(format!(
+        return Err(YamlError::TooComplex(format!(
             "{open} `[` or `{{` in {} bytes: too many flow collections for its size",
             yaml.len(),
         )));
@@ -382,13 +399,13 @@ fn parse_value(yaml: &str) -> Result<Value, ParseError> {
     };
     if let Err(e) = Budget(&counter).deserialize(serde_yaml::Deserializer::from_str(yaml)) {
         if counter.exhausted.get() {
-            return Err(ParseError::TooComplex(format!(
+            return Err(YamlError::TooComplex(format!(
                 "its aliases expand to more than {limit} values"
             )));
         }
-        return Err(ParseError::Yaml(e));
+        return Err(YamlError::Yaml(e));
     }
-    serde_yaml::from_str::<Value>(yaml).map_err(ParseError::Yaml)
+    Ok(())
 }
 
 /// serde_yaml 0.9 reports a duplicate key (at any depth) as a custom message
