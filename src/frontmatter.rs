@@ -93,6 +93,58 @@ pub struct Meta {
     pub complexity_hint: Option<String>,
     /// Raw; [`crate::route::priority`] validates it.
     pub priority: Option<String>,
+    /// Keys that are not routing keys but look like one (a typo, another
+    /// case): ignored for routing, and worth a warning.
+    pub near_misses: Vec<NearMiss>,
+}
+
+/// A frontmatter key that resembles a routing key it is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NearMiss {
+    /// The key as written in the task.
+    pub key: String,
+    /// The routing key it resembles.
+    pub like: &'static str,
+}
+
+impl fmt::Display for NearMiss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "key `{}` looks like the routing key `{}` but is not it, so it is ignored; spell it `{}` if it is meant to route",
+            crate::text::clip(&self.key, 60),
+            self.like,
+            self.like
+        )
+    }
+}
+
+/// Every key that routes a task: those of the design's table, and the
+/// policy's `fallback` chain.
+pub const ROUTING_KEYS: [&str; 6] = [
+    NEEDS_CLAUDE_CODE,
+    PREFERRED_AI,
+    ALLOW_DELEGATION,
+    COMPLEXITY_HINT,
+    PRIORITY,
+    FALLBACK,
+];
+
+/// How far (Damerau-Levenshtein, case ignored) a key may be from a routing
+/// key to count as a misspelling of it. The routing keys are at least 8
+/// characters long and 3 or more apart from each other.
+const NEAR_MISS_DISTANCE: usize = 2;
+
+/// The routing key `key` is probably a misspelling of, if any. A routing
+/// key itself, spelt exactly, is none.
+pub fn near_miss(key: &str) -> Option<&'static str> {
+    if ROUTING_KEYS.contains(&key) || key.len() > 40 {
+        return None;
+    }
+    let lower = key.to_lowercase();
+    ROUTING_KEYS
+        .into_iter()
+        .find(|k| strsim::damerau_levenshtein(&lower, k) <= NEAR_MISS_DISTANCE)
 }
 
 pub const NEEDS_CLAUDE_CODE: &str = "needs_claude_code";
@@ -100,6 +152,7 @@ pub const PREFERRED_AI: &str = "preferred_ai";
 pub const ALLOW_DELEGATION: &str = "allow_delegation";
 pub const COMPLEXITY_HINT: &str = "complexity_hint";
 pub const PRIORITY: &str = "priority";
+pub const FALLBACK: &str = "fallback";
 
 impl Meta {
     /// Picks the known keys out of a frontmatter mapping. Keys must be plain
@@ -123,6 +176,16 @@ impl Meta {
                 Value::Null | Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => None,
             }),
             priority: m.get(PRIORITY).map(text_of),
+            near_misses: m
+                .keys()
+                .filter_map(Value::as_str)
+                .filter_map(|key| {
+                    near_miss(key).map(|like| NearMiss {
+                        key: key.to_owned(),
+                        like,
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -584,6 +647,7 @@ mod tests {
             needs_claude_code: Some(s("no")),
             complexity_hint: Some("y".into()),
             priority: Some("off".into()),
+            near_misses: Vec::new(),
         };
         let rows: Vec<(&str, &[u8], usize, M)> = vec![
             ("no frontmatter", b"# Task\nbody\n", 0, ok()),
@@ -876,6 +940,54 @@ mod tests {
     }
 
     #[test]
+    fn keys_near_a_routing_key_are_named() {
+        // (key, the routing key it resembles)
+        let rows: &[(&str, Option<&str>)] = &[
+            ("allow_delegaton", Some("allow_delegation")),
+            ("Allow_Delegation", Some("allow_delegation")),
+            ("ALLOW-DELEGATION", Some("allow_delegation")),
+            ("allow_delgeation", Some("allow_delegation")),
+            ("preferred-ai", Some("preferred_ai")),
+            ("prefered_ai", Some("preferred_ai")),
+            ("needs_claude", None),
+            ("need_claude_code", Some("needs_claude_code")),
+            ("priorty", Some("priority")),
+            ("Priority", Some("priority")),
+            ("complexity", None),
+            ("complexity_hnt", Some("complexity_hint")),
+            ("fallbacks", Some("fallback")),
+            ("allow_delegation", None),
+            ("fallback", None),
+            ("title", None),
+            ("tags", None),
+            ("author", None),
+            ("", None),
+        ];
+        for &(key, like) in rows {
+            assert_eq!(near_miss(key), like, "{key:?}");
+        }
+        let meta = split(b"---\nallow_delegaton: true\npreferred_ai: gpu\ntitle: x\n---\n")
+            .meta
+            .unwrap();
+        assert_eq!(
+            meta.near_misses,
+            [NearMiss {
+                key: "allow_delegaton".into(),
+                like: ALLOW_DELEGATION
+            }]
+        );
+        // Routing is unchanged: the misspelt key is ignored.
+        assert_eq!(meta.preferred_ai, Some(s("gpu")));
+        assert_eq!(meta.allow_delegation, None);
+        let shown = meta.near_misses[0].to_string();
+        assert!(
+            shown
+                .starts_with("key `allow_delegaton` looks like the routing key `allow_delegation`"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn from_pairs() {
         let p = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         let meta = Meta::from_pairs(&[
@@ -895,6 +1007,7 @@ mod tests {
                 needs_claude_code: Some(Value::Null),
                 complexity_hint: Some("small".into()),
                 priority: Some("high".into()),
+                near_misses: Vec::new(),
             }
         );
         let meta = Meta::from_pairs(&[p("allow_delegation", "\"true\""), p("preferred_ai", "yes")])
