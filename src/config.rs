@@ -386,7 +386,7 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
         } else {
             (
                 format!("a key that is not a config key (not shown){keys}"),
-                line,
+                key_line(text, k, 1).or(line),
             )
         };
     }
@@ -457,16 +457,22 @@ fn value_kind(found: &str) -> &'static str {
     }
 }
 
-/// The 1-based line of the `nth` line that sets `key` at the start of a
-/// line (after indentation), if any.
+/// The 1-based line of the `nth` line that sets `key` (plain or quoted) at
+/// the start of a line (after indentation), if any.
 fn key_line(text: &str, key: &str, nth: usize) -> Option<usize> {
+    let sets = |l: &str| {
+        let l = l.trim_start();
+        let (l, quote) = match l.strip_prefix(['"', '\'']) {
+            Some(rest) => (rest, &l[..1]),
+            None => (l, ""),
+        };
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(quote))
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    };
     text.lines()
         .enumerate()
-        .filter(|(_, l)| {
-            l.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|r| r.trim_start().starts_with(':'))
-        })
+        .filter(|(_, l)| sets(l))
         .nth(nth - 1)
         .map(|(i, _)| i + 1)
 }
@@ -600,8 +606,8 @@ mod tests {
                 "line 3: unknown key `foo_bar`; the keys are api_url, ",
             ),
             (
-                "\"Secret Key\": 1\n",
-                "line 1: a key that is not a config key (not shown); the keys are api_url",
+                "retries: 1\n\"Secret Key\": 1\n",
+                "line 2: a key that is not a config key (not shown); the keys are api_url",
             ),
             (
                 "retries: 1\nretries: 2\n",
