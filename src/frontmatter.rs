@@ -135,10 +135,14 @@ pub const ROUTING_KEYS: [&str; 6] = [
 /// characters long and 3 or more apart from each other.
 const NEAR_MISS_DISTANCE: usize = 2;
 
-/// The routing key `key` is probably a misspelling of, if any. A routing
-/// key itself, spelt exactly, is none.
+/// The routing key `key` is probably a misspelling of, if any: a name
+/// (letters, digits, `_`, `-`, space) near one. A routing key itself, spelt
+/// exactly, is none.
 pub fn near_miss(key: &str) -> Option<&'static str> {
-    if ROUTING_KEYS.contains(&key) || key.len() > 40 {
+    let name_like = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_- ".contains(&b));
+    if ROUTING_KEYS.contains(&key) || key.len() > 40 || !name_like {
         return None;
     }
     let lower = key.to_lowercase();
@@ -958,6 +962,8 @@ mod tests {
             ("fallbacks", Some("fallback")),
             ("allow_delegation", None),
             ("fallback", None),
+            ("comple]xity_hint", None),
+            ("priority\u{1b}", None),
             ("title", None),
             ("tags", None),
             ("author", None),
