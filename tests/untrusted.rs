@@ -221,7 +221,10 @@ fn a_config_larger_than_its_cap_is_refused() {
         text.push_str("# a long comment line to grow the file past its cap\n");
     }
     std::fs::write(&big, text).unwrap();
-    let out = p.run(None, &["--config", s(&big), "status"]);
+    let out = p.run(
+        None,
+        &["--config", s(&big), "status", "--project", s(&p.dir)],
+    );
     out.expect(78);
     assert!(
         out.stderr
