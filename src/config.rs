@@ -1,7 +1,6 @@
 //! Settings, resolved once per run: flags beat the environment, which beats
 //! the config file, which beats the defaults ("Configuration" in the design).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +9,8 @@ use serde::Deserialize;
 use crate::cli::Global;
 use crate::client::{Client, ClientConfig, ClientError, ConfigField};
 use crate::error::{Code, fail};
+use crate::frontmatter::YamlError;
+use crate::fsread::{self, Kind};
 
 pub const ENV_URL: &str = "SECUTOOLS_URL";
 pub const ENV_KEY: &str = "SECUTOOLS_API_KEY";
@@ -108,15 +109,23 @@ fn expand(raw: &str, base: Option<&Path>) -> PathBuf {
     }
 }
 
-fn config_duration(file: &Path, key: &str, v: &Option<String>) -> anyhow::Result<Option<Duration>> {
+/// A duration from the config file. The error names the key and its line,
+/// never the value (see [`parse_file`]).
+fn config_duration(
+    file: &Path,
+    text: &str,
+    key: &str,
+    v: &Option<String>,
+) -> anyhow::Result<Option<Duration>> {
     match v {
         None => Ok(None),
-        Some(s) => crate::cli::parse_duration(s).map(Some).map_err(|e| {
+        Some(s) => crate::cli::parse_duration(s).map(Some).map_err(|_| {
             fail(
                 Code::Config,
                 format!(
-                    "{}: {key}: {e}; fix the value or remove the key",
-                    file.display()
+                    "config file {}: {}{key} is not a duration like 30s or 24h; fix the value or remove the key",
+                    file.display(),
+                    line_prefix(key_line(text, key, 1)),
                 ),
             )
         }),
@@ -132,23 +141,21 @@ impl Settings {
             Some(p) => (Some(p.clone()), true),
             None => (default_config_path(), false),
         };
-        let (file, config_file) = match &path {
-            Some(p) => match fs::read_to_string(p) {
-                Ok(text) => (parse_file(p, &text)?, Some(p.clone())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                    (FileConfig::default(), None)
-                }
-                Err(e) => {
+        let (file, text, config_file) = match &path {
+            Some(p) => match read_config(p)? {
+                Some((file, text)) => (file, text, Some(p.clone())),
+                None if !explicit => (FileConfig::default(), String::new(), None),
+                None => {
                     return Err(fail(
                         Code::Config,
                         format!(
-                            "cannot read config file {}: {e}; check --config / CCL_DELEGATE_CONFIG",
+                            "config file {} does not exist; check --config / CCL_DELEGATE_CONFIG",
                             p.display()
                         ),
                     ));
                 }
             },
-            None => (FileConfig::default(), None),
+            None => (FileConfig::default(), String::new(), None),
         };
         let cfg_path = config_file.clone().unwrap_or_default();
         let base = config_file.as_deref().and_then(Path::parent);
@@ -180,12 +187,12 @@ impl Settings {
             api_url_from,
             key_source,
             projects,
-            max_age: config_duration(&cfg_path, "max_age", &file.max_age)?
+            max_age: config_duration(&cfg_path, &text, "max_age", &file.max_age)?
                 .unwrap_or(DEFAULT_MAX_AGE),
-            submit_grace: config_duration(&cfg_path, "submit_grace", &file.submit_grace)?
+            submit_grace: config_duration(&cfg_path, &text, "submit_grace", &file.submit_grace)?
                 .unwrap_or(DEFAULT_SUBMIT_GRACE),
             http_timeout: g.http_timeout.map(Ok).unwrap_or_else(|| {
-                config_duration(&cfg_path, "http_timeout", &file.http_timeout)
+                config_duration(&cfg_path, &text, "http_timeout", &file.http_timeout)
                     .map(|d| d.unwrap_or(DEFAULT_HTTP_TIMEOUT))
             })?,
             retries: g.retries.or(file.retries).unwrap_or(DEFAULT_RETRIES),
@@ -207,7 +214,13 @@ impl Settings {
     /// readable by group or others is refused.
     pub fn api_key(&self) -> anyhow::Result<String> {
         match &self.key_source {
-            KeySource::Env => Ok(env_nonempty(ENV_KEY).unwrap_or_default().trim().to_string()),
+            KeySource::Env => {
+                let key = env_nonempty(ENV_KEY).unwrap_or_default().trim().to_string();
+                match key_problem(&key) {
+                    Some(why) => Err(fail(Code::Config, format!("{ENV_KEY} {why}"))),
+                    None => Ok(key),
+                }
+            }
             KeySource::File(p) => read_key_file(p),
             KeySource::Missing => Err(fail(
                 Code::Config,
@@ -270,22 +283,197 @@ impl Settings {
     }
 }
 
+/// Reads and parses the config file through the one reader and the one
+/// YAML door. `Ok(None)` when it does not exist.
+fn read_config(path: &Path) -> anyhow::Result<Option<(FileConfig, String)>> {
+    let bytes = match fsread::read(path, Kind::Config) {
+        Ok(Some(c)) => c.bytes,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(fail(
+                Code::Config,
+                format!("cannot read config file: {e}; check --config / CCL_DELEGATE_CONFIG"),
+            ));
+        }
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        fail(
+            Code::Config,
+            format!(
+                "config file {}: not UTF-8 text (first bad byte at offset {}); is it the right file?",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let file = parse_file(path, &text)?;
+    Ok(Some((file, text)))
+}
+
 fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_yaml::from_str::<Option<FileConfig>>(text)
+    crate::frontmatter::from_yaml::<Option<FileConfig>>(text)
         .map(Option::unwrap_or_default)
         .map_err(|e| {
-            // serde_yaml's message ends with "at line N column M".
             fail(
                 Code::Config,
                 format!(
-                    "config file {}: {e}; fix or remove that key",
-                    path.display()
+                    "config file {}: {}",
+                    path.display(),
+                    describe_yaml_error(&e, text)
                 ),
             )
         })
+}
+
+/// What is wrong with a config file, for a person: its line and the
+/// problem, and a key name only when it looks like one. Never a value or a
+/// line of the file: `--config` pointed at a key file, or at a symlink to
+/// /etc/shadow, must not print a secret.
+fn describe_yaml_error(e: &YamlError, text: &str) -> String {
+    let e = match e {
+        YamlError::TooComplex(why) => {
+            return format!("too complex to parse safely ({why}); is it the right file?");
+        }
+        YamlError::Yaml(e) => e,
+    };
+    let msg = e.to_string();
+    let (line, msg) = match e.location() {
+        Some(at) => (
+            Some(at.line()),
+            msg.strip_suffix(&format!(" at line {} column {}", at.line(), at.column()))
+                .unwrap_or(&msg)
+                .to_string(),
+        ),
+        None => (None, msg),
+    };
+    let (what, line) = describe_serde_message(&msg, text, line);
+    format!("{}{what}", line_prefix(line))
+}
+
+fn line_prefix(line: Option<usize>) -> String {
+    line.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+/// A key name as written in a config file: short, lower case and `_`.
+fn looks_like_key(k: &str) -> bool {
+    (1..=40).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+/// The part of `msg` between the first pair of backticks after `after`.
+fn quoted_after<'a>(msg: &'a str, after: &str) -> Option<&'a str> {
+    msg.strip_prefix(after)?.split('`').next()
+}
+
+/// Turns serde_yaml's message (location removed) into the problem in words
+/// and the line it is on; the line is found in `text` when serde_yaml puts
+/// it at the mapping's start.
+fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String, Option<usize>) {
+    if let Some(k) = quoted_after(msg, "unknown field `") {
+        // serde lists the struct's own fields after the key: safe to show.
+        let keys = msg
+            .split_once("expected one of ")
+            .map(|(_, ks)| format!("; the keys are {}", ks.replace('`', "")))
+            .unwrap_or_default();
+        return if looks_like_key(k) {
+            (
+                format!("unknown key `{k}`{keys}"),
+                key_line(text, k, 1).or(line),
+            )
+        } else {
+            (
+                format!("a key that is not a config key (not shown){keys}"),
+                key_line(text, k, 1).or(line),
+            )
+        };
+    }
+    if let Some(k) = quoted_after(msg, "duplicate field `") {
+        return (
+            format!("key `{k}` is given twice; keep one"),
+            key_line(text, k, 2).or(line),
+        );
+    }
+    // `[path: ]invalid type: FOUND, expected WANTED`
+    let (path, rest) = match msg.split_once(": ") {
+        Some((p, r))
+            if p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_[]".contains(&b)) =>
+        {
+            (Some(p), r)
+        }
+        _ => (None, msg),
+    };
+    let typed = rest
+        .strip_prefix("invalid type: ")
+        .or_else(|| rest.strip_prefix("invalid value: "));
+    if let Some(typed) = typed {
+        let (found, wanted) = typed.split_once(", expected ").unwrap_or((typed, "?"));
+        let found = value_kind(found);
+        let wanted = match wanted {
+            "struct FileConfig" => "a mapping of config keys (`key: value` lines)",
+            "u32" => "a whole number",
+            "a sequence" => "a list",
+            "a string" => "a string",
+            "a boolean" => "a boolean",
+            "f64" => "a number",
+            _ => "another type",
+        };
+        return match path {
+            Some(p) => (format!("{p} must be {wanted}, not {found}"), line),
+            None => (
+                format!("the file must be {wanted}, not {found}; is it the right file?"),
+                line,
+            ),
+        };
+    }
+    // libyaml's syntax errors are fixed sentences; anything quoting the
+    // file is not shown.
+    if msg
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b" ,':".contains(&b))
+    {
+        (format!("not valid YAML: {msg}"), line)
+    } else {
+        ("not valid YAML".to_string(), line)
+    }
+}
+
+/// `string "secret"` → `a string`: the kind of a value serde names, never
+/// the value.
+fn value_kind(found: &str) -> &'static str {
+    let word = found.split([' ', '`', '"']).next().unwrap_or("");
+    match word {
+        "string" | "character" => "a string",
+        "integer" => "an integer",
+        "floating" => "a number",
+        "boolean" => "a boolean",
+        "sequence" => "a list",
+        "map" => "a mapping",
+        "unit" | "null" => "null",
+        _ => "something else",
+    }
+}
+
+/// The 1-based line of the `nth` line that sets `key` (plain or quoted) at
+/// the start of a line (after indentation), if any.
+fn key_line(text: &str, key: &str, nth: usize) -> Option<usize> {
+    let sets = |l: &str| {
+        let l = l.trim_start();
+        let (l, quote) = match l.strip_prefix(['"', '\'']) {
+            Some(rest) => (rest, &l[..1]),
+            None => (l, ""),
+        };
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(quote))
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| sets(l))
+        .nth(nth - 1)
+        .map(|(i, _)| i + 1)
 }
 
 fn expand_project(
@@ -304,8 +492,9 @@ fn expand_project(
         fail(
             Code::Config,
             format!(
-                "{}: projects entry `{raw}` is not a valid glob: {e}",
-                cfg.display()
+                "config file {}: a projects entry is not a valid glob: {}",
+                cfg.display(),
+                e.msg
             ),
         )
     })?;
@@ -317,34 +506,52 @@ fn expand_project(
     Ok(())
 }
 
+/// What is wrong with an API key, if anything: the rule the HTTP client
+/// applies too (one token of printable ASCII), checked where the key is
+/// read so that every command and `doctor` refuse the same keys.
+pub fn key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        Some("is empty")
+    } else if key.contains('\n') {
+        Some("holds more than one line; it must hold the key alone")
+    } else if !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        Some("contains spaces, control or non-ASCII characters")
+    } else {
+        None
+    }
+}
+
 fn read_key_file(p: &Path) -> anyhow::Result<String> {
     let shown = p.display();
     let cannot = |why: String| {
         fail(
             Code::Config,
             format!(
-                "cannot read api_key_file {shown}: {why}; create it with the key and run chmod 600 {shown}"
+                "cannot read api_key_file: {why}; create it with the key and run chmod 600 {shown}"
             ),
         )
     };
     // Never follows a symlink, never blocks on a FIFO, refuses what is not
-    // a regular file.
-    let (bytes, mode) = crate::queue::read_nofollow(p)
+    // a regular file or is too large to be a key.
+    let c = fsread::read(p, Kind::Key)
         .map_err(|e| cannot(e.to_string()))?
-        .ok_or_else(|| cannot("no such file".into()))?;
-    if mode & 0o077 != 0 {
+        .ok_or_else(|| cannot(format!("{shown}: no such file")))?;
+    if c.mode & 0o077 != 0 {
         return Err(fail(
             Code::Config,
             format!(
                 "api_key_file {shown} is readable by group or others (mode {:o}); run: chmod 600 {shown}",
-                mode & 0o777
+                c.mode
             ),
         ));
     }
-    let key = String::from_utf8(bytes).map_err(|_| cannot("not UTF-8 text".into()))?;
+    let key = String::from_utf8(c.bytes).map_err(|_| cannot(format!("{shown}: not UTF-8 text")))?;
     let key = key.trim().to_string();
-    if key.is_empty() {
-        return Err(fail(Code::Config, format!("api_key_file {shown} is empty")));
+    if let Some(why) = key_problem(&key) {
+        return Err(fail(
+            Code::Config,
+            format!("api_key_file {shown} {why}; write the key alone on one line"),
+        ));
     }
     Ok(key)
 }
@@ -367,5 +574,104 @@ mod tests {
             .expect("reading a FIFO key file must not block");
         let e = got.unwrap_err();
         assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    /// (config text, expected message after the file name)
+    #[test]
+    fn config_errors_name_the_line_and_never_a_value() {
+        let rows: &[(&str, &str)] = &[
+            (
+                "root:$6$secrethash:19000:0:99999:7:::\nbin:x:1\n",
+                "line 3: not valid YAML: could not find expected ':' at line 3 column 1",
+            ),
+            (
+                "sk-live-abcdef",
+                "line 1: the file must be a mapping of config keys (`key: value` lines), not a string; is it the right file?",
+            ),
+            (
+                "retries: 3\napi_url: [secret]\n",
+                "line 2: api_url must be a string, not a list",
+            ),
+            (
+                "retries: secret\n",
+                "line 1: retries must be a whole number, not a string",
+            ),
+            (
+                "projects: [ok, [secret]]\n",
+                "line 1: projects[1] must be a string, not a list",
+            ),
+            (
+                "retries: 3\n\nfoo_bar: secret\n",
+                "line 3: unknown key `foo_bar`; the keys are api_url, ",
+            ),
+            (
+                "retries: 1\n\"Secret Key\": 1\n",
+                "line 2: a key that is not a config key (not shown); the keys are api_url",
+            ),
+            (
+                "retries: 1\nretries: 2\n",
+                "line 2: key `retries` is given twice; keep one",
+            ),
+            (
+                "\tsecret: 1\n",
+                "line 1: not valid YAML: found character that cannot start any token, while scanning for the next token",
+            ),
+            (
+                "- secret\n",
+                "line 1: the file must be a mapping of config keys (`key: value` lines), not a list",
+            ),
+            (
+                "max_age: secret\n",
+                "line 1: max_age is not a duration like 30s or 24h",
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        for &(text, want) in rows {
+            std::fs::write(&path, text).unwrap();
+            let got = read_config(&path)
+                .and_then(|c| {
+                    let (f, text) = c.unwrap();
+                    config_duration(&path, &text, "max_age", &f.max_age).map(|_| ())
+                })
+                .unwrap_err()
+                .to_string();
+            let want = format!("config file {}: {want}", path.display());
+            assert!(
+                got.starts_with(&want),
+                "{text:?}\n got: {got}\nwant: {want}"
+            );
+            assert!(!got.contains("secret"), "{got}");
+        }
+    }
+
+    #[test]
+    fn a_config_of_nested_brackets_is_refused_quickly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, format!("projects: {}", "[".repeat(200_000))).unwrap();
+        let t = std::time::Instant::now();
+        let e = read_config(&path).unwrap_err().to_string();
+        assert!(e.contains("too complex to parse safely"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn keys_that_every_command_refuses() {
+        let rows: &[(&str, Option<&str>)] = &[
+            ("sk-abc_123.X", None),
+            ("", Some("is empty")),
+            ("line1\nline2", Some("more than one line")),
+            ("a b", Some("spaces")),
+            ("ké", Some("non-ASCII")),
+            ("a\x1bb", Some("control")),
+        ];
+        for &(key, want) in rows {
+            match (key_problem(key), want) {
+                (None, None) => {}
+                (Some(got), Some(want)) => assert!(got.contains(want), "{key:?}: {got}"),
+                (got, _) => panic!("{key:?}: {got:?}"),
+            }
+        }
     }
 }

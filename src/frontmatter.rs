@@ -93,6 +93,62 @@ pub struct Meta {
     pub complexity_hint: Option<String>,
     /// Raw; [`crate::route::priority`] validates it.
     pub priority: Option<String>,
+    /// Keys that are not routing keys but look like one (a typo, another
+    /// case): ignored for routing, and worth a warning.
+    pub near_misses: Vec<NearMiss>,
+}
+
+/// A frontmatter key that resembles a routing key it is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NearMiss {
+    /// The key as written in the task.
+    pub key: String,
+    /// The routing key it resembles.
+    pub like: &'static str,
+}
+
+impl fmt::Display for NearMiss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "key `{}` looks like the routing key `{}` but is not it, so it is ignored; spell it `{}` if it is meant to route",
+            crate::text::clip(&self.key, 60),
+            self.like,
+            self.like
+        )
+    }
+}
+
+/// Every key that routes a task: those of the design's table, and the
+/// policy's `fallback` chain.
+pub const ROUTING_KEYS: [&str; 6] = [
+    NEEDS_CLAUDE_CODE,
+    PREFERRED_AI,
+    ALLOW_DELEGATION,
+    COMPLEXITY_HINT,
+    PRIORITY,
+    FALLBACK,
+];
+
+/// How far (Damerau-Levenshtein, case ignored) a key may be from a routing
+/// key to count as a misspelling of it. The routing keys are at least 8
+/// characters long and 3 or more apart from each other.
+const NEAR_MISS_DISTANCE: usize = 2;
+
+/// The routing key `key` is probably a misspelling of, if any: a name
+/// (letters, digits, `_`, `-`, space) near one. A routing key itself, spelt
+/// exactly, is none.
+pub fn near_miss(key: &str) -> Option<&'static str> {
+    let name_like = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_- ".contains(&b));
+    if ROUTING_KEYS.contains(&key) || key.len() > 40 || !name_like {
+        return None;
+    }
+    let lower = key.to_lowercase();
+    ROUTING_KEYS
+        .into_iter()
+        .find(|k| strsim::damerau_levenshtein(&lower, k) <= NEAR_MISS_DISTANCE)
 }
 
 pub const NEEDS_CLAUDE_CODE: &str = "needs_claude_code";
@@ -100,6 +156,7 @@ pub const PREFERRED_AI: &str = "preferred_ai";
 pub const ALLOW_DELEGATION: &str = "allow_delegation";
 pub const COMPLEXITY_HINT: &str = "complexity_hint";
 pub const PRIORITY: &str = "priority";
+pub const FALLBACK: &str = "fallback";
 
 impl Meta {
     /// Picks the known keys out of a frontmatter mapping. Keys must be plain
@@ -123,6 +180,16 @@ impl Meta {
                 Value::Null | Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => None,
             }),
             priority: m.get(PRIORITY).map(text_of),
+            near_misses: m
+                .keys()
+                .filter_map(Value::as_str)
+                .filter_map(|key| {
+                    near_miss(key).map(|like| NearMiss {
+                        key: key.to_owned(),
+                        like,
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -295,29 +362,33 @@ fn parse_block(yaml: &str, opener_len: usize) -> Result<Meta, Problem> {
     }
 }
 
-/// Why [`parse_value`] failed.
-enum ParseError {
+/// Why YAML was refused: the parser's error (which says where), or the
+/// guard's reason (see [`from_yaml`]).
+#[derive(Debug)]
+pub enum YamlError {
     Yaml(serde_yaml::Error),
     TooComplex(String),
 }
 
-impl fmt::Display for ParseError {
+impl fmt::Display for YamlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParseError::Yaml(e) => e.fmt(f),
-            ParseError::TooComplex(why) => f.write_str(why),
+            YamlError::Yaml(e) => e.fmt(f),
+            YamlError::TooComplex(why) => f.write_str(why),
         }
     }
 }
 
-impl ParseError {
+impl std::error::Error for YamlError {}
+
+impl YamlError {
     fn into_problem(self) -> Problem {
         match self {
-            ParseError::Yaml(e) => match duplicate_key(&e) {
+            YamlError::Yaml(e) => match duplicate_key(&e) {
                 Some(key) => Problem::DuplicateKey(key),
                 None => Problem::Yaml(e.to_string()),
             },
-            ParseError::TooComplex(why) => Problem::TooComplex(why),
+            YamlError::TooComplex(why) => Problem::TooComplex(why),
         }
     }
 }
@@ -366,11 +437,24 @@ fn flow_cost(yaml: &str) -> u64 {
 ///   the document without building anything, counting the values alias
 ///   expansion would create, and stop at a budget linear in the input
 ///   ([`value_budget`]); only then build it.
-fn parse_value(yaml: &str) -> Result<Value, ParseError> {
+fn parse_value(yaml: &str) -> Result<Value, YamlError> {
+    from_yaml(yaml)
+}
+
+/// The one door for YAML this tool reads (task frontmatter, record heads,
+/// the config file, and any later file): the two checks of [`parse_value`]
+/// first, then serde_yaml into `T`.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, YamlError> {
+    guard(yaml)?;
+    serde_yaml::from_str::<T>(yaml).map_err(YamlError::Yaml)
+}
+
+/// Refuses a text that would make serde_yaml super-linear; see [`parse_value`].
+fn guard(yaml: &str) -> Result<(), YamlError> {
     let cost = flow_cost(yaml);
     if cost > FLOW_COST_BUDGET {
         let open = yaml.bytes().filter(|&b| b == b'[' || b == b'{').count();
-        return Err(ParseError::TooComplex(format!(
+        return Err(YamlError::TooComplex(format!(
             "{open} `[` or `{{` in {} bytes: too many flow collections for its size",
             yaml.len(),
         )));
@@ -382,13 +466,13 @@ fn parse_value(yaml: &str) -> Result<Value, ParseError> {
     };
     if let Err(e) = Budget(&counter).deserialize(serde_yaml::Deserializer::from_str(yaml)) {
         if counter.exhausted.get() {
-            return Err(ParseError::TooComplex(format!(
+            return Err(YamlError::TooComplex(format!(
                 "its aliases expand to more than {limit} values"
             )));
         }
-        return Err(ParseError::Yaml(e));
+        return Err(YamlError::Yaml(e));
     }
-    serde_yaml::from_str::<Value>(yaml).map_err(ParseError::Yaml)
+    Ok(())
 }
 
 /// serde_yaml 0.9 reports a duplicate key (at any depth) as a custom message
@@ -567,6 +651,7 @@ mod tests {
             needs_claude_code: Some(s("no")),
             complexity_hint: Some("y".into()),
             priority: Some("off".into()),
+            near_misses: Vec::new(),
         };
         let rows: Vec<(&str, &[u8], usize, M)> = vec![
             ("no frontmatter", b"# Task\nbody\n", 0, ok()),
@@ -859,6 +944,56 @@ mod tests {
     }
 
     #[test]
+    fn keys_near_a_routing_key_are_named() {
+        // (key, the routing key it resembles)
+        let rows: &[(&str, Option<&str>)] = &[
+            ("allow_delegaton", Some("allow_delegation")),
+            ("Allow_Delegation", Some("allow_delegation")),
+            ("ALLOW-DELEGATION", Some("allow_delegation")),
+            ("allow_delgeation", Some("allow_delegation")),
+            ("preferred-ai", Some("preferred_ai")),
+            ("prefered_ai", Some("preferred_ai")),
+            ("needs_claude", None),
+            ("need_claude_code", Some("needs_claude_code")),
+            ("priorty", Some("priority")),
+            ("Priority", Some("priority")),
+            ("complexity", None),
+            ("complexity_hnt", Some("complexity_hint")),
+            ("fallbacks", Some("fallback")),
+            ("allow_delegation", None),
+            ("fallback", None),
+            ("comple]xity_hint", None),
+            ("priority\u{1b}", None),
+            ("title", None),
+            ("tags", None),
+            ("author", None),
+            ("", None),
+        ];
+        for &(key, like) in rows {
+            assert_eq!(near_miss(key), like, "{key:?}");
+        }
+        let meta = split(b"---\nallow_delegaton: true\npreferred_ai: gpu\ntitle: x\n---\n")
+            .meta
+            .unwrap();
+        assert_eq!(
+            meta.near_misses,
+            [NearMiss {
+                key: "allow_delegaton".into(),
+                like: ALLOW_DELEGATION
+            }]
+        );
+        // Routing is unchanged: the misspelt key is ignored.
+        assert_eq!(meta.preferred_ai, Some(s("gpu")));
+        assert_eq!(meta.allow_delegation, None);
+        let shown = meta.near_misses[0].to_string();
+        assert!(
+            shown
+                .starts_with("key `allow_delegaton` looks like the routing key `allow_delegation`"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn from_pairs() {
         let p = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         let meta = Meta::from_pairs(&[
@@ -878,6 +1013,7 @@ mod tests {
                 needs_claude_code: Some(Value::Null),
                 complexity_hint: Some("small".into()),
                 priority: Some("high".into()),
+                near_misses: Vec::new(),
             }
         );
         let meta = Meta::from_pairs(&[p("allow_delegation", "\"true\""), p("preferred_ai", "yes")])

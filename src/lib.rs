@@ -11,6 +11,7 @@ pub mod error;
 #[cfg(feature = "failpoints")]
 mod failpoint;
 pub mod frontmatter;
+pub mod fsread;
 pub mod job;
 pub mod marker;
 pub mod queue;

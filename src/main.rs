@@ -27,7 +27,11 @@ fn main() -> ExitCode {
     match commands::run(&cli) {
         Ok(code) => ExitCode::from(code.as_u8()),
         Err(e) => {
-            eprintln!("ccl-delegate: error: {e:#}");
+            // One line, whatever a file name or the server put in it.
+            eprintln!(
+                "ccl-delegate: error: {}",
+                ccl_delegate::text::line(&format!("{e:#}"))
+            );
             ExitCode::from(error::code_of(&e).as_u8())
         }
     }

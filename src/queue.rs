@@ -40,8 +40,8 @@
 //! per directory for the whole batch.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -527,7 +527,7 @@ impl Queue {
         fault("write").with_context(ctx)?;
         tmp.write_all(bytes).with_context(ctx)?;
         tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(mode & 0o7777))
+            .set_permissions(fs::Permissions::from_mode(mode & 0o777))
             .with_context(ctx)?;
         fault("fsync").with_context(ctx)?;
         tmp.as_file().sync_all().with_context(ctx)?;
@@ -606,33 +606,17 @@ fn remove(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Reads a regular file without following a symlink at its last component.
+/// Reads a regular file without following a symlink at its last component,
+/// through the one reader (`fsread`): a marker is capped as a marker, a task
+/// or record as a record; the mode is the permission bits only.
 pub fn read_nofollow(path: &Path) -> io::Result<Option<(Vec<u8>, u32)>> {
-    let mut f = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(io::Error::other(format!(
-                "{} is a symbolic link, never followed",
-                path.display()
-            )));
-        }
-        Err(e) => return Err(e),
+    use crate::fsread::{self, Kind};
+    let kind = if path.extension().is_some_and(|e| e == "delegated") {
+        Kind::Marker
+    } else {
+        Kind::Record
     };
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.read_to_end(&mut buf)?;
-    Ok(Some((buf, meta.mode() & 0o7777)))
+    Ok(fsread::read(path, kind)?.map(|c| (c.bytes, c.mode)))
 }
 
 /// Fault injection for the crash tests: with the `failpoints` feature,

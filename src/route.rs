@@ -73,18 +73,27 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// One line naming the rule, for `decide --explain`.
+    /// One line naming the rule, for `decide --explain`: [`rule_in_words`].
     pub fn explain(&self) -> &'static str {
-        match self.rule {
-            1 => "rule 1: needs_claude_code is present and not false",
-            2 => "rule 2: preferred_ai is claude-code",
-            3 => "rule 3: allow_delegation is present and not true",
-            4 => "rule 4: preferred_ai names a secutools provider",
-            5 => "rule 5: preferred_ai has an unknown value (fail-safe: run locally)",
-            6 => "rule 6: allow_delegation is true and preferred_ai is absent",
-            7 => "rule 7: no routing key (run locally, as before delegation)",
-            _ => "unknown rule",
+        rule_in_words(self.rule)
+    }
+}
+
+/// A routing rule in words: its number, what matched and where the task
+/// runs. For `decide --explain`, and for `submit` to say on stderr why it
+/// printed `local <rule>`.
+pub fn rule_in_words(rule: u8) -> &'static str {
+    match rule {
+        1 => "rule 1: needs_claude_code is present and not false: runs locally",
+        2 => "rule 2: preferred_ai is claude-code: runs locally",
+        3 => "rule 3: allow_delegation is present and not true: runs locally",
+        4 => "rule 4: preferred_ai names a secutools provider: delegated to it",
+        5 => "rule 5: preferred_ai has an unknown value: runs locally (fail-safe)",
+        6 => {
+            "rule 6: allow_delegation is true and preferred_ai is absent: delegated, the service picks the provider"
         }
+        7 => "rule 7: no routing key: runs locally as before delegation existed",
+        _ => "unknown rule",
     }
 }
 
@@ -375,8 +384,21 @@ mod tests {
             .collect();
         assert_eq!(
             explained[3],
-            "rule 4: preferred_ai names a secutools provider"
+            "rule 4: preferred_ai names a secutools provider: delegated to it"
         );
+        assert_eq!(
+            rule_in_words(7),
+            "rule 7: no routing key: runs locally as before delegation existed"
+        );
+        // A local rule says so; a delegating one does not.
+        for rule in 1..=7u8 {
+            let local = [1, 2, 3, 5, 7].contains(&rule);
+            assert_eq!(
+                rule_in_words(rule).contains("runs locally"),
+                local,
+                "{rule}"
+            );
+        }
         assert_eq!(
             Decision {
                 provider: ClaudeCode,

@@ -1,6 +1,8 @@
 //! What a run says on stderr besides errors: warnings and, with `-v`, detail.
 
 use crate::cli::Global;
+use crate::frontmatter::{Meta, Problem};
+use crate::text::line;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Ui {
@@ -16,15 +18,41 @@ impl Ui {
         }
     }
 
+    /// A warning line; file names and server text in it are escaped
+    /// ([`crate::text::line`]), so it stays one line whatever they hold.
     pub fn warn(&self, msg: impl std::fmt::Display) {
         if !self.quiet {
-            eprintln!("ccl-delegate: warning: {msg}");
+            eprintln!("ccl-delegate: warning: {}", line(&msg.to_string()));
         }
     }
 
+    /// A `-v` detail line, escaped like [`Ui::warn`].
     pub fn info(&self, msg: impl std::fmt::Display) {
         if self.verbose > 0 {
-            eprintln!("ccl-delegate: {msg}");
+            eprintln!("ccl-delegate: {}", line(&msg.to_string()));
         }
+    }
+
+    /// A line on stderr that is neither a warning nor `-v` detail (e.g.
+    /// "not ready yet"), escaped like [`Ui::warn`].
+    pub fn say(&self, msg: impl std::fmt::Display) {
+        eprintln!("ccl-delegate: {}", line(&msg.to_string()));
+    }
+
+    /// The routing keys of a task, saying on stderr what is wrong with its
+    /// frontmatter (`shown` names the file): a problem routes the task as
+    /// if it had no keys; a key that looks like a routing key is named.
+    /// `decide` and `submit` share it, so they warn alike.
+    pub fn task_meta(&self, shown: &str, meta: Result<Meta, Problem>) -> Meta {
+        let meta = meta.unwrap_or_else(|problem| {
+            self.warn(format_args!(
+                "{shown}: {problem}; routing the task locally (claude-code)"
+            ));
+            Meta::default()
+        });
+        for near in &meta.near_misses {
+            self.warn(format_args!("{shown}: {near}"));
+        }
+        meta
     }
 }

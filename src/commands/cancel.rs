@@ -6,6 +6,7 @@ use crate::cli::CancelArgs;
 use crate::client::ClientError;
 use crate::config::Settings;
 use crate::error::Code;
+use crate::ui::Ui;
 
 pub fn run(args: &CancelArgs, settings: &Settings) -> anyhow::Result<Code> {
     let job = target::job_id(&args.job)?;
@@ -16,10 +17,10 @@ pub fn run(args: &CancelArgs, settings: &Settings) -> anyhow::Result<Code> {
             let st = client
                 .status(&job)
                 .map_err(|e| anyhow::Error::new(e).context(format!("job {job}")))?;
-            eprintln!(
-                "ccl-delegate: job {job} already ended ({}); nothing to cancel",
+            Ui::default().say(format_args!(
+                "job {job} already ended ({}); nothing to cancel",
                 st.status.as_str()
-            );
+            ));
             st
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot cancel job {job}"))),
@@ -27,7 +28,7 @@ pub fn run(args: &CancelArgs, settings: &Settings) -> anyhow::Result<Code> {
     if args.json {
         println!("{}", st.raw);
     } else {
-        println!("{}", st.status.as_str());
+        println!("{}", crate::text::clip(st.status.as_str(), 64));
     }
     Ok(Code::Ok)
 }

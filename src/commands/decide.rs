@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use crate::cli::DecideArgs;
 use crate::error::{Code, fail};
 use crate::frontmatter::{self, Meta};
+use crate::fsread::{self, Kind};
 use crate::route;
 use crate::ui::Ui;
 
@@ -20,7 +21,9 @@ pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
             })?;
             pairs.push((k.trim().to_string(), v.to_string()));
         }
-        Meta::from_pairs(&pairs).map_err(|p| fail(Code::Usage, format!("--set: {p}")))?
+        let meta =
+            Meta::from_pairs(&pairs).map_err(|p| fail(Code::Usage, format!("--set: {p}")))?;
+        ui.task_meta("--set", Ok(meta))
     } else {
         let path = args
             .task
@@ -41,22 +44,14 @@ pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
                 ));
                 (shown, Vec::new())
             } else {
-                let bytes = crate::queue::read_nofollow(path)
-                    .map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?
+                let bytes = fsread::read(path, Kind::Task)
+                    .map_err(|e| fail(Code::NoInput, format!("{e}")))?
                     .ok_or_else(|| fail(Code::NoInput, format!("{shown}: no such file")))?
-                    .0;
+                    .bytes;
                 (shown, bytes)
             }
         };
-        match frontmatter::split(&bytes).meta {
-            Ok(m) => m,
-            Err(problem) => {
-                ui.warn(format_args!(
-                    "{shown}: {problem}; routing the task locally (claude-code)"
-                ));
-                Meta::default()
-            }
-        }
+        ui.task_meta(&shown, frontmatter::split(&bytes).meta)
     };
     let d = route::route(&meta);
     let mut out = std::io::stdout().lock();

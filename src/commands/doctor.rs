@@ -1,11 +1,14 @@
 //! `doctor`: one line per check of what a cron job or dispatcher depends on.
-//! Run it after editing the crontab or the config file.
+//! Run it after editing the crontab or the config file. Each check calls the
+//! function the commands call (`Settings::api_key`, `Settings::client`, ...),
+//! so doctor passes exactly what they accept.
 
 use crate::cli::DoctorArgs;
 use crate::client::ClientError;
 use crate::config::{KeySource, Settings};
 use crate::error::{Code, fail};
 use crate::queue::Queue;
+use crate::text::line;
 
 struct Checks {
     failed: u32,
@@ -13,11 +16,11 @@ struct Checks {
 
 impl Checks {
     fn ok(&mut self, what: &str, detail: impl std::fmt::Display) {
-        println!("ok    {what}: {detail}");
+        println!("ok    {}", line(&format!("{what}: {detail}")));
     }
     fn fail(&mut self, what: &str, detail: impl std::fmt::Display) {
         self.failed += 1;
-        println!("FAIL  {what}: {detail}");
+        println!("FAIL  {}", line(&format!("{what}: {detail:#}")));
     }
 }
 
@@ -30,35 +33,68 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
             "no config file; using flags, environment and defaults",
         ),
     }
-    match settings.api_url() {
-        Ok(u) => c.ok(
-            "api url",
-            format_args!("{u} (from {})", settings.api_url_from),
-        ),
-        Err(e) => c.fail("api url", e),
-    }
-    match (&settings.key_source, settings.api_key()) {
-        (KeySource::Env, Ok(_)) => c.ok("api key", "from SECUTOOLS_API_KEY"),
-        (KeySource::File(p), Ok(_)) => {
-            c.ok("api key", format_args!("from {} (mode 600)", p.display()))
+    let url_ok = match settings.api_url() {
+        Ok(u) => {
+            c.ok(
+                "api url",
+                format_args!("{u} (from {})", settings.api_url_from),
+            );
+            true
         }
-        (_, Err(e)) => c.fail("api key", e),
-        (KeySource::Missing, Ok(_)) => unreachable!("a missing key is an error"),
-    }
-    if args.offline {
-        println!("skip  service: --offline");
-    } else if let Ok(client) = settings.client() {
-        // A job id that cannot exist: 404 proves the service answers and
-        // accepted the key.
-        match client.status("ccl-delegate-doctor-probe") {
-            Err(ClientError::NotFound { .. }) | Ok(_) => c.ok("service", "reachable, key accepted"),
-            Err(e @ ClientError::Auth { .. }) => {
-                c.fail("service", format_args!("the key was refused: {e}"))
+        Err(e) => {
+            c.fail("api url", e);
+            false
+        }
+    };
+    let key_ok = match (&settings.key_source, settings.api_key()) {
+        (KeySource::Env, Ok(_)) => {
+            c.ok("api key", "from SECUTOOLS_API_KEY");
+            true
+        }
+        (KeySource::File(p), Ok(_)) => {
+            c.ok("api key", format_args!("from {} (mode 600)", p.display()));
+            true
+        }
+        (KeySource::Missing, Ok(_)) => {
+            c.fail("api key", "missing, yet read: please report this");
+            false
+        }
+        (_, Err(e)) => {
+            c.fail("api key", e);
+            false
+        }
+    };
+    // The client every command builds: its URL, key and timeout rules.
+    let client = if url_ok && key_ok {
+        match settings.client() {
+            Ok(client) => Some(client),
+            Err(e) => {
+                c.fail("settings", e);
+                None
             }
-            Err(e) => c.fail("service", e),
         }
     } else {
-        c.fail("service", "not tried: the URL or key above is missing");
+        None
+    };
+    match (args.offline, client) {
+        (true, _) => println!("skip  service: --offline"),
+        (false, Some(client)) => {
+            // A job id that cannot exist: 404 proves the service answers and
+            // accepted the key.
+            match client.status("ccl-delegate-doctor-probe") {
+                Err(ClientError::NotFound { .. }) | Ok(_) => {
+                    c.ok("service", "reachable, key accepted")
+                }
+                Err(e @ ClientError::Auth { .. }) => {
+                    c.fail("service", format_args!("the key was refused: {e}"))
+                }
+                Err(e) => c.fail("service", e),
+            }
+        }
+        (false, None) => c.fail(
+            "service",
+            "not tried: fix the failed check above first, then run doctor again",
+        ),
     }
     let projects = super::status::projects_for_person(&args.projects, settings).unwrap_or_default();
     if projects.is_empty() {
@@ -70,6 +106,10 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
     for dir in &projects {
         let q = Queue::at(dir);
         let what = format!("project {}", q.project.display());
+        if let Some(advice) = init_advice(dir, q.root.is_dir(), q.inbox.is_dir()) {
+            c.fail(&what, advice);
+            continue;
+        }
         let verdict = q.check_dirs().and_then(|()| {
             for d in [&q.done, &q.failed] {
                 if d.exists() {
@@ -107,4 +147,48 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
         return Err(fail(Code::Other, format!("{} check(s) failed", c.failed)));
     }
     Ok(Code::Ok)
+}
+
+/// What to say about a project whose queue directories are missing: the
+/// `init` command creates them. `None` when they are there.
+fn init_advice(dir: &std::path::Path, has_root: bool, has_inbox: bool) -> Option<String> {
+    let what = match (has_root, has_inbox) {
+        (true, true) => return None,
+        (false, _) => "no .agent-queue/ directory",
+        (true, false) => "no .agent-queue/inbox/ directory",
+    };
+    Some(format!("{what}; run: ccl-delegate init {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn missing_queue_directories_suggest_init() {
+        let d = std::path::Path::new("/p/x");
+        let rows = [
+            (true, true, None),
+            (
+                false,
+                false,
+                Some("no .agent-queue/ directory; run: ccl-delegate init /p/x"),
+            ),
+            (
+                false,
+                true,
+                Some("no .agent-queue/ directory; run: ccl-delegate init /p/x"),
+            ),
+            (
+                true,
+                false,
+                Some("no .agent-queue/inbox/ directory; run: ccl-delegate init /p/x"),
+            ),
+        ];
+        for (root, inbox, want) in rows {
+            assert_eq!(
+                super::init_advice(d, root, inbox).as_deref(),
+                want,
+                "{root} {inbox}"
+            );
+        }
+    }
 }

@@ -4,6 +4,7 @@ use super::target;
 use crate::cli::GetArgs;
 use crate::config::Settings;
 use crate::error::Code;
+use crate::text::clip;
 
 pub fn run(args: &GetArgs, settings: &Settings) -> anyhow::Result<Code> {
     let job = target::job_id(&args.job)?;
@@ -14,9 +15,9 @@ pub fn run(args: &GetArgs, settings: &Settings) -> anyhow::Result<Code> {
     if args.json {
         println!("{}", st.raw);
     } else {
-        println!("{}", st.status.as_str());
+        println!("{}", clip(st.status.as_str(), 64));
         if let Some(err) = &st.error {
-            println!("error: {}", crate::text::clip(err, 2000));
+            println!("error: {}", clip(err, 2000));
         }
     }
     Ok(Code::Ok)

@@ -78,6 +78,9 @@ pub fn run(args: &RequeueArgs, ui: Ui) -> anyhow::Result<Code> {
         .requeue(&lock, &record_path, &task, original, mode)
         .map_err(|e| fail(Code::Other, format!("{shown}: {e:#}")))?;
     ui.info(format_args!("removed {shown}"));
-    println!("requeued {}", restored.display());
+    println!(
+        "requeued {}",
+        crate::text::line(&restored.display().to_string())
+    );
     Ok(Code::Ok)
 }

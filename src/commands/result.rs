@@ -9,6 +9,8 @@ use crate::cli::ResultArgs;
 use crate::client::{ClientError, Status};
 use crate::config::Settings;
 use crate::error::{Code, fail};
+use crate::text::clip;
+use crate::ui::Ui;
 
 pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
     let (job, wait) = args.job_and_wait().map_err(|e| fail(Code::Usage, e))?;
@@ -49,13 +51,13 @@ pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
                         let why = st
                             .error
                             .as_deref()
-                            .map(|e| format!(": {}", crate::text::clip(e, 500)))
+                            .map(|e| format!(": {}", clip(e, 500)))
                             .unwrap_or_default();
                         return Err(fail(
                             Code::Other,
                             format!(
                                 "job {job} ended {}{why}; it has no result",
-                                st.status.as_str()
+                                clip(st.status.as_str(), 64)
                             ),
                         ));
                     }
@@ -71,7 +73,7 @@ pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
                         if progress {
                             eprint!(
                                 "\rwaiting for {job}: {} ({}s)",
-                                st.status.as_str(),
+                                clip(st.status.as_str(), 64),
                                 start.elapsed().as_secs()
                             );
                             let _ = std::io::stderr().flush();
@@ -83,10 +85,10 @@ pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
                         if progress {
                             eprint!("\r\x1b[2K");
                         }
-                        eprintln!(
-                            "ccl-delegate: job {job} is {}: no result yet; try again later",
+                        Ui::default().say(format_args!(
+                            "job {job} is {}: no result yet; try again later",
                             st.status.as_str()
-                        );
+                        ));
                         return Ok(Code::TempFail);
                     }
                 }

@@ -167,7 +167,7 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
 /// A record's frontmatter, reading only the start of the file when it is
 /// enough.
 fn read_head(path: &Path) -> Option<Record> {
-    let mut f = fs::File::open(path).ok()?;
+    let (mut f, _) = crate::fsread::open(path, crate::fsread::Kind::Record).ok()??;
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
     while n < buf.len() {

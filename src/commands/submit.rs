@@ -6,7 +6,7 @@ use anyhow::Context;
 use crate::cli::SubmitArgs;
 use crate::config::Settings;
 use crate::error::{Code, fail};
-use crate::frontmatter::{self, Meta};
+use crate::frontmatter;
 use crate::job;
 use crate::marker::{Marker, State};
 use crate::queue::{Queue, QueueLock};
@@ -28,12 +28,7 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         .ok_or_else(|| fail(Code::NoInput, format!("{shown}: no such task file")))?
         .0;
     let split = frontmatter::split(&bytes);
-    let meta = split.meta.unwrap_or_else(|problem| {
-        ui.warn(format_args!(
-            "{shown}: {problem}; routing the task locally (claude-code)"
-        ));
-        Meta::default()
-    });
+    let meta = ui.task_meta(&shown.to_string(), split.meta);
     let decision = route::route(&meta);
     if !decision.provider.delegates() {
         println!("local {}", decision.rule);
