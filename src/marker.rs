@@ -56,13 +56,13 @@ impl Marker {
         let l: Loose =
             serde_json::from_slice(bytes).map_err(|e| format!("not marker JSON: {e}"))?;
         let job_id = l.job_id.filter(|j| !j.is_empty());
-        if let Some(j) = &job_id {
-            if !crate::client::valid_job_id(j) {
-                return Err(format!(
-                    "job_id {:?} is not a valid job id",
-                    crate::text::clip(j, 80)
-                ));
-            }
+        if let Some(j) = &job_id
+            && !crate::client::valid_job_id(j)
+        {
+            return Err(format!(
+                "job_id {:?} is not a valid job id",
+                crate::text::clip(j, 80)
+            ));
         }
         let state = match (l.version, l.state.as_deref()) {
             // The Go implementation wrote no version and no state: its
@@ -75,10 +75,10 @@ impl Marker {
             }
             (Some(_), None) => return Err("no state".into()),
         };
-        if let Some(v) = l.version {
-            if v != 1 {
-                return Err(format!("unknown marker version {v}"));
-            }
+        if let Some(v) = l.version
+            && v != 1
+        {
+            return Err(format!("unknown marker version {v}"));
         }
         if state == State::Submitted && job_id.is_none() {
             return Err("submitted marker without a job_id".into());

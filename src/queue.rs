@@ -16,8 +16,9 @@
 //!
 //! ```text
 //!  inbox            --create_marker-->  inbox + marker(pending)
-//!  marker(pending)  --replace_marker--> marker(submitted)      (job id known)
-//!  marker(pending)  --remove_marker-->  inbox                  (POST surely failed)
+//!  marker(pending)  --record_job_id-->  marker(submitted)      (job id known)
+//!  marker(pending)  --remove_if_ours--> inbox                  (POST surely failed)
+//!  marker           --update_marker_if--> marker               (a failed poll noted)
 //!  stale marker     --remove_marker-->  inbox                  (its job's record exists
 //!                                                               with another task)
 //!  inbox + marker   --finish_many-->    done/ or failed/       (job finished)
@@ -77,6 +78,36 @@ pub struct Finishing<'a> {
     /// The record to write and its permission bits; `None` when it is
     /// already durable in done/ or failed/ and only the removals are left.
     pub record: Option<(Outcome, &'a [u8], u32)>,
+}
+
+/// What [`Queue::prepare`] found under the queue lock.
+pub enum Prepared {
+    /// Another run changed the marker meanwhile: leave everything.
+    Changed,
+    /// An interrupted run already wrote this record: only the removals
+    /// are left.
+    Recorded(PathBuf),
+    /// Write the record: the original task (`None` when it vanished or is
+    /// a symlink) and the permission bits the record gets.
+    Write {
+        original: Option<Vec<u8>>,
+        mode: u32,
+        note: Option<TaskNote>,
+    },
+    /// This job's record is already written, with another original task:
+    /// the inbox task is a new one (a run died between removing the old
+    /// task and its marker, and the id was reused) or was edited. Only the
+    /// stale marker goes, handing the task back to the dispatcher.
+    Stale(PathBuf),
+}
+
+/// Why a record is written without its original task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskNote {
+    /// A symlink: never read or moved, left in place.
+    Symlink,
+    /// The task vanished while delegated (`task_missing: true`).
+    Vanished,
 }
 
 /// Proof that the queue lock is held; mutating calls take it.
@@ -276,6 +307,141 @@ impl Queue {
     pub fn remove_marker(&self, _lock: &QueueLock, task: &str) -> anyhow::Result<()> {
         remove(&self.marker_path(task))?;
         sync_dir(&self.inbox)
+    }
+
+    /// Records the job id in a pending marker that is still ours (same
+    /// idempotency key): `pending` -> `submitted`. Returns whether it did.
+    pub fn record_job_id(
+        &self,
+        lock: &QueueLock,
+        task: &str,
+        key: &str,
+        job_id: &str,
+    ) -> anyhow::Result<bool> {
+        let Some(bytes) = self.read_marker(task)? else {
+            return Ok(false);
+        };
+        match Marker::parse(&bytes) {
+            Ok(mut m) if m.state == marker::State::Pending && m.idempotency_key == key => {
+                m.state = marker::State::Submitted;
+                m.job_id = Some(job_id.to_string());
+                m.poll_errors = 0;
+                m.last_error = None;
+                self.replace_marker(lock, task, &m)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Removes a pending marker after a submission that surely failed, if it
+    /// is still the one with this idempotency key.
+    pub fn remove_if_ours(&self, lock: &QueueLock, task: &str, key: &str) -> anyhow::Result<()> {
+        if let Some(bytes) = self.read_marker(task)?
+            && let Ok(m) = Marker::parse(&bytes)
+            && m.state == marker::State::Pending
+            && m.idempotency_key == key
+        {
+            self.remove_marker(lock, task)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the marker with `m` only if it still holds the bytes `seen`
+    /// (another run may have changed it meanwhile). Returns whether it did.
+    pub fn update_marker_if(
+        &self,
+        lock: &QueueLock,
+        task: &str,
+        seen: &[u8],
+        m: &Marker,
+    ) -> anyhow::Result<bool> {
+        if self.read_marker(task)?.as_deref() != Some(seen) {
+            return Ok(false);
+        }
+        self.replace_marker(lock, task, m)?;
+        Ok(true)
+    }
+
+    /// A record of this job already in done/ or failed/ (a run stopped
+    /// before removing the task and marker): finish the removals under the
+    /// queue lock, so that a run finishing while the service is down still
+    /// leaves the task in one place. `None` when there is no such record
+    /// (the common case costs two failed opens, no lock).
+    pub fn finish_recorded(
+        &self,
+        task: &str,
+        seen: &[u8],
+        job_id: &str,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        if self.existing_record(task, Some(job_id), None).is_none() {
+            return Ok(None);
+        }
+        let lock = self.lock()?;
+        if self.read_marker(task)?.as_deref() != Some(seen) {
+            return Ok(None);
+        }
+        let original = match fs::symlink_metadata(self.task_path(task)) {
+            Ok(meta) if meta.file_type().is_symlink() => None,
+            _ => self.read_task(task)?.map(|(bytes, _)| bytes),
+        };
+        let Some(path) = self.existing_record(task, Some(job_id), original.as_deref()) else {
+            return Ok(None);
+        };
+        // The run that wrote it may have died before syncing its directory.
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        self.remove_task_and_marker(&lock, task)?;
+        Ok(Some(path))
+    }
+
+    /// Under the queue lock, before a record is written: is the marker
+    /// still the one acted on (`seen`), and is the record already there?
+    pub fn prepare(
+        &self,
+        _lock: &QueueLock,
+        task: &str,
+        seen: &[u8],
+        job_id: Option<&str>,
+    ) -> anyhow::Result<Prepared> {
+        let now = match self.read_marker(task) {
+            Ok(now) => now,
+            // An unreadable marker (a symlink) counts as no bytes.
+            Err(_) if seen.is_empty() => Some(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if now.as_deref() != Some(seen) {
+            return Ok(Prepared::Changed);
+        }
+        let task_path = self.task_path(task);
+        let (original, mode, note) = match fs::symlink_metadata(&task_path) {
+            Ok(meta) if meta.file_type().is_symlink() => (None, 0o644, Some(TaskNote::Symlink)),
+            _ => match self
+                .read_task(task)
+                .with_context(|| format!("cannot read {}", task_path.display()))?
+            {
+                Some((bytes, mode)) => (Some(bytes), mode, None),
+                None => (None, 0o644, None),
+            },
+        };
+        if let Some(existing) = self.existing_record(task, job_id, original.as_deref()) {
+            return Ok(Prepared::Recorded(existing));
+        }
+        if let (Some(_), Some(_)) = (job_id, &original)
+            && let Some(existing) = self.existing_record(task, job_id, None)
+        {
+            return Ok(Prepared::Stale(existing));
+        }
+        let note = note.or_else(|| {
+            (original.is_none() && fs::symlink_metadata(&task_path).is_err())
+                .then_some(TaskNote::Vanished)
+        });
+        Ok(Prepared::Write {
+            original,
+            mode,
+            note,
+        })
     }
 
     /// Moves finished tasks out of the inbox, under one lock: each one's

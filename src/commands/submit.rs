@@ -9,7 +9,7 @@ use crate::error::{Code, fail};
 use crate::frontmatter::{self, Meta};
 use crate::job;
 use crate::marker::{Marker, State};
-use crate::queue::{Queue, QueueLock};
+use crate::queue::Queue;
 use crate::route::{self, Priority};
 use crate::ui::Ui;
 
@@ -89,12 +89,14 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         match client.submit(&req, &key) {
             Ok(s) => {
                 let lock = queue.lock()?;
-                record_job_id(&queue, &lock, &task, &key, &s.job_id).with_context(|| {
-                    format!(
-                        "{shown}: job {} was created; cannot record it in the marker",
-                        s.job_id
-                    )
-                })?;
+                queue
+                    .record_job_id(&lock, &task, &key, &s.job_id)
+                    .with_context(|| {
+                        format!(
+                            "{shown}: job {} was created; cannot record it in the marker",
+                            s.job_id
+                        )
+                    })?;
                 println!("delegated {provider} {}", s.job_id);
                 Ok(Code::Ok)
             }
@@ -107,17 +109,11 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             }
             Err(e) => {
                 let lock = queue.lock()?;
-                remove_if_ours(&queue, &lock, &task, &key).with_context(|| {
+                queue.remove_if_ours(&lock, &task, &key).with_context(|| {
                     format!("{shown}: not delegated ({e}); cannot remove its pending marker")
                 })?;
-                // The design's codes for a refused POST: 69 unavailable, 77
-                // auth, 65 any other 4xx (a 404 here is a wrong URL, not a job).
-                let code = match crate::error::client_code(&e) {
-                    Code::NoInput => Code::DataErr,
-                    c => c,
-                };
                 Err(fail(
-                    code,
+                    crate::error::submit_code(&e),
                     format!(
                         "{shown}: not delegated: {e}; the task is untouched and may run locally"
                     ),
@@ -172,47 +168,4 @@ fn existing(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Option<String>>
             "pending unknown".to_string()
         }
     }))
-}
-
-/// Records the job id in a pending marker that is still ours. Returns
-/// whether it did.
-pub(crate) fn record_job_id(
-    queue: &Queue,
-    lock: &QueueLock,
-    task: &str,
-    key: &str,
-    job_id: &str,
-) -> anyhow::Result<bool> {
-    let Some(bytes) = queue.read_marker(task)? else {
-        return Ok(false);
-    };
-    match Marker::parse(&bytes) {
-        Ok(mut m) if m.state == State::Pending && m.idempotency_key == key => {
-            m.state = State::Submitted;
-            m.job_id = Some(job_id.to_string());
-            m.poll_errors = 0;
-            m.last_error = None;
-            queue.replace_marker(lock, task, &m)?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-/// Removes a pending marker after a submission that surely failed, if it is
-/// still the one this run wrote.
-pub(crate) fn remove_if_ours(
-    queue: &Queue,
-    lock: &QueueLock,
-    task: &str,
-    key: &str,
-) -> anyhow::Result<()> {
-    if let Some(bytes) = queue.read_marker(task)? {
-        if let Ok(m) = Marker::parse(&bytes) {
-            if m.state == State::Pending && m.idempotency_key == key {
-                queue.remove_marker(lock, task)?;
-            }
-        }
-    }
-    Ok(())
 }
