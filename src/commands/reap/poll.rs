@@ -203,9 +203,11 @@ pub fn decide(f: &Facts) -> Action {
             (Call::Ok(Job::Expired), _) => A::Fail(Reason::Expired),
             (Call::Ok(Job::Running), _) if too_old => A::CancelThenFail,
             (Call::Ok(Job::Running), _) => A::Leave,
-            // A 404 on the status is a verdict once the service's lag
-            // after a create has passed.
-            (Call::Err(Failure::NotFound), _) if !in_grace => A::Fail(Reason::NotFound),
+            // A 404 on the status or the result is a verdict once the
+            // service's lag after a create has passed.
+            (Call::Err(Failure::NotFound), _) | (_, Call::Err(Failure::NotFound)) if !in_grace => {
+                A::Fail(Reason::NotFound)
+            }
             (Call::Err(_), _) | (_, Call::Err(_)) if too_old => A::CancelThenFail,
             (Call::Err(Failure::NotFound), _) | (_, Call::Err(Failure::NotFound)) => {
                 A::NoteFailedPoll { quiet: true }
@@ -396,10 +398,11 @@ mod tests {
                 submitted(YOUNG, Err(NotFound), NotAsked),
                 A::NoteFailedPoll { quiet: true },
             ),
+            // A 404 on the result is the same verdict as on the status.
             (
                 "result 404 past grace",
                 submitted(OLD, Ok(Job::Completed), Err(NotFound)),
-                A::NoteFailedPoll { quiet: true },
+                A::Fail(Reason::NotFound),
             ),
             (
                 "result 404 in grace",
