@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 pub const SUFFIX: &str = ".delegated";
 
+/// A marker's clock may run this far ahead of ours; beyond it, `reap`
+/// resets `started_at` to now, or no age rule would ever apply.
+pub const FUTURE_SLACK: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -113,6 +117,13 @@ impl Marker {
         let mut v = serde_json::to_vec_pretty(self).expect("a marker always serializes");
         v.push(b'\n');
         v
+    }
+
+    /// `started_at` lies more than [`FUTURE_SLACK`] ahead of now.
+    pub fn started_in_future(&self) -> bool {
+        self.started()
+            .duration_since(std::time::SystemTime::now())
+            .is_ok_and(|ahead| ahead > FUTURE_SLACK)
     }
 
     pub fn started(&self) -> std::time::SystemTime {

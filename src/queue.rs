@@ -40,8 +40,10 @@
 //! under one hold of the lock, in the same order for each, with one fsync
 //! per directory for the whole batch.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -74,7 +76,7 @@ pub struct Queue {
 /// One task of [`Queue::finish_many`].
 pub struct Finishing<'a> {
     /// `<id>.md`.
-    pub task: &'a str,
+    pub task: &'a OsStr,
     /// The record to write and its permission bits; `None` when it is
     /// already durable in done/ or failed/ and only the removals are left.
     pub record: Option<(Outcome, &'a [u8], u32)>,
@@ -253,37 +255,50 @@ impl Queue {
 
     /// The task names (`<id>.md`) that have a marker, streamed from the
     /// inbox directory.
-    pub fn marked_tasks(&self) -> io::Result<impl Iterator<Item = String> + use<>> {
+    /// The task is the marker's name minus `.delegated`, whatever bytes it
+    /// holds: a name that is not UTF-8 is reaped like any other.
+    pub fn marked_tasks(&self) -> io::Result<impl Iterator<Item = OsString> + use<>> {
         let entries = fs::read_dir(&self.inbox)?;
         Ok(entries.filter_map(|e| {
-            let e = e.ok()?;
-            let name = e.file_name().into_string().ok()?;
-            let task = name.strip_suffix(marker::SUFFIX)?;
-            is_task_name(task).then(|| task.to_string())
+            let name = e.ok()?.file_name().into_vec();
+            let task = name.strip_suffix(marker::SUFFIX.as_bytes())?;
+            is_task_name_bytes(task).then(|| OsString::from_vec(task.to_vec()))
         }))
     }
 
-    pub fn task_path(&self, task: &str) -> PathBuf {
+    pub fn task_path(&self, task: impl AsRef<OsStr>) -> PathBuf {
+        let task = task.as_ref();
         self.inbox.join(task)
     }
 
-    pub fn marker_path(&self, task: &str) -> PathBuf {
-        self.inbox.join(format!("{task}{}", marker::SUFFIX))
+    pub fn marker_path(&self, task: impl AsRef<OsStr>) -> PathBuf {
+        let task = task.as_ref();
+        let mut name = task.to_os_string();
+        name.push(marker::SUFFIX);
+        self.inbox.join(name)
     }
 
     /// The task's bytes and permission bits; `None` when it does not exist.
     /// A symlink is never followed: it is an error.
-    pub fn read_task(&self, task: &str) -> io::Result<Option<(Vec<u8>, u32)>> {
+    pub fn read_task(&self, task: impl AsRef<OsStr>) -> io::Result<Option<(Vec<u8>, u32)>> {
+        let task = task.as_ref();
         read_nofollow(&self.task_path(task))
     }
 
     /// The marker's bytes; `None` when there is none.
-    pub fn read_marker(&self, task: &str) -> io::Result<Option<Vec<u8>>> {
+    pub fn read_marker(&self, task: impl AsRef<OsStr>) -> io::Result<Option<Vec<u8>>> {
+        let task = task.as_ref();
         Ok(read_nofollow(&self.marker_path(task))?.map(|(b, _)| b))
     }
 
     /// Writes a new marker; `Ok(false)` when one is already there.
-    pub fn create_marker(&self, _lock: &QueueLock, task: &str, m: &Marker) -> anyhow::Result<bool> {
+    pub fn create_marker(
+        &self,
+        _lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        m: &Marker,
+    ) -> anyhow::Result<bool> {
+        let task = task.as_ref();
         let target = self.marker_path(task);
         let tmp = self.write_tmp(&m.to_bytes(), 0o644)?;
         match persist(tmp, &target, false)? {
@@ -296,7 +311,13 @@ impl Queue {
     }
 
     /// Replaces a marker atomically (state change, poll errors).
-    pub fn replace_marker(&self, _lock: &QueueLock, task: &str, m: &Marker) -> anyhow::Result<()> {
+    pub fn replace_marker(
+        &self,
+        _lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        m: &Marker,
+    ) -> anyhow::Result<()> {
+        let task = task.as_ref();
         let target = self.marker_path(task);
         let tmp = self.write_tmp(&m.to_bytes(), 0o644)?;
         persist(tmp, &target, true)?;
@@ -304,7 +325,8 @@ impl Queue {
     }
 
     /// Removes a marker: its task becomes the dispatcher's again.
-    pub fn remove_marker(&self, _lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+    pub fn remove_marker(&self, _lock: &QueueLock, task: impl AsRef<OsStr>) -> anyhow::Result<()> {
+        let task = task.as_ref();
         remove(&self.marker_path(task))?;
         sync_dir(&self.inbox)
     }
@@ -314,10 +336,11 @@ impl Queue {
     pub fn record_job_id(
         &self,
         lock: &QueueLock,
-        task: &str,
+        task: impl AsRef<OsStr>,
         key: &str,
         job_id: &str,
     ) -> anyhow::Result<bool> {
+        let task = task.as_ref();
         let Some(bytes) = self.read_marker(task)? else {
             return Ok(false);
         };
@@ -336,7 +359,13 @@ impl Queue {
 
     /// Removes a pending marker after a submission that surely failed, if it
     /// is still the one with this idempotency key.
-    pub fn remove_if_ours(&self, lock: &QueueLock, task: &str, key: &str) -> anyhow::Result<()> {
+    pub fn remove_if_ours(
+        &self,
+        lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        key: &str,
+    ) -> anyhow::Result<()> {
+        let task = task.as_ref();
         if let Some(bytes) = self.read_marker(task)?
             && let Ok(m) = Marker::parse(&bytes)
             && m.state == marker::State::Pending
@@ -352,10 +381,11 @@ impl Queue {
     pub fn update_marker_if(
         &self,
         lock: &QueueLock,
-        task: &str,
+        task: impl AsRef<OsStr>,
         seen: &[u8],
         m: &Marker,
     ) -> anyhow::Result<bool> {
+        let task = task.as_ref();
         if self.read_marker(task)?.as_deref() != Some(seen) {
             return Ok(false);
         }
@@ -370,10 +400,11 @@ impl Queue {
     /// (the common case costs two failed opens, no lock).
     pub fn finish_recorded(
         &self,
-        task: &str,
+        task: impl AsRef<OsStr>,
         seen: &[u8],
         job_id: &str,
     ) -> anyhow::Result<Option<PathBuf>> {
+        let task = task.as_ref();
         if self.existing_record(task, Some(job_id), None).is_none() {
             return Ok(None);
         }
@@ -401,10 +432,11 @@ impl Queue {
     pub fn prepare(
         &self,
         _lock: &QueueLock,
-        task: &str,
+        task: impl AsRef<OsStr>,
         seen: &[u8],
         job_id: Option<&str>,
     ) -> anyhow::Result<Prepared> {
+        let task = task.as_ref();
         let now = match self.read_marker(task) {
             Ok(now) => now,
             // An unreadable marker (a symlink) counts as no bytes.
@@ -523,23 +555,18 @@ impl Queue {
     /// or `<id>.N.md` when that is taken. Its directory is not synced yet.
     fn place_record(
         &self,
-        task: &str,
+        task: impl AsRef<OsStr>,
         outcome: Outcome,
         record: &[u8],
         mode: u32,
     ) -> anyhow::Result<PathBuf> {
+        let task = task.as_ref();
         let dir = self.outcome_dir(outcome);
         self.ensure_dir(dir)?;
-        let stem = task.strip_suffix(".md").unwrap_or(task);
         let mut tmp = self.write_tmp(record, mode)?;
         let mut n = 1u32;
         loop {
-            let name = if n == 1 {
-                format!("{stem}.md")
-            } else {
-                format!("{stem}.{n}.md")
-            };
-            let target = dir.join(name);
+            let target = dir.join(record_name(task, n));
             fault("rename")?;
             match tmp.persist_noclobber(&target) {
                 Ok(_) => return Ok(target),
@@ -556,12 +583,22 @@ impl Queue {
     }
 
     /// Finishes the removals of a task whose record is already durable.
-    pub fn remove_task_and_marker(&self, lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+    pub fn remove_task_and_marker(
+        &self,
+        lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+    ) -> anyhow::Result<()> {
+        let task = task.as_ref();
         self.remove_task_and_marker_unsynced(lock, task)?;
         sync_dir(&self.inbox)
     }
 
-    fn remove_task_and_marker_unsynced(&self, _lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+    fn remove_task_and_marker_unsynced(
+        &self,
+        _lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+    ) -> anyhow::Result<()> {
+        let task = task.as_ref();
         let task_path = self.task_path(task);
         match fs::symlink_metadata(&task_path) {
             // A symlinked task is never moved; it stays for a person.
@@ -577,11 +614,11 @@ impl Queue {
     /// original task unless the task is already gone.
     pub fn existing_record(
         &self,
-        task: &str,
+        task: impl AsRef<OsStr>,
         job_id: Option<&str>,
         original: Option<&[u8]>,
     ) -> Option<PathBuf> {
-        let stem = task.strip_suffix(".md").unwrap_or(task);
+        let task = task.as_ref();
         for dir in [&self.done, &self.failed] {
             // A symlinked done/ or failed/ is never followed, not even to
             // read: a record found through it would end the task.
@@ -592,12 +629,7 @@ impl Queue {
             // `<id>.md` away while `<id>.2.md` still awaits its removals.
             let mut missing = 0;
             for n in 1u32..=100_000 {
-                let name = if n == 1 {
-                    format!("{stem}.md")
-                } else {
-                    format!("{stem}.{n}.md")
-                };
-                let path = dir.join(name);
+                let path = dir.join(record_name(task, n));
                 let bytes = match read_nofollow(&path) {
                     Ok(Some((bytes, _))) => bytes,
                     Ok(None) => {
@@ -633,10 +665,11 @@ impl Queue {
         &self,
         _lock: &QueueLock,
         record_path: &Path,
-        task: &str,
+        task: impl AsRef<OsStr>,
         original: &[u8],
         mode: u32,
     ) -> anyhow::Result<PathBuf> {
+        let task = task.as_ref();
         let target = self.task_path(task);
         // A requeue that failed after restoring the task left it beside the
         // record: this run only finishes the removal.
@@ -716,7 +749,39 @@ pub fn open_lock_file(path: &Path, extra_flags: i32) -> io::Result<File> {
 
 /// `<id>.md`, not hidden, no path separators.
 pub fn is_task_name(n: &str) -> bool {
-    n.len() > 3 && n.ends_with(".md") && !n.starts_with('.') && !n.contains('/')
+    is_task_name_bytes(n.as_bytes())
+}
+
+/// [`is_task_name`], for a name of any bytes.
+pub fn is_task_name_bytes(n: &[u8]) -> bool {
+    n.len() > 3 && n.ends_with(b".md") && !n.starts_with(b".") && !n.contains(&b'/')
+}
+
+/// The name of a task's record in done/ or failed/: `<id>.md`, then
+/// `<id>.2.md`, `<id>.3.md`, ...
+fn record_name(task: &OsStr, n: u32) -> OsString {
+    let bytes = task.as_bytes();
+    let stem = bytes.strip_suffix(b".md").unwrap_or(bytes);
+    let mut name = stem.to_vec();
+    if n > 1 {
+        name.extend_from_slice(format!(".{n}").as_bytes());
+    }
+    name.extend_from_slice(b".md");
+    OsString::from_vec(name)
+}
+
+/// A path as printed in a message: bytes that are not UTF-8 as `\xNN`,
+/// control and bidi characters blanked ([`crate::text::clip`]), so one
+/// line stays one line whatever the name holds.
+pub fn shown(path: &Path) -> String {
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    crate::text::clip(&out, 4096)
 }
 
 pub fn check_real_dir(dir: &Path) -> anyhow::Result<()> {

@@ -3,11 +3,12 @@
 //! fsync per batch, one fsync per record), so that no poller waits for the
 //! disk.
 
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::mpsc;
 
 use super::{Ctx, metrics};
-use crate::queue::{Finishing, Outcome, Prepared, Queue, TaskNote};
+use crate::queue::{Finishing, Outcome, Prepared, Queue, TaskNote, shown};
 use crate::record::{self, Completed, Failure};
 use crate::text::clip;
 use crate::timestamp;
@@ -16,14 +17,14 @@ use crate::timestamp;
 fn done_line(path: &Path, job_id: &str, provider: &str, cost_cad: f64) -> String {
     format!(
         "done {} (job {job_id}, {}, {cost_cad:.4} CAD)",
-        path.display(),
+        shown(path),
         clip(provider, 40)
     )
 }
 
 /// The line for a task finished into failed/.
 fn failed_line(path: &Path, job_id: &str, reason: &str) -> String {
-    format!("failed {} (job {job_id}: {reason})", path.display())
+    format!("failed {} (job {job_id}: {})", shown(path), clip(reason, 80))
 }
 
 /// The line for a task whose record an interrupted run had already
@@ -61,7 +62,7 @@ pub(super) enum Verdict {
 /// finishing thread needs, owned.
 pub(super) struct Finished {
     pub(super) queue: Queue,
-    pub(super) task: String,
+    pub(super) task: OsString,
     /// The marker's bytes the decision was made on.
     pub(super) seen: Vec<u8>,
     pub(super) job_id: Option<String>,
@@ -96,7 +97,7 @@ impl Finished {
                     completed_at: &now,
                     response,
                 },
-                &self.task,
+                &shown(Path::new(&self.task)),
                 original,
             ),
             Verdict::Failed {
@@ -112,7 +113,7 @@ impl Finished {
                     failed_at: &now,
                     details,
                 },
-                &self.task,
+                &shown(Path::new(&self.task)),
                 original,
             ),
         }
@@ -200,8 +201,8 @@ impl Ctx<'_> {
         }
         for group in by_project {
             let q = group[0].queue.clone();
-            let report = |task: &str, e: &anyhow::Error| {
-                self.local_error(format_args!("{}: {e:#}", q.task_path(task).display()));
+            let report = |task: &OsStr, e: &anyhow::Error| {
+                self.local_error(format_args!("{}: {e:#}", shown(&q.task_path(task))));
             };
             let lock = match q.lock() {
                 Ok(lock) => lock,
@@ -223,9 +224,9 @@ impl Ctx<'_> {
                         match q.remove_marker(&lock, task) {
                             Ok(()) => self.say(format_args!(
                                 "returned {} to the dispatcher: job {} already finished into {}",
-                                q.task_path(task).display(),
+                                shown(&q.task_path(task)),
                                 job_id.unwrap_or("none"),
-                                existing.display()
+                                shown(&existing)
                             )),
                             Err(e) => report(task, &e),
                         }
@@ -280,18 +281,18 @@ impl Ctx<'_> {
     }
 
     /// Says why a record is written without its original task.
-    fn task_note(&self, q: &Queue, task: &str, job_id: Option<&str>, note: Option<TaskNote>) {
+    fn task_note(&self, q: &Queue, task: &OsStr, job_id: Option<&str>, note: Option<TaskNote>) {
         let path = q.task_path(task);
         match note {
             None => {}
             Some(TaskNote::Symlink) => self.ui.warn(format_args!(
                 "{}: is a symbolic link; it is never read or moved, and is left in place",
-                path.display()
+                shown(&path)
             )),
             // Not fatal: the record says `task_missing: true`.
             Some(TaskNote::Vanished) => self.ui.warn(format_args!(
                 "{}: the task vanished while delegated (job {}); was it run or moved by the dispatcher, which should skip a task with a marker?",
-                path.display(),
+                shown(&path),
                 job_id.unwrap_or("none")
             )),
         }

@@ -6,6 +6,7 @@
 //! their records in batches (one queue lock hold and one directory fsync per
 //! batch, one fsync per record), so that no poller waits for the disk.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use crate::client::{Client, ClientError, JobResult, Status};
 use crate::config::Settings;
 use crate::error::{Code, code_of, fail};
 use crate::marker::{Marker, State};
-use crate::queue::Queue;
+use crate::queue::{Queue, shown};
 use crate::text::clip;
 use crate::timestamp;
 use crate::ui::Ui;
@@ -52,7 +53,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
     let Some(_run_lock) = take_run_lock(&lock_path)? else {
         ui.info(format_args!(
             "another reap holds {}; nothing to do",
-            lock_path.display()
+            shown(&lock_path)
         ));
         return Ok(Code::Ok);
     };
@@ -72,7 +73,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
     };
     let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1) as usize;
 
-    let (tx, rx) = mpsc::sync_channel::<(Arc<Queue>, String)>(concurrency * 4);
+    let (tx, rx) = mpsc::sync_channel::<(Arc<Queue>, OsString)>(concurrency * 4);
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
         let (ctx, rx) = (&ctx, &rx);
@@ -84,17 +85,17 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
             let queue = Arc::new(Queue::at(dir));
             // A project (e.g. from a glob) without a queue has no markers.
             if !queue.inbox.exists() && !queue.inbox.is_symlink() {
-                ui.info(format_args!("{}: no queue, skipped", queue.inbox.display()));
+                ui.info(format_args!("{}: no queue, skipped", shown(&queue.inbox)));
                 continue;
             }
             let tasks = match queue.check_dirs().and_then(|()| {
                 queue
                     .marked_tasks()
-                    .with_context(|| format!("cannot list {}", queue.inbox.display()))
+                    .with_context(|| format!("cannot list {}", shown(&queue.inbox)))
             }) {
                 Ok(t) => t,
                 Err(e) => {
-                    ctx.local_error(format_args!("project {}: {e:#}", dir.display()));
+                    ctx.local_error(format_args!("project {}: {e:#}", shown(dir)));
                     continue;
                 }
             };
@@ -130,7 +131,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
                                 if let Err(e) = ctx.handle(&queue, &task) {
                                     ctx.local_error(format_args!(
                                         "{}: {e:#}",
-                                        queue.task_path(&task).display()
+                                        shown(&queue.task_path(&task))
                                     ));
                                 }
                             }
@@ -145,10 +146,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
                 }
                 if inline {
                     if let Err(e) = ctx.handle(&queue, &task) {
-                        ctx.local_error(format_args!(
-                            "{}: {e:#}",
-                            queue.task_path(&task).display()
-                        ));
+                        ctx.local_error(format_args!("{}: {e:#}", shown(&queue.task_path(&task))));
                     }
                 } else if tx.send((queue.clone(), task)).is_err() {
                     break;
@@ -168,7 +166,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         if let Err(e) = metrics::write(&path, &tally, started.elapsed(), !failed_run) {
             ui.warn(format_args!(
                 "cannot write metrics file {}: {e:#}",
-                path.display()
+                shown(&path)
             ));
         }
     }
@@ -206,12 +204,12 @@ fn take_run_lock(path: &Path) -> anyhow::Result<Option<fs::File>> {
             .with_context(|| format!("cannot create {} for the run lock", dir.display()))?;
     }
     let file = crate::queue::open_lock_file(path, 0)
-        .with_context(|| format!("cannot open the run lock {}", path.display()))?;
+        .with_context(|| format!("cannot open the run lock {}", shown(path)))?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(fs::TryLockError::WouldBlock) => Ok(None),
         Err(fs::TryLockError::Error(e)) => {
-            Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", shown(path))))
         }
     }
 }
@@ -278,8 +276,8 @@ impl Ctx<'_> {
     /// One marker: `poll::decide` is asked after every step, each step's
     /// network part is done without any lock, and files change only under
     /// the queue lock, after a re-check.
-    fn handle(&self, q: &Queue, task: &str) -> anyhow::Result<()> {
-        let (seen, parsed) = match q.read_marker(task) {
+    fn handle(&self, q: &Queue, task: &OsStr) -> anyhow::Result<()> {
+        let (mut seen, parsed) = match q.read_marker(task) {
             Ok(Some(bytes)) => {
                 let parsed = Marker::parse(&bytes);
                 (bytes, parsed)
@@ -292,7 +290,7 @@ impl Ctx<'_> {
             }
             Err(e) => return Err(anyhow::Error::new(e).context("cannot read its marker")),
         };
-        let (m, corrupt) = match parsed {
+        let (mut m, corrupt) = match parsed {
             Ok(m) => (m, None),
             Err(why) => (self.stand_in(q, task), Some(why)),
         };
@@ -316,6 +314,7 @@ impl Ctx<'_> {
         };
         let age = timestamp::age(m.started());
         let mut facts = Facts::new(kind, age, self.submit_grace, self.max_age);
+        facts.future = m.started_in_future();
         // What the steps learned, for the records and messages.
         let mut task_bytes = None;
         let mut task_error = None;
@@ -325,7 +324,24 @@ impl Ctx<'_> {
         let mut result = None;
         loop {
             match poll::decide(&facts) {
-                Action::ResetClock => facts.future = false,
+                Action::ResetClock => {
+                    let mut fresh = m.clone();
+                    fresh.started_at = timestamp::now();
+                    let lock = q.lock()?;
+                    if !q.update_marker_if(&lock, task, &seen, &fresh)? {
+                        return Ok(());
+                    }
+                    drop(lock);
+                    self.ui.warn(format_args!(
+                        "{}: started_at {} is in the future; reset to now, so that submit_grace and max_age apply",
+                        shown(&q.marker_path(task)),
+                        clip(&m.started_at, 40)
+                    ));
+                    seen = fresh.to_bytes();
+                    m = fresh;
+                    facts.future = false;
+                    facts.age = Duration::ZERO;
+                }
                 Action::ReadTask => {
                     facts.task = match q.read_task(task) {
                         Ok(Some((bytes, _))) => {
@@ -346,7 +362,7 @@ impl Ctx<'_> {
                     let bytes = task_bytes.as_deref().unwrap_or_default();
                     let req = crate::job::request(
                         &q.project_name(),
-                        task,
+                        &task.to_string_lossy(),
                         bytes,
                         &m.provider,
                         &m.priority,
@@ -365,7 +381,7 @@ impl Ctx<'_> {
                     if q.record_job_id(&lock, task, &m.idempotency_key, job)? {
                         self.ui.info(format_args!(
                             "{}: re-sent, job {job}",
-                            q.task_path(task).display()
+                            shown(&q.task_path(task))
                         ));
                     }
                     return Ok(());
@@ -376,7 +392,7 @@ impl Ctx<'_> {
                     drop(lock);
                     self.say(format_args!(
                         "returned {} to the dispatcher: the service refused it: {}",
-                        q.task_path(task).display(),
+                        shown(&q.task_path(task)),
                         last_error.unwrap_or_default()
                     ));
                     return Ok(());
@@ -484,7 +500,7 @@ impl Ctx<'_> {
 
     /// A job's status as the decision sees it; an unknown one is said and
     /// taken as not finished.
-    fn job_state(&self, q: &Queue, task: &str, job: &str, s: &Status) -> poll::Job {
+    fn job_state(&self, q: &Queue, task: &OsStr, job: &str, s: &Status) -> poll::Job {
         match s {
             Status::Completed => poll::Job::Completed,
             Status::Failed => poll::Job::Failed,
@@ -494,7 +510,7 @@ impl Ctx<'_> {
             Status::Unknown(s) => {
                 self.ui.warn(format_args!(
                     "job {job} ({}): unknown status {:?}, taken as not finished",
-                    q.task_path(task).display(),
+                    shown(&q.task_path(task)),
                     clip(s, 40)
                 ));
                 poll::Job::Running
@@ -509,7 +525,7 @@ impl Ctx<'_> {
     fn poll_failed(
         &self,
         q: &Queue,
-        task: &str,
+        task: &OsStr,
         seen: &[u8],
         mut m: Marker,
         quiet: bool,
@@ -518,7 +534,7 @@ impl Ctx<'_> {
         let job = m.job_id.as_deref().unwrap_or("(pending)");
         let msg = format!(
             "job {job} ({}): {e}; will try again on the next run",
-            q.task_path(task).display()
+            shown(&q.task_path(task))
         );
         if quiet {
             self.ui.info(msg);
@@ -532,7 +548,7 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn timeout(&self, q: &Queue, task: &str, seen: &[u8], m: &Marker) -> anyhow::Result<()> {
+    fn timeout(&self, q: &Queue, task: &OsStr, seen: &[u8], m: &Marker) -> anyhow::Result<()> {
         let mut details = format!(
             "The job did not finish within max_age ({}).",
             humantime::format_duration(self.max_age)
@@ -551,13 +567,16 @@ impl Ctx<'_> {
     fn corrupt(
         &self,
         q: &Queue,
-        task: &str,
+        task: &OsStr,
         seen: &[u8],
         m: &Marker,
         why: &str,
     ) -> anyhow::Result<()> {
         let mut details = format!(
-            "The marker {task}.delegated could not be read: {}.\nIts bytes, as found:\n\n",
+            "The marker {} could not be read: {}.\nIts bytes, as found:\n\n",
+            shown(Path::new(
+                &q.marker_path(task).file_name().unwrap_or_default()
+            )),
             clip(why, 300)
         )
         .into_bytes();
@@ -566,7 +585,7 @@ impl Ctx<'_> {
     }
 
     /// What stands for a marker that cannot be read: dated by the file.
-    fn stand_in(&self, q: &Queue, task: &str) -> Marker {
+    fn stand_in(&self, q: &Queue, task: &OsStr) -> Marker {
         let delegated_at = fs::symlink_metadata(q.marker_path(task))
             .and_then(|m| m.modified())
             .map(timestamp::format)
@@ -575,7 +594,7 @@ impl Ctx<'_> {
             version: 1,
             state: State::Pending,
             project: String::new(),
-            task_file: task.to_string(),
+            task_file: task.to_string_lossy().into_owned(),
             job_id: None,
             provider: "unknown".into(),
             priority: "normal".into(),
@@ -589,7 +608,7 @@ impl Ctx<'_> {
     fn done(
         &self,
         q: &Queue,
-        task: &str,
+        task: &OsStr,
         seen: &[u8],
         m: &Marker,
         r: JobResult,
@@ -601,7 +620,7 @@ impl Ctx<'_> {
         };
         self.hand_over(Finished {
             queue: q.clone(),
-            task: task.to_string(),
+            task: task.to_os_string(),
             seen: seen.to_vec(),
             job_id: m.job_id.clone(),
             delegated_at: m.started_at.clone(),
@@ -618,7 +637,7 @@ impl Ctx<'_> {
     fn failed(
         &self,
         q: &Queue,
-        task: &str,
+        task: &OsStr,
         seen: &[u8],
         m: &Marker,
         reason: &str,
@@ -626,7 +645,7 @@ impl Ctx<'_> {
     ) -> anyhow::Result<()> {
         self.hand_over(Finished {
             queue: q.clone(),
-            task: task.to_string(),
+            task: task.to_os_string(),
             seen: seen.to_vec(),
             job_id: m.job_id.clone(),
             delegated_at: m.started_at.clone(),

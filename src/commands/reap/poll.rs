@@ -9,10 +9,6 @@
 
 use std::time::Duration;
 
-/// A marker's clock may run this far ahead of ours before it is reset.
-#[allow(dead_code)]
-pub const FUTURE_SLACK: Duration = Duration::from_secs(5 * 60);
-
 /// The marker as read from disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Marker {
@@ -70,7 +66,7 @@ pub enum Task {
 #[derive(Clone, Copy, Debug)]
 pub struct Facts {
     pub marker: Marker,
-    /// `started_at` lies more than [`FUTURE_SLACK`] ahead of now.
+    /// `started_at` lies more than `marker::FUTURE_SLACK` ahead of now.
     pub future: bool,
     /// Time since `started_at` (zero when in the future).
     pub age: Duration,
