@@ -46,6 +46,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -71,6 +72,8 @@ pub struct Queue {
     pub inbox: PathBuf,
     pub done: PathBuf,
     pub failed: PathBuf,
+    /// How long [`Queue::lock`] waits for the queue lock.
+    pub lock_timeout: Duration,
 }
 
 /// One task of [`Queue::finish_many`].
@@ -134,7 +137,14 @@ impl Queue {
             failed: root.join("failed"),
             project,
             root,
+            lock_timeout: crate::config::DEFAULT_LOCK_TIMEOUT,
         }
+    }
+
+    /// The same queue, waiting at most `timeout` for its lock.
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Queue {
+        self.lock_timeout = timeout;
+        self
     }
 
     /// The project's name, as sent in job metadata.
@@ -221,14 +231,40 @@ impl Queue {
         Ok(())
     }
 
-    /// Takes the queue lock, waiting for it. Held only while files change.
+    /// Takes the queue lock, waiting for it at most `lock_timeout` (a lock
+    /// taken by hand, `flock(1)`, must not block every run forever): then
+    /// exit 75, nothing changed. Held only while files change.
     pub fn lock(&self) -> anyhow::Result<QueueLock> {
         let path = self.root.join(LOCK_NAME);
         let file = open_lock_file(&path, libc::O_NOFOLLOW)
-            .with_context(|| format!("cannot open the queue lock {}", path.display()))?;
-        file.lock()
-            .with_context(|| format!("cannot lock {}", path.display()))?;
-        Ok(QueueLock { _file: file })
+            .with_context(|| format!("cannot open the queue lock {}", shown(&path)))?;
+        let deadline = Instant::now() + self.lock_timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(QueueLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("cannot lock {}", shown(&path)))
+                    );
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(fail(
+                    Code::TempFail,
+                    format!(
+                        "{}: held by another process for more than lock_timeout ({}); nothing was changed; try again later, or see who holds it with `fuser -v {}`",
+                        shown(&path),
+                        humantime::format_duration(self.lock_timeout),
+                        shown(&path)
+                    ),
+                ));
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Whether a killed run left temporary files (looked at without the lock).

@@ -15,6 +15,7 @@ use crate::ui::Ui;
 
 pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let (queue, task) = Queue::of_task(&args.task)?;
+    let queue = queue.with_lock_timeout(settings.lock_timeout);
     let shown = args.task.display();
 
     if let Some(line) = existing(&queue, &task, ui)? {

@@ -24,7 +24,11 @@ fn done_line(path: &Path, job_id: &str, provider: &str, cost_cad: f64) -> String
 
 /// The line for a task finished into failed/.
 fn failed_line(path: &Path, job_id: &str, reason: &str) -> String {
-    format!("failed {} (job {job_id}: {})", shown(path), clip(reason, 80))
+    format!(
+        "failed {} (job {job_id}: {})",
+        shown(path),
+        clip(reason, 80)
+    )
 }
 
 /// The line for a task whose record an interrupted run had already

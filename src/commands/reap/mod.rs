@@ -66,6 +66,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         client: OnceLock::new(),
         out: Mutex::new(()),
         local_errors: AtomicU32::new(0),
+        skipped: AtomicU32::new(0),
         auth_refusals: AtomicU32::new(0),
         tally: Mutex::new(metrics::Tally::default()),
         finisher: OnceLock::new(),
@@ -82,7 +83,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         // markers are handled here, one by one.
         let mut inline = false;
         for dir in &projects {
-            let queue = Arc::new(Queue::at(dir));
+            let queue = Arc::new(Queue::at(dir).with_lock_timeout(settings.lock_timeout));
             // A project (e.g. from a glob) without a queue has no markers.
             if !queue.inbox.exists() && !queue.inbox.is_symlink() {
                 ui.info(format_args!("{}: no queue, skipped", shown(&queue.inbox)));
@@ -99,10 +100,22 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
                     continue;
                 }
             };
-            if queue.has_debris()
-                && let Ok(lock) = queue.lock()
-            {
-                queue.sweep_debris(&lock);
+            // A queue lock held too long (by hand, or by a hung process)
+            // skips the project and the others are still reaped. It is
+            // probed once, before the first marker, so that a stuck queue
+            // costs one wait, not one per marker.
+            let mut tasks = tasks.peekable();
+            let debris = queue.has_debris();
+            if debris || tasks.peek().is_some() {
+                match queue.lock() {
+                    Ok(lock) if debris => queue.sweep_debris(&lock),
+                    Ok(_) => {}
+                    Err(e) => {
+                        ctx.skipped.fetch_add(1, Ordering::Relaxed);
+                        ctx.error(format_args!("project {} skipped: {e:#}", shown(dir)));
+                        continue;
+                    }
+                }
             }
             ctx.tally
                 .lock()
@@ -177,6 +190,8 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         Code::Other
     } else if ctx.auth_refusals.load(Ordering::Relaxed) > 0 {
         Code::NoPerm
+    } else if ctx.skipped.load(Ordering::Relaxed) > 0 {
+        Code::TempFail
     } else {
         Code::Ok
     })
@@ -224,6 +239,8 @@ struct Ctx<'a> {
     /// Serializes the lines on stdout.
     out: Mutex<()>,
     local_errors: AtomicU32,
+    /// Projects skipped for a queue lock held too long: the run exits 75.
+    skipped: AtomicU32,
     /// Calls the service refused with 401/403: the run exits 77.
     auth_refusals: AtomicU32,
     tally: Mutex<metrics::Tally>,
@@ -262,6 +279,11 @@ impl Ctx<'_> {
 
     fn local_error(&self, msg: impl std::fmt::Display) {
         self.local_errors.fetch_add(1, Ordering::Relaxed);
+        self.error(msg);
+    }
+
+    /// Said on stderr with or without -q: only routine lines are silenced.
+    fn error(&self, msg: impl std::fmt::Display) {
         let _g = self.out.lock();
         eprintln!("ccl-delegate: error: {msg}");
     }
