@@ -17,6 +17,19 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     let (queue, task) = Queue::of_task(&args.task)?;
     let queue = queue.with_lock_timeout(settings.lock_timeout);
     let shown = args.task.display();
+    // A marker that cannot exist can never hold the task back: refused
+    // before anything is written.
+    let max = name_max(&queue.inbox);
+    if task.len() + crate::marker::SUFFIX.len() > max {
+        return Err(fail(
+            Code::Usage,
+            format!(
+                "{shown}: the task's name is too long for its marker ({} bytes with `{}`, over this file system's {max}); rename the task; nothing was written",
+                task.len() + crate::marker::SUFFIX.len(),
+                crate::marker::SUFFIX
+            ),
+        ));
+    }
 
     if let Some(line) = existing(&queue, &task, ui)? {
         println!("{line}");
@@ -51,12 +64,28 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             .to_string(),
     };
 
+    let project = queue.project_name();
+    let provider = decision.provider.as_str();
+    let req = job::request(&project, &task, &bytes, provider, &priority);
+    // The service refuses a body over its limit: said before anything is
+    // sent or written, with the size, so a person can split the task.
+    let body = serde_json::to_vec(&req)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    if body > MAX_REQUEST_BYTES {
+        return Err(fail(
+            Code::DataErr,
+            format!(
+                "{shown}: its request would be {:.1} MiB ({body} bytes), over the API's 32 MiB limit; not delegated, nothing written",
+                body as f64 / (1024.0 * 1024.0)
+            ),
+        ));
+    }
+
     // Configuration problems end the run before anything is written.
     let client = settings.client()?;
     let key = job::new_idempotency_key()
         .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for an idempotency key: {e}"))?;
-    let project = queue.project_name();
-    let provider = decision.provider.as_str();
     let marker = Marker {
         version: 1,
         state: State::Pending,
@@ -79,14 +108,10 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             if !created {
                 drop(lock);
                 // Another submit won the race: report its marker.
-                let line =
-                    existing(&queue, &task, ui)?.unwrap_or_else(|| format!("pending {provider}"));
-                println!("{line}");
-                return Ok(Code::Ok);
+                return confirm(&queue, &task, ui);
             }
         }
 
-        let req = job::request(&project, &task, &bytes, provider, &priority);
         match client.submit(&req, &key) {
             Ok(s) => {
                 let lock = queue.lock()?;
@@ -98,15 +123,14 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                             s.job_id
                         )
                     })?;
-                println!("delegated {provider} {}", s.job_id);
-                Ok(Code::Ok)
+                drop(lock);
+                confirm(&queue, &task, ui)
             }
             Err(e) if !e.nothing_created() => {
                 ui.warn(format_args!(
                     "{shown}: the outcome of the submission is unknown ({e}); the marker stays pending and the next reap re-sends it with the same idempotency key"
                 ));
-                println!("pending {provider}");
-                Ok(Code::Ok)
+                confirm(&queue, &task, ui)
             }
             Err(e) => {
                 let lock = queue.lock()?;
@@ -143,6 +167,40 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     }
 }
 
+/// The API's limit on a request body.
+const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+/// The longest file name the inbox's file system takes (255 when it
+/// cannot say).
+fn name_max(dir: &std::path::Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 255;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
+    let n = unsafe { libc::pathconf(c.as_ptr(), libc::_PC_NAME_MAX) };
+    if n > 0 { n as usize } else { 255 }
+}
+
+/// Prints the line of the marker now on disk and exits 0: exit 0 means
+/// exactly that a marker exists. A marker gone meanwhile (another process
+/// removed it) is an error: the dispatcher must not skip the task.
+fn confirm(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Code> {
+    match existing(queue, task, ui)? {
+        Some(line) => {
+            println!("{line}");
+            Ok(Code::Ok)
+        }
+        None => Err(fail(
+            Code::TempFail,
+            format!(
+                "{}: its marker vanished while it was submitted (removed by another process); the task is not delegated; try again",
+                queue.task_path(task).display()
+            ),
+        )),
+    }
+}
+
 /// `delegated <provider> <job>` or `pending <provider>` when a marker is
 /// already there.
 fn existing(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Option<String>> {
@@ -151,6 +209,13 @@ fn existing(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Option<String>>
     let parsed = match queue.read_marker(task) {
         Ok(Some(bytes)) => Marker::parse(&bytes),
         Ok(None) => return Ok(None),
+        // Only a marker that is there holds the task back.
+        Err(e) if std::fs::symlink_metadata(queue.marker_path(task)).is_err() => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot read the marker {}",
+                queue.marker_path(task).display()
+            )));
+        }
         Err(e) => Err(format!("cannot read it: {e}")),
     };
     Ok(Some(match parsed {

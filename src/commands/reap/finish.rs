@@ -70,6 +70,8 @@ pub(super) struct Finished {
     /// The marker's bytes the decision was made on.
     pub(super) seen: Vec<u8>,
     pub(super) job_id: Option<String>,
+    /// The provider the marker asked for (`auto` included).
+    pub(super) requested: String,
     pub(super) delegated_at: String,
     pub(super) verdict: Verdict,
 }
@@ -139,8 +141,10 @@ impl Finished {
         match &self.verdict {
             Verdict::Done {
                 provider, cost_cad, ..
-            } => tally.finished(&self.queue, provider, true, *cost_cad),
-            Verdict::Failed { provider, .. } => tally.finished(&self.queue, provider, false, 0.0),
+            } => tally.finished(&self.queue, &self.requested, provider, true, *cost_cad),
+            Verdict::Failed { provider, .. } => {
+                tally.finished(&self.queue, &self.requested, provider, false, 0.0)
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,8 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         local_errors: AtomicU32::new(0),
         skipped: AtomicU32::new(0),
         auth_refusals: AtomicU32::new(0),
+        service_failures: AtomicU32::new(0),
+        auth_said: AtomicBool::new(false),
         tally: Mutex::new(metrics::Tally::default()),
         finisher: OnceLock::new(),
         workers: AtomicUsize::new(0),
@@ -173,16 +175,23 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         .metrics_file
         .clone()
         .or_else(|| settings.metrics_file.clone());
-    let failed_run = ctx.local_errors.load(Ordering::Relaxed) > 0;
     if let Some(path) = metrics_file {
-        let tally = ctx.tally.into_inner().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = metrics::write(&path, &tally, started.elapsed(), !failed_run) {
-            ui.warn(format_args!(
-                "cannot write metrics file {}: {e:#}",
+        // A run is a success only when nothing failed: no local error, no
+        // call that failed for the service or the key, no project skipped.
+        let success = ctx.local_errors.load(Ordering::Relaxed) == 0
+            && ctx.service_failures.load(Ordering::Relaxed) == 0
+            && ctx.auth_refusals.load(Ordering::Relaxed) == 0
+            && ctx.skipped.load(Ordering::Relaxed) == 0
+            && !matches!(ctx.client.get(), Some(Err(_)));
+        let tally = std::mem::take(&mut *ctx.tally.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = metrics::write(&path, &tally, started.elapsed(), success) {
+            ctx.local_error(format_args!(
+                "cannot write the metrics file {}: {e:#}",
                 shown(&path)
             ));
         }
     }
+    let failed_run = ctx.local_errors.load(Ordering::Relaxed) > 0;
     if let Some(Err((code, msg))) = ctx.client.get() {
         return Err(fail(*code, msg.clone()));
     }
@@ -243,12 +252,28 @@ struct Ctx<'a> {
     skipped: AtomicU32,
     /// Calls the service refused with 401/403: the run exits 77.
     auth_refusals: AtomicU32,
+    /// Calls that failed for the service: unreachable, 5xx after retries,
+    /// no definite answer, an answer off the contract.
+    service_failures: AtomicU32,
+    /// A refused key was said as an error already.
+    auth_said: AtomicBool,
     tally: Mutex<metrics::Tally>,
     /// To the finishing thread, once the pool is started; `None` says that
     /// the last worker is done.
     finisher: OnceLock<mpsc::SyncSender<Option<Finished>>>,
     /// Workers still running.
     workers: AtomicUsize,
+}
+
+/// How a failed poll is said on stderr.
+#[derive(Clone, Copy)]
+enum Say {
+    /// Always, -q or not.
+    Error,
+    /// Unless -q.
+    Warning,
+    /// Only with -v.
+    Verbose,
 }
 
 /// Counts a worker out when it ends (or unwinds); the last one tells the
@@ -447,8 +472,19 @@ impl Ctx<'_> {
                 }
                 Action::Leave => return Ok(()),
                 Action::NoteFailedPoll { quiet } => {
+                    // A refused key is an error, said even with -q (once a
+                    // run: it is the same for every job).
+                    let auth = Call::Err(Failure::Auth);
+                    let refused = facts.sent == auth
+                        || facts.status == Call::Err(Failure::Auth)
+                        || facts.result == auth;
+                    let say = match (quiet, refused) {
+                        (_, true) if !self.auth_said.swap(true, Ordering::Relaxed) => Say::Error,
+                        (true, _) => Say::Verbose,
+                        _ => Say::Warning,
+                    };
                     let e = last_error.unwrap_or_default();
-                    return self.poll_failed(q, task, &seen, m, quiet, &e);
+                    return self.poll_failed(q, task, &seen, m, say, &e);
                 }
                 Action::WriteDone => {
                     let Some(r) = result else {
@@ -514,6 +550,12 @@ impl Ctx<'_> {
                 Failure::Auth
             }
             ClientError::Rejected { .. } => Failure::Rejected,
+            ClientError::Unavailable { .. }
+            | ClientError::Unknown { .. }
+            | ClientError::BadAnswer { .. } => {
+                self.service_failures.fetch_add(1, Ordering::Relaxed);
+                Failure::Other
+            }
             _ => Failure::Other,
         };
         *keep = Some(e.to_string());
@@ -550,7 +592,7 @@ impl Ctx<'_> {
         task: &OsStr,
         seen: &[u8],
         mut m: Marker,
-        quiet: bool,
+        say: Say,
         e: &str,
     ) -> anyhow::Result<()> {
         let job = m.job_id.as_deref().unwrap_or("(pending)");
@@ -558,10 +600,10 @@ impl Ctx<'_> {
             "job {job} ({}): {e}; will try again on the next run",
             shown(&q.task_path(task))
         );
-        if quiet {
-            self.ui.info(msg);
-        } else {
-            self.ui.warn(msg);
+        match say {
+            Say::Error => self.error(msg),
+            Say::Warning => self.ui.warn(msg),
+            Say::Verbose => self.ui.info(msg),
         }
         m.poll_errors += 1;
         m.last_error = Some(clip(e, 500));
@@ -645,6 +687,7 @@ impl Ctx<'_> {
             task: task.to_os_string(),
             seen: seen.to_vec(),
             job_id: m.job_id.clone(),
+            requested: m.provider.clone(),
             delegated_at: m.started_at.clone(),
             verdict: Verdict::Done {
                 provider,
@@ -670,6 +713,7 @@ impl Ctx<'_> {
             task: task.to_os_string(),
             seen: seen.to_vec(),
             job_id: m.job_id.clone(),
+            requested: m.provider.clone(),
             delegated_at: m.started_at.clone(),
             verdict: Verdict::Failed {
                 provider: m.provider.clone(),
