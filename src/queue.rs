@@ -336,6 +336,21 @@ impl Queue {
     ) -> anyhow::Result<bool> {
         let task = task.as_ref();
         let target = self.marker_path(task);
+        // A marker only beside its task: a reap may have finished the task
+        // (and removed its marker) since the submitter read it.
+        let task_path = self.task_path(task);
+        if fs::symlink_metadata(&task_path).is_err() {
+            if fs::symlink_metadata(&target).is_ok() {
+                return Ok(false);
+            }
+            return Err(fail(
+                Code::NoInput,
+                format!(
+                    "{}: no such task file any more (finished or moved meanwhile); nothing was written",
+                    shown(&task_path)
+                ),
+            ));
+        }
         let tmp = self.write_tmp(&m.to_bytes(), 0o644)?;
         match persist(tmp, &target, false)? {
             true => {

@@ -108,7 +108,7 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             if !created {
                 drop(lock);
                 // Another submit won the race: report its marker.
-                return confirm(&queue, &task, ui);
+                return confirm(&queue, &task, ui, format!("pending {provider}"));
             }
         }
 
@@ -124,13 +124,18 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                         )
                     })?;
                 drop(lock);
-                confirm(&queue, &task, ui)
+                confirm(
+                    &queue,
+                    &task,
+                    ui,
+                    format!("delegated {provider} {}", s.job_id),
+                )
             }
             Err(e) if !e.nothing_created() => {
                 ui.warn(format_args!(
                     "{shown}: the outcome of the submission is unknown ({e}); the marker stays pending and the next reap re-sends it with the same idempotency key"
                 ));
-                confirm(&queue, &task, ui)
+                confirm(&queue, &task, ui, format!("pending {provider}"))
             }
             Err(e) => {
                 let lock = queue.lock()?;
@@ -183,22 +188,25 @@ fn name_max(dir: &std::path::Path) -> usize {
 }
 
 /// Prints the line of the marker now on disk and exits 0: exit 0 means
-/// exactly that a marker exists. A marker gone meanwhile (another process
-/// removed it) is an error: the dispatcher must not skip the task.
-fn confirm(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Code> {
-    match existing(queue, task, ui)? {
-        Some(line) => {
-            println!("{line}");
-            Ok(Code::Ok)
+/// exactly that the dispatcher must skip the task. A marker gone with its
+/// task was finished by a reap meanwhile (`known` is then the line); one
+/// gone while the task stays (removed by another process) is an error.
+fn confirm(queue: &Queue, task: &str, ui: Ui, known: String) -> anyhow::Result<Code> {
+    let line = match existing(queue, task, ui)? {
+        Some(line) => line,
+        None if std::fs::symlink_metadata(queue.task_path(task)).is_err() => known,
+        None => {
+            return Err(fail(
+                Code::TempFail,
+                format!(
+                    "{}: its marker vanished while it was submitted (removed by another process); the task is not delegated; try again",
+                    queue.task_path(task).display()
+                ),
+            ));
         }
-        None => Err(fail(
-            Code::TempFail,
-            format!(
-                "{}: its marker vanished while it was submitted (removed by another process); the task is not delegated; try again",
-                queue.task_path(task).display()
-            ),
-        )),
-    }
+    };
+    println!("{line}");
+    Ok(Code::Ok)
 }
 
 /// `delegated <provider> <job>` or `pending <provider>` when a marker is
