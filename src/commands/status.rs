@@ -26,7 +26,9 @@ struct InFlight {
     started_at: String,
     age_seconds: u64,
     /// `started_at` lies more than 5 minutes ahead of this host's clock
-    /// (the next reap resets it to now); `age_seconds` is then 0.
+    /// (the next reap resets it to now); `age_seconds` is then 0. Present
+    /// only when true, so the stable set of fields stays as it was.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     started_in_future: bool,
     poll_errors: u64,
     last_error: Option<String>,
