@@ -15,7 +15,7 @@
 //! States of one task and the only transitions:
 //!
 //! ```text
-//!  inbox            --create_marker-->  inbox + marker(pending)
+//!  inbox            --create_marker-->  inbox + marker(pending)  (only beside its task)
 //!  marker(pending)  --record_job_id-->  marker(submitted)      (job id known)
 //!  marker(pending)  --remove_if_ours--> inbox                  (POST surely failed)
 //!  marker           --update_marker_if--> marker               (a failed poll noted)
@@ -24,6 +24,10 @@
 //!  inbox + marker   --finish_many-->    done/ or failed/       (job finished)
 //!  failed/          --requeue-->        inbox
 //! ```
+//!
+//! Every transition holds the queue lock, waited for at most `lock_timeout`
+//! (a lock held by hand must not block every run forever). Task names are
+//! bytes (`OsStr`): a name that is not UTF-8 is handled like any other.
 //!
 //! Every new file is written under a temporary name in `.agent-queue/`,
 //! fsynced, renamed into place without replacing anything (RENAME_NOREPLACE
