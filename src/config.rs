@@ -30,6 +30,7 @@ struct FileConfig {
     retries: Option<u32>,
     concurrency: Option<u32>,
     lock_file: Option<String>,
+    lock_timeout: Option<String>,
     metrics_file: Option<String>,
 }
 
@@ -56,11 +57,14 @@ pub struct Settings {
     pub retries: u32,
     pub concurrency: u32,
     pub lock_file: PathBuf,
+    /// How long a queue lock is waited for.
+    pub lock_timeout: Duration,
     pub metrics_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_SUBMIT_GRACE: Duration = Duration::from_secs(120);
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_CONCURRENCY: u32 = 8;
@@ -191,6 +195,8 @@ impl Settings {
                 .unwrap_or(DEFAULT_MAX_AGE),
             submit_grace: config_duration(&cfg_path, &text, "submit_grace", &file.submit_grace)?
                 .unwrap_or(DEFAULT_SUBMIT_GRACE),
+            lock_timeout: config_duration(&cfg_path, &text, "lock_timeout", &file.lock_timeout)?
+                .unwrap_or(DEFAULT_LOCK_TIMEOUT),
             http_timeout: g.http_timeout.map(Ok).unwrap_or_else(|| {
                 config_duration(&cfg_path, &text, "http_timeout", &file.http_timeout)
                     .map(|d| d.unwrap_or(DEFAULT_HTTP_TIMEOUT))

@@ -65,6 +65,15 @@ pub fn code_of(err: &anyhow::Error) -> Code {
     Code::Other
 }
 
+/// The exit code of a job creation the service refused for sure: 69, 77,
+/// or 65 for any other 4xx (a 404 on the POST is a wrong URL, not a job).
+pub fn submit_code(e: &crate::client::ClientError) -> Code {
+    match client_code(e) {
+        Code::NoInput => Code::DataErr,
+        c => c,
+    }
+}
+
 /// The exit code of a failed call to the service.
 pub fn client_code(e: &crate::client::ClientError) -> Code {
     use crate::client::ClientError as E;

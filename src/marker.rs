@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 pub const SUFFIX: &str = ".delegated";
 
+/// A marker's clock may run this far ahead of ours; beyond it, `reap`
+/// resets `started_at` to now, or no age rule would ever apply.
+pub const FUTURE_SLACK: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -56,13 +60,13 @@ impl Marker {
         let l: Loose =
             serde_json::from_slice(bytes).map_err(|e| format!("not marker JSON: {e}"))?;
         let job_id = l.job_id.filter(|j| !j.is_empty());
-        if let Some(j) = &job_id {
-            if !crate::client::valid_job_id(j) {
-                return Err(format!(
-                    "job_id {:?} is not a valid job id",
-                    crate::text::clip(j, 80)
-                ));
-            }
+        if let Some(j) = &job_id
+            && !crate::client::valid_job_id(j)
+        {
+            return Err(format!(
+                "job_id {:?} is not a valid job id",
+                crate::text::clip(j, 80)
+            ));
         }
         let state = match (l.version, l.state.as_deref()) {
             // The Go implementation wrote no version and no state: its
@@ -75,10 +79,10 @@ impl Marker {
             }
             (Some(_), None) => return Err("no state".into()),
         };
-        if let Some(v) = l.version {
-            if v != 1 {
-                return Err(format!("unknown marker version {v}"));
-            }
+        if let Some(v) = l.version
+            && v != 1
+        {
+            return Err(format!("unknown marker version {v}"));
         }
         if state == State::Submitted && job_id.is_none() {
             return Err("submitted marker without a job_id".into());
@@ -113,6 +117,13 @@ impl Marker {
         let mut v = serde_json::to_vec_pretty(self).expect("a marker always serializes");
         v.push(b'\n');
         v
+    }
+
+    /// `started_at` lies more than [`FUTURE_SLACK`] ahead of now.
+    pub fn started_in_future(&self) -> bool {
+        self.started()
+            .duration_since(std::time::SystemTime::now())
+            .is_ok_and(|ahead| ahead > FUTURE_SLACK)
     }
 
     pub fn started(&self) -> std::time::SystemTime {

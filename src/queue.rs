@@ -15,14 +15,19 @@
 //! States of one task and the only transitions:
 //!
 //! ```text
-//!  inbox            --create_marker-->  inbox + marker(pending)
-//!  marker(pending)  --replace_marker--> marker(submitted)      (job id known)
-//!  marker(pending)  --remove_marker-->  inbox                  (POST surely failed)
+//!  inbox            --create_marker-->  inbox + marker(pending)  (only beside its task)
+//!  marker(pending)  --record_job_id-->  marker(submitted)      (job id known)
+//!  marker(pending)  --remove_if_ours--> inbox                  (POST surely failed)
+//!  marker           --update_marker_if--> marker               (a failed poll noted)
 //!  stale marker     --remove_marker-->  inbox                  (its job's record exists
 //!                                                               with another task)
 //!  inbox + marker   --finish_many-->    done/ or failed/       (job finished)
 //!  failed/          --requeue-->        inbox
 //! ```
+//!
+//! Every transition holds the queue lock, waited for at most `lock_timeout`
+//! (a lock held by hand must not block every run forever). Task names are
+//! bytes (`OsStr`): a name that is not UTF-8 is handled like any other.
 //!
 //! Every new file is written under a temporary name in `.agent-queue/`,
 //! fsynced, renamed into place without replacing anything (RENAME_NOREPLACE
@@ -39,10 +44,13 @@
 //! under one hold of the lock, in the same order for each, with one fsync
 //! per directory for the whole batch.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -68,15 +76,47 @@ pub struct Queue {
     pub inbox: PathBuf,
     pub done: PathBuf,
     pub failed: PathBuf,
+    /// How long [`Queue::lock`] waits for the queue lock.
+    pub lock_timeout: Duration,
 }
 
 /// One task of [`Queue::finish_many`].
 pub struct Finishing<'a> {
     /// `<id>.md`.
-    pub task: &'a str,
+    pub task: &'a OsStr,
     /// The record to write and its permission bits; `None` when it is
     /// already durable in done/ or failed/ and only the removals are left.
     pub record: Option<(Outcome, &'a [u8], u32)>,
+}
+
+/// What [`Queue::prepare`] found under the queue lock.
+pub enum Prepared {
+    /// Another run changed the marker meanwhile: leave everything.
+    Changed,
+    /// An interrupted run already wrote this record: only the removals
+    /// are left.
+    Recorded(PathBuf),
+    /// Write the record: the original task (`None` when it vanished or is
+    /// a symlink) and the permission bits the record gets.
+    Write {
+        original: Option<Vec<u8>>,
+        mode: u32,
+        note: Option<TaskNote>,
+    },
+    /// This job's record is already written, with another original task:
+    /// the inbox task is a new one (a run died between removing the old
+    /// task and its marker, and the id was reused) or was edited. Only the
+    /// stale marker goes, handing the task back to the dispatcher.
+    Stale(PathBuf),
+}
+
+/// Why a record is written without its original task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskNote {
+    /// A symlink: never read or moved, left in place.
+    Symlink,
+    /// The task vanished while delegated (`task_missing: true`).
+    Vanished,
 }
 
 /// Proof that the queue lock is held; mutating calls take it.
@@ -101,7 +141,14 @@ impl Queue {
             failed: root.join("failed"),
             project,
             root,
+            lock_timeout: crate::config::DEFAULT_LOCK_TIMEOUT,
         }
+    }
+
+    /// The same queue, waiting at most `timeout` for its lock.
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Queue {
+        self.lock_timeout = timeout;
+        self
     }
 
     /// The project's name, as sent in job metadata.
@@ -188,14 +235,40 @@ impl Queue {
         Ok(())
     }
 
-    /// Takes the queue lock, waiting for it. Held only while files change.
+    /// Takes the queue lock, waiting for it at most `lock_timeout` (a lock
+    /// taken by hand, `flock(1)`, must not block every run forever): then
+    /// exit 75, nothing changed. Held only while files change.
     pub fn lock(&self) -> anyhow::Result<QueueLock> {
         let path = self.root.join(LOCK_NAME);
         let file = open_lock_file(&path, libc::O_NOFOLLOW)
-            .with_context(|| format!("cannot open the queue lock {}", path.display()))?;
-        file.lock()
-            .with_context(|| format!("cannot lock {}", path.display()))?;
-        Ok(QueueLock { _file: file })
+            .with_context(|| format!("cannot open the queue lock {}", shown(&path)))?;
+        let deadline = Instant::now() + self.lock_timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(QueueLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("cannot lock {}", shown(&path)))
+                    );
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(fail(
+                    Code::TempFail,
+                    format!(
+                        "{}: held by another process for more than lock_timeout ({}); nothing was changed; try again later, or see who holds it with `fuser -v {}`",
+                        shown(&path),
+                        humantime::format_duration(self.lock_timeout),
+                        shown(&path)
+                    ),
+                ));
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Whether a killed run left temporary files (looked at without the lock).
@@ -222,38 +295,66 @@ impl Queue {
 
     /// The task names (`<id>.md`) that have a marker, streamed from the
     /// inbox directory.
-    pub fn marked_tasks(&self) -> io::Result<impl Iterator<Item = String> + use<>> {
+    /// The task is the marker's name minus `.delegated`, whatever bytes it
+    /// holds: a name that is not UTF-8 is reaped like any other.
+    pub fn marked_tasks(&self) -> io::Result<impl Iterator<Item = OsString> + use<>> {
         let entries = fs::read_dir(&self.inbox)?;
         Ok(entries.filter_map(|e| {
-            let e = e.ok()?;
-            let name = e.file_name().into_string().ok()?;
-            let task = name.strip_suffix(marker::SUFFIX)?;
-            is_task_name(task).then(|| task.to_string())
+            let name = e.ok()?.file_name().into_vec();
+            let task = name.strip_suffix(marker::SUFFIX.as_bytes())?;
+            is_task_name_bytes(task).then(|| OsString::from_vec(task.to_vec()))
         }))
     }
 
-    pub fn task_path(&self, task: &str) -> PathBuf {
+    pub fn task_path(&self, task: impl AsRef<OsStr>) -> PathBuf {
+        let task = task.as_ref();
         self.inbox.join(task)
     }
 
-    pub fn marker_path(&self, task: &str) -> PathBuf {
-        self.inbox.join(format!("{task}{}", marker::SUFFIX))
+    pub fn marker_path(&self, task: impl AsRef<OsStr>) -> PathBuf {
+        let task = task.as_ref();
+        let mut name = task.to_os_string();
+        name.push(marker::SUFFIX);
+        self.inbox.join(name)
     }
 
     /// The task's bytes and permission bits; `None` when it does not exist.
     /// A symlink is never followed: it is an error.
-    pub fn read_task(&self, task: &str) -> io::Result<Option<(Vec<u8>, u32)>> {
+    pub fn read_task(&self, task: impl AsRef<OsStr>) -> io::Result<Option<(Vec<u8>, u32)>> {
+        let task = task.as_ref();
         read_nofollow(&self.task_path(task))
     }
 
     /// The marker's bytes; `None` when there is none.
-    pub fn read_marker(&self, task: &str) -> io::Result<Option<Vec<u8>>> {
+    pub fn read_marker(&self, task: impl AsRef<OsStr>) -> io::Result<Option<Vec<u8>>> {
+        let task = task.as_ref();
         Ok(read_nofollow(&self.marker_path(task))?.map(|(b, _)| b))
     }
 
     /// Writes a new marker; `Ok(false)` when one is already there.
-    pub fn create_marker(&self, _lock: &QueueLock, task: &str, m: &Marker) -> anyhow::Result<bool> {
+    pub fn create_marker(
+        &self,
+        _lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        m: &Marker,
+    ) -> anyhow::Result<bool> {
+        let task = task.as_ref();
         let target = self.marker_path(task);
+        // A marker only beside its task: a reap may have finished the task
+        // (and removed its marker) since the submitter read it.
+        let task_path = self.task_path(task);
+        if fs::symlink_metadata(&task_path).is_err() {
+            if fs::symlink_metadata(&target).is_ok() {
+                return Ok(false);
+            }
+            return Err(fail(
+                Code::NoInput,
+                format!(
+                    "{}: no such task file any more (finished or moved meanwhile); nothing was written",
+                    shown(&task_path)
+                ),
+            ));
+        }
         let tmp = self.write_tmp(&m.to_bytes(), 0o644)?;
         match persist(tmp, &target, false)? {
             true => {
@@ -265,7 +366,13 @@ impl Queue {
     }
 
     /// Replaces a marker atomically (state change, poll errors).
-    pub fn replace_marker(&self, _lock: &QueueLock, task: &str, m: &Marker) -> anyhow::Result<()> {
+    pub fn replace_marker(
+        &self,
+        _lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        m: &Marker,
+    ) -> anyhow::Result<()> {
+        let task = task.as_ref();
         let target = self.marker_path(task);
         let tmp = self.write_tmp(&m.to_bytes(), 0o644)?;
         persist(tmp, &target, true)?;
@@ -273,9 +380,155 @@ impl Queue {
     }
 
     /// Removes a marker: its task becomes the dispatcher's again.
-    pub fn remove_marker(&self, _lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+    pub fn remove_marker(&self, _lock: &QueueLock, task: impl AsRef<OsStr>) -> anyhow::Result<()> {
+        let task = task.as_ref();
         remove(&self.marker_path(task))?;
         sync_dir(&self.inbox)
+    }
+
+    /// Records the job id in a pending marker that is still ours (same
+    /// idempotency key): `pending` -> `submitted`. Returns whether it did.
+    pub fn record_job_id(
+        &self,
+        lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        key: &str,
+        job_id: &str,
+    ) -> anyhow::Result<bool> {
+        let task = task.as_ref();
+        let Some(bytes) = self.read_marker(task)? else {
+            return Ok(false);
+        };
+        match Marker::parse(&bytes) {
+            Ok(mut m) if m.state == marker::State::Pending && m.idempotency_key == key => {
+                m.state = marker::State::Submitted;
+                m.job_id = Some(job_id.to_string());
+                m.poll_errors = 0;
+                m.last_error = None;
+                self.replace_marker(lock, task, &m)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Removes a pending marker after a submission that surely failed, if it
+    /// is still the one with this idempotency key.
+    pub fn remove_if_ours(
+        &self,
+        lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        key: &str,
+    ) -> anyhow::Result<()> {
+        let task = task.as_ref();
+        if let Some(bytes) = self.read_marker(task)?
+            && let Ok(m) = Marker::parse(&bytes)
+            && m.state == marker::State::Pending
+            && m.idempotency_key == key
+        {
+            self.remove_marker(lock, task)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the marker with `m` only if it still holds the bytes `seen`
+    /// (another run may have changed it meanwhile). Returns whether it did.
+    pub fn update_marker_if(
+        &self,
+        lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        seen: &[u8],
+        m: &Marker,
+    ) -> anyhow::Result<bool> {
+        let task = task.as_ref();
+        if self.read_marker(task)?.as_deref() != Some(seen) {
+            return Ok(false);
+        }
+        self.replace_marker(lock, task, m)?;
+        Ok(true)
+    }
+
+    /// A record of this job already in done/ or failed/ (a run stopped
+    /// before removing the task and marker): finish the removals under the
+    /// queue lock, so that a run finishing while the service is down still
+    /// leaves the task in one place. `None` when there is no such record
+    /// (the common case costs two failed opens, no lock).
+    pub fn finish_recorded(
+        &self,
+        task: impl AsRef<OsStr>,
+        seen: &[u8],
+        job_id: &str,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        let task = task.as_ref();
+        if self.existing_record(task, Some(job_id), None).is_none() {
+            return Ok(None);
+        }
+        let lock = self.lock()?;
+        if self.read_marker(task)?.as_deref() != Some(seen) {
+            return Ok(None);
+        }
+        let original = match fs::symlink_metadata(self.task_path(task)) {
+            Ok(meta) if meta.file_type().is_symlink() => None,
+            _ => self.read_task(task)?.map(|(bytes, _)| bytes),
+        };
+        let Some(path) = self.existing_record(task, Some(job_id), original.as_deref()) else {
+            return Ok(None);
+        };
+        // The run that wrote it may have died before syncing its directory.
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        self.remove_task_and_marker(&lock, task)?;
+        Ok(Some(path))
+    }
+
+    /// Under the queue lock, before a record is written: is the marker
+    /// still the one acted on (`seen`), and is the record already there?
+    pub fn prepare(
+        &self,
+        _lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        seen: &[u8],
+        job_id: Option<&str>,
+    ) -> anyhow::Result<Prepared> {
+        let task = task.as_ref();
+        let now = match self.read_marker(task) {
+            Ok(now) => now,
+            // An unreadable marker (a symlink) counts as no bytes.
+            Err(_) if seen.is_empty() => Some(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if now.as_deref() != Some(seen) {
+            return Ok(Prepared::Changed);
+        }
+        let task_path = self.task_path(task);
+        let (original, mode, note) = match fs::symlink_metadata(&task_path) {
+            Ok(meta) if meta.file_type().is_symlink() => (None, 0o644, Some(TaskNote::Symlink)),
+            _ => match self
+                .read_task(task)
+                .with_context(|| format!("cannot read {}", task_path.display()))?
+            {
+                Some((bytes, mode)) => (Some(bytes), mode, None),
+                None => (None, 0o644, None),
+            },
+        };
+        if let Some(existing) = self.existing_record(task, job_id, original.as_deref()) {
+            return Ok(Prepared::Recorded(existing));
+        }
+        if let (Some(_), Some(_)) = (job_id, &original)
+            && let Some(existing) = self.existing_record(task, job_id, None)
+        {
+            return Ok(Prepared::Stale(existing));
+        }
+        let note = note.or_else(|| {
+            (original.is_none() && fs::symlink_metadata(&task_path).is_err())
+                .then_some(TaskNote::Vanished)
+        });
+        Ok(Prepared::Write {
+            original,
+            mode,
+            note,
+        })
     }
 
     /// Moves finished tasks out of the inbox, under one lock: each one's
@@ -357,23 +610,18 @@ impl Queue {
     /// or `<id>.N.md` when that is taken. Its directory is not synced yet.
     fn place_record(
         &self,
-        task: &str,
+        task: impl AsRef<OsStr>,
         outcome: Outcome,
         record: &[u8],
         mode: u32,
     ) -> anyhow::Result<PathBuf> {
+        let task = task.as_ref();
         let dir = self.outcome_dir(outcome);
         self.ensure_dir(dir)?;
-        let stem = task.strip_suffix(".md").unwrap_or(task);
         let mut tmp = self.write_tmp(record, mode)?;
         let mut n = 1u32;
         loop {
-            let name = if n == 1 {
-                format!("{stem}.md")
-            } else {
-                format!("{stem}.{n}.md")
-            };
-            let target = dir.join(name);
+            let target = dir.join(record_name(task, n));
             fault("rename")?;
             match tmp.persist_noclobber(&target) {
                 Ok(_) => return Ok(target),
@@ -390,12 +638,22 @@ impl Queue {
     }
 
     /// Finishes the removals of a task whose record is already durable.
-    pub fn remove_task_and_marker(&self, lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+    pub fn remove_task_and_marker(
+        &self,
+        lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+    ) -> anyhow::Result<()> {
+        let task = task.as_ref();
         self.remove_task_and_marker_unsynced(lock, task)?;
         sync_dir(&self.inbox)
     }
 
-    fn remove_task_and_marker_unsynced(&self, _lock: &QueueLock, task: &str) -> anyhow::Result<()> {
+    fn remove_task_and_marker_unsynced(
+        &self,
+        _lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+    ) -> anyhow::Result<()> {
+        let task = task.as_ref();
         let task_path = self.task_path(task);
         match fs::symlink_metadata(&task_path) {
             // A symlinked task is never moved; it stays for a person.
@@ -411,11 +669,11 @@ impl Queue {
     /// original task unless the task is already gone.
     pub fn existing_record(
         &self,
-        task: &str,
+        task: impl AsRef<OsStr>,
         job_id: Option<&str>,
         original: Option<&[u8]>,
     ) -> Option<PathBuf> {
-        let stem = task.strip_suffix(".md").unwrap_or(task);
+        let task = task.as_ref();
         for dir in [&self.done, &self.failed] {
             // A symlinked done/ or failed/ is never followed, not even to
             // read: a record found through it would end the task.
@@ -426,12 +684,7 @@ impl Queue {
             // `<id>.md` away while `<id>.2.md` still awaits its removals.
             let mut missing = 0;
             for n in 1u32..=100_000 {
-                let name = if n == 1 {
-                    format!("{stem}.md")
-                } else {
-                    format!("{stem}.{n}.md")
-                };
-                let path = dir.join(name);
+                let path = dir.join(record_name(task, n));
                 let bytes = match read_nofollow(&path) {
                     Ok(Some((bytes, _))) => bytes,
                     Ok(None) => {
@@ -467,10 +720,11 @@ impl Queue {
         &self,
         _lock: &QueueLock,
         record_path: &Path,
-        task: &str,
+        task: impl AsRef<OsStr>,
         original: &[u8],
         mode: u32,
     ) -> anyhow::Result<PathBuf> {
+        let task = task.as_ref();
         let target = self.task_path(task);
         // A requeue that failed after restoring the task left it beside the
         // record: this run only finishes the removal.
@@ -550,7 +804,39 @@ pub fn open_lock_file(path: &Path, extra_flags: i32) -> io::Result<File> {
 
 /// `<id>.md`, not hidden, no path separators.
 pub fn is_task_name(n: &str) -> bool {
-    n.len() > 3 && n.ends_with(".md") && !n.starts_with('.') && !n.contains('/')
+    is_task_name_bytes(n.as_bytes())
+}
+
+/// [`is_task_name`], for a name of any bytes.
+pub fn is_task_name_bytes(n: &[u8]) -> bool {
+    n.len() > 3 && n.ends_with(b".md") && !n.starts_with(b".") && !n.contains(&b'/')
+}
+
+/// The name of a task's record in done/ or failed/: `<id>.md`, then
+/// `<id>.2.md`, `<id>.3.md`, ...
+fn record_name(task: &OsStr, n: u32) -> OsString {
+    let bytes = task.as_bytes();
+    let stem = bytes.strip_suffix(b".md").unwrap_or(bytes);
+    let mut name = stem.to_vec();
+    if n > 1 {
+        name.extend_from_slice(format!(".{n}").as_bytes());
+    }
+    name.extend_from_slice(b".md");
+    OsString::from_vec(name)
+}
+
+/// A path as printed in a message: bytes that are not UTF-8 as `\xNN`,
+/// control and bidi characters blanked ([`crate::text::clip`]), so one
+/// line stays one line whatever the name holds.
+pub fn shown(path: &Path) -> String {
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    crate::text::clip(&out, 4096)
 }
 
 pub fn check_real_dir(dir: &Path) -> anyhow::Result<()> {

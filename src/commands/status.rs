@@ -25,6 +25,11 @@ struct InFlight {
     job_id: Option<String>,
     started_at: String,
     age_seconds: u64,
+    /// `started_at` lies more than 5 minutes ahead of this host's clock
+    /// (the next reap resets it to now); `age_seconds` is then 0. Present
+    /// only when true, so the stable set of fields stays as it was.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    started_in_future: bool,
     poll_errors: u64,
     last_error: Option<String>,
 }
@@ -79,6 +84,8 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
             .to_string();
         if let Ok(tasks) = q.marked_tasks() {
             for task in tasks {
+                // Names that are not UTF-8 are shown escaped.
+                let name = queue::shown(Path::new(&task));
                 // An unreadable marker (a symlink) still holds its task back
                 // from the dispatcher: show it, as reap will move it.
                 let parsed = match q.read_marker(&task) {
@@ -89,7 +96,8 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
                 report.in_flight.push(match parsed {
                     Ok(m) => InFlight {
                         project: project.clone(),
-                        task,
+                        task: name,
+                        started_in_future: m.started_in_future(),
                         state: if m.state == State::Pending {
                             "pending"
                         } else {
@@ -104,7 +112,8 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
                     },
                     Err(why) => InFlight {
                         project: project.clone(),
-                        task,
+                        task: name,
+                        started_in_future: false,
                         state: "corrupt",
                         provider: "unknown".into(),
                         job_id: None,
@@ -199,8 +208,12 @@ fn render_table(out: &mut impl Write, r: &Report, _tty: bool) -> std::io::Result
                     clip(&t.task, 40),
                     clip(&t.provider, 12),
                     t.job_id.clone().unwrap_or_else(|| t.state.to_string()),
-                    humantime::format_duration(std::time::Duration::from_secs(t.age_seconds))
-                        .to_string(),
+                    if t.started_in_future {
+                        "future".to_string()
+                    } else {
+                        humantime::format_duration(std::time::Duration::from_secs(t.age_seconds))
+                            .to_string()
+                    },
                     t.last_error
                         .as_deref()
                         .map(|e| clip(e, 60))

@@ -9,13 +9,27 @@ use crate::error::{Code, fail};
 use crate::frontmatter;
 use crate::job;
 use crate::marker::{Marker, State};
-use crate::queue::{Queue, QueueLock};
+use crate::queue::Queue;
 use crate::route::{self, Priority};
 use crate::ui::Ui;
 
 pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let (queue, task) = Queue::of_task(&args.task)?;
+    let queue = queue.with_lock_timeout(settings.lock_timeout);
     let shown = args.task.display();
+    // A marker that cannot exist can never hold the task back: refused
+    // before anything is written.
+    let max = name_max(&queue.inbox);
+    if task.len() + crate::marker::SUFFIX.len() > max {
+        return Err(fail(
+            Code::Usage,
+            format!(
+                "{shown}: the task's name is too long for its marker ({} bytes with `{}`, over this file system's {max}); rename the task; nothing was written",
+                task.len() + crate::marker::SUFFIX.len(),
+                crate::marker::SUFFIX
+            ),
+        ));
+    }
 
     if let Some(line) = existing(&queue, &task, ui)? {
         println!("{line}");
@@ -45,12 +59,21 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             .to_string(),
     };
 
+    let project = queue.project_name();
+    let provider = decision.provider.as_str();
+    let req = job::request(&project, &task, &bytes, provider, &priority);
+    // The service refuses a body over its limit: said before anything is
+    // sent or written, with the size, so a person can split the task.
+    if let Err(e) = crate::client::check_body_size(&req) {
+        return Err(
+            anyhow::Error::new(e).context(format!("{shown}: not delegated, nothing written"))
+        );
+    }
+
     // Configuration problems end the run before anything is written.
     let client = settings.client()?;
     let key = job::new_idempotency_key()
         .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for an idempotency key: {e}"))?;
-    let project = queue.project_name();
-    let provider = decision.provider.as_str();
     let marker = Marker {
         version: 1,
         state: State::Pending,
@@ -73,46 +96,42 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             if !created {
                 drop(lock);
                 // Another submit won the race: report its marker.
-                let line =
-                    existing(&queue, &task, ui)?.unwrap_or_else(|| format!("pending {provider}"));
-                println!("{line}");
-                return Ok(Code::Ok);
+                return confirm(&queue, &task, ui, format!("pending {provider}"));
             }
         }
 
-        let req = job::request(&project, &task, &bytes, provider, &priority);
         match client.submit(&req, &key) {
             Ok(s) => {
                 let lock = queue.lock()?;
-                record_job_id(&queue, &lock, &task, &key, &s.job_id).with_context(|| {
-                    format!(
-                        "{shown}: job {} was created; cannot record it in the marker",
-                        s.job_id
-                    )
-                })?;
-                println!("delegated {provider} {}", s.job_id);
-                Ok(Code::Ok)
+                queue
+                    .record_job_id(&lock, &task, &key, &s.job_id)
+                    .with_context(|| {
+                        format!(
+                            "{shown}: job {} was created; cannot record it in the marker",
+                            s.job_id
+                        )
+                    })?;
+                drop(lock);
+                confirm(
+                    &queue,
+                    &task,
+                    ui,
+                    format!("delegated {provider} {}", s.job_id),
+                )
             }
             Err(e) if !e.nothing_created() => {
                 ui.warn(format_args!(
                     "{shown}: the outcome of the submission is unknown ({e}); the marker stays pending and the next reap re-sends it with the same idempotency key"
                 ));
-                println!("pending {provider}");
-                Ok(Code::Ok)
+                confirm(&queue, &task, ui, format!("pending {provider}"))
             }
             Err(e) => {
                 let lock = queue.lock()?;
-                remove_if_ours(&queue, &lock, &task, &key).with_context(|| {
+                queue.remove_if_ours(&lock, &task, &key).with_context(|| {
                     format!("{shown}: not delegated ({e}); cannot remove its pending marker")
                 })?;
-                // The design's codes for a refused POST: 69 unavailable, 77
-                // auth, 65 any other 4xx (a 404 here is a wrong URL, not a job).
-                let code = match crate::error::client_code(&e) {
-                    Code::NoInput => Code::DataErr,
-                    c => c,
-                };
                 Err(fail(
-                    code,
+                    crate::error::submit_code(&e),
                     format!(
                         "{shown}: not delegated: {e}; the task is untouched and may run locally"
                     ),
@@ -141,6 +160,40 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     }
 }
 
+/// The longest file name the inbox's file system takes (255 when it
+/// cannot say).
+fn name_max(dir: &std::path::Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 255;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
+    let n = unsafe { libc::pathconf(c.as_ptr(), libc::_PC_NAME_MAX) };
+    if n > 0 { n as usize } else { 255 }
+}
+
+/// Prints the line of the marker now on disk and exits 0: exit 0 means
+/// exactly that the dispatcher must skip the task. A marker gone with its
+/// task was finished by a reap meanwhile (`known` is then the line); one
+/// gone while the task stays (removed by another process) is an error.
+fn confirm(queue: &Queue, task: &str, ui: Ui, known: String) -> anyhow::Result<Code> {
+    let line = match existing(queue, task, ui)? {
+        Some(line) => line,
+        None if std::fs::symlink_metadata(queue.task_path(task)).is_err() => known,
+        None => {
+            return Err(fail(
+                Code::TempFail,
+                format!(
+                    "{}: its marker vanished while it was submitted (removed by another process); the task is not delegated; try again",
+                    queue.task_path(task).display()
+                ),
+            ));
+        }
+    };
+    println!("{line}");
+    Ok(Code::Ok)
+}
+
 /// `delegated <provider> <job>` or `pending <provider>` when a marker is
 /// already there.
 fn existing(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Option<String>> {
@@ -149,6 +202,13 @@ fn existing(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Option<String>>
     let parsed = match queue.read_marker(task) {
         Ok(Some(bytes)) => Marker::parse(&bytes),
         Ok(None) => return Ok(None),
+        // Only a marker that is there holds the task back.
+        Err(e) if std::fs::symlink_metadata(queue.marker_path(task)).is_err() => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot read the marker {}",
+                queue.marker_path(task).display()
+            )));
+        }
         Err(e) => Err(format!("cannot read it: {e}")),
     };
     Ok(Some(match parsed {
@@ -167,47 +227,4 @@ fn existing(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Option<String>>
             "pending unknown".to_string()
         }
     }))
-}
-
-/// Records the job id in a pending marker that is still ours. Returns
-/// whether it did.
-pub(crate) fn record_job_id(
-    queue: &Queue,
-    lock: &QueueLock,
-    task: &str,
-    key: &str,
-    job_id: &str,
-) -> anyhow::Result<bool> {
-    let Some(bytes) = queue.read_marker(task)? else {
-        return Ok(false);
-    };
-    match Marker::parse(&bytes) {
-        Ok(mut m) if m.state == State::Pending && m.idempotency_key == key => {
-            m.state = State::Submitted;
-            m.job_id = Some(job_id.to_string());
-            m.poll_errors = 0;
-            m.last_error = None;
-            queue.replace_marker(lock, task, &m)?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-/// Removes a pending marker after a submission that surely failed, if it is
-/// still the one this run wrote.
-pub(crate) fn remove_if_ours(
-    queue: &Queue,
-    lock: &QueueLock,
-    task: &str,
-    key: &str,
-) -> anyhow::Result<()> {
-    if let Some(bytes) = queue.read_marker(task)? {
-        if let Ok(m) = Marker::parse(&bytes) {
-            if m.state == State::Pending && m.idempotency_key == key {
-                queue.remove_marker(lock, task)?;
-            }
-        }
-    }
-    Ok(())
 }

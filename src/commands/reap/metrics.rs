@@ -16,6 +16,9 @@ use crate::queue::Queue;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
+    /// Whether this run saw a job in flight under this key: only then is
+    /// the gauge written, so no key carries a series that stays zero.
+    tracked: bool,
     active: u64,
     completed: u64,
     failed: u64,
@@ -38,19 +41,32 @@ impl Tally {
         self.projects.push(project_label(q));
     }
 
-    pub fn active(&mut self, q: &Queue, provider: &str) {
-        self.by
-            .entry((project_label(q), provider.to_string()))
-            .or_default()
-            .active += 1;
-    }
-
-    pub fn finished(&mut self, q: &Queue, provider: &str, completed: bool, cost_cad: f64) {
+    /// A job in flight, under the provider its task asked for (`auto`
+    /// included: such a job has no other provider until it completes).
+    pub fn active(&mut self, q: &Queue, requested: &str) {
         let c = self
             .by
-            .entry((project_label(q), provider.to_string()))
+            .entry((project_label(q), requested.to_string()))
             .or_default();
-        c.active = c.active.saturating_sub(1);
+        c.tracked = true;
+        c.active += 1;
+    }
+
+    /// A job finished: out of flight under the provider it was counted
+    /// with, into the counters under the provider that ran it.
+    pub fn finished(
+        &mut self,
+        q: &Queue,
+        requested: &str,
+        provider: &str,
+        completed: bool,
+        cost_cad: f64,
+    ) {
+        let project = project_label(q);
+        if let Some(c) = self.by.get_mut(&(project.clone(), requested.to_string())) {
+            c.active = c.active.saturating_sub(1);
+        }
+        let c = self.by.entry((project, provider.to_string())).or_default();
         if completed {
             c.completed += 1;
             c.cost_cad += cost_cad;
@@ -97,39 +113,49 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
     }
 
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&Counts) -> String| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for ((project, provider), c) in &by {
-            out.push_str(&format!(
-                "{name}{{project=\"{}\",provider=\"{}\"}} {}\n",
-                escape(project),
-                escape(provider),
-                value(c)
-            ));
-        }
-    };
+    // The gauge for the keys with jobs in flight this run, the counters
+    // for the keys that ever finished one.
+    type Pick = dyn Fn(&Counts) -> bool;
+    let tracked: &Pick = &|c| c.tracked;
+    let counted: &Pick = &|c| c.completed + c.failed > 0;
+    let mut family =
+        |name: &str, kind: &str, help: &str, pick: &Pick, value: &dyn Fn(&Counts) -> String| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for ((project, provider), c) in by.iter().filter(|(_, c)| pick(c)) {
+                out.push_str(&format!(
+                    "{name}{{project=\"{}\",provider=\"{}\"}} {}\n",
+                    escape(project),
+                    escape(provider),
+                    value(c)
+                ));
+            }
+        };
     family(
         "ccl_delegate_active_jobs",
         "gauge",
-        "Delegated tasks in flight after the last reap.",
+        "Delegated tasks in flight after the last reap, by the provider the task asked for.",
+        tracked,
         &|c| c.active.to_string(),
     );
     family(
         COUNTERS[0],
         "counter",
         "Tasks moved to done/ by reap.",
+        counted,
         &|c| c.completed.to_string(),
     );
     family(
         COUNTERS[1],
         "counter",
         "Tasks moved to failed/ by reap.",
+        counted,
         &|c| c.failed.to_string(),
     );
     family(
         COUNTERS[2],
         "counter",
         "Summed cost_cad of completed tasks.",
+        counted,
         &|c| format!("{:.4}", c.cost_cad),
     );
     out.push_str(&format!(
@@ -137,11 +163,11 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
         took.as_secs_f64()
     ));
     out.push_str(&format!(
-        "# HELP ccl_delegate_reap_success Whether the last reap finished without a local error.\n# TYPE ccl_delegate_reap_success gauge\nccl_delegate_reap_success {}\n",
+        "# HELP ccl_delegate_reap_success Whether the last reap finished without an error: local, the service unreachable or failing, the key refused, or a queue lock held too long.\n# TYPE ccl_delegate_reap_success gauge\nccl_delegate_reap_success {}\n",
         u8::from(success)
     ));
     out.push_str(&format!(
-        "# HELP ccl_delegate_last_success_timestamp_seconds When a reap last finished without a local error.\n# TYPE ccl_delegate_last_success_timestamp_seconds gauge\nccl_delegate_last_success_timestamp_seconds {last_success:.3}\n"
+        "# HELP ccl_delegate_last_success_timestamp_seconds When a reap last finished without an error.\n# TYPE ccl_delegate_last_success_timestamp_seconds gauge\nccl_delegate_last_success_timestamp_seconds {last_success:.3}\n"
     ));
 
     let dir = path
@@ -209,7 +235,7 @@ mod tests {
         let q = Queue::at(Path::new("/p/we\"ird"));
         let mut t = Tally::default();
         t.active(&q, "gemini");
-        t.finished(&q, "gemini", true, 0.5);
+        t.finished(&q, "gemini", "gemini", true, 0.5);
         write(&path, &t, Duration::from_millis(5), true).unwrap();
         write(&path, &t, Duration::from_millis(5), true).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -226,5 +252,40 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ccl_delegate_reap_success 1\n"));
+    }
+
+    #[test]
+    fn an_auto_job_is_in_flight_as_auto_and_done_under_its_provider() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let q = Queue::at(Path::new("/p"));
+        let mut t = Tally::default();
+        t.active(&q, "auto");
+        t.active(&q, "auto");
+        t.finished(&q, "auto", "claude", true, 0.25);
+        write(&path, &t, Duration::from_millis(5), false).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (line, present) in [
+            (
+                "ccl_delegate_active_jobs{project=\"/p\",provider=\"auto\"} 1\n",
+                true,
+            ),
+            (
+                "ccl_delegate_completed_total{project=\"/p\",provider=\"claude\"} 1\n",
+                true,
+            ),
+            (
+                "ccl_delegate_completed_total{project=\"/p\",provider=\"auto\"}",
+                false,
+            ),
+            (
+                "ccl_delegate_active_jobs{project=\"/p\",provider=\"claude\"}",
+                false,
+            ),
+            ("ccl_delegate_reap_success 0\n", true),
+            ("ccl_delegate_last_success_timestamp_seconds 0.000\n", true),
+        ] {
+            assert_eq!(text.contains(line), present, "{line}\n{text}");
+        }
     }
 }

@@ -1,0 +1,308 @@
+//! `reap`'s finishing thread: the pollers hand it finished jobs, and it
+//! writes their records in batches (one queue lock hold and one directory
+//! fsync per batch, one fsync per record), so that no poller waits for the
+//! disk.
+
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+use std::sync::mpsc;
+
+use super::{Ctx, metrics};
+use crate::queue::{Finishing, Outcome, Prepared, Queue, TaskNote, shown};
+use crate::record::{self, Completed, Failure};
+use crate::text::clip;
+use crate::timestamp;
+
+/// The line for a task finished into done/.
+fn done_line(path: &Path, job_id: &str, provider: &str, cost_cad: f64) -> String {
+    format!(
+        "done {} (job {job_id}, {}, {cost_cad:.4} CAD)",
+        shown(path),
+        clip(provider, 40)
+    )
+}
+
+/// The line for a task finished into failed/.
+fn failed_line(path: &Path, job_id: &str, reason: &str) -> String {
+    format!(
+        "failed {} (job {job_id}: {})",
+        shown(path),
+        clip(reason, 80)
+    )
+}
+
+/// The line for a task whose record an interrupted run had already
+/// written: the same as when the record is written now.
+pub(super) fn recorded_line(path: &Path, job_id: &str) -> String {
+    let r = crate::queue::read_nofollow(path)
+        .ok()
+        .flatten()
+        .and_then(|(bytes, _)| record::Record::parse(&bytes))
+        .unwrap_or_default();
+    if r.status.as_deref() == Some("completed") {
+        let provider = r.provider.as_deref().unwrap_or("unknown");
+        done_line(path, job_id, provider, r.cost_cad.unwrap_or(0.0))
+    } else {
+        failed_line(path, job_id, r.failed_reason.as_deref().unwrap_or("failed"))
+    }
+}
+
+/// How a job ended, with what its record needs.
+pub(super) enum Verdict {
+    Done {
+        provider: String,
+        model: String,
+        cost_cad: f64,
+        response: String,
+    },
+    Failed {
+        provider: String,
+        reason: String,
+        details: Vec<u8>,
+    },
+}
+
+/// A job whose record is ready to be written, with everything the
+/// finishing thread needs, owned.
+pub(super) struct Finished {
+    pub(super) queue: Queue,
+    pub(super) task: OsString,
+    /// The marker's bytes the decision was made on.
+    pub(super) seen: Vec<u8>,
+    pub(super) job_id: Option<String>,
+    /// The provider the marker asked for (`auto` included).
+    pub(super) requested: String,
+    pub(super) delegated_at: String,
+    pub(super) verdict: Verdict,
+}
+
+impl Finished {
+    fn outcome(&self) -> Outcome {
+        match self.verdict {
+            Verdict::Done { .. } => Outcome::Done,
+            Verdict::Failed { .. } => Outcome::Failed,
+        }
+    }
+
+    /// The record, given the original task (`None` when it vanished).
+    fn render(&self, original: Option<&[u8]>) -> Vec<u8> {
+        let now = timestamp::now();
+        match &self.verdict {
+            Verdict::Done {
+                provider,
+                model,
+                cost_cad,
+                response,
+            } => record::render_done(
+                &Completed {
+                    provider,
+                    model,
+                    cost_cad: *cost_cad,
+                    job_id: self.job_id.as_deref().unwrap_or_default(),
+                    delegated_at: &self.delegated_at,
+                    completed_at: &now,
+                    response,
+                },
+                &shown(Path::new(&self.task)),
+                original,
+            ),
+            Verdict::Failed {
+                provider,
+                reason,
+                details,
+            } => record::render_failed(
+                &Failure {
+                    provider,
+                    reason,
+                    job_id: self.job_id.as_deref(),
+                    delegated_at: &self.delegated_at,
+                    failed_at: &now,
+                    details,
+                },
+                &shown(Path::new(&self.task)),
+                original,
+            ),
+        }
+    }
+
+    /// The line printed once its record is in `path`.
+    fn line(&self, path: &Path) -> String {
+        let job = self.job_id.as_deref().unwrap_or("none");
+        match &self.verdict {
+            Verdict::Done {
+                provider, cost_cad, ..
+            } => done_line(path, job, provider, *cost_cad),
+            Verdict::Failed { reason, .. } => failed_line(path, job, reason),
+        }
+    }
+
+    /// Counts it in the run's metrics.
+    fn tally(&self, tally: &mut metrics::Tally) {
+        match &self.verdict {
+            Verdict::Done {
+                provider, cost_cad, ..
+            } => tally.finished(&self.queue, &self.requested, provider, true, *cost_cad),
+            Verdict::Failed { provider, .. } => {
+                tally.finished(&self.queue, &self.requested, provider, false, 0.0)
+            }
+        }
+    }
+}
+
+/// At most this many records are written under one hold of a queue lock.
+const MAX_BATCH: usize = 64;
+
+impl Ctx<'_> {
+    /// Gives a finished job to the finishing thread (or, outside the pool
+    /// or when that thread is gone, finishes it here).
+    pub(super) fn hand_over(&self, f: Finished) {
+        let f = match self.finisher.get() {
+            Some(tx) => match tx.send(Some(f)) {
+                Ok(()) => return,
+                Err(mpsc::SendError(f)) => f,
+            },
+            None => Some(f),
+        };
+        self.finish_batch(f.into_iter().collect());
+    }
+
+    /// The finishing thread: takes what the workers hand over, as many as
+    /// are waiting at once, until the last worker is done.
+    pub(super) fn finish_loop(&self, rx: mpsc::Receiver<Option<Finished>>) {
+        while let Ok(Some(first)) = rx.recv() {
+            let mut batch = vec![first];
+            let mut end = false;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Some(f)) => batch.push(f),
+                    Ok(None) => {
+                        end = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.finish_batch(batch);
+            if end {
+                break;
+            }
+        }
+    }
+
+    /// Writes the records of finished jobs and removes their tasks and
+    /// markers: per project, under one hold of the queue lock, with one
+    /// fsync of each directory for the whole batch (`Queue::finish_many`),
+    /// while every record still gets its own fsync before its task goes.
+    fn finish_batch(&self, batch: Vec<Finished>) {
+        let mut by_project: Vec<Vec<Finished>> = Vec::new();
+        for f in batch {
+            match by_project
+                .iter_mut()
+                .find(|g| g[0].queue.root == f.queue.root)
+            {
+                // The same task twice (a queue named twice): once is enough,
+                // and twice would write two records for one job.
+                Some(g) if g.iter().any(|o| o.task == f.task) => {}
+                Some(g) => g.push(f),
+                None => by_project.push(vec![f]),
+            }
+        }
+        for group in by_project {
+            let q = group[0].queue.clone();
+            let report = |task: &OsStr, e: &anyhow::Error| {
+                self.local_error(format_args!("{}: {e:#}", shown(&q.task_path(task))));
+            };
+            let lock = match q.lock() {
+                Ok(lock) => lock,
+                Err(e) => {
+                    group.iter().for_each(|f| report(&f.task, &e));
+                    continue;
+                }
+            };
+            // Each job re-checked, and its record rendered (or found
+            // already written by an interrupted run).
+            let mut jobs = Vec::with_capacity(group.len());
+            for f in group {
+                let (task, job_id) = (&f.task, f.job_id.as_deref());
+                // Ok: the record to write and its mode; Err: the record
+                // an interrupted run wrote.
+                let record = match q.prepare(&lock, task, &f.seen, job_id) {
+                    Ok(Prepared::Changed) => continue,
+                    Ok(Prepared::Stale(existing)) => {
+                        match q.remove_marker(&lock, task) {
+                            Ok(()) => self.say(format_args!(
+                                "returned {} to the dispatcher: job {} already finished into {}",
+                                shown(&q.task_path(task)),
+                                job_id.unwrap_or("none"),
+                                shown(&existing)
+                            )),
+                            Err(e) => report(task, &e),
+                        }
+                        continue;
+                    }
+                    Ok(Prepared::Recorded(path)) => Err(path),
+                    Ok(Prepared::Write {
+                        original,
+                        mode,
+                        note,
+                    }) => {
+                        self.task_note(&q, task, job_id, note);
+                        Ok((f.render(original.as_deref()), mode))
+                    }
+                    Err(e) => {
+                        report(task, &e);
+                        continue;
+                    }
+                };
+                jobs.push((f, record));
+            }
+            let items: Vec<Finishing> = jobs
+                .iter()
+                .map(|(f, record)| Finishing {
+                    task: &f.task,
+                    record: record
+                        .as_ref()
+                        .ok()
+                        .map(|(bytes, mode)| (f.outcome(), bytes.as_slice(), *mode)),
+                })
+                .collect();
+            let (results, inbox_sync) = q.finish_many(&lock, &items);
+            drop(items);
+            drop(lock);
+            for ((f, record), result) in jobs.into_iter().zip(results) {
+                let path = match (result, record) {
+                    (Ok(Some(written)), _) => written,
+                    (Ok(None), Err(existing)) => existing,
+                    (Ok(None), Ok(_)) => continue,
+                    (Err(e), _) => {
+                        report(&f.task, &e);
+                        continue;
+                    }
+                };
+                f.tally(&mut self.tally.lock().unwrap_or_else(|p| p.into_inner()));
+                self.say(format_args!("{}", f.line(&path)));
+            }
+            if let Some(e) = inbox_sync {
+                self.local_error(format_args!("{e:#}"));
+            }
+        }
+    }
+
+    /// Says why a record is written without its original task.
+    fn task_note(&self, q: &Queue, task: &OsStr, job_id: Option<&str>, note: Option<TaskNote>) {
+        let path = q.task_path(task);
+        match note {
+            None => {}
+            Some(TaskNote::Symlink) => self.ui.warn(format_args!(
+                "{}: is a symbolic link; it is never read or moved, and is left in place",
+                shown(&path)
+            )),
+            // Not fatal: the record says `task_missing: true`.
+            Some(TaskNote::Vanished) => self.ui.warn(format_args!(
+                "{}: the task vanished while delegated (job {}); was it run or moved by the dispatcher, which should skip a task with a marker?",
+                shown(&path),
+                job_id.unwrap_or("none")
+            )),
+        }
+    }
+}

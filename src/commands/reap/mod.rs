@@ -1,0 +1,726 @@
+//! `reap`: bring finished jobs back, from cron. Takes the run lock without
+//! waiting, streams every project's inbox for markers and handles them on a
+//! bounded pool of threads sharing one HTTP agent. No lock is held across a
+//! network call: the queue lock covers only re-checking and changing files.
+//! The pollers hand finished jobs to one finishing thread, which writes
+//! their records in batches (one queue lock hold and one directory fsync per
+//! batch, one fsync per record), so that no poller waits for the disk.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cli::ReapArgs;
+use crate::client::{Client, ClientError, JobResult, Status};
+use crate::config::Settings;
+use crate::error::{Code, code_of, fail};
+use crate::marker::{Marker, State};
+use crate::queue::{Queue, shown};
+use crate::text::clip;
+use crate::timestamp;
+use crate::ui::Ui;
+use finish::{Finished, Verdict};
+use poll::{Action, Call, Facts, Failure, Reason};
+
+mod finish;
+pub mod metrics;
+mod poll;
+
+pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
+    let started = Instant::now();
+    let projects = if args.projects.is_empty() {
+        settings.projects.clone()
+    } else {
+        args.projects.clone()
+    };
+    let projects = unique_projects(projects);
+    if projects.is_empty() {
+        return Err(fail(
+            Code::Config,
+            "no projects to reap: pass --project DIR or list `projects` in the config file",
+        ));
+    }
+    let lock_path = args
+        .lock_file
+        .clone()
+        .unwrap_or_else(|| settings.lock_file.clone());
+    let Some(_run_lock) = take_run_lock(&lock_path)? else {
+        ui.info(format_args!(
+            "another reap holds {}; nothing to do",
+            shown(&lock_path)
+        ));
+        return Ok(Code::Ok);
+    };
+
+    let ctx = Ctx {
+        settings,
+        ui,
+        max_age: args.max_age.unwrap_or(settings.max_age),
+        submit_grace: args.submit_grace.unwrap_or(settings.submit_grace),
+        client: OnceLock::new(),
+        out: Mutex::new(()),
+        local_errors: AtomicU32::new(0),
+        skipped: AtomicU32::new(0),
+        auth_refusals: AtomicU32::new(0),
+        service_failures: AtomicU32::new(0),
+        auth_said: AtomicBool::new(false),
+        tally: Mutex::new(metrics::Tally::default()),
+        finisher: OnceLock::new(),
+        workers: AtomicUsize::new(0),
+    };
+    let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1) as usize;
+
+    let (tx, rx) = mpsc::sync_channel::<(Arc<Queue>, OsString)>(concurrency * 4);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        let (ctx, rx) = (&ctx, &rx);
+        let mut pool_started = false;
+        // No thread could be started (the system is out of them): the
+        // markers are handled here, one by one.
+        let mut inline = false;
+        for dir in &projects {
+            let queue = Arc::new(Queue::at(dir).with_lock_timeout(settings.lock_timeout));
+            // A project (e.g. from a glob) without a queue has no markers.
+            if !queue.inbox.exists() && !queue.inbox.is_symlink() {
+                ui.info(format_args!("{}: no queue, skipped", shown(&queue.inbox)));
+                continue;
+            }
+            let tasks = match queue.check_dirs().and_then(|()| {
+                queue
+                    .marked_tasks()
+                    .with_context(|| format!("cannot list {}", shown(&queue.inbox)))
+            }) {
+                Ok(t) => t,
+                Err(e) => {
+                    ctx.local_error(format_args!("project {}: {e:#}", shown(dir)));
+                    continue;
+                }
+            };
+            // A queue lock held too long (by hand, or by a hung process)
+            // skips the project and the others are still reaped. It is
+            // probed once, before the first marker, so that a stuck queue
+            // costs one wait, not one per marker.
+            let mut tasks = tasks.peekable();
+            let debris = queue.has_debris();
+            if debris || tasks.peek().is_some() {
+                match queue.lock() {
+                    Ok(lock) if debris => queue.sweep_debris(&lock),
+                    Ok(_) => {}
+                    Err(e) => {
+                        ctx.skipped.fetch_add(1, Ordering::Relaxed);
+                        ctx.error(format_args!("project {} skipped: {e:#}", shown(dir)));
+                        continue;
+                    }
+                }
+            }
+            ctx.tally
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .project(&queue);
+            for task in tasks {
+                if !pool_started {
+                    pool_started = true;
+                    // Records are written by one thread, in batches under
+                    // one queue lock and one directory fsync, so that the
+                    // pollers never wait for the disk (see `finish_batch`).
+                    let (finish_tx, finish_rx) = mpsc::sync_channel(concurrency * 2);
+                    let _ = ctx.finisher.set(finish_tx);
+                    ctx.workers.store(concurrency, Ordering::Release);
+                    // Without the finishing thread, workers finish their
+                    // own jobs (`hand_over`).
+                    let _ = std::thread::Builder::new()
+                        .spawn_scoped(scope, move || ctx.finish_loop(finish_rx));
+                    let mut spawned = 0;
+                    for _ in 0..concurrency {
+                        let worker = std::thread::Builder::new().spawn_scoped(scope, move || {
+                            let _exit = WorkerExit(ctx);
+                            loop {
+                                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                                let Ok((queue, task)) = next else { break };
+                                if let Err(e) = ctx.handle(&queue, &task) {
+                                    ctx.local_error(format_args!(
+                                        "{}: {e:#}",
+                                        shown(&queue.task_path(&task))
+                                    ));
+                                }
+                            }
+                        });
+                        match worker {
+                            Ok(_) => spawned += 1,
+                            // Counted out as if it had ended.
+                            Err(_) => drop(WorkerExit(ctx)),
+                        }
+                    }
+                    inline = spawned == 0;
+                }
+                if inline {
+                    if let Err(e) = ctx.handle(&queue, &task) {
+                        ctx.local_error(format_args!("{}: {e:#}", shown(&queue.task_path(&task))));
+                    }
+                } else if tx.send((queue.clone(), task)).is_err() {
+                    break;
+                }
+            }
+        }
+        drop(tx);
+    });
+
+    let metrics_file = args
+        .metrics_file
+        .clone()
+        .or_else(|| settings.metrics_file.clone());
+    if let Some(path) = metrics_file {
+        // A run is a success only when nothing failed: no local error, no
+        // call that failed for the service or the key, no project skipped.
+        let success = ctx.local_errors.load(Ordering::Relaxed) == 0
+            && ctx.service_failures.load(Ordering::Relaxed) == 0
+            && ctx.auth_refusals.load(Ordering::Relaxed) == 0
+            && ctx.skipped.load(Ordering::Relaxed) == 0
+            && !matches!(ctx.client.get(), Some(Err(_)));
+        let tally = std::mem::take(&mut *ctx.tally.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = metrics::write(&path, &tally, started.elapsed(), success) {
+            ctx.local_error(format_args!(
+                "cannot write the metrics file {}: {e:#}",
+                shown(&path)
+            ));
+        }
+    }
+    let failed_run = ctx.local_errors.load(Ordering::Relaxed) > 0;
+    if let Some(Err((code, msg))) = ctx.client.get() {
+        return Err(fail(*code, msg.clone()));
+    }
+    Ok(if failed_run {
+        Code::Other
+    } else if ctx.auth_refusals.load(Ordering::Relaxed) > 0 {
+        Code::NoPerm
+    } else if ctx.skipped.load(Ordering::Relaxed) > 0 {
+        Code::TempFail
+    } else {
+        Code::Ok
+    })
+}
+
+/// The projects to reap, each once (a glob and a flag may name the same).
+/// A directory is known by its device and inode: one stat, where resolving
+/// the path would read every link on the way.
+fn unique_projects(projects: Vec<PathBuf>) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    projects
+        .into_iter()
+        .filter(|p| {
+            let id = fs::metadata(Queue::at(p).root).map(|m| (m.dev(), m.ino()));
+            seen.insert(id.map_err(|_| p.clone()))
+        })
+        .collect()
+}
+
+/// The run lock: flock(2), never waited for, never deleted.
+fn take_run_lock(path: &Path) -> anyhow::Result<Option<fs::File>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {} for the run lock", dir.display()))?;
+    }
+    let file = crate::queue::open_lock_file(path, 0)
+        .with_context(|| format!("cannot open the run lock {}", shown(path)))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", shown(path))))
+        }
+    }
+}
+
+struct Ctx<'a> {
+    settings: &'a Settings,
+    ui: Ui,
+    max_age: Duration,
+    submit_grace: Duration,
+    /// Built on the first marker that needs the service, once per run.
+    client: OnceLock<Result<Client, (Code, String)>>,
+    /// Serializes the lines on stdout.
+    out: Mutex<()>,
+    local_errors: AtomicU32,
+    /// Projects skipped for a queue lock held too long: the run exits 75.
+    skipped: AtomicU32,
+    /// Calls the service refused with 401/403: the run exits 77.
+    auth_refusals: AtomicU32,
+    /// Calls that failed for the service: unreachable, 5xx after retries,
+    /// no definite answer, an answer off the contract.
+    service_failures: AtomicU32,
+    /// A refused key was said as an error already.
+    auth_said: AtomicBool,
+    tally: Mutex<metrics::Tally>,
+    /// To the finishing thread, once the pool is started; `None` says that
+    /// the last worker is done.
+    finisher: OnceLock<mpsc::SyncSender<Option<Finished>>>,
+    /// Workers still running.
+    workers: AtomicUsize,
+}
+
+/// How a failed poll is said on stderr.
+#[derive(Clone, Copy)]
+enum Say {
+    /// Always, -q or not.
+    Error,
+    /// Unless -q.
+    Warning,
+    /// Only with -v.
+    Verbose,
+}
+
+/// Counts a worker out when it ends (or unwinds); the last one tells the
+/// finishing thread that nothing more comes.
+struct WorkerExit<'c, 'a>(&'c Ctx<'a>);
+
+impl Drop for WorkerExit<'_, '_> {
+    fn drop(&mut self) {
+        if self.0.workers.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(tx) = self.0.finisher.get()
+        {
+            let _ = tx.send(None);
+        }
+    }
+}
+
+impl Ctx<'_> {
+    fn client(&self) -> Option<&Client> {
+        self.client
+            .get_or_init(|| {
+                self.settings
+                    .client()
+                    .map_err(|e| (code_of(&e), format!("{e:#}")))
+            })
+            .as_ref()
+            .ok()
+    }
+
+    fn local_error(&self, msg: impl std::fmt::Display) {
+        self.local_errors.fetch_add(1, Ordering::Relaxed);
+        self.error(msg);
+    }
+
+    /// Said on stderr with or without -q: only routine lines are silenced.
+    fn error(&self, msg: impl std::fmt::Display) {
+        let _g = self.out.lock();
+        eprintln!("ccl-delegate: error: {msg}");
+    }
+
+    fn say(&self, line: std::fmt::Arguments) {
+        let _g = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
+    /// One marker: `poll::decide` is asked after every step, each step's
+    /// network part is done without any lock, and files change only under
+    /// the queue lock, after a re-check.
+    fn handle(&self, q: &Queue, task: &OsStr) -> anyhow::Result<()> {
+        let (mut seen, parsed) = match q.read_marker(task) {
+            Ok(Some(bytes)) => {
+                let parsed = Marker::parse(&bytes);
+                (bytes, parsed)
+            }
+            Ok(None) => return Ok(()),
+            // A symlink (never followed) or a non-file can never be read: a
+            // corrupt marker, whose bytes count as none (see `prepare`).
+            Err(e) if fs::symlink_metadata(q.marker_path(task)).is_ok_and(|m| !m.is_file()) => {
+                (Vec::new(), Err(format!("cannot read it: {e}")))
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot read its marker")),
+        };
+        let (mut m, corrupt) = match parsed {
+            Ok(m) => (m, None),
+            Err(why) => (self.stand_in(q, task), Some(why)),
+        };
+        if corrupt.is_none() {
+            self.tally
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .active(q, &m.provider);
+        }
+        let job_id = m.job_id.clone().filter(|_| m.state == State::Submitted);
+        if let Some(job_id) = &job_id
+            && let Some(path) = q.finish_recorded(task, &seen, job_id)?
+        {
+            self.say(format_args!("{}", finish::recorded_line(&path, job_id)));
+            return Ok(());
+        }
+        let kind = match (&corrupt, &job_id) {
+            (Some(_), _) => poll::Marker::Corrupt,
+            (None, Some(_)) => poll::Marker::Submitted,
+            (None, None) => poll::Marker::Pending,
+        };
+        let age = timestamp::age(m.started());
+        let mut facts = Facts::new(kind, age, self.submit_grace, self.max_age);
+        facts.future = m.started_in_future();
+        // What the steps learned, for the records and messages.
+        let mut task_bytes = None;
+        let mut task_error = None;
+        let mut last_error: Option<String> = None;
+        let mut accepted = None;
+        let mut status = None;
+        let mut result = None;
+        loop {
+            match poll::decide(&facts) {
+                Action::ResetClock => {
+                    let mut fresh = m.clone();
+                    fresh.started_at = timestamp::now();
+                    let lock = q.lock()?;
+                    if !q.update_marker_if(&lock, task, &seen, &fresh)? {
+                        return Ok(());
+                    }
+                    drop(lock);
+                    self.ui.warn(format_args!(
+                        "{}: started_at {} is in the future; reset to now, so that submit_grace and max_age apply",
+                        shown(&q.marker_path(task)),
+                        clip(&m.started_at, 40)
+                    ));
+                    seen = fresh.to_bytes();
+                    m = fresh;
+                    facts.future = false;
+                    facts.age = Duration::ZERO;
+                }
+                Action::ReadTask => {
+                    facts.task = match q.read_task(task) {
+                        Ok(Some((bytes, _))) => {
+                            task_bytes = Some(bytes);
+                            poll::Task::Present
+                        }
+                        Ok(None) => poll::Task::Missing,
+                        Err(e) => {
+                            task_error = Some(e);
+                            poll::Task::Unreadable
+                        }
+                    }
+                }
+                Action::Resend => {
+                    let Some(client) = self.client() else {
+                        return Ok(());
+                    };
+                    let bytes = task_bytes.as_deref().unwrap_or_default();
+                    let req = crate::job::request(
+                        &q.project_name(),
+                        &task.to_string_lossy(),
+                        bytes,
+                        &m.provider,
+                        &m.priority,
+                    );
+                    facts.sent = match client.submit(&req, &m.idempotency_key) {
+                        Ok(s) => {
+                            accepted = Some(s.job_id);
+                            Call::Ok(())
+                        }
+                        Err(e) => Call::Err(self.failure(&e, &mut last_error)),
+                    };
+                }
+                Action::RecordJobId => {
+                    let job = accepted.as_deref().unwrap_or_default();
+                    let lock = q.lock()?;
+                    if q.record_job_id(&lock, task, &m.idempotency_key, job)? {
+                        self.ui.info(format_args!(
+                            "{}: re-sent, job {job}",
+                            shown(&q.task_path(task))
+                        ));
+                    }
+                    return Ok(());
+                }
+                Action::ReturnTask => {
+                    let lock = q.lock()?;
+                    q.remove_if_ours(&lock, task, &m.idempotency_key)?;
+                    drop(lock);
+                    self.say(format_args!(
+                        "returned {} to the dispatcher: the service refused it: {}",
+                        shown(&q.task_path(task)),
+                        last_error.unwrap_or_default()
+                    ));
+                    return Ok(());
+                }
+                Action::PollStatus => {
+                    let Some(client) = self.client() else {
+                        return Ok(());
+                    };
+                    let job = job_id.as_deref().unwrap_or_default();
+                    facts.status = match client.status(job) {
+                        Ok(st) => {
+                            let j = self.job_state(q, task, job, &st.status);
+                            status = Some(st);
+                            Call::Ok(j)
+                        }
+                        Err(e) => Call::Err(self.failure(&e, &mut last_error)),
+                    };
+                }
+                Action::FetchResult => {
+                    let Some(client) = self.client() else {
+                        return Ok(());
+                    };
+                    facts.result = match client.result(job_id.as_deref().unwrap_or_default()) {
+                        Ok(r) => {
+                            result = Some(r);
+                            Call::Ok(())
+                        }
+                        Err(e) => Call::Err(self.failure(&e, &mut last_error)),
+                    };
+                }
+                Action::Leave => return Ok(()),
+                Action::NoteFailedPoll { quiet } => {
+                    // A refused key is an error, said even with -q (once a
+                    // run: it is the same for every job).
+                    let auth = Call::Err(Failure::Auth);
+                    let refused = facts.sent == auth
+                        || facts.status == Call::Err(Failure::Auth)
+                        || facts.result == auth;
+                    let say = match (quiet, refused) {
+                        (_, true) if !self.auth_said.swap(true, Ordering::Relaxed) => Say::Error,
+                        (true, _) => Say::Verbose,
+                        _ => Say::Warning,
+                    };
+                    let e = last_error.unwrap_or_default();
+                    return self.poll_failed(q, task, &seen, m, say, &e);
+                }
+                Action::WriteDone => {
+                    let Some(r) = result else {
+                        anyhow::bail!("no result to write (a bug in reap)");
+                    };
+                    return self.done(q, task, &seen, &m, r);
+                }
+                Action::CancelThenFail => return self.timeout(q, task, &seen, &m),
+                Action::Fail(reason) => {
+                    let job = job_id.as_deref().unwrap_or("none");
+                    let details = match reason {
+                        Reason::Unconfirmed => format!(
+                            "The submission was never confirmed by secutools within {}.\n",
+                            humantime::format_duration(self.max_age)
+                        ),
+                        Reason::Failed | Reason::Cancelled | Reason::Expired => {
+                            match status.as_ref().and_then(|s| s.error.as_ref()) {
+                                Some(err) => format!(
+                                    "The job ended `{}` on secutools: {err}\n",
+                                    reason.as_str()
+                                ),
+                                None => {
+                                    format!("The job ended `{}` on secutools.\n", reason.as_str())
+                                }
+                            }
+                        }
+                        Reason::NotFound if facts.result == Call::Err(Failure::NotFound) => {
+                            format!(
+                                "secutools answered 404 to the result of job {job}: it does not know the job.\n"
+                            )
+                        }
+                        Reason::NotFound => {
+                            format!("secutools answered 404: it does not know job {job}.\n")
+                        }
+                        Reason::TaskMissing => {
+                            "The task file vanished before it was submitted.\n".to_string()
+                        }
+                        Reason::TaskUnreadable => format!(
+                            "{}\n",
+                            task_error
+                                .as_ref()
+                                .map(|e| e.to_string())
+                                .unwrap_or_default()
+                        ),
+                        Reason::CorruptMarker => {
+                            let why = corrupt.as_deref().unwrap_or_default();
+                            return self.corrupt(q, task, &seen, &m, why);
+                        }
+                    };
+                    return self.failed(q, task, &seen, &m, reason.as_str(), details.as_bytes());
+                }
+            }
+        }
+    }
+
+    /// What a failed call means for the decision; the error is kept for
+    /// the messages, and a refused key is counted (the run exits 77).
+    fn failure(&self, e: &ClientError, keep: &mut Option<String>) -> Failure {
+        let f = match e {
+            ClientError::NotFound { .. } => Failure::NotFound,
+            ClientError::Auth { .. } => {
+                self.auth_refusals.fetch_add(1, Ordering::Relaxed);
+                Failure::Auth
+            }
+            ClientError::Rejected { .. } => Failure::Rejected,
+            ClientError::Unavailable { .. }
+            | ClientError::Unknown { .. }
+            | ClientError::BadAnswer { .. } => {
+                self.service_failures.fetch_add(1, Ordering::Relaxed);
+                Failure::Other
+            }
+            _ => Failure::Other,
+        };
+        *keep = Some(e.to_string());
+        f
+    }
+
+    /// A job's status as the decision sees it; an unknown one is said and
+    /// taken as not finished.
+    fn job_state(&self, q: &Queue, task: &OsStr, job: &str, s: &Status) -> poll::Job {
+        match s {
+            Status::Completed => poll::Job::Completed,
+            Status::Failed => poll::Job::Failed,
+            Status::Cancelled => poll::Job::Cancelled,
+            Status::Expired => poll::Job::Expired,
+            Status::Queued | Status::Running => poll::Job::Running,
+            Status::Unknown(s) => {
+                self.ui.warn(format_args!(
+                    "job {job} ({}): unknown status {:?}, taken as not finished",
+                    shown(&q.task_path(task)),
+                    clip(s, 40)
+                ));
+                poll::Job::Running
+            }
+        }
+    }
+
+    /// Remembers a failed call in the marker, if it is still the one acted
+    /// on, and says it on stderr (unless `quiet`: a 404 right after a
+    /// create is the service's known lag, said only with -v, so cron stays
+    /// quiet).
+    fn poll_failed(
+        &self,
+        q: &Queue,
+        task: &OsStr,
+        seen: &[u8],
+        mut m: Marker,
+        say: Say,
+        e: &str,
+    ) -> anyhow::Result<()> {
+        let job = m.job_id.as_deref().unwrap_or("(pending)");
+        let msg = format!(
+            "job {job} ({}): {e}; will try again on the next run",
+            shown(&q.task_path(task))
+        );
+        match say {
+            Say::Error => self.error(msg),
+            Say::Warning => self.ui.warn(msg),
+            Say::Verbose => self.ui.info(msg),
+        }
+        m.poll_errors += 1;
+        m.last_error = Some(clip(e, 500));
+        let lock = q.lock()?;
+        q.update_marker_if(&lock, task, seen, &m)?;
+        Ok(())
+    }
+
+    fn timeout(&self, q: &Queue, task: &OsStr, seen: &[u8], m: &Marker) -> anyhow::Result<()> {
+        let mut details = format!(
+            "The job did not finish within max_age ({}).",
+            humantime::format_duration(self.max_age)
+        );
+        if let (Some(job), Some(client)) = (&m.job_id, self.client()) {
+            match client.cancel(job) {
+                Ok(_) => details.push_str(" It was cancelled on secutools."),
+                Err(e) => details.push_str(&format!(" Cancelling it failed: {e}.")),
+            }
+        }
+        details.push('\n');
+        self.failed(q, task, seen, m, "timeout", details.as_bytes())
+    }
+
+    /// The record of a corrupt marker keeps its bytes.
+    fn corrupt(
+        &self,
+        q: &Queue,
+        task: &OsStr,
+        seen: &[u8],
+        m: &Marker,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        let mut details = format!(
+            "The marker {} could not be read: {}.\nIts bytes, as found:\n\n",
+            shown(Path::new(
+                &q.marker_path(task).file_name().unwrap_or_default()
+            )),
+            clip(why, 300)
+        )
+        .into_bytes();
+        details.extend_from_slice(seen);
+        self.failed(q, task, seen, m, "corrupt marker", &details)
+    }
+
+    /// What stands for a marker that cannot be read: dated by the file.
+    fn stand_in(&self, q: &Queue, task: &OsStr) -> Marker {
+        let delegated_at = fs::symlink_metadata(q.marker_path(task))
+            .and_then(|m| m.modified())
+            .map(timestamp::format)
+            .unwrap_or_else(|_| timestamp::now());
+        Marker {
+            version: 1,
+            state: State::Pending,
+            project: String::new(),
+            task_file: task.to_string_lossy().into_owned(),
+            job_id: None,
+            provider: "unknown".into(),
+            priority: "normal".into(),
+            idempotency_key: String::new(),
+            started_at: delegated_at,
+            poll_errors: 0,
+            last_error: None,
+        }
+    }
+
+    fn done(
+        &self,
+        q: &Queue,
+        task: &OsStr,
+        seen: &[u8],
+        m: &Marker,
+        r: JobResult,
+    ) -> anyhow::Result<()> {
+        let provider = if r.provider.is_empty() {
+            m.provider.clone()
+        } else {
+            r.provider
+        };
+        self.hand_over(Finished {
+            queue: q.clone(),
+            task: task.to_os_string(),
+            seen: seen.to_vec(),
+            job_id: m.job_id.clone(),
+            requested: m.provider.clone(),
+            delegated_at: m.started_at.clone(),
+            verdict: Verdict::Done {
+                provider,
+                model: r.model,
+                cost_cad: r.cost_cad,
+                response: r.response,
+            },
+        });
+        Ok(())
+    }
+
+    fn failed(
+        &self,
+        q: &Queue,
+        task: &OsStr,
+        seen: &[u8],
+        m: &Marker,
+        reason: &str,
+        details: &[u8],
+    ) -> anyhow::Result<()> {
+        self.hand_over(Finished {
+            queue: q.clone(),
+            task: task.to_os_string(),
+            seen: seen.to_vec(),
+            job_id: m.job_id.clone(),
+            requested: m.provider.clone(),
+            delegated_at: m.started_at.clone(),
+            verdict: Verdict::Failed {
+                provider: m.provider.clone(),
+                reason: reason.to_string(),
+                details: details.to_vec(),
+            },
+        });
+        Ok(())
+    }
+}
