@@ -30,6 +30,10 @@ struct FileConfig {
     concurrency: Option<u32>,
     lock_file: Option<String>,
     metrics_file: Option<String>,
+    state_dir: Option<String>,
+    budget: Option<crate::policy::Budget>,
+    max_in_flight: Option<crate::policy::Limits>,
+    fallback: Option<crate::policy::Fallback>,
 }
 
 /// Where the API key comes from; it is read only when a command needs it.
@@ -56,6 +60,10 @@ pub struct Settings {
     pub concurrency: u32,
     pub lock_file: PathBuf,
     pub metrics_file: Option<PathBuf>,
+    /// Where the ledger and the admission state live.
+    pub state_dir: PathBuf,
+    /// `budget`, `max_in_flight`, `fallback` (policy.md); empty when unset.
+    pub policy: crate::policy::Policy,
 }
 
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -85,9 +93,14 @@ pub fn default_config_path() -> Option<PathBuf> {
 }
 
 pub fn default_lock_file() -> PathBuf {
+    default_state_dir().join("reap.lock")
+}
+
+/// `$XDG_STATE_HOME/ccl-delegate` (`~/.local/state/ccl-delegate` when unset).
+pub fn default_state_dir() -> PathBuf {
     xdg_dir("XDG_STATE_HOME", ".local/state")
         .unwrap_or_else(std::env::temp_dir)
-        .join("ccl-delegate/reap.lock")
+        .join("ccl-delegate")
 }
 
 /// `~/x` → `$HOME/x`; relative paths are taken from `base` (the config
@@ -199,6 +212,16 @@ impl Settings {
                 .map(|l| expand(l, base))
                 .unwrap_or_else(default_lock_file),
             metrics_file: file.metrics_file.as_deref().map(|m| expand(m, base)),
+            state_dir: file
+                .state_dir
+                .as_deref()
+                .map(|d| expand(d, base))
+                .unwrap_or_else(default_state_dir),
+            policy: crate::policy::Policy {
+                budget: file.budget.unwrap_or_default(),
+                max_in_flight: file.max_in_flight.unwrap_or_default(),
+                fallback: file.fallback.unwrap_or_default(),
+            },
             config_file,
         })
     }

@@ -11,8 +11,11 @@ pub mod error;
 #[cfg(feature = "failpoints")]
 mod failpoint;
 pub mod frontmatter;
+pub mod inflight;
 pub mod job;
+pub mod ledger;
 pub mod marker;
+pub mod policy;
 pub mod queue;
 pub mod record;
 pub mod route;
