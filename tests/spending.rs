@@ -268,8 +268,11 @@ fn report_prints_one_line_per_budget_cap() {
         })
         .unwrap();
     std::fs::write(
-        p.state_dir().join("inflight.json"),
-        serde_json::json!({"projects": {p.dir.display().to_string(): {"claude": 2}}}).to_string(),
+        p.state_dir().join("inflight.tsv"),
+        format!(
+            "2\t\"claude\"\t{}\n",
+            serde_json::json!(p.dir.display().to_string())
+        ),
     )
     .unwrap();
     let out = p.run(None, &["report"]);

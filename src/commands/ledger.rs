@@ -69,7 +69,7 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
     }
     let path = ledger::path(adm.state_dir());
     ledger::write_atomic(&path, &bytes)?;
-    spend::refresh(&adm)?;
+    spend::refresh(&adm, &mut Vec::new())?;
     let mut line = format!(
         "rebuilt {}: {} entries from {} project{} ({done} done, {failed} failed)",
         path.display(),

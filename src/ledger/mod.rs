@@ -5,7 +5,7 @@
 //! <state_dir>/
 //!   ledger.jsonl      append-only, one entry per job that ended
 //!   spend.json        the sums a check needs (spend.rs), rewritten atomically
-//!   inflight.json     markers pending or submitted per project (inflight.rs)
+//!   inflight.tsv      markers pending or submitted per project (inflight.rs)
 //!   admission.lock    flock(2): every write of the three files above
 //! ```
 //!
@@ -147,7 +147,8 @@ pub fn append(adm: &Admission, entries: &[Entry]) -> anyhow::Result<()> {
     f.write_all(&buf)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot append to the ledger {}", p.display()))?;
-    spend::refresh(adm)?;
+    // Warnings are the next reader's to say.
+    spend::refresh(adm, &mut Vec::new())?;
     Ok(())
 }
 
@@ -296,9 +297,22 @@ pub fn read_all(state_dir: &Path, warnings: &mut Vec<String>) -> anyhow::Result<
     Ok(out)
 }
 
-/// Writes a whole file atomically: tmp in the same directory, fsync,
-/// rename, fsync the directory.
+/// Writes a whole file atomically and durably: tmp in the same directory,
+/// fsync, rename, fsync the directory.
 pub(crate) fn write_atomic(target: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_whole(target, bytes, true)
+}
+
+/// Writes a file that can always be made again from durable ones
+/// (spend.json from the ledger, inflight.tsv from the markers): atomic
+/// for readers, but without the fsyncs that would double the cost of a
+/// submit. After a power loss it may be old or empty: readers then count
+/// again (spend) or wait for the next reap (in flight).
+pub(crate) fn write_cache(target: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_whole(target, bytes, false)
+}
+
+fn write_whole(target: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let ctx = || format!("cannot write {}", target.display());
     let mut tmp = tempfile::Builder::new()
@@ -306,9 +320,14 @@ pub(crate) fn write_atomic(target: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .tempfile_in(dir)
         .with_context(ctx)?;
     tmp.write_all(bytes).with_context(ctx)?;
-    tmp.as_file().sync_all().with_context(ctx)?;
+    if durable {
+        tmp.as_file().sync_all().with_context(ctx)?;
+    }
     tmp.persist(target).map_err(|e| e.error).with_context(ctx)?;
-    crate::queue::sync_dir(dir)
+    if durable {
+        crate::queue::sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

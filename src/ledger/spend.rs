@@ -182,20 +182,20 @@ impl Spend {
 
     pub fn save(&self, adm: &Admission) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(self).expect("a summary always serializes");
-        super::write_atomic(&path(adm.state_dir()), &bytes)
+        super::write_cache(&path(adm.state_dir()), &bytes)
     }
 }
 
 /// Brings `spend.json` up to date with the ledger and writes it back if it
-/// changed. Warnings are dropped here: the next reader says them.
-pub fn refresh(adm: &Admission) -> anyhow::Result<Spend> {
+/// changed, so the next reader has nothing to fold.
+pub fn refresh(adm: &Admission, warnings: &mut Vec<String>) -> anyhow::Result<Spend> {
     let p = path(adm.state_dir());
     let old = crate::queue::read_nofollow(&p)
         .ok()
         .flatten()
         .and_then(|(b, _)| serde_json::from_slice::<Spend>(&b).ok());
     let mut s = old.clone().unwrap_or_default();
-    s.catch_up(adm.state_dir(), &mut Vec::new());
+    s.catch_up(adm.state_dir(), warnings);
     if old.as_ref() != Some(&s) {
         s.save(adm)?;
     }
@@ -246,6 +246,77 @@ mod tests {
             s.days.keys().collect::<Vec<_>>(),
             ["2026-11-01", "2026-11-02"]
         );
+    }
+
+    fn lock(d: &Path) -> Admission {
+        Admission::lock(d, std::time::Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn a_kill_between_append_and_summary_loses_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let adm = lock(d.path());
+        crate::ledger::append(&adm, &[e("gpu", "completed", 1.0, "2026-11-24T10:00:00Z")]).unwrap();
+        let covered = Spend::load(d.path(), &mut Vec::new());
+        assert_eq!(
+            covered.offset,
+            std::fs::metadata(crate::ledger::path(d.path()))
+                .unwrap()
+                .len()
+        );
+        // An entry appended by a run killed before it rewrote spend.json.
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(crate::ledger::path(d.path()))
+            .unwrap()
+            .write_all(&e("gpu", "completed", 2.0, "2026-11-24T11:00:00Z").to_line())
+            .unwrap();
+        let now = crate::timestamp::parse("2026-11-24T12:00:00Z").unwrap();
+        let mut w = Vec::new();
+        let s = Spend::load(d.path(), &mut w);
+        assert_eq!(s.spent(Window::Daily, "gpu", now), 3.0);
+        assert!(w.is_empty(), "{w:?}");
+        // and the next writer brings the summary up to date
+        assert_eq!(refresh(&adm, &mut Vec::new()).unwrap(), s);
+    }
+
+    #[test]
+    fn reading_what_submit_needs_does_not_read_the_covered_ledger() {
+        let d = tempfile::tempdir().unwrap();
+        let adm = lock(d.path());
+        let entries: Vec<Entry> = (0..100)
+            .map(|_| e("claude", "completed", 0.5, "2026-11-24T10:00:00Z"))
+            .collect();
+        crate::ledger::append(&adm, &entries).unwrap();
+        // Overwrite the covered bytes in place (same file, same length):
+        // a reader that re-read them would count nothing.
+        let p = crate::ledger::path(d.path());
+        let len = std::fs::metadata(&p).unwrap().len() as usize;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &vec![b'\n'; len]))
+            .unwrap();
+        let now = crate::timestamp::parse("2026-11-24T12:00:00Z").unwrap();
+        let s = Spend::load(d.path(), &mut Vec::new());
+        assert_eq!(s.spent(Window::Daily, "claude", now), 50.0);
+        assert_eq!(s.mean_recent("claude"), 0.5);
+    }
+
+    #[test]
+    fn a_replaced_ledger_is_counted_again() {
+        let d = tempfile::tempdir().unwrap();
+        let adm = lock(d.path());
+        crate::ledger::append(&adm, &[e("gpu", "completed", 1.0, "2026-11-24T10:00:00Z")]).unwrap();
+        crate::ledger::write_atomic(
+            &crate::ledger::path(d.path()),
+            &e("gpu", "completed", 7.0, "2026-11-24T10:00:00Z").to_line(),
+        )
+        .unwrap();
+        let now = crate::timestamp::parse("2026-11-24T12:00:00Z").unwrap();
+        let s = Spend::load(d.path(), &mut Vec::new());
+        assert_eq!(s.spent(Window::Daily, "gpu", now), 7.0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the spend summary and the in-flight index, decide ([`super::admit`]),
 //! and on admit count the job before letting go, so concurrent submits
 //! never overshoot a limit. Every write of the state directory's files
-//! (ledger, spend.json, inflight.json) holds this lock too.
+//! (ledger, spend.json, inflight.tsv) holds this lock too.
 
 use std::fs::{self, File};
 use std::os::unix::fs::DirBuilderExt;
@@ -84,19 +84,22 @@ impl Admission {
         now: SystemTime,
         warnings: &mut Vec<String>,
     ) -> anyhow::Result<Decision> {
-        let mut index = InFlight::load(&self.dir, warnings);
         let own = project_key(project);
         let keys = all_keys(projects, &own);
-        let counts = index.counts(keys.iter().map(String::as_str));
+        let counts = crate::inflight::read_counts(&self.dir, &keys, warnings);
+        // Under the lock, a summary that had to catch up is stored again,
+        // so the next submit reads it as is.
         let spend = if policy.caps().is_empty() {
             Spend::default()
         } else {
-            Spend::load(&self.dir, warnings)
+            crate::ledger::spend::refresh(self, warnings).unwrap_or_else(|e| {
+                warnings.push(format!("{e:#}"));
+                Spend::load(&self.dir, warnings)
+            })
         };
         let d = admit(policy, &spend, &counts, provider, now);
         if d == Decision::Admit {
-            index.bump(&own, provider.as_str());
-            index.save(self)?;
+            InFlight::append_delta(self, &own, provider.as_str(), 1)?;
         }
         Ok(d)
     }
@@ -104,21 +107,28 @@ impl Admission {
     /// Takes back a count of [`Admission::check_and_reserve`] when the POST
     /// surely failed (the marker is gone).
     pub fn release(&self, project: &Path, provider: Provider) -> anyhow::Result<()> {
-        let mut index = InFlight::load(&self.dir, &mut Vec::new());
-        index.release(&project_key(project), provider.as_str());
-        index.save(self)
+        InFlight::append_delta(self, &project_key(project), provider.as_str(), -1)
     }
 
     /// Replaces a project's counts with the markers a reap saw (provider →
     /// markers pending or submitted).
     pub fn reconcile(&self, project: &Path, counts: Counts) -> anyhow::Result<()> {
+        self.reconcile_all([(project, counts)])
+    }
+
+    /// [`Admission::reconcile`] for every project a reap went through, in
+    /// one rewrite.
+    pub fn reconcile_all<'a>(
+        &self,
+        projects: impl IntoIterator<Item = (&'a Path, Counts)>,
+    ) -> anyhow::Result<()> {
         let mut index = InFlight::load(&self.dir, &mut Vec::new());
-        let before = index.clone();
-        index.reconcile(&project_key(project), counts);
-        if index != before {
-            index.save(self)?;
+        for (project, counts) in projects {
+            index.reconcile(&project_key(project), counts);
         }
-        Ok(())
+        // Written even when the counts did not change: it compacts the
+        // lines submits appended.
+        index.save(self)
     }
 }
 
@@ -142,9 +152,8 @@ pub fn budget_snapshot(
         return Vec::new();
     }
     let spend = Spend::load(state_dir, warnings);
-    let index = InFlight::load(state_dir, warnings);
     let keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
-    let counts = index.counts(keys.iter().map(String::as_str));
+    let counts = crate::inflight::read_counts(state_dir, &keys, warnings);
     super::admit::budget_states(policy, &spend, &counts, now)
 }
 
@@ -198,6 +207,123 @@ mod tests {
         assert_eq!(count(), 1);
         adm.release(Path::new("/p0"), Provider::Claude).unwrap();
         assert_eq!(count(), 0);
+    }
+
+    /// policy.md "Performance": what admission adds to a submit with a
+    /// 100 000-entry ledger and 10 000 markers in flight across 100
+    /// projects.
+    #[test]
+    #[ignore = "a measurement: cargo test --release --lib admission_cost -- --ignored --nocapture"]
+    fn admission_cost() {
+        use crate::ledger::Entry;
+        use crate::policy::{Budget, Cad, Caps};
+        let d = tempfile::tempdir().unwrap();
+        let providers = ["gpu", "gemini", "claude", "auto"];
+        let now = SystemTime::now();
+        let entries: Vec<Entry> = (0..100_000u64)
+            .map(|i| Entry {
+                job_id: Some(format!("j-{i:08}")),
+                project: format!("/srv/p{:03}", i % 100),
+                task: format!("t{i}.md"),
+                provider: providers[(i % 3) as usize].into(),
+                model: Some("m".into()),
+                status: if i % 10 == 0 { "failed" } else { "completed" }.into(),
+                cost_cad: 0.01 + (i % 7) as f64 * 0.001,
+                tokens_in: Some(100),
+                tokens_out: Some(50),
+                delegated_at: crate::timestamp::format(now - Duration::from_secs(100_000 - i)),
+                finished_at: crate::timestamp::format(
+                    now - Duration::from_secs(100_000 - i) + Duration::from_secs(10),
+                ),
+            })
+            .collect();
+        let projects: Vec<PathBuf> = (0..100)
+            .map(|i| PathBuf::from(format!("/srv/p{i:03}")))
+            .collect();
+        {
+            let adm = Admission::lock(d.path(), Duration::from_secs(5)).unwrap();
+            crate::ledger::append(&adm, &entries).unwrap();
+            let mut idx = InFlight::default();
+            for p in &projects {
+                idx.reconcile(
+                    &project_key(p),
+                    providers.iter().map(|k| (k.to_string(), 25)).collect(),
+                );
+            }
+            idx.save(&adm).unwrap();
+        }
+        let caps = Caps {
+            daily_cad: Some(Cad(1e6)),
+            monthly_cad: Some(Cad(1e6)),
+        };
+        let policy = Policy {
+            budget: Budget {
+                daily_cad: Some(Cad(1e6)),
+                monthly_cad: Some(Cad(1e6)),
+                providers: [(Provider::Claude, caps)].into(),
+            },
+            max_in_flight: [(super::super::LimitKey::All, super::super::Count(1_000_000))].into(),
+            ..Policy::default()
+        };
+        let n = 2000;
+        let mut spent = Duration::ZERO;
+        for i in 0..n {
+            let t = Instant::now();
+            let adm = Admission::lock(d.path(), Duration::from_secs(5)).unwrap();
+            let dec = adm
+                .check_and_reserve(
+                    &policy,
+                    &projects,
+                    &projects[i % 100],
+                    Provider::Claude,
+                    now,
+                    &mut Vec::new(),
+                )
+                .unwrap();
+            spent += t.elapsed();
+            assert_eq!(dec, Decision::Admit);
+            // As a reap would, every minute: compact the appended count.
+            InFlight::load(d.path(), &mut Vec::new())
+                .save(&adm)
+                .unwrap();
+        }
+        let per = spent / n as u32;
+        println!(
+            "admission (lock, read spend.json + inflight.tsv, decide, count the job): {per:?} per submit"
+        );
+        let t = Instant::now();
+        for _ in 0..n {
+            let _adm = Admission::lock(d.path(), Duration::from_secs(5)).unwrap();
+        }
+        println!("  of which the lock: {:?}", t.elapsed() / n as u32);
+        let t = Instant::now();
+        for _ in 0..n {
+            let s = Spend::load(d.path(), &mut Vec::new());
+            assert!(s.offset > 0);
+        }
+        println!(
+            "  of which reading spend.json: {:?}",
+            t.elapsed() / n as u32
+        );
+        let keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
+        let t = Instant::now();
+        for _ in 0..n {
+            let c = crate::inflight::read_counts(d.path(), &keys, &mut Vec::new());
+            assert!(!c.is_empty());
+        }
+        println!(
+            "  of which reading inflight.tsv: {:?}",
+            t.elapsed() / n as u32
+        );
+        let adm = Admission::lock(d.path(), Duration::from_secs(5)).unwrap();
+        let t = Instant::now();
+        for _ in 0..n {
+            InFlight::append_delta(&adm, "/srv/p001", "claude", 1).unwrap();
+        }
+        println!(
+            "  of which counting the job in inflight.tsv: {:?}",
+            t.elapsed() / n as u32
+        );
     }
 
     #[test]
