@@ -139,7 +139,7 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s V -
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l project -d 'Only jobs of this project (repeatable) [default: all in the ledger]' -r -F
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l since -d 'From: a duration back from now (7d, 12h), a UTC date or an RFC 3339 time [default: 30d]' -r
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l until -d 'Until (a date means the end of that day) [default: now]' -r
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l by -d 'One row per' -r -f -a "provider\t''
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l by -d 'What a row is: one provider, project, model or UTC day' -r -f -a "provider\t''
 project\t''
 model\t''
 day\t''"

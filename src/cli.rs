@@ -223,7 +223,7 @@ pub struct ReportArgs {
     /// Until (a date means the end of that day) [default: now]
     #[arg(long, value_name = "WHEN")]
     pub until: Option<String>,
-    /// One row per
+    /// What a row is: one provider, project, model or UTC day
     #[arg(long, value_name = "KEY", default_value = "provider",
           value_parser = ["provider", "project", "model", "day"])]
     pub by: String,

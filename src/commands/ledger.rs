@@ -1,5 +1,12 @@
 //! `ledger rebuild`: the ledger again from the done/ and failed/ records
-//! (the source of truth), atomically and under the admission lock.
+//! (the source of truth), atomically.
+//!
+//! Locks, in the one order every command takes them (queue locks, then the
+//! admission lock): the queue locks of the projects rebuilt are held from
+//! before their records are read until the new ledger is in place, so no
+//! reap can write a record (and append its entry) in between and have it
+//! counted twice or not at all. Submits and reaps of those projects wait
+//! meanwhile.
 
 use std::collections::BTreeSet;
 
@@ -16,9 +23,10 @@ use crate::ui::Ui;
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
-    let projects = super::status::projects_for_person(&args.projects, settings)?;
-    let mut fresh = Vec::new();
-    let (mut done, mut failed) = (0, 0);
+    let mut projects = super::status::projects_for_person(&args.projects, settings)?;
+    projects.sort_by_key(|p| project_key(p));
+    projects.dedup_by_key(|p| project_key(p));
+    let mut locks = Vec::new();
     for dir in &projects {
         let q = Queue::at(dir);
         if !q.root.is_dir() {
@@ -30,6 +38,11 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
                 ),
             ));
         }
+        locks.push(q.lock()?);
+    }
+    let mut fresh = Vec::new();
+    let (mut done, mut failed) = (0, 0);
+    for dir in &projects {
         let found = rebuild::from_records(dir)?;
         for s in &found.skipped {
             ui.warn(format!(
@@ -80,6 +93,8 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
     if kept > 0 {
         line.push_str(&format!("; kept {kept} entries of other projects"));
     }
+    drop(adm);
+    drop(locks);
     println!("{line}");
     Ok(Code::Ok)
 }
