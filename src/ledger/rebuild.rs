@@ -85,14 +85,6 @@ fn task_of(file: &str) -> String {
 
 fn entry_of(p: &Path, name: &str, project: &str) -> Option<Entry> {
     let head = read_head(p)?;
-    let r = Record::parse_head(&head)?;
-    let completed = r.status.as_deref() == Some("completed");
-    let finished_at = if completed {
-        r.completed_at.clone()
-    } else {
-        r.failed_at.clone()
-    }?;
-    let finished_at = crate::ledger::utc(&finished_at)?;
     // The name in the record is exact; read the whole file for it only
     // when the file name may carry a `.N` of its own.
     let task = if task_of(name) != name {
@@ -104,10 +96,25 @@ fn entry_of(p: &Path, name: &str, project: &str) -> Option<Entry> {
     } else {
         name.to_string()
     };
+    entry_from_record(project, &task, &head)
+}
+
+/// The ledger entry of a record (its frontmatter suffices): what `reap`
+/// appends right after writing the record, and what a rebuild reads back.
+/// `project` is the [`crate::inflight::project_key`] of its project.
+pub fn entry_from_record(project: &str, task: &str, record: &[u8]) -> Option<Entry> {
+    let r = Record::parse_head(record)?;
+    let completed = r.status.as_deref() == Some("completed");
+    let finished_at = if completed {
+        r.completed_at.clone()
+    } else {
+        r.failed_at.clone()
+    }?;
+    let finished_at = crate::ledger::utc(&finished_at)?;
     Some(Entry {
         job_id: r.job_id.clone(),
         project: project.to_string(),
-        task,
+        task: task.to_string(),
         provider: r.provider.clone().unwrap_or_else(|| "unknown".into()),
         model: r.model.clone(),
         status: if completed {
@@ -129,6 +136,52 @@ fn entry_of(p: &Path, name: &str, project: &str) -> Option<Entry> {
 
 #[cfg(test)]
 mod tests {
+    use crate::record::{self, Completed, Failure, Tokens};
+
+    #[test]
+    fn records_give_their_entries() {
+        let c = Completed {
+            provider: "claude",
+            model: "opus",
+            cost_cad: 0.25,
+            job_id: "j-1",
+            delegated_at: "2026-11-24T10:00:00Z",
+            completed_at: "2026-11-24T11:00:00+01:00",
+            response: "r",
+        };
+        let t = Tokens {
+            tokens_in: Some(3),
+            tokens_out: Some(4),
+        };
+        let done = record::render_done_with_tokens(&c, t, "a.md", Some(b"task"));
+        let e = super::entry_from_record("/p", "a.md", &done).unwrap();
+        assert_eq!(
+            (
+                e.status.as_str(),
+                e.cost_cad,
+                e.tokens_in,
+                e.finished_at.as_str()
+            ),
+            ("completed", 0.25, Some(3), "2026-11-24T10:00:00Z")
+        );
+        assert_eq!(e.model.as_deref(), Some("opus"));
+        let f = Failure {
+            provider: "gpu",
+            reason: "expired",
+            job_id: Some("j-2"),
+            delegated_at: "2026-11-24T10:00:00Z",
+            failed_at: "2026-11-24T10:30:00Z",
+            details: b"late",
+        };
+        let failed = record::render_failed(&f, "b.md", Some(b"t"));
+        let e = super::entry_from_record("/p", "b.md", &failed).unwrap();
+        assert_eq!(
+            (e.status.as_str(), e.cost_cad, e.job_id.as_deref()),
+            ("expired", 0.0, Some("j-2"))
+        );
+        assert!(super::entry_from_record("/p", "c.md", b"not a record").is_none());
+    }
+
     #[test]
     fn numbered_record_names_map_back_to_their_task() {
         for (file, task) in [
