@@ -34,8 +34,14 @@ _ccl__delegate() {
             ccl__delegate,init)
                 cmd="ccl__delegate__subcmd__init"
                 ;;
+            ccl__delegate,ledger)
+                cmd="ccl__delegate__subcmd__ledger"
+                ;;
             ccl__delegate,reap)
                 cmd="ccl__delegate__subcmd__reap"
+                ;;
+            ccl__delegate,report)
+                cmd="ccl__delegate__subcmd__report"
                 ;;
             ccl__delegate,requeue)
                 cmd="ccl__delegate__subcmd__requeue"
@@ -67,8 +73,14 @@ _ccl__delegate() {
             ccl__delegate__subcmd__help,init)
                 cmd="ccl__delegate__subcmd__help__subcmd__init"
                 ;;
+            ccl__delegate__subcmd__help,ledger)
+                cmd="ccl__delegate__subcmd__help__subcmd__ledger"
+                ;;
             ccl__delegate__subcmd__help,reap)
                 cmd="ccl__delegate__subcmd__help__subcmd__reap"
+                ;;
+            ccl__delegate__subcmd__help,report)
+                cmd="ccl__delegate__subcmd__help__subcmd__report"
                 ;;
             ccl__delegate__subcmd__help,requeue)
                 cmd="ccl__delegate__subcmd__help__subcmd__requeue"
@@ -82,6 +94,21 @@ _ccl__delegate() {
             ccl__delegate__subcmd__help,submit)
                 cmd="ccl__delegate__subcmd__help__subcmd__submit"
                 ;;
+            ccl__delegate__subcmd__help__subcmd__ledger,rebuild)
+                cmd="ccl__delegate__subcmd__help__subcmd__ledger__subcmd__rebuild"
+                ;;
+            ccl__delegate__subcmd__ledger,help)
+                cmd="ccl__delegate__subcmd__ledger__subcmd__help"
+                ;;
+            ccl__delegate__subcmd__ledger,rebuild)
+                cmd="ccl__delegate__subcmd__ledger__subcmd__rebuild"
+                ;;
+            ccl__delegate__subcmd__ledger__subcmd__help,help)
+                cmd="ccl__delegate__subcmd__ledger__subcmd__help__subcmd__help"
+                ;;
+            ccl__delegate__subcmd__ledger__subcmd__help,rebuild)
+                cmd="ccl__delegate__subcmd__ledger__subcmd__help__subcmd__rebuild"
+                ;;
             *)
                 ;;
         esac
@@ -89,7 +116,7 @@ _ccl__delegate() {
 
     case "${cmd}" in
         ccl__delegate)
-            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version init decide submit reap get result status cancel requeue doctor help"
+            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version init decide submit reap get result status cancel requeue doctor report ledger help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -247,7 +274,7 @@ _ccl__delegate() {
             return 0
             ;;
         ccl__delegate__subcmd__help)
-            opts="init decide submit reap get result status cancel requeue doctor help"
+            opts="init decide submit reap get result status cancel requeue doctor report ledger help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -344,7 +371,49 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        ccl__delegate__subcmd__help__subcmd__ledger)
+            opts="rebuild"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__help__subcmd__ledger__subcmd__rebuild)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         ccl__delegate__subcmd__help__subcmd__reap)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__help__subcmd__report)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -444,6 +513,112 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        ccl__delegate__subcmd__ledger)
+            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version rebuild help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --http-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__ledger__subcmd__help)
+            opts="rebuild help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__ledger__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__ledger__subcmd__help__subcmd__rebuild)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__ledger__subcmd__rebuild)
+            opts="-v -q -h -V --project --config --api-url --http-timeout --retries --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --project)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --http-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         ccl__delegate__subcmd__reap)
             opts="-v -q -h -V --project --lock-file --concurrency --max-age --submit-grace --metrics-file --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -473,6 +648,52 @@ _ccl__delegate() {
                     ;;
                 --metrics-file)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --http-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__report)
+            opts="-v -q -h -V --project --since --until --by --json --csv --config --api-url --http-timeout --retries --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --project)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --by)
+                    COMPREPLY=($(compgen -W "provider project model day" -- "${cur}"))
                     return 0
                     ;;
                 --config)

@@ -42,6 +42,8 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "status" -
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "cancel" -d 'Ask the service to cancel a job'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "requeue" -d 'Put a failed task back into the inbox'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "doctor" -d 'Check the configuration, the key, the service and the queues'
+complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "report" -d 'Jobs, failures, cost and turnaround from the ledger, and the budgets'
+complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "ledger" -d 'Maintain the host\'s ledger of finished jobs'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
@@ -143,14 +145,55 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s v -
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s q -l quiet -d 'Say only errors on stderr'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s V -l version -d 'Print version'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "init" -d 'Create a project\'s queue: DIR/.agent-queue/{inbox,done,failed}'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "decide" -d 'Print where a task would run (pure: no network, no writes)'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "submit" -d 'Hand an inbox task to secutools and mark it delegated'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "reap" -d 'Bring finished jobs back into done/ and failed/ (run from cron)'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "get" -d 'Show a job\'s status'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "result" -d 'Print a completed job\'s response'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "status" -d 'Show delegated tasks in flight and totals of done and failed tasks'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "cancel" -d 'Ask the service to cancel a job'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "requeue" -d 'Put a failed task back into the inbox'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "doctor" -d 'Check the configuration, the key, the service and the queues'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l project -d 'Only jobs of this project (repeatable) [default: all in the ledger]' -r -F
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l since -d 'From: a duration back from now (7d, 12h), a UTC date or an RFC 3339 time [default: 30d]' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l until -d 'Until (a date means the end of that day) [default: now]' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l by -d 'What a row is: one provider, project, model or UTC day' -r -f -a "provider\t''
+project\t''
+model\t''
+day\t''"
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l http-timeout -d 'Timeout of one HTTP request, e.g. 30s (beats http_timeout)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l retries -d 'Extra attempts after a transient HTTP failure (beats retries)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l json -d 'Print JSON for scripts'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l csv -d 'Print CSV: a header line, the rows, the total last'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -s v -l verbose -d 'Say more on stderr (repeat for more)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -s q -l quiet -d 'Say only errors on stderr'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -s h -l help -d 'Print help'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -s V -l version -d 'Print version'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -l http-timeout -d 'Timeout of one HTTP request, e.g. 30s (beats http_timeout)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -l retries -d 'Extra attempts after a transient HTTP failure (beats retries)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -s v -l verbose -d 'Say more on stderr (repeat for more)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -s q -l quiet -d 'Say only errors on stderr'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -s h -l help -d 'Print help'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -s V -l version -d 'Print version'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -f -a "rebuild" -d 'Rebuild the ledger from the done/ and failed/ records'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and not __fish_seen_subcommand_from rebuild help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -l project -d 'Only this project\'s entries (repeatable) [default: the config\'s projects]' -r -F
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -l http-timeout -d 'Timeout of one HTTP request, e.g. 30s (beats http_timeout)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -l retries -d 'Extra attempts after a transient HTTP failure (beats retries)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -s v -l verbose -d 'Say more on stderr (repeat for more)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -s q -l quiet -d 'Say only errors on stderr'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -s h -l help -d 'Print help'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -s V -l version -d 'Print version'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from help" -f -a "rebuild" -d 'Rebuild the ledger from the done/ and failed/ records'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "init" -d 'Create a project\'s queue: DIR/.agent-queue/{inbox,done,failed}'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "decide" -d 'Print where a task would run (pure: no network, no writes)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "submit" -d 'Hand an inbox task to secutools and mark it delegated'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "reap" -d 'Bring finished jobs back into done/ and failed/ (run from cron)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "get" -d 'Show a job\'s status'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "result" -d 'Print a completed job\'s response'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "status" -d 'Show delegated tasks in flight and totals of done and failed tasks'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "cancel" -d 'Ask the service to cancel a job'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "requeue" -d 'Put a failed task back into the inbox'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "doctor" -d 'Check the configuration, the key, the service and the queues'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "report" -d 'Jobs, failures, cost and turnaround from the ledger, and the budgets'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "ledger" -d 'Maintain the host\'s ledger of finished jobs'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and __fish_seen_subcommand_from ledger" -f -a "rebuild" -d 'Rebuild the ledger from the done/ and failed/ records'

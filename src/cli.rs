@@ -77,6 +77,11 @@ pub enum Command {
     Requeue(RequeueArgs),
     /// Check the configuration, the key, the service and the queues
     Doctor(DoctorArgs),
+    /// Jobs, failures, cost and turnaround from the ledger, and the budgets
+    Report(ReportArgs),
+    /// Maintain the host's ledger of finished jobs
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +219,42 @@ pub struct DoctorArgs {
     /// Skip the checks that need the network
     #[arg(long)]
     pub offline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Only jobs of this project (repeatable) [default: all in the ledger]
+    #[arg(long = "project", value_name = "DIR")]
+    pub projects: Vec<PathBuf>,
+    /// From: a duration back from now (7d, 12h), a UTC date or an RFC 3339 time [default: 30d]
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Until (a date means the end of that day) [default: now]
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// What a row is: one provider, project, model or UTC day
+    #[arg(long, value_name = "KEY", default_value = "provider",
+          value_parser = ["provider", "project", "model", "day"])]
+    pub by: String,
+    /// Print JSON for scripts
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV: a header line, the rows, the total last
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Rebuild the ledger from the done/ and failed/ records
+    Rebuild(LedgerRebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerRebuildArgs {
+    /// Only this project's entries (repeatable) [default: the config's projects]
+    #[arg(long = "project", value_name = "DIR")]
+    pub projects: Vec<PathBuf>,
 }
 
 /// A humantime duration such as `30s`, `2m`, `24h`.

@@ -32,6 +32,10 @@ struct FileConfig {
     lock_file: Option<String>,
     lock_timeout: Option<String>,
     metrics_file: Option<String>,
+    state_dir: Option<String>,
+    budget: Option<crate::policy::Budget>,
+    max_in_flight: Option<crate::policy::Limits>,
+    fallback: Option<crate::policy::Fallback>,
 }
 
 /// Where the API key comes from; it is read only when a command needs it.
@@ -60,6 +64,10 @@ pub struct Settings {
     /// How long a queue lock is waited for.
     pub lock_timeout: Duration,
     pub metrics_file: Option<PathBuf>,
+    /// Where the ledger and the admission state live.
+    pub state_dir: PathBuf,
+    /// `budget`, `max_in_flight`, `fallback` (policy.md); empty when unset.
+    pub policy: crate::policy::Policy,
 }
 
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -90,9 +98,14 @@ pub fn default_config_path() -> Option<PathBuf> {
 }
 
 pub fn default_lock_file() -> PathBuf {
+    default_state_dir().join("reap.lock")
+}
+
+/// `$XDG_STATE_HOME/ccl-delegate` (`~/.local/state/ccl-delegate` when unset).
+pub fn default_state_dir() -> PathBuf {
     xdg_dir("XDG_STATE_HOME", ".local/state")
         .unwrap_or_else(std::env::temp_dir)
-        .join("ccl-delegate/reap.lock")
+        .join("ccl-delegate")
 }
 
 /// `~/x` → `$HOME/x`; relative paths are taken from `base` (the config
@@ -212,6 +225,16 @@ impl Settings {
                 .map(|l| expand(l, base))
                 .unwrap_or_else(default_lock_file),
             metrics_file: file.metrics_file.as_deref().map(|m| expand(m, base)),
+            state_dir: file
+                .state_dir
+                .as_deref()
+                .map(|d| expand(d, base))
+                .unwrap_or_else(default_state_dir),
+            policy: crate::policy::Policy {
+                budget: file.budget.unwrap_or_default(),
+                max_in_flight: file.max_in_flight.unwrap_or_default(),
+                fallback: file.fallback.unwrap_or_default(),
+            },
             config_file,
         })
     }
@@ -377,15 +400,28 @@ fn quoted_after<'a>(msg: &'a str, after: &str) -> Option<&'a str> {
 /// and the line it is on; the line is found in `text` when serde_yaml puts
 /// it at the mapping's start.
 fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String, Option<usize>) {
-    if let Some(k) = quoted_after(msg, "unknown field `") {
+    // `[path: ]MESSAGE`: the path is made of key names, safe to show.
+    let (path, rest) = match msg.split_once(": ") {
+        Some((p, r))
+            if p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_[].".contains(&b)) =>
+        {
+            (Some(p), r)
+        }
+        _ => (None, msg),
+    };
+    if let Some(k) = quoted_after(rest, "unknown field `") {
         // serde lists the struct's own fields after the key: safe to show.
-        let keys = msg
+        let keys = rest
             .split_once("expected one of ")
             .map(|(_, ks)| format!("; the keys are {}", ks.replace('`', "")))
             .unwrap_or_default();
         return if looks_like_key(k) {
             (
-                format!("unknown key `{k}`{keys}"),
+                format!(
+                    "unknown key `{}{k}`{keys}",
+                    path.map(|p| format!("{p}.")).unwrap_or_default()
+                ),
                 key_line(text, k, 1).or(line),
             )
         } else {
@@ -395,22 +431,35 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
             )
         };
     }
-    if let Some(k) = quoted_after(msg, "duplicate field `") {
+    // An unknown name where a provider (or `all`) is expected: serde's
+    // `unknown variant`, or the fallback chain's own `unknown provider`.
+    for prefix in ["unknown variant `", "unknown provider `"] {
+        if let Some(k) = quoted_after(rest, prefix) {
+            let shown = if looks_like_key(k) {
+                format!("`{k}`")
+            } else {
+                "(not shown)".to_string()
+            };
+            let place = path.map(|p| format!("{p}: ")).unwrap_or_default();
+            return (
+                format!(
+                    "{place}unknown provider {shown}; the providers are gpu, gemini, claude, auto"
+                ),
+                key_line(text, k, 1).or(line),
+            );
+        }
+    }
+    // The policy keys' own sentences (no value quoted): safe to show.
+    if rest.starts_with("a fallback chain has at most") {
+        let place = path.map(|p| format!("{p}: ")).unwrap_or_default();
+        return (format!("{place}{rest}"), line);
+    }
+    if let Some(k) = quoted_after(rest, "duplicate field `") {
         return (
             format!("key `{k}` is given twice; keep one"),
             key_line(text, k, 2).or(line),
         );
     }
-    // `[path: ]invalid type: FOUND, expected WANTED`
-    let (path, rest) = match msg.split_once(": ") {
-        Some((p, r))
-            if p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_[]".contains(&b)) =>
-        {
-            (Some(p), r)
-        }
-        _ => (None, msg),
-    };
     let typed = rest
         .strip_prefix("invalid type: ")
         .or_else(|| rest.strip_prefix("invalid value: "));
@@ -424,6 +473,13 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
             "a string" => "a string",
             "a boolean" => "a boolean",
             "f64" => "a number",
+            // The policy keys' own `expecting` sentences: ours, safe to show.
+            w if w
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b" ,.()[]_".contains(&b)) =>
+            {
+                w
+            }
             _ => "another type",
         };
         return match path {

@@ -18,6 +18,13 @@ pub struct Completed<'a> {
     pub response: &'a str,
 }
 
+/// The tokens a job used, when the service said.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tokens {
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
+}
+
 /// Why a delegation failed.
 pub struct Failure<'a> {
     pub provider: &'a str,
@@ -38,6 +45,10 @@ struct DoneHead<'a> {
     job_id: &'a str,
     delegated_at: &'a str,
     completed_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_out: Option<u64>,
     task_bytes: usize,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     task_missing: bool,
@@ -78,6 +89,16 @@ fn original(out: &mut Vec<u8>, task_name: &str, task: Option<&[u8]>) {
 
 /// `done/<id>.md`. `task` is `None` when the task had vanished.
 pub fn render_done(c: &Completed, task_name: &str, task: Option<&[u8]>) -> Vec<u8> {
+    render_done_with_tokens(c, Tokens::default(), task_name, task)
+}
+
+/// `done/<id>.md` with the tokens the service reported.
+pub fn render_done_with_tokens(
+    c: &Completed,
+    tokens: Tokens,
+    task_name: &str,
+    task: Option<&[u8]>,
+) -> Vec<u8> {
     let head = DoneHead {
         status: "completed",
         provider: c.provider,
@@ -86,6 +107,8 @@ pub fn render_done(c: &Completed, task_name: &str, task: Option<&[u8]>) -> Vec<u
         job_id: c.job_id,
         delegated_at: c.delegated_at,
         completed_at: c.completed_at,
+        tokens_in: tokens.tokens_in,
+        tokens_out: tokens.tokens_out,
         task_bytes: task.map_or(0, <[u8]>::len),
         task_missing: task.is_none(),
     };
@@ -145,6 +168,8 @@ pub struct Record {
     pub delegated_at: Option<String>,
     pub completed_at: Option<String>,
     pub failed_at: Option<String>,
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
     #[serde(default)]
     pub task_bytes: usize,
     #[serde(default)]
@@ -233,6 +258,33 @@ mod tests {
         assert_eq!(r.original(&out), task);
         assert_eq!(r.job_id.as_deref(), Some("j-123"));
         assert_eq!(r.task_name(&out).as_deref(), Some("a.md"));
+    }
+
+    #[test]
+    fn tokens_are_written_when_the_service_gave_them() {
+        let c = Completed {
+            provider: "claude",
+            model: "m",
+            cost_cad: 0.5,
+            job_id: "j-9",
+            delegated_at: "2026-11-24T10:00:00Z",
+            completed_at: "2026-11-24T10:00:05Z",
+            response: "r",
+        };
+        let t = Tokens {
+            tokens_in: Some(120),
+            tokens_out: Some(45),
+        };
+        let out = render_done_with_tokens(&c, t, "a.md", Some(b"x"));
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.contains("completed_at: 2026-11-24T10:00:05Z\ntokens_in: 120\ntokens_out: 45\ntask_bytes: 1\n"),
+            "{text}"
+        );
+        let r = Record::parse(&out).unwrap();
+        assert_eq!((r.tokens_in, r.tokens_out), (Some(120), Some(45)));
+        let plain = render_done(&c, "a.md", Some(b"x"));
+        assert!(!String::from_utf8(plain).unwrap().contains("tokens"));
     }
 
     #[test]

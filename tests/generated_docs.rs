@@ -56,13 +56,15 @@ const CODES: &[(&str, &[u8])] = &[
     ("init", &[0, 1, 64]),
     ("decide", &[0, 1, 64, 66]),
     ("submit", &[0, 1, 10, 64, 65, 66, 69, 75, 77, 78]),
-    ("reap", &[0, 1, 64, 77, 78]),
+    ("reap", &[0, 1, 64, 75, 77, 78]),
     ("get", &[0, 1, 64, 65, 66, 69, 75, 77, 78]),
     ("result", &[0, 1, 64, 65, 66, 69, 75, 77, 78]),
     ("status", &[0, 1, 64, 78]),
     ("cancel", &[0, 1, 64, 65, 66, 69, 75, 77, 78]),
     ("requeue", &[0, 1, 64, 65, 66, 78]),
     ("doctor", &[0, 1, 64, 78]),
+    ("report", &[0, 1, 64, 78]),
+    ("ledger", &[0, 1, 64, 66, 75, 78]),
 ];
 
 /// Commands that read no configuration, so need no URL or key.
@@ -269,6 +271,24 @@ fn generated() -> Vec<(PathBuf, Vec<u8>)> {
             Path::new("man").join(format!("{name}.1")),
             man_page(sub_cmd, &extra),
         ));
+        // A command with commands of its own (`ledger rebuild`): a page
+        // each, so that the SUBCOMMANDS list refers to pages that exist.
+        for subsub in sub.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = format!("{BIN}-{}-{}", sub.get_name(), subsub.get_name());
+            let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+            let usage: &'static str = Box::leak(
+                format!("{BIN} {} {}", sub.get_name(), subsub.get_name()).into_boxed_str(),
+            );
+            let page = subsub
+                .clone()
+                .name(leaked)
+                .bin_name(usage)
+                .version(env!("CARGO_PKG_VERSION"));
+            files.push((
+                Path::new("man").join(format!("{name}.1")),
+                man_page(page, &extra),
+            ));
+        }
     }
     files
 }

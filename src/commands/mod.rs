@@ -5,7 +5,9 @@ mod decide;
 mod doctor;
 mod get;
 mod init;
+mod ledger;
 mod reap;
+mod report;
 mod requeue;
 mod result;
 mod status;
@@ -37,5 +39,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Code> {
         Command::Cancel(a) => cancel::run(a, &settings),
         Command::Requeue(a) => requeue::run(a, ui),
         Command::Doctor(a) => doctor::run(a, &settings),
+        Command::Report(a) => report::run(a, &settings, ui),
+        Command::Ledger(crate::cli::LedgerCommand::Rebuild(a)) => ledger::rebuild(a, &settings, ui),
     }
 }

@@ -1,0 +1,502 @@
+//! `report`: jobs, failures, cost and turnaround per provider, project,
+//! model or day, streamed from the ledger; then the budgets (policy.md
+//! "Report").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cli::ReportArgs;
+use crate::config::Settings;
+use crate::error::{Code, fail};
+use crate::inflight::project_key;
+use crate::ledger;
+use crate::policy::admission::budget_snapshot;
+use crate::policy::admit::CapState;
+use crate::ui::Ui;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const DEFAULT_SINCE: Duration = Duration::from_secs(30 * 86_400);
+
+/// The fields of an entry the report reads, borrowed from the line.
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    project: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    provider: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    status: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    cost_cad: f64,
+    #[serde(default)]
+    tokens_in: Option<u64>,
+    #[serde(default)]
+    tokens_out: Option<u64>,
+    #[serde(borrow, default)]
+    delegated_at: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    finished_at: std::borrow::Cow<'a, str>,
+}
+
+/// One row's sums.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Group {
+    pub jobs: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub cost_cad: f64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Turnarounds of the done jobs, in seconds.
+    pub turnaround: Vec<u64>,
+}
+
+impl Group {
+    fn add(&mut self, completed: bool, cost: f64, tin: u64, tout: u64, turnaround: Option<u64>) {
+        self.jobs += 1;
+        if completed {
+            self.done += 1;
+            self.turnaround.extend(turnaround);
+        } else {
+            self.failed += 1;
+        }
+        self.cost_cad += cost;
+        self.tokens_in += tin;
+        self.tokens_out += tout;
+    }
+
+    fn merge(&mut self, o: &Group) {
+        self.jobs += o.jobs;
+        self.done += o.done;
+        self.failed += o.failed;
+        self.cost_cad += o.cost_cad;
+        self.tokens_in += o.tokens_in;
+        self.tokens_out += o.tokens_out;
+        self.turnaround.extend_from_slice(&o.turnaround);
+    }
+
+    /// The columns after the key, as numbers (None: empty).
+    fn columns(&mut self) -> Columns {
+        self.turnaround.sort_unstable();
+        Columns {
+            jobs: self.jobs,
+            done: self.done,
+            failed: self.failed,
+            fail_pct: if self.jobs == 0 {
+                0.0
+            } else {
+                round(self.failed as f64 * 100.0 / self.jobs as f64, 1)
+            },
+            cost_cad: round(self.cost_cad, 4),
+            mean_cad: (self.done > 0).then(|| round(self.cost_cad / self.done as f64, 4)),
+            p50: percentile(&self.turnaround, 50),
+            p95: percentile(&self.turnaround, 95),
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Columns {
+    jobs: u64,
+    done: u64,
+    failed: u64,
+    fail_pct: f64,
+    cost_cad: f64,
+    mean_cad: Option<f64>,
+    p50: Option<u64>,
+    p95: Option<u64>,
+    tokens_in: u64,
+    tokens_out: u64,
+}
+
+const HEADER: [&str; 10] = [
+    "jobs",
+    "done",
+    "failed",
+    "fail_pct",
+    "cost_cad",
+    "mean_cad",
+    "p50",
+    "p95",
+    "tokens_in",
+    "tokens_out",
+];
+
+impl Columns {
+    fn json(&self, key: Option<(&str, &str)>) -> Value {
+        let mut m = serde_json::Map::new();
+        if let Some((by, k)) = key {
+            m.insert(by.into(), k.into());
+        }
+        let v = json!({
+            "jobs": self.jobs, "done": self.done, "failed": self.failed,
+            "fail_pct": self.fail_pct, "cost_cad": self.cost_cad, "mean_cad": self.mean_cad,
+            "p50": self.p50, "p95": self.p95,
+            "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+        });
+        if let Value::Object(o) = v {
+            m.extend(o);
+        }
+        Value::Object(m)
+    }
+
+    /// The cells: the table shows turnarounds as `1m 12s`, CSV as seconds.
+    fn cells(&self, human: bool) -> [String; 10] {
+        let dur = |s: Option<u64>| match s {
+            None => String::new(),
+            Some(s) if human => humantime::format_duration(Duration::from_secs(s)).to_string(),
+            Some(s) => s.to_string(),
+        };
+        [
+            self.jobs.to_string(),
+            self.done.to_string(),
+            self.failed.to_string(),
+            format!("{:.1}", self.fail_pct),
+            format!("{:.4}", self.cost_cad),
+            self.mean_cad.map(|m| format!("{m:.4}")).unwrap_or_default(),
+            dur(self.p50),
+            dur(self.p95),
+            self.tokens_in.to_string(),
+            self.tokens_out.to_string(),
+        ]
+    }
+}
+
+fn round(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
+}
+
+/// The nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p as usize * sorted.len()).div_ceil(100).max(1);
+    Some(sorted[rank - 1])
+}
+
+/// `WHEN`: a duration back from `now`, a UTC date (its start; its end when
+/// `end_of_day`, so `--until 2026-11-24` includes that day), or an RFC 3339
+/// time.
+pub fn parse_when(s: &str, now: SystemTime, end_of_day: bool) -> Option<SystemTime> {
+    let t = s.trim();
+    if let Ok(d) = humantime::parse_duration(t) {
+        return now.checked_sub(d);
+    }
+    if t.len() == 10 && t.as_bytes()[4] == b'-' && t.as_bytes()[7] == b'-' {
+        let start = crate::timestamp::parse(&format!("{t}T00:00:00Z"))?;
+        return Some(if end_of_day { start + DAY } else { start });
+    }
+    crate::timestamp::parse(t)
+}
+
+/// The window and filters, and the groups found.
+pub struct Query {
+    pub by: String,
+    /// Canonical UTC strings: `since <= finished_at < until`.
+    pub since: String,
+    pub until: Option<String>,
+    pub projects: BTreeSet<String>,
+}
+
+impl Query {
+    /// Streams the ledger into groups.
+    pub fn run(
+        &self,
+        state_dir: &std::path::Path,
+        warnings: &mut Vec<String>,
+    ) -> anyhow::Result<BTreeMap<String, Group>> {
+        let p = ledger::path(state_dir);
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+        // A ledger that cannot be opened (not a regular file) is skipped,
+        // as the design asks; the warning names the fix.
+        if let Err(e) = ledger::open(&p) {
+            warnings.push(format!("{e:#}; nothing counted"));
+            return Ok(groups);
+        }
+        let mut bad = Vec::new();
+        ledger::scan(&p, 0, warnings, |raw, end| {
+            let l: Line = match serde_json::from_slice(raw) {
+                Ok(l) => l,
+                Err(e) => {
+                    bad.push(format!(
+                        "the ledger {} has a corrupt line ending at byte {end} ({e}); skipped; {}",
+                        p.display(),
+                        ledger::REBUILD_HINT
+                    ));
+                    return;
+                }
+            };
+            self.add(&mut groups, &l);
+        })?;
+        warnings.extend(bad);
+        Ok(groups)
+    }
+
+    fn add(&self, groups: &mut BTreeMap<String, Group>, l: &Line) {
+        let Some(at) = ledger::utc(&l.finished_at) else {
+            return;
+        };
+        if at.as_str() < self.since.as_str()
+            || self.until.as_deref().is_some_and(|u| at.as_str() >= u)
+        {
+            return;
+        }
+        if !self.projects.is_empty() && !self.projects.contains(l.project.as_ref()) {
+            return;
+        }
+        let key: &str = match self.by.as_str() {
+            "project" => &l.project,
+            "model" => l.model.as_deref().unwrap_or("unknown"),
+            "day" => &at[..10],
+            _ => &l.provider,
+        };
+        let completed = l.status == "completed";
+        let turnaround = completed
+            .then(|| {
+                let from = crate::timestamp::parse(&l.delegated_at)?;
+                let to = crate::timestamp::parse(&at)?;
+                Some(to.duration_since(from).unwrap_or_default().as_secs())
+            })
+            .flatten();
+        let g = match groups.get_mut(key) {
+            Some(g) => g,
+            None => groups.entry(key.to_string()).or_default(),
+        };
+        g.add(
+            completed,
+            ledger::sane_cost(l.cost_cad),
+            l.tokens_in.unwrap_or(0),
+            l.tokens_out.unwrap_or(0),
+            turnaround,
+        );
+    }
+}
+
+pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
+    let now = SystemTime::now();
+    let when = |flag: &str, v: &str, end: bool| {
+        parse_when(v, now, end).ok_or_else(|| {
+            fail(
+                Code::Usage,
+                format!(
+                    "{flag} `{}`: expected a duration back from now (7d, 12h), a UTC date (2026-11-24) or an RFC 3339 time",
+                    crate::text::clip(v, 60)
+                ),
+            )
+        })
+    };
+    let since = match &args.since {
+        Some(v) => when("--since", v, false)?,
+        None => now - DEFAULT_SINCE,
+    };
+    let until = args
+        .until
+        .as_deref()
+        .map(|v| when("--until", v, true))
+        .transpose()?;
+    let q = Query {
+        by: args.by.clone(),
+        since: crate::timestamp::format(since),
+        until: until.map(crate::timestamp::format),
+        projects: args.projects.iter().map(|p| project_key(p)).collect(),
+    };
+    let mut warnings = Vec::new();
+    let mut groups = q.run(&settings.state_dir, &mut warnings)?;
+    let budget = budget_snapshot(
+        &settings.state_dir,
+        &settings.policy,
+        &settings.projects,
+        now,
+        &mut warnings,
+    );
+    for w in &warnings {
+        ui.warn(w);
+    }
+    let mut total = Group::default();
+    for g in groups.values() {
+        total.merge(g);
+    }
+    let mut out = String::new();
+    if args.json {
+        let rows: Vec<Value> = groups
+            .iter_mut()
+            .map(|(k, g)| g.columns().json(Some((&q.by, k))))
+            .collect();
+        let v = json!({
+            "rows": rows,
+            "total": total.columns().json(None),
+            "budget": budget.iter().map(budget_json).collect::<Vec<_>>(),
+        });
+        out = serde_json::to_string_pretty(&v)? + "\n";
+    } else if args.csv {
+        let _ = writeln!(out, "{},{}", q.by, HEADER.join(","));
+        for (k, g) in groups.iter_mut() {
+            let _ = writeln!(
+                out,
+                "{},{}",
+                csv_field(k),
+                g.columns().cells(false).join(",")
+            );
+        }
+        let _ = writeln!(out, "total,{}", total.columns().cells(false).join(","));
+    } else {
+        let mut rows: Vec<Vec<String>> = vec![
+            std::iter::once(q.by.clone())
+                .chain(HEADER.iter().map(|h| h.to_string()))
+                .collect(),
+        ];
+        for (k, g) in groups.iter_mut() {
+            rows.push(
+                std::iter::once(crate::text::clip(k, 120))
+                    .chain(g.columns().cells(true))
+                    .collect(),
+            );
+        }
+        rows.push(
+            std::iter::once("total".to_string())
+                .chain(total.columns().cells(true))
+                .collect(),
+        );
+        out = table(&rows);
+        for b in &budget {
+            let _ = writeln!(out, "{}", budget_line(b));
+        }
+    }
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(Code::Ok)
+}
+
+/// The key column left-aligned, the others right-aligned.
+fn table(rows: &[Vec<String>]) -> String {
+    let n = rows[0].len();
+    let widths: Vec<usize> = (0..n)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            if i == 0 {
+                line.push_str(c);
+                line.push_str(&" ".repeat(pad));
+            } else {
+                line.push_str("  ");
+                line.push_str(&" ".repeat(pad));
+                line.push_str(c);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `budget daily all: 12.3400 of 20.0000 CAD spent, 0.6000 reserved (4 in flight)`.
+pub fn budget_line(b: &CapState) -> String {
+    format!(
+        "budget {} {}: {:.4} of {:.4} CAD spent, {:.4} reserved ({} in flight)",
+        b.cap.window.as_str(),
+        b.cap.scope(),
+        b.spent,
+        b.cap.limit,
+        b.reserved,
+        b.in_flight
+    )
+}
+
+pub fn budget_json(b: &CapState) -> Value {
+    json!({
+        "window": b.cap.window.as_str(),
+        "provider": b.cap.scope(),
+        "limit_cad": b.cap.limit,
+        "spent_cad": round(b.spent, 4),
+        "reserved_cad": round(b.reserved, 4),
+        "in_flight": b.in_flight,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=20).collect();
+        assert_eq!(percentile(&v, 50), Some(10));
+        assert_eq!(percentile(&v, 95), Some(19));
+        assert_eq!(percentile(&[7], 95), Some(7));
+        assert_eq!(percentile(&[], 50), None);
+        assert_eq!(percentile(&[1, 2], 50), Some(1));
+    }
+
+    #[test]
+    fn when_forms() {
+        let now = crate::timestamp::parse("2026-11-24T12:00:00Z").unwrap();
+        let f = |s, end| parse_when(s, now, end).map(crate::timestamp::format);
+        assert_eq!(f("7d", false).as_deref(), Some("2026-11-17T12:00:00Z"));
+        assert_eq!(f("12h", false).as_deref(), Some("2026-11-24T00:00:00Z"));
+        assert_eq!(
+            f("2026-11-20", false).as_deref(),
+            Some("2026-11-20T00:00:00Z")
+        );
+        assert_eq!(
+            f("2026-11-20", true).as_deref(),
+            Some("2026-11-21T00:00:00Z")
+        );
+        assert_eq!(
+            f("2026-11-20T10:00:00+01:00", true).as_deref(),
+            Some("2026-11-20T09:00:00Z")
+        );
+        assert_eq!(f("last week", false), None);
+        assert_eq!(f("2026-13-45", false), None);
+    }
+
+    #[test]
+    fn columns_of_a_group() {
+        let mut g = Group::default();
+        g.add(true, 0.1, 10, 5, Some(72));
+        g.add(true, 0.2, 0, 0, Some(30));
+        g.add(false, 0.0, 0, 0, None);
+        let c = g.columns();
+        assert_eq!(
+            c.cells(true),
+            [
+                "3", "2", "1", "33.3", "0.3000", "0.1500", "30s", "1m 12s", "10", "5"
+            ]
+        );
+        assert_eq!(c.cells(false)[6..8], ["30".to_string(), "72".to_string()]);
+        let mut empty = Group::default();
+        empty.add(false, 0.0, 0, 0, None);
+        assert_eq!(
+            empty.columns().cells(true),
+            ["1", "0", "1", "100.0", "0.0000", "", "", "", "0", "0"]
+        );
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}
