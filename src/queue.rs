@@ -459,6 +459,19 @@ impl Queue {
         seen: &[u8],
         job_id: &str,
     ) -> anyhow::Result<Option<PathBuf>> {
+        self.finish_recorded_then(task, seen, job_id, |_| Ok(()))
+    }
+
+    /// [`Queue::finish_recorded`], calling `durable` with the record once
+    /// it is durable and before the task goes; its error keeps the task
+    /// and marker.
+    pub fn finish_recorded_then(
+        &self,
+        task: impl AsRef<OsStr>,
+        seen: &[u8],
+        job_id: &str,
+        durable: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Option<PathBuf>> {
         let task = task.as_ref();
         if self.existing_record(task, Some(job_id), None).is_none() {
             return Ok(None);
@@ -478,6 +491,7 @@ impl Queue {
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;
         }
+        durable(&path)?;
         self.remove_task_and_marker(&lock, task)?;
         Ok(Some(path))
     }
@@ -553,6 +567,18 @@ impl Queue {
         lock: &QueueLock,
         items: &[Finishing<'_>],
     ) -> (Vec<anyhow::Result<Option<PathBuf>>>, Option<anyhow::Error>) {
+        self.finish_many_then(lock, items, |_| {})
+    }
+
+    /// [`Queue::finish_many`], calling `durable` once the records are
+    /// durable and before any task goes (the ledger is written there); an
+    /// item it sets to `Err` keeps its task and marker.
+    pub fn finish_many_then(
+        &self,
+        lock: &QueueLock,
+        items: &[Finishing<'_>],
+        durable: impl FnOnce(&mut [anyhow::Result<Option<PathBuf>>]),
+    ) -> (Vec<anyhow::Result<Option<PathBuf>>>, Option<anyhow::Error>) {
         let mut results: Vec<anyhow::Result<Option<PathBuf>>> =
             items.iter().map(|_| Ok(None)).collect();
         // A record found already written may still sit only in the page
@@ -589,6 +615,7 @@ impl Queue {
                 }
             }
         }
+        durable(&mut results);
         let mut removed = false;
         for (i, item) in items.iter().enumerate() {
             if results[i].is_ok() {

@@ -9,6 +9,8 @@ use crate::error::{Code, fail};
 use crate::frontmatter;
 use crate::job;
 use crate::marker::{Marker, State};
+use crate::policy::admission::Admission;
+use crate::policy::{Decision, Provider};
 use crate::queue::Queue;
 use crate::route::{self, Priority};
 use crate::ui::Ui;
@@ -88,17 +90,29 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         last_error: None,
     };
     let sent = (|| {
-        {
+        let reserved = {
             let lock = queue.lock()?;
+            // Lock order: the queue lock, then the admission lock. Decided
+            // while the queue lock is held, so that a reap reconciling this
+            // project sees the count and the marker together.
+            let reserved = match admit(settings, &queue, provider, ui)? {
+                Admitted::Yes(reserved) => reserved,
+                Admitted::No(code) => return Ok(code),
+            };
             let created = queue
                 .create_marker(&lock, &task, &marker)
-                .with_context(|| format!("{shown}: cannot write its marker"))?;
-            if !created {
+                .with_context(|| format!("{shown}: cannot write its marker"));
+            if !matches!(created, Ok(true)) {
+                // Nothing of ours went out: the count is taken back.
+                release(settings, &queue, reserved, ui);
+            }
+            if !created? {
                 drop(lock);
                 // Another submit won the race: report its marker.
                 return confirm(&queue, &task, ui, format!("pending {provider}"));
             }
-        }
+            reserved
+        };
 
         match client.submit(&req, &key) {
             Ok(s) => {
@@ -130,6 +144,7 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                 queue.remove_if_ours(&lock, &task, &key).with_context(|| {
                     format!("{shown}: not delegated ({e}); cannot remove its pending marker")
                 })?;
+                release(settings, &queue, reserved, ui);
                 Err(fail(
                     crate::error::submit_code(&e),
                     format!(
@@ -157,6 +172,88 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             _ => Err(e),
         },
         ok => ok,
+    }
+}
+
+/// What admission answered.
+enum Admitted {
+    /// Go on; with the provider whose job was counted, if one was.
+    Yes(Option<Provider>),
+    /// Refused (`local budget`, exit 10) or deferred (exit 75): said,
+    /// nothing written.
+    No(Code),
+}
+
+/// The provider admission counts, when budgets or limits are configured.
+fn provider_of(settings: &Settings, provider: &str) -> Option<Provider> {
+    settings
+        .policy
+        .admission_applies()
+        .then(|| Provider::parse(provider))
+        .flatten()
+}
+
+/// Budgets and limits (policy.md), under the host-wide admission lock. With
+/// none configured no lock is taken and nothing is read: every `reap`
+/// recounts the markers into the in-flight index, so a limit configured
+/// later counts them from its first reap.
+fn admit(settings: &Settings, queue: &Queue, provider: &str, ui: Ui) -> anyhow::Result<Admitted> {
+    let Some(p) = provider_of(settings, provider) else {
+        return Ok(Admitted::Yes(None));
+    };
+    let adm = Admission::lock(&settings.state_dir, settings.lock_timeout)?;
+    let mut warnings = Vec::new();
+    let decision = adm.check_and_reserve(
+        &settings.policy,
+        &settings.projects,
+        &queue.project,
+        p,
+        std::time::SystemTime::now(),
+        &mut warnings,
+    );
+    drop(adm);
+    for w in &warnings {
+        ui.warn(w);
+    }
+    let decision = match decision {
+        Ok(d) => d,
+        // Admitted, but the count could not be written: a damaged index
+        // never stops a submit; the next reap recounts.
+        Err(e) => {
+            ui.warn(format_args!(
+                "{e:#}; the next reap recounts the jobs in flight"
+            ));
+            return Ok(Admitted::Yes(None));
+        }
+    };
+    if let Some(line) = decision.stderr_line() {
+        // The contract's one line, said even with -q: it is why the task
+        // runs locally.
+        ui.say(line);
+    }
+    Ok(match (&decision, decision.stdout_line()) {
+        (Decision::Admit, _) | (_, None) => Admitted::Yes(Some(p)),
+        (Decision::Budget { .. }, Some(line)) => {
+            println!("{line}");
+            Admitted::No(Code::Local)
+        }
+        (Decision::Defer { .. }, Some(line)) => {
+            println!("{line}");
+            Admitted::No(Code::TempFail)
+        }
+    })
+}
+
+/// Takes back the count of a job that surely was not created. A failure is
+/// a warning: the next reap recounts.
+fn release(settings: &Settings, queue: &Queue, reserved: Option<Provider>, ui: Ui) {
+    let Some(p) = reserved else { return };
+    let r = Admission::lock(&settings.state_dir, settings.lock_timeout)
+        .and_then(|adm| adm.release(&queue.project, p));
+    if let Err(e) = r {
+        ui.warn(format_args!(
+            "{e:#}; the job counts as in flight until the next reap"
+        ));
     }
 }
 

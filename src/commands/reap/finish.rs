@@ -7,7 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::mpsc;
 
-use super::{Ctx, metrics};
+use super::{Ctx, book, metrics};
 use crate::queue::{Finishing, Outcome, Prepared, Queue, TaskNote, shown};
 use crate::record::{self, Completed, Failure};
 use crate::text::clip;
@@ -53,6 +53,7 @@ pub(super) enum Verdict {
         provider: String,
         model: String,
         cost_cad: f64,
+        tokens: record::Tokens,
         response: String,
     },
     Failed {
@@ -92,8 +93,9 @@ impl Finished {
                 provider,
                 model,
                 cost_cad,
+                tokens,
                 response,
-            } => record::render_done(
+            } => record::render_done_with_tokens(
                 &Completed {
                     provider,
                     model,
@@ -103,6 +105,7 @@ impl Finished {
                     completed_at: &now,
                     response,
                 },
+                *tokens,
                 &shown(Path::new(&self.task)),
                 original,
             ),
@@ -148,6 +151,10 @@ impl Finished {
         }
     }
 }
+
+/// A record rendered with its mode, or the path of the one an interrupted
+/// run wrote.
+type Rendered = Result<(Vec<u8>, u32), std::path::PathBuf>;
 
 /// At most this many records are written under one hold of a queue lock.
 const MAX_BATCH: usize = 64;
@@ -266,7 +273,11 @@ impl Ctx<'_> {
                         .map(|(bytes, mode)| (f.outcome(), bytes.as_slice(), *mode)),
                 })
                 .collect();
-            let (results, inbox_sync) = q.finish_many(&lock, &items);
+            // The ledger entries, once the records are durable and before
+            // any task goes ("a job counts once", ledger/mod.rs).
+            let (results, inbox_sync) = q.finish_many_then(&lock, &items, |results| {
+                self.book(&q, &jobs, results);
+            });
             drop(items);
             drop(lock);
             for ((f, record), result) in jobs.into_iter().zip(results) {
@@ -284,6 +295,44 @@ impl Ctx<'_> {
             }
             if let Some(e) = inbox_sync {
                 self.local_error(format_args!("{e:#}"));
+            }
+        }
+    }
+
+    /// Appends the ledger entries of the records now durable: those this
+    /// batch wrote, and once each those an interrupted run wrote. A write
+    /// that failed keeps their tasks and markers for the next run.
+    fn book(
+        &self,
+        q: &Queue,
+        jobs: &[(Finished, Rendered)],
+        results: &mut [anyhow::Result<Option<std::path::PathBuf>>],
+    ) {
+        let (mut new, mut recovered, mut which) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, ((f, record), result)) in jobs.iter().zip(results.iter()).enumerate() {
+            let entry = match (result, record) {
+                (Ok(Some(_)), Ok((bytes, _))) => book::entry(q, &f.task, bytes).map(|e| (e, true)),
+                (Ok(None), Err(existing)) => crate::queue::read_nofollow(existing)
+                    .ok()
+                    .flatten()
+                    .and_then(|(bytes, _)| book::entry(q, &f.task, &bytes))
+                    .map(|e| (e, false)),
+                _ => None,
+            };
+            match entry {
+                Some((e, true)) => new.push(e),
+                Some((e, false)) => recovered.push(e),
+                None => continue,
+            }
+            which.push(i);
+        }
+        match book::write(self.settings, &new, &recovered) {
+            Ok(()) => {}
+            Err(book::Failed::Damaged(m)) => self.ui.warn(m),
+            Err(book::Failed::Retry(m)) => {
+                for i in which {
+                    results[i] = Err(anyhow::anyhow!("{m}"));
+                }
             }
         }
     }

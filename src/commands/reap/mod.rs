@@ -28,6 +28,7 @@ use crate::ui::Ui;
 use finish::{Finished, Verdict};
 use poll::{Action, Call, Facts, Failure, Reason};
 
+mod book;
 mod finish;
 pub mod metrics;
 mod poll;
@@ -170,6 +171,10 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         }
         drop(tx);
     });
+
+    for w in book::reconcile(settings, &projects) {
+        ctx.ui.warn(w);
+    }
 
     let metrics_file = args
         .metrics_file
@@ -349,7 +354,9 @@ impl Ctx<'_> {
         }
         let job_id = m.job_id.clone().filter(|_| m.state == State::Submitted);
         if let Some(job_id) = &job_id
-            && let Some(path) = q.finish_recorded(task, &seen, job_id)?
+            && let Some(path) = q.finish_recorded_then(task, &seen, job_id, |path| {
+                self.book_recorded(q, task, path)
+            })?
         {
             self.say(format_args!("{}", finish::recorded_line(&path, job_id)));
             return Ok(());
@@ -540,6 +547,23 @@ impl Ctx<'_> {
         }
     }
 
+    /// The ledger entry of a record an interrupted run wrote, once: an
+    /// error keeps the task and marker for the next run.
+    fn book_recorded(&self, q: &Queue, task: &OsStr, path: &Path) -> anyhow::Result<()> {
+        let entry = crate::queue::read_nofollow(path)
+            .ok()
+            .flatten()
+            .and_then(|(bytes, _)| book::entry(q, task, &bytes));
+        match book::write(self.settings, &[], entry.as_slice()) {
+            Ok(()) => Ok(()),
+            Err(book::Failed::Damaged(m)) => {
+                self.ui.warn(m);
+                Ok(())
+            }
+            Err(book::Failed::Retry(m)) => Err(anyhow::anyhow!("{m}")),
+        }
+    }
+
     /// What a failed call means for the decision; the error is kept for
     /// the messages, and a refused key is counted (the run exits 77).
     fn failure(&self, e: &ClientError, keep: &mut Option<String>) -> Failure {
@@ -677,6 +701,13 @@ impl Ctx<'_> {
         m: &Marker,
         r: JobResult,
     ) -> anyhow::Result<()> {
+        if let Some(note) = &r.cost_note {
+            self.ui.warn(format_args!(
+                "job {} ({}): the service gave no usable cost ({note}); recorded as 0",
+                r.job_id,
+                shown(&q.task_path(task))
+            ));
+        }
         let provider = if r.provider.is_empty() {
             m.provider.clone()
         } else {
@@ -693,6 +724,10 @@ impl Ctx<'_> {
                 provider,
                 model: r.model,
                 cost_cad: r.cost_cad,
+                tokens: crate::record::Tokens {
+                    tokens_in: r.tokens_in,
+                    tokens_out: r.tokens_out,
+                },
                 response: r.response,
             },
         });

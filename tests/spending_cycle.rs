@@ -1,0 +1,316 @@
+//! Spending wired into the cycle (policy.md): `submit` under budgets and
+//! limits with real concurrent processes, `reap` writing the ledger and
+//! recounting jobs in flight, through the real binary and the real mock.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Mock, Out, Project};
+use serde_json::Value;
+
+const CLAUDE_TASK: &[u8] = b"---\npreferred_ai: claude\n---\nSay hi.\n";
+
+impl Project {
+    fn state_dir(&self) -> PathBuf {
+        self.home.join(".local/state/ccl-delegate")
+    }
+
+    fn ledger_path(&self) -> PathBuf {
+        self.state_dir().join("ledger.jsonl")
+    }
+
+    fn config(&self, yaml: &str) {
+        let d = self.home.join(".config/ccl-delegate");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.yaml"), yaml).unwrap();
+    }
+
+    /// The ledger's entries (every line must parse).
+    fn ledger(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.ledger_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// The job ids of the records in done/ and failed/, sorted.
+    fn record_job_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for dir in [self.done(), self.failed()] {
+            for n in self.names(&dir) {
+                let r = common::Record::read(&dir.join(n));
+                ids.push(r.str("job_id").unwrap_or("none").to_string());
+            }
+        }
+        ids.sort();
+        ids
+    }
+
+    fn ledger_job_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .ledger()
+            .iter()
+            .map(|e| e["job_id"].as_str().unwrap_or("none").to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn markers(&self) -> Vec<String> {
+        self.names(&self.inbox())
+            .into_iter()
+            .filter(|n| n.ends_with(".delegated"))
+            .collect()
+    }
+
+    /// `n` tasks submitted at once, each by its own process.
+    fn submit_all_at_once(&self, mock: &Mock, names: &[String]) -> Vec<(String, Out)> {
+        let children: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let path = self.inbox().join(n);
+                let child = self
+                    .cmd(Some(mock))
+                    .args(["submit", path.to_str().unwrap()])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (n.clone(), child)
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|(n, c)| {
+                let o = c.wait_with_output().unwrap();
+                let out = Out {
+                    code: o.status.code().unwrap_or(-1),
+                    stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+                };
+                (n, out)
+            })
+            .collect()
+    }
+
+    fn tasks(&self, prefix: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let name = format!("{prefix}{i:02}.md");
+                self.task(&name, CLAUDE_TASK);
+                name
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn ten_simultaneous_submits_against_a_limit_of_three_delegate_exactly_three() {
+    let p = Project::new();
+    let mock = Mock::start(&[]);
+    p.config("max_in_flight:\n  all: 3\n");
+    let names = p.tasks("t", 10);
+    let outs = p.submit_all_at_once(&mock, &names);
+    let delegated: Vec<_> = outs.iter().filter(|(_, o)| o.code == 0).collect();
+    assert_eq!(delegated.len(), 3, "{outs:#?}");
+    for (n, o) in &outs {
+        if o.code == 0 {
+            assert!(o.stdout.starts_with("delegated claude "), "{n}: {o:?}");
+        } else {
+            assert_eq!(o.code, 75, "{n}: {o:?}");
+            assert_eq!(o.stdout, "deferred all: 3 in flight, limit 3\n", "{n}");
+            assert!(
+                !p.marker_path(n).exists(),
+                "{n}: a deferred task has a marker"
+            );
+            assert_eq!(std::fs::read(p.inbox().join(n)).unwrap(), CLAUDE_TASK);
+        }
+    }
+    assert_eq!(p.markers().len(), 3);
+    assert_eq!(mock.jobs_created(), 3);
+}
+
+/// Two claude jobs at 1.00 CAD reaped (spent 2.00, estimate 1.00): under a
+/// daily cap of 5.00, ten at once leave room for exactly three.
+#[test]
+fn ten_simultaneous_submits_against_a_budget_delegate_what_fits() {
+    let p = Project::new();
+    let mock = Mock::start(&["--provider-cost", "claude=1.0", "--statuses", "completed"]);
+    p.config("budget:\n  daily_cad: 5.00\n");
+    for n in p.tasks("seed", 2) {
+        p.submit_ok(&mock, &n);
+    }
+    p.reap_until_settled(&mock, &[], 3).expect(0);
+    assert_eq!(p.ledger().len(), 2);
+    let names = p.tasks("t", 10);
+    let outs = p.submit_all_at_once(&mock, &names);
+    let delegated = outs.iter().filter(|(_, o)| o.code == 0).count();
+    assert_eq!(delegated, 3, "{outs:#?}");
+    for (n, o) in outs.iter().filter(|(_, o)| o.code != 0) {
+        assert_eq!(o.code, 10, "{n}: {o:?}");
+        assert_eq!(o.stdout, "local budget\n", "{n}");
+        assert!(
+            o.stderr.contains(
+                "all daily budget 5.00 CAD: spent 2.00, reserved 3.00 (3 in flight), this job ~1.00"
+            ),
+            "{n}: {}",
+            o.stderr
+        );
+        assert!(!p.marker_path(n).exists(), "{n}");
+    }
+    assert_eq!(mock.jobs_created(), 5);
+}
+
+#[test]
+fn reap_writes_one_ledger_entry_per_record_with_its_tokens() {
+    let p = Project::new();
+    let mock = Mock::start(&["--statuses", "completed", "--fail-rate", "0.5"]);
+    mock.set(serde_json::json!({"tokens_in": 12, "tokens_out": 34}));
+    for n in p.tasks("t", 6) {
+        p.submit_ok(&mock, &n);
+    }
+    p.reap_until_settled(&mock, &[], 3).expect(0);
+    assert_eq!(p.record_job_ids().len(), 6);
+    assert_eq!(p.ledger_job_ids(), p.record_job_ids());
+    let done = p.names(&p.done());
+    assert!(!done.is_empty(), "the mock failed every job");
+    let r = common::Record::read(&p.done().join(&done[0]));
+    assert_eq!(r.get("tokens_in").and_then(|v| v.as_u64()), Some(12));
+    let e = p
+        .ledger()
+        .into_iter()
+        .find(|e| e["status"] == "completed")
+        .unwrap();
+    assert_eq!(
+        (e["tokens_in"].as_u64(), e["tokens_out"].as_u64()),
+        (Some(12), Some(34))
+    );
+    // A second reap adds nothing.
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(p.ledger().len(), 6);
+}
+
+#[test]
+fn a_budget_never_stops_reap_resending_a_pending_submission() {
+    let p = Project::new();
+    let mock = Mock::start(&[]);
+    p.config("budget:\n  daily_cad: 0\n");
+    p.task("t.md", b"---\npreferred_ai: gemini\n---\nhi\n");
+    let key = "k-0123456789abcdef0123456789abcdef";
+    p.write_marker(
+        "t.md",
+        &common::marker_json(true, None, key, &common::rfc3339_ago(5)),
+    );
+    let out = p.reap(&mock, &["-v"]);
+    out.expect(0);
+    assert_eq!(mock.jobs_created(), 1, "{out:?}");
+    assert_eq!(p.marker("t.md").unwrap()["state"], "submitted");
+}
+
+#[test]
+fn a_marker_deleted_by_hand_stops_counting_at_the_next_reap() {
+    let p = Project::new();
+    let mock = Mock::start(&["--statuses", "running"]);
+    p.config("max_in_flight:\n  claude: 1\n");
+    let names = p.tasks("t", 2);
+    p.submit_ok(&mock, &names[0]);
+    let second = p.inbox().join(&names[1]);
+    let out = p.run(Some(&mock), &["submit", second.to_str().unwrap()]);
+    out.expect(75);
+    assert_eq!(out.stdout, "deferred claude: 1 in flight, limit 1\n");
+    std::fs::remove_file(p.marker_path(&names[0])).unwrap();
+    // Without a reap the index still counts it.
+    p.run(Some(&mock), &["submit", second.to_str().unwrap()])
+        .expect(75);
+    p.reap(&mock, &[]).expect(0);
+    p.submit_ok(&mock, &names[1]);
+}
+
+#[test]
+fn a_surely_failed_post_gives_its_count_back() {
+    let p = Project::new();
+    let mock = Mock::start(&[]);
+    p.config("max_in_flight:\n  all: 1\n");
+    let names = p.tasks("t", 1);
+    mock.faults(serde_json::json!({"next": ["400"], "method": "POST"}));
+    let path = p.inbox().join(&names[0]);
+    let out = p.run(Some(&mock), &["submit", path.to_str().unwrap()]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(p.markers().is_empty());
+    p.submit_ok(&mock, &names[0]);
+}
+
+#[test]
+fn a_ledger_that_is_not_a_file_never_stops_reap_or_submit() {
+    let p = Project::new();
+    let mock = Mock::start(&["--statuses", "completed"]);
+    p.config("budget:\n  daily_cad: 100\n");
+    std::fs::create_dir_all(p.ledger_path()).unwrap();
+    let names = p.tasks("t", 1);
+    let out = p.run(
+        Some(&mock),
+        &["submit", p.inbox().join(&names[0]).to_str().unwrap()],
+    );
+    out.expect(0);
+    assert!(out.stderr.contains("ledger rebuild"), "{}", out.stderr);
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert!(out.stderr.contains("ledger rebuild"), "{}", out.stderr);
+    assert_eq!(p.names(&p.done()).len(), 1);
+    assert!(p.names(&p.inbox()).is_empty());
+}
+
+#[test]
+fn an_odd_cost_is_one_warning_naming_the_job_and_counts_zero() {
+    let p = Project::new();
+    let mock = Mock::start(&["--statuses", "completed"]);
+    mock.set(serde_json::json!({"cost_cad": "12,50"}));
+    let names = p.tasks("t", 1);
+    let job = p.submit_ok(&mock, &names[0]);
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    let warnings: Vec<_> = out.stderr.lines().filter(|l| l.contains(&job)).collect();
+    assert_eq!(warnings.len(), 1, "{}", out.stderr);
+    assert!(warnings[0].contains("cost"), "{}", warnings[0]);
+    assert_eq!(p.ledger()[0]["cost_cad"].as_f64(), Some(0.0));
+}
+
+/// `status` shows the budget lines, and its JSON the same `budget` list
+/// as `report`.
+#[test]
+fn status_shows_the_budget_like_report() {
+    let p = Project::new();
+    let mock = Mock::start(&["--provider-cost", "claude=0.5", "--statuses", "completed"]);
+    let dir = p.dir.to_str().unwrap();
+    p.config(&format!(
+        "projects: [{dir}]\nbudget:\n  daily_cad: 20\n  providers:\n    claude: {{monthly_cad: 100}}\n"
+    ));
+    for n in p.tasks("t", 2) {
+        p.submit_ok(&mock, &n);
+    }
+    p.reap_until_settled(&mock, &[], 3).expect(0);
+    let report = p.run(None, &["report"]);
+    report.expect(0);
+    let lines: Vec<&str> = report
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("budget "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", report.stdout);
+    let status = p.run(None, &["status", "--project", dir]);
+    status.expect(0);
+    for l in &lines {
+        assert!(status.stdout.contains(l), "{l}\n{}", status.stdout);
+    }
+    let j = |args: &[&str]| -> Value {
+        let o = p.run(None, args);
+        o.expect(0);
+        serde_json::from_str(&o.stdout).unwrap()
+    };
+    let r = j(&["report", "--json"]);
+    let s = j(&["status", "--json", "--project", dir]);
+    assert_eq!(s["budget"], r["budget"]);
+    assert_eq!(s["budget"][0]["spent_cad"].as_f64(), Some(1.0));
+}
