@@ -655,7 +655,8 @@ fn plain_http_to_a_non_loopback_host_exits_78() {
 #[test]
 fn reap_moves_completed_job_to_done_with_original_task() {
     let mock = Mock::start(&["--statuses", "completed"]);
-    mock.set(json!({"response": "The answer.\nSecond line."}));
+    // Without token counts: the record's layout as ccl-delegate.md has it.
+    mock.set(json!({"response": "The answer.\nSecond line.", "omit_fields": ["tokens_in", "tokens_out"]}));
     let p = Project::new();
     // BOM, CRLF and no final newline: the task must come back byte for byte.
     let bytes =

@@ -314,3 +314,32 @@ fn status_shows_the_budget_like_report() {
     assert_eq!(s["budget"], r["budget"]);
     assert_eq!(s["budget"][0]["spent_cad"].as_f64(), Some(1.0));
 }
+
+/// Totals come from the ledger when it matches the records, and from the
+/// records (with a hint) when someone removed one by hand.
+#[test]
+fn status_totals_agree_with_the_records_ledger_or_not() {
+    let p = Project::new();
+    let mock = Mock::start(&["--provider-cost", "claude=0.25", "--statuses", "completed"]);
+    let dir = p.dir.to_str().unwrap().to_string();
+    for n in p.tasks("t", 3) {
+        p.submit_ok(&mock, &n);
+    }
+    p.reap_until_settled(&mock, &[], 3).expect(0);
+    let totals = || {
+        let o = p.run(None, &["status", "--json", "--project", &dir]);
+        o.expect(0);
+        let v: Value = serde_json::from_str(&o.stdout).unwrap();
+        (v["totals"].clone(), o.stderr)
+    };
+    let (t, err) = totals();
+    assert_eq!(
+        t,
+        serde_json::json!([{"provider": "claude", "done": 3, "failed": 0, "cost_cad": 0.75}])
+    );
+    assert_eq!(err, "");
+    std::fs::remove_file(p.done().join("t00.md")).unwrap();
+    let (t, err) = totals();
+    assert_eq!(t[0]["done"], 2);
+    assert!(err.contains("ledger rebuild"), "{err}");
+}

@@ -13,6 +13,7 @@ mod result;
 mod status;
 mod submit;
 mod target;
+mod totals;
 
 use crate::cli::{Cli, Command};
 use crate::config::Settings;
@@ -35,7 +36,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Code> {
         Command::Reap(a) => reap::run(a, &settings, ui),
         Command::Get(a) => get::run(a, &settings),
         Command::Result(a) => result::run(a, &settings),
-        Command::Status(a) => status::run(a, &settings),
+        Command::Status(a) => status::run(a, &settings, ui),
         Command::Cancel(a) => cancel::run(a, &settings),
         Command::Requeue(a) => requeue::run(a, ui),
         Command::Doctor(a) => doctor::run(a, &settings),

@@ -1,20 +1,23 @@
 //! `status`: what is in flight, and totals of done and failed tasks per
 //! provider, all read from the files (no network).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::report::{budget_json, budget_line};
+use super::totals::{self, Source, Total, Totals};
 use crate::cli::StatusArgs;
 use crate::config::Settings;
 use crate::error::{Code, fail};
 use crate::marker::{Marker, State};
+use crate::policy::admission::budget_snapshot;
 use crate::queue::{self, Queue};
 use crate::record::Record;
 use crate::text::clip;
+use crate::ui::Ui;
 
 #[derive(Serialize)]
 struct InFlight {
@@ -34,18 +37,14 @@ struct InFlight {
     last_error: Option<String>,
 }
 
-#[derive(Default, Serialize)]
-struct Total {
-    provider: String,
-    done: u64,
-    failed: u64,
-    cost_cad: f64,
-}
-
 #[derive(Serialize)]
 struct Report {
     in_flight: Vec<InFlight>,
     totals: Vec<Total>,
+    /// One item per cap (policy.md "Report"), as `report --json` has it;
+    /// left out without a budget, so the stable set of fields stays.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    budget: Vec<serde_json::Value>,
 }
 
 /// The projects a person means: flags, else the config, else the current
@@ -69,13 +68,15 @@ pub(crate) fn projects_for_person(
     ))
 }
 
-pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
+pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let projects = projects_for_person(&args.projects, settings)?;
     let mut report = Report {
         in_flight: Vec::new(),
         totals: Vec::new(),
+        budget: Vec::new(),
     };
-    let mut totals: BTreeMap<String, Total> = BTreeMap::new();
+    let queues: Vec<Queue> = projects.iter().map(|d| Queue::at(d)).collect();
+    let (mut totals, from_records) = ledger_totals(settings, &queues, ui);
     for dir in &projects {
         let q = Queue::at(dir);
         let project = std::fs::canonicalize(&q.project)
@@ -125,31 +126,20 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
                 });
             }
         }
-        for (dir, done) in [(&q.done, true), (&q.failed, false)] {
-            let Ok(entries) = fs::read_dir(dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let name = e.file_name();
-                if !queue::is_task_name(&name.to_string_lossy()) {
-                    continue;
-                }
-                let Some(r) = read_head(&e.path()) else {
-                    continue;
-                };
-                let provider = r.provider.unwrap_or_else(|| "unknown".into());
-                let t = totals.entry(provider.clone()).or_insert_with(|| Total {
-                    provider,
-                    ..Total::default()
-                });
-                if done {
-                    t.done += 1;
-                    t.cost_cad += r.cost_cad.unwrap_or(0.0);
-                } else {
-                    t.failed += 1;
-                }
-            }
+        if from_records {
+            totals_from_heads(&q, &mut totals);
         }
+    }
+    let mut warnings = Vec::new();
+    let budget = budget_snapshot(
+        &settings.state_dir,
+        &settings.policy,
+        &settings.projects,
+        std::time::SystemTime::now(),
+        &mut warnings,
+    );
+    for w in &warnings {
+        ui.warn(w);
     }
     report
         .in_flight
@@ -163,6 +153,8 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
         })
         .collect();
 
+    report.budget = budget.iter().map(budget_json).collect();
+    let lines: Vec<String> = budget.iter().map(budget_line).collect();
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -170,7 +162,56 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Code> {
         return Ok(Code::Ok);
     }
     render_table(&mut out, &report, std::io::stdout().is_terminal())?;
+    for l in &lines {
+        writeln!(out, "{l}")?;
+    }
     Ok(Code::Ok)
+}
+
+/// The totals from the ledger when it holds exactly these projects'
+/// records; else empty, with `true` (read them from the records) and a
+/// hint when the ledger could make the next `status` fast.
+fn ledger_totals(settings: &Settings, queues: &[Queue], ui: Ui) -> (Totals, bool) {
+    let records: u64 = queues.iter().map(totals::count_records).sum();
+    let found = totals::from_ledger(&settings.state_dir, &totals::keys(queues));
+    let source = match &found {
+        Ok(Some((_, n))) => totals::choose(Some(*n), records),
+        Ok(None) => totals::choose(None, records),
+        Err(e) => Source::Unreadable(format!("{e:#}")),
+    };
+    let hint = crate::ledger::REBUILD_HINT;
+    match source {
+        Source::Ledger => return (found.ok().flatten().unwrap_or_default().0, false),
+        Source::NoLedger if records == 0 => {}
+        Source::NoLedger => ui.info(format_args!(
+            "no ledger yet: totals read from every record; {hint}, and status reads them from it"
+        )),
+        Source::Differs { records, entries } => ui.warn(format_args!(
+            "the ledger holds {entries} jobs of these projects, done/ and failed/ hold {records} records: totals read from the records; {hint}"
+        )),
+        Source::Unreadable(e) => ui.warn(format_args!("{e}; totals read from the records")),
+    }
+    (Totals::new(), true)
+}
+
+/// Adds the records of one project, reading each one's head.
+fn totals_from_heads(q: &Queue, totals: &mut Totals) {
+    for (dir, done) in [(&q.done, true), (&q.failed, false)] {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if !queue::is_task_name(&name.to_string_lossy()) {
+                continue;
+            }
+            let Some(r) = read_head(&e.path()) else {
+                continue;
+            };
+            let provider = r.provider.unwrap_or_else(|| "unknown".into());
+            totals::add(totals, provider, done, r.cost_cad.unwrap_or(0.0));
+        }
+    }
 }
 
 /// A record's frontmatter, reading only the start of the file when it is
