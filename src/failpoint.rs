@@ -2,7 +2,8 @@
 //!
 //! `CCL_DELEGATE_FAILPOINT=<step>[:<n>][:<errno-name>]` makes the n-th call
 //! (default the first) of `<step>` fail with ENOSPC (or EIO with `:eio`).
-//! Steps: write, fsync, rename, dirsync, unlink.
+//! Steps: write, fsync, rename, dirsync, unlink, ledger (reap's append of
+//! ledger entries).
 
 use std::io;
 use std::sync::Mutex;

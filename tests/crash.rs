@@ -208,6 +208,41 @@ fn check_reap_settled(p: &Project, s: &Setup, context: &str) {
     assert_eq!(found.markers, 0, "{context}: markers left: {found:?}");
 }
 
+/// The job ids of the host's ledger, and of the done/failed records, each
+/// sorted (a record without a job id, a submission never confirmed, is
+/// left out of both).
+fn ledger_and_record_ids(p: &Project) -> (Vec<String>, Vec<String>) {
+    let ledger = p.home.join(".local/state/ccl-delegate/ledger.jsonl");
+    let mut entries: Vec<String> = std::fs::read_to_string(ledger)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["job_id"].as_str().map(String::from)
+        })
+        .collect();
+    entries.sort();
+    let mut records = Vec::new();
+    for dir in [p.done(), p.failed()] {
+        for n in p.names(&dir) {
+            if let Some(id) = Record::read(&dir.join(n)).str("job_id") {
+                records.push(id.to_string());
+            }
+        }
+    }
+    records.sort();
+    (entries, records)
+}
+
+/// After a clean reap, every finished job is in the ledger exactly once.
+fn check_ledger_once(p: &Project, context: &str) {
+    let (entries, records) = ledger_and_record_ids(p);
+    assert_eq!(
+        entries, records,
+        "{context}: the ledger's job ids differ from the records'"
+    );
+}
+
 /// The mock every reap round runs against: 20 % of the jobs end `failed`;
 /// latency makes a run last long enough for kills to land anywhere in it.
 fn reap_mock() -> Mock {
@@ -260,6 +295,7 @@ fn reap_killed_at_random_instants_loses_nothing() {
     let out = p.reap_until_settled(&mock, &["-q"], 4);
     assert_eq!(out.code, 0, "calibration settle: {out:?}");
     check_reap_settled(&p, &s, "calibration");
+    check_ledger_once(&p, "calibration");
     check_no_double_job(&mock, "calibration");
     eprintln!("clean reap of {TASKS} jobs: {clean:?}");
     drop(mock);
@@ -308,6 +344,7 @@ fn reap_killed_at_random_instants_loses_nothing() {
         let out = p.reap_until_settled(&mock, &["-q"], 4);
         assert_eq!(out.code, 0, "{context}: clean reap: {out:?}");
         check_reap_settled(&p, &s, &context);
+        check_ledger_once(&p, &context);
         check_no_double_job(&mock, &context);
         // Every job of a task was created with its marker's key: a pending
         // marker was re-sent with its own key, never a fresh one.

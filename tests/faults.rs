@@ -118,6 +118,90 @@ fn reap_fault_at_each_durable_step_is_reported_and_the_next_run_recovers() {
     }
 }
 
+/// The job ids in the host's ledger and in the records, sorted.
+fn ledger_vs_records(p: &Project) -> (Vec<String>, Vec<String>) {
+    let ledger = p.home.join(".local/state/ccl-delegate/ledger.jsonl");
+    let mut entries: Vec<String> = std::fs::read_to_string(ledger)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["job_id"].as_str().map(String::from)
+        })
+        .collect();
+    entries.sort();
+    let mut records = Vec::new();
+    for dir in [p.done(), p.failed()] {
+        for n in p.names(&dir) {
+            if let Some(id) = Record::read(&dir.join(n)).str("job_id") {
+                records.push(id.to_string());
+            }
+        }
+    }
+    records.sort();
+    (entries, records)
+}
+
+/// A ledger append that fails (full disk, I/O error) is reported, keeps
+/// the task and its marker beside the durable record, and the next run
+/// writes the entry: every job counts once.
+#[test]
+fn reap_fault_at_the_ledger_append_is_reported_and_counted_once_later() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    for (errno, text) in ERRNOS {
+        let mut hits = 0;
+        for n in 1.. {
+            let tag = format!("ledger{n}{}", errno.trim_start_matches(':'));
+            let p = Project::new();
+            let originals = reap_setup(&p, &mock, &tag);
+            let dir = p.dir.to_str().unwrap();
+            let out = Out::of(
+                p.cmd(Some(&mock))
+                    .args(["reap", "--project", dir, "--submit-grace", "0s"])
+                    .args(["--concurrency", "1", "--retries", "0"])
+                    .env("CCL_DELEGATE_FAILPOINT", failpoint("ledger", n, errno)),
+            );
+            let context = format!("reap with failpoint ledger:{n}{errno}: {out:?}");
+            let faulted = out.stderr.contains(text);
+            if faulted {
+                hits += 1;
+                assert_eq!(out.code, 1, "{context}");
+                let line = out.stderr.lines().find(|l| l.contains(text)).unwrap();
+                assert!(line.starts_with("ccl-delegate: error: "), "{context}");
+                assert!(
+                    line.contains(".agent-queue") && line.contains("ledger"),
+                    "{context}"
+                );
+                // The task named stays, with its marker, for the next run.
+                let task = line
+                    .strip_prefix("ccl-delegate: error: ")
+                    .and_then(|l| l.split(": cannot").next())
+                    .unwrap();
+                assert!(std::path::Path::new(task).exists(), "{context}");
+                assert!(
+                    std::path::Path::new(&format!("{task}.delegated")).exists(),
+                    "{context}"
+                );
+            } else {
+                assert_eq!(out.code, 0, "{context}");
+            }
+            check_invariant(&p, &originals, false)
+                .unwrap_or_else(|e| panic!("{context}\nafter the faulted run:\n{e}"));
+            let out = p.reap_until_settled(&mock, &["--retries", "0"], 3);
+            assert_eq!(out.code, 0, "{context}\nclean run: {out:?}");
+            let found = check_invariant(&p, &originals, true)
+                .unwrap_or_else(|e| panic!("{context}\nafter the clean run:\n{e}"));
+            assert_eq!(found.inbox, 0, "{context}\n{found:?}");
+            let (entries, records) = ledger_vs_records(&p);
+            assert_eq!(entries, records, "{context}");
+            if !faulted {
+                break;
+            }
+        }
+        assert!(hits >= 2, "ledger{errno} was hit {hits} times");
+    }
+}
+
 /// What a submit left: `Some(state)` of its marker, if any.
 fn marker_state(p: &Project, task: &str) -> Option<String> {
     let bytes = std::fs::read(p.inbox().join(format!("{task}.delegated"))).ok()?;
