@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use common::{Mock, Out, Project};
 use serde_json::Value;
@@ -342,4 +343,62 @@ fn status_totals_agree_with_the_records_ledger_or_not() {
     let (t, err) = totals();
     assert_eq!(t[0]["done"], 2);
     assert!(err.contains("ledger rebuild"), "{err}");
+}
+
+#[test]
+fn the_metrics_file_has_a_limit_and_a_spent_gauge_per_cap() {
+    let p = Project::new();
+    let mock = Mock::start(&["--provider-cost", "claude=0.5", "--statuses", "completed"]);
+    p.config("budget:\n  daily_cad: 20\n  providers:\n    claude: {monthly_cad: 100}\n");
+    for n in p.tasks("t", 2) {
+        p.submit_ok(&mock, &n);
+    }
+    let metrics = p.tmp.path().join("ccl.prom");
+    p.reap(&mock, &["--metrics-file", metrics.to_str().unwrap()])
+        .expect(0);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    for line in [
+        "ccl_delegate_budget_limit_cad{window=\"daily\",provider=\"all\"} 20.0000\n",
+        "ccl_delegate_budget_spent_cad{window=\"daily\",provider=\"all\"} 1.0000\n",
+        "ccl_delegate_budget_limit_cad{window=\"monthly\",provider=\"claude\"} 100.0000\n",
+        "ccl_delegate_budget_spent_cad{window=\"monthly\",provider=\"claude\"} 1.0000\n",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+}
+
+/// A FIFO where the metrics file goes once hung the reap on its read.
+#[test]
+fn a_metrics_path_that_is_a_fifo_is_an_error_not_a_hang() {
+    let p = Project::new();
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let fifo = p.tmp.path().join("ccl.prom");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let dir = p.dir.to_str().unwrap().to_string();
+    let mut child = p
+        .cmd(Some(&mock))
+        .args(["reap", "--project", &dir, "--metrics-file"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > std::time::Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("reap hung on a FIFO metrics file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ccl.prom"), "{err}");
 }

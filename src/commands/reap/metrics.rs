@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
+use crate::policy::admit::CapState;
 use crate::queue::Queue;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,6 +31,8 @@ struct Counts {
 pub struct Tally {
     by: BTreeMap<(String, String), Counts>,
     projects: Vec<String>,
+    /// Each configured cap at the end of the run (policy.md "Report").
+    pub budget: Vec<CapState>,
 }
 
 fn project_label(q: &Queue) -> String {
@@ -84,7 +87,15 @@ const COUNTERS: [&str; 3] = [
 
 /// Writes the metrics file atomically (temporary file + rename).
 pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyhow::Result<()> {
-    let previous = std::fs::read_to_string(path).unwrap_or_default();
+    // Through the checks every file read gets: a FIFO or a device there
+    // is an error, never a read that hangs the reap; the file is then left
+    // alone.
+    let previous = match crate::fsread::read(path, crate::fsread::Kind::Metrics) {
+        Ok(c) => c
+            .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
+            .unwrap_or_default(),
+        Err(e) => anyhow::bail!("cannot read it to carry its counters: {e}; remove or rename it"),
+    };
     let mut by = tally.by.clone();
     let mut last_success = 0.0f64;
     for line in previous.lines() {
@@ -158,6 +169,7 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
         counted,
         &|c| format!("{:.4}", c.cost_cad),
     );
+    out.push_str(&budget_families(&tally.budget));
     out.push_str(&format!(
         "# HELP ccl_delegate_reap_duration_seconds Wall time of the last reap.\n# TYPE ccl_delegate_reap_duration_seconds gauge\nccl_delegate_reap_duration_seconds {:.6}\n",
         took.as_secs_f64()
@@ -186,6 +198,40 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
     )?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// `ccl_delegate_budget_limit_cad` and `ccl_delegate_budget_spent_cad`, one
+/// sample per cap (labels `window`, `provider`); nothing without a budget.
+fn budget_families(caps: &[CapState]) -> String {
+    let mut out = String::new();
+    if caps.is_empty() {
+        return out;
+    }
+    type Value = fn(&CapState) -> f64;
+    let families: [(&str, &str, Value); 2] = [
+        (
+            "ccl_delegate_budget_limit_cad",
+            "A configured spending cap, in CAD.",
+            |c| c.cap.limit,
+        ),
+        (
+            "ccl_delegate_budget_spent_cad",
+            "CAD spent in the cap's window (UTC day or month) so far.",
+            |c| c.spent,
+        ),
+    ];
+    for (name, help, value) in families {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for c in caps {
+            out.push_str(&format!(
+                "{name}{{window=\"{}\",provider=\"{}\"}} {:.4}\n",
+                c.cap.window.as_str(),
+                c.cap.scope(),
+                value(c)
+            ));
+        }
+    }
+    out
 }
 
 fn escape(s: &str) -> String {
@@ -227,6 +273,7 @@ fn parse_sample(line: &str) -> Option<(&str, (String, String), f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
 
     #[test]
     fn counters_carry_over_from_the_previous_file() {
@@ -252,6 +299,61 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ccl_delegate_reap_success 1\n"));
+    }
+
+    #[test]
+    fn each_cap_is_a_limit_and_a_spent_gauge() {
+        use crate::policy::{Cap, Provider, Window};
+        let caps = [
+            CapState {
+                cap: Cap {
+                    window: Window::Daily,
+                    provider: None,
+                    limit: 20.0,
+                },
+                spent: 1.5,
+                reserved: 0.3,
+                in_flight: 2,
+            },
+            CapState {
+                cap: Cap {
+                    window: Window::Monthly,
+                    provider: Some(Provider::Claude),
+                    limit: 100.0,
+                },
+                spent: 0.25,
+                reserved: 0.0,
+                in_flight: 0,
+            },
+        ];
+        let text = budget_families(&caps);
+        for line in [
+            "# TYPE ccl_delegate_budget_limit_cad gauge\n",
+            "ccl_delegate_budget_limit_cad{window=\"daily\",provider=\"all\"} 20.0000\n",
+            "ccl_delegate_budget_spent_cad{window=\"daily\",provider=\"all\"} 1.5000\n",
+            "ccl_delegate_budget_limit_cad{window=\"monthly\",provider=\"claude\"} 100.0000\n",
+            "ccl_delegate_budget_spent_cad{window=\"monthly\",provider=\"claude\"} 0.2500\n",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        assert_eq!(budget_families(&[]), "");
+    }
+
+    #[test]
+    fn a_metrics_path_that_is_a_fifo_is_an_error_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = write(&path, &Tally::default(), Duration::ZERO, true).unwrap_err();
+        assert!(format!("{e:#}").contains("m.prom"), "{e:#}");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
     }
 
     #[test]

@@ -188,7 +188,8 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
             && ctx.auth_refusals.load(Ordering::Relaxed) == 0
             && ctx.skipped.load(Ordering::Relaxed) == 0
             && !matches!(ctx.client.get(), Some(Err(_)));
-        let tally = std::mem::take(&mut *ctx.tally.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tally = std::mem::take(&mut *ctx.tally.lock().unwrap_or_else(|p| p.into_inner()));
+        tally.budget = budget_now(settings, ui);
         if let Err(e) = metrics::write(&path, &tally, started.elapsed(), success) {
             ctx.local_error(format_args!(
                 "cannot write the metrics file {}: {e:#}",
@@ -209,6 +210,22 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
     } else {
         Code::Ok
     })
+}
+
+/// Each configured cap now, for the metrics file.
+fn budget_now(settings: &Settings, ui: Ui) -> Vec<crate::policy::admit::CapState> {
+    let mut warnings = Vec::new();
+    let caps = crate::policy::admission::budget_snapshot(
+        &settings.state_dir,
+        &settings.policy,
+        &settings.projects,
+        std::time::SystemTime::now(),
+        &mut warnings,
+    );
+    for w in warnings {
+        ui.warn(w);
+    }
+    caps
 }
 
 /// The projects to reap, each once (a glob and a flag may name the same).
