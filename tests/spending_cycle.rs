@@ -402,3 +402,27 @@ fn a_metrics_path_that_is_a_fifo_is_an_error_not_a_hang() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ccl.prom"), "{err}");
 }
+
+#[test]
+fn doctor_shows_each_cap_and_limit_against_today() {
+    let p = Project::new();
+    let mock = Mock::start(&["--provider-cost", "claude=0.5", "--statuses", "completed"]);
+    p.config("budget:\n  daily_cad: 20\nmax_in_flight:\n  all: 50\n  claude: 5\n");
+    for n in p.tasks("t", 2) {
+        p.submit_ok(&mock, &n);
+    }
+    p.reap(&mock, &[]).expect(0);
+    p.tasks("u", 1);
+    p.submit_ok(&mock, "u00.md");
+    let dir = p.dir.to_str().unwrap().to_string();
+    let out = p.run(Some(&mock), &["doctor", "--offline", "--project", &dir]);
+    out.expect(0);
+    for line in [
+        "ok    budget daily all: 1.0000 of 20.0000 CAD spent, 0.5000 reserved (1 in flight)\n",
+        "ok    max_in_flight all: 1 in flight, limit 50\n",
+        "ok    max_in_flight claude: 1 in flight, limit 5\n",
+        "ok    ledger: ",
+    ] {
+        assert!(out.stdout.contains(line), "{line}\n{}", out.stdout);
+    }
+}

@@ -143,10 +143,93 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
         },
         Err(e) => c.fail("run lock", format_args!("{}: {e}", lock.display())),
     }
+    spending(&mut c, settings, &projects);
     if c.failed > 0 {
         return Err(fail(Code::Other, format!("{} check(s) failed", c.failed)));
     }
     Ok(Code::Ok)
+}
+
+/// The state directory, the ledger, and today's position against each
+/// budget cap and limit (the keys themselves were checked when the config
+/// was read: a bad one never gets this far).
+fn spending(c: &mut Checks, settings: &Settings, projects: &[std::path::PathBuf]) {
+    let dir = &settings.state_dir;
+    if dir.exists() {
+        let probe = tempfile::Builder::new()
+            .prefix(".ccl-delegate-tmp-doctor-")
+            .tempfile_in(dir);
+        match probe {
+            Ok(_) => c.ok("state dir", format_args!("{} writable", dir.display())),
+            Err(e) => c.fail("state dir", format_args!("{}: {e}", dir.display())),
+        }
+    } else {
+        c.ok(
+            "state dir",
+            format_args!("{} (created by the first reap)", dir.display()),
+        );
+    }
+    let ledger = crate::ledger::path(dir);
+    match crate::ledger::open(&ledger) {
+        Ok(Some(f)) => c.ok(
+            "ledger",
+            format_args!(
+                "{} ({} bytes)",
+                ledger.display(),
+                f.metadata().map(|m| m.len()).unwrap_or(0)
+            ),
+        ),
+        Ok(None) => c.ok("ledger", "none yet (the first reap starts it)"),
+        Err(e) => c.fail("ledger", e),
+    }
+    let mut warnings = Vec::new();
+    let caps = crate::policy::admission::budget_snapshot(
+        dir,
+        &settings.policy,
+        projects,
+        std::time::SystemTime::now(),
+        &mut warnings,
+    );
+    for b in &caps {
+        let l = super::report::budget_line(b);
+        let (what, detail) = l.split_once(": ").unwrap_or((&l, ""));
+        c.ok(what, detail);
+    }
+    if !settings.policy.max_in_flight.is_empty() {
+        let keys: Vec<String> = projects
+            .iter()
+            .map(|p| crate::inflight::project_key(p))
+            .collect();
+        let counts = crate::inflight::read_counts(dir, &keys, &mut warnings);
+        for (key, max) in &settings.policy.max_in_flight {
+            let (name, n) = limit_position(*key, &counts);
+            c.ok(
+                &format!("max_in_flight {name}"),
+                format_args!("{n} in flight, limit {}", max.0),
+            );
+        }
+    }
+    for w in warnings {
+        c.fail("state", w);
+    }
+}
+
+/// A limit's name and how many jobs in flight count against it.
+fn limit_position(key: crate::policy::LimitKey, counts: &crate::inflight::Counts) -> (String, u64) {
+    use crate::policy::LimitKey;
+    let name = match key {
+        LimitKey::All => "all",
+        LimitKey::Gpu => "gpu",
+        LimitKey::Gemini => "gemini",
+        LimitKey::Claude => "claude",
+        LimitKey::Auto => "auto",
+    };
+    let n = if key == LimitKey::All {
+        counts.values().sum()
+    } else {
+        counts.get(name).copied().unwrap_or(0)
+    };
+    (name.to_string(), n)
 }
 
 /// What to say about a project whose queue directories are missing: the
@@ -162,6 +245,20 @@ fn init_advice(dir: &std::path::Path, has_root: bool, has_inbox: bool) -> Option
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_limit_counts_its_provider_and_all_counts_every_one() {
+        use crate::policy::LimitKey;
+        let counts = crate::inflight::Counts::from([("claude".into(), 2), ("gpu".into(), 3)]);
+        let rows = [
+            (LimitKey::All, "all", 5),
+            (LimitKey::Claude, "claude", 2),
+            (LimitKey::Gemini, "gemini", 0),
+        ];
+        for (key, name, n) in rows {
+            assert_eq!(super::limit_position(key, &counts), (name.to_string(), n));
+        }
+    }
+
     #[test]
     fn missing_queue_directories_suggest_init() {
         let d = std::path::Path::new("/p/x");
