@@ -407,6 +407,130 @@ def fig_submit(env, bins, work, mock, runs):
                f"durable write {ms(dw)} + round trip {ms(rt)}", f"{r:.2f}x", "<= 2x", r <= 2.0)
 
 
+# ---------------------------------------------------------------------------
+# Spending (policy.md "Performance")
+# ---------------------------------------------------------------------------
+
+SPEND_PROVIDERS = ["gpu", "gemini", "claude"]
+
+
+def spending_state(work, entries, projects):
+    """A state directory with a ledger of `entries` jobs over `projects`
+    (one line each, as reap writes them, over the last 45 days) and an
+    in-flight index of 25 markers per project and provider (10 000 across
+    100 projects)."""
+    import random
+    from datetime import datetime, timedelta, timezone
+    state = os.path.join(work, "spend-state")
+    os.makedirs(state, exist_ok=True)
+    rng = random.Random(1)
+    now = datetime.now(timezone.utc)
+    iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    with open(os.path.join(state, "ledger.jsonl"), "w") as f:
+        for i in range(entries):
+            finished = now - timedelta(seconds=(entries - i) * 45 * 86400 // entries)
+            prov = SPEND_PROVIDERS[i % 3]
+            done = i % 10 != 0
+            f.write(json.dumps({
+                "job_id": f"j-{i:08d}", "project": projects[i % len(projects)],
+                "task": f"task-{i // len(projects):05d}.md", "provider": prov, "model": "m",
+                "status": "completed" if done else "failed",
+                "cost_cad": round(rng.uniform(0.001, 0.02), 4) if done else 0,
+                "tokens_in": 100, "tokens_out": 50,
+                "delegated_at": iso(finished - timedelta(seconds=60)),
+                "finished_at": iso(finished),
+            }, separators=(",", ":")) + "\n")
+    with open(os.path.join(state, "inflight.tsv"), "w") as f:
+        for p in projects:
+            for prov in SPEND_PROVIDERS + ["auto"]:
+                f.write(f"25\t{json.dumps(prov)}\t{json.dumps(p)}\n")
+    return state
+
+
+def spending_configs(work, state, projects):
+    plain = os.path.join(work, "plain.yaml")
+    with open(plain, "w") as f:
+        f.write(f"state_dir: {state}\nprojects: {json.dumps(projects)}\n")
+    policy = os.path.join(work, "policy.yaml")
+    with open(policy, "w") as f:
+        f.write(f"state_dir: {state}\nprojects: {json.dumps(projects)}\n"
+                "budget:\n  daily_cad: 100000\n  monthly_cad: 1000000\n"
+                "  providers:\n    claude: {daily_cad: 100000}\n"
+                "max_in_flight:\n  all: 1000000\n  gemini: 1000000\n")
+    return plain, policy
+
+
+def fig_submit_policy(env, bins, work, mock, state, projects, runs):
+    """The same submit with and without budgets and limits, alternately."""
+    plain, policy = spending_configs(work, state, projects)
+    inbox = make_project(os.path.join(work, "submit-policy"))
+    task = task_bytes()
+    n = runs + 10
+    for i in range(2 * n):
+        with open(os.path.join(inbox, f"task-{i:04d}.md"), "wb") as f:
+            f.write(task)
+    a, b = [], []
+    for i in range(n):
+        for cfg, walls, j in ((plain, a, 2 * i), (policy, b, 2 * i + 1)):
+            e = dict(env, CCL_DELEGATE_CONFIG=cfg)
+            wall = spawn_checked([bins["ccl"], "submit", os.path.join(inbox, f"task-{j:04d}.md")], e)
+            if i >= 10:  # the first few warm the caches (and bring spend.json up to date)
+                walls.append(wall)
+    plain_med, policy_med = statistics.median(a), statistics.median(b)
+    r = policy_med / plain_med
+    return Row(f"submit with budgets and limits, 100 000-entry ledger, 10 000 in flight "
+               f"across 100 projects (median of {runs})", ms(policy_med),
+               f"plain submit {ms(plain_med)}", f"{r:.2f}x", "<= 1.1x", r <= 1.1)
+
+
+def fig_report(env, bins, work, state, projects, runs):
+    _, policy = spending_configs(work, state, projects)
+    e = dict(env, CCL_DELEGATE_CONFIG=policy)
+    walls = [spawn_checked([bins["ccl"], "report"], e) for _ in range(runs)]
+    med = statistics.median(walls)
+    return Row(f"report over 100 000 ledger entries, with budgets (median of {runs})", ms(med),
+               "-", "-", "< 1 s", med < 1.0)
+
+
+def write_records(projects, per_project):
+    """`per_project` records in each project's done/ (9 in 10) and failed/,
+    named and numbered as the ledger of spending_state names them."""
+    for pi, p in enumerate(projects):
+        q = os.path.join(p, ".agent-queue")
+        os.makedirs(os.path.join(q, "inbox"), exist_ok=True)
+        for d in ("done", "failed"):
+            os.makedirs(os.path.join(q, d), exist_ok=True)
+        for k in range(per_project):
+            i = k * len(projects) + pi
+            done = i % 10 != 0
+            head = (f"---\nstatus: {'completed' if done else 'failed'}\n"
+                    f"provider: {SPEND_PROVIDERS[i % 3]}\nmodel: m\ncost_cad: 0.0100\n"
+                    f"job_id: j-{i:08d}\ndelegated_at: 2026-01-01T00:00:00Z\n"
+                    + ("completed_at" if done else "failed_at") + ": 2026-01-01T00:01:00Z\n"
+                    + ("" if done else "failed_reason: failed\n")
+                    + "task_bytes: 10\n---\n# Result\nok\n")
+            name = os.path.join(q, "done" if done else "failed", f"task-{k:05d}.md")
+            with open(name, "w") as f:
+                f.write(head)
+
+
+def fig_status(env, bins, work, state, projects, runs):
+    plain, _ = spending_configs(work, state, projects)
+    e = dict(env, CCL_DELEGATE_CONFIG=plain)
+    walls = [spawn_checked([bins["ccl"], "status"], e) for _ in range(runs)]
+    med = statistics.median(walls)
+    # The same without the ledger: every record's head is read.
+    hidden = os.path.join(state, "ledger.jsonl")
+    os.rename(hidden, hidden + ".away")
+    try:
+        heads = statistics.median(spawn_checked([bins["ccl"], "status"], e) for _ in range(3))
+    finally:
+        os.rename(hidden + ".away", hidden)
+    return Row(f"status with 100 000 records in done/ and failed/ of 100 projects, from "
+               f"the ledger (median of {runs})", ms(med),
+               f"(reading every head: {ms(heads)})", "-", "< 0.5 s", med < 0.5)
+
+
 def print_table(rows):
     head = ["figure", "measured", "divided by", "ratio", "target", "met"]
     table = [head] + [r.cells for r in rows]
@@ -433,6 +557,8 @@ def main():
     ap.add_argument("--skip-baseline", action="store_true",
                     help="skip the bash+curl+jq peer (it takes about two minutes)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--only-spending", action="store_true",
+                    help="measure only the spending rows (submit with budgets, report, status)")
     args = ap.parse_args()
 
     bins = {"ccl": os.path.join(args.bin_dir, "ccl-delegate")}
@@ -459,29 +585,41 @@ def main():
         def progress(what):
             print(f"bench: {what}...", file=sys.stderr, flush=True)
 
-        progress("decide")
-        rows.append(fig_decide(base_env, bins, work, args.decide_runs))
-
-        progress("reap over 100 projects without markers")
-        rows.append(fig_empty_projects(base_env, bins, work, 100, 20, 100, lock))
-
-        slow = Mock(args.bin_dir, "--latency", "20ms", "--statuses", "completed")
-        mocks.append(slow)
-        env = dict(base_env, SECUTOOLS_URL=slow.url, SECUTOOLS_API_KEY=KEY)
-        progress("reap of 1000 completed jobs")
-        reap_wall, row = fig_reap(env, bins, work, slow, 1000, 32, 20, args.reap_repeats, lock)
-        rows.append(row)
-        if not args.skip_baseline:
-            progress("the bash+curl+jq baseline reaper (about two minutes)")
-            rows.append(fig_baseline(env, work, slow, 1000, reap_wall))
-
         fast = Mock(args.bin_dir, "--statuses", "running")
         mocks.append(fast)
-        env = dict(base_env, SECUTOOLS_URL=fast.url, SECUTOOLS_API_KEY=KEY)
-        progress("peak RSS of a reap over 10 000 markers")
-        rows.append(fig_rss(env, bins, work, fast, 10_000, 32, lock))
-        progress("submit")
-        rows.append(fig_submit(env, bins, work, fast, 200))
+        fast_env = dict(base_env, SECUTOOLS_URL=fast.url, SECUTOOLS_API_KEY=KEY)
+        if not args.only_spending:
+            progress("decide")
+            rows.append(fig_decide(base_env, bins, work, args.decide_runs))
+
+            progress("reap over 100 projects without markers")
+            rows.append(fig_empty_projects(base_env, bins, work, 100, 20, 100, lock))
+
+            slow = Mock(args.bin_dir, "--latency", "20ms", "--statuses", "completed")
+            mocks.append(slow)
+            env = dict(base_env, SECUTOOLS_URL=slow.url, SECUTOOLS_API_KEY=KEY)
+            progress("reap of 1000 completed jobs")
+            reap_wall, row = fig_reap(env, bins, work, slow, 1000, 32, 20, args.reap_repeats, lock)
+            rows.append(row)
+            if not args.skip_baseline:
+                progress("the bash+curl+jq baseline reaper (about two minutes)")
+                rows.append(fig_baseline(env, work, slow, 1000, reap_wall))
+
+            progress("peak RSS of a reap over 10 000 markers")
+            rows.append(fig_rss(fast_env, bins, work, fast, 10_000, 32, lock))
+            progress("submit")
+            rows.append(fig_submit(fast_env, bins, work, fast, 200))
+
+        progress("spending: a 100 000-entry ledger and 100 000 records")
+        sp_projects = [os.path.join(work, "spend", f"p{i:03d}") for i in range(100)]
+        state = spending_state(work, 100_000, sp_projects)
+        write_records(sp_projects, 1000)
+        progress("submit with budgets and limits vs plain")
+        rows.append(fig_submit_policy(fast_env, bins, work, fast, state, sp_projects, 200))
+        progress("report over the ledger")
+        rows.append(fig_report(base_env, bins, work, state, sp_projects, 7))
+        progress("status over the records")
+        rows.append(fig_status(base_env, bins, work, state, sp_projects, 7))
     finally:
         for m in mocks:
             m.close()
