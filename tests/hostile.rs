@@ -752,7 +752,8 @@ fn evil_strings() -> Vec<String> {
     v
 }
 
-const DONE_KEYS: [&str; 8] = [
+/// The mock reports token counts, so the record carries them (policy.md).
+const DONE_KEYS: [&str; 10] = [
     "status",
     "provider",
     "model",
@@ -760,6 +761,8 @@ const DONE_KEYS: [&str; 8] = [
     "job_id",
     "delegated_at",
     "completed_at",
+    "tokens_in",
+    "tokens_out",
     "task_bytes",
 ];
 const FAILED_KEYS: [&str; 7] = [

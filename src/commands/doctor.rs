@@ -150,11 +150,17 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
-/// The state directory, the ledger, and today's position against each
-/// budget cap and limit (the keys themselves were checked when the config
+/// With budgets, limits or a ledger: the state directory, the ledger, and
+/// today's position against each budget cap and limit (the keys themselves were checked when the config
 /// was read: a bad one never gets this far).
 fn spending(c: &mut Checks, settings: &Settings, projects: &[std::path::PathBuf]) {
     let dir = &settings.state_dir;
+    // Opt-in (policy.md): without budgets, limits or a ledger, doctor says
+    // what it said before.
+    let ledger_there = std::fs::symlink_metadata(crate::ledger::path(dir)).is_ok();
+    if !settings.policy.admission_applies() && !ledger_there {
+        return;
+    }
     if dir.exists() {
         let probe = tempfile::Builder::new()
             .prefix(".ccl-delegate-tmp-doctor-")

@@ -79,6 +79,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
 
     let (tx, rx) = mpsc::sync_channel::<(Arc<Queue>, OsString)>(concurrency * 4);
     let rx = Mutex::new(rx);
+    let mut recount = Vec::new();
     std::thread::scope(|scope| {
         let (ctx, rx) = (&ctx, &rx);
         let mut pool_started = false;
@@ -124,6 +125,8 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .project(&queue);
+            // Only a queue that passed the checks above is recounted.
+            recount.push(dir.clone());
             for task in tasks {
                 if !pool_started {
                     pool_started = true;
@@ -172,7 +175,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         drop(tx);
     });
 
-    for w in book::reconcile(settings, &projects) {
+    for w in book::reconcile(settings, &recount) {
         ctx.ui.warn(w);
     }
 
