@@ -399,3 +399,28 @@ fn reap_prints_one_clean_line_per_finished_task_whatever_the_bytes() {
     assert!(p.failed().join(hostile).exists());
     assert!(p.done().join("ok\x1b[2J.md").exists());
 }
+
+/// A pending submission that can never be sent (its request is over the
+/// API's 32 MiB limit) is handed back to the dispatcher at once, like one
+/// the service refused: not re-uploaded every minute for a day.
+#[test]
+fn reap_returns_a_pending_task_whose_request_is_over_the_limit() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    let mut big = GEMINI.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 33 * 1024 * 1024));
+    p.task("big.md", &big);
+    p.write_marker(
+        "big.md",
+        &marker_json(true, None, "ccl-big-0123456789abcdef", &rfc3339_ago(600)),
+    );
+    let out = p.reap(&mock, &[]);
+    assert!(out.stdout.contains("returned"), "{out:?}");
+    assert_eq!(p.names(&p.inbox()), ["big.md"], "the task stays, unmarked");
+    assert!(
+        mock.jobs().is_empty(),
+        "nothing was sent: {:?}",
+        mock.jobs()
+    );
+    assert_eq!(std::fs::read(p.inbox().join("big.md")).unwrap(), big);
+}

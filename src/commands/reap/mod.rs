@@ -549,7 +549,8 @@ impl Ctx<'_> {
                 self.auth_refusals.fetch_add(1, Ordering::Relaxed);
                 Failure::Auth
             }
-            ClientError::Rejected { .. } => Failure::Rejected,
+            // A request too large to send is refused for sure: nothing was created.
+            ClientError::Rejected { .. } | ClientError::TooLarge { .. } => Failure::Rejected,
             ClientError::Unavailable { .. }
             | ClientError::Unknown { .. }
             | ClientError::BadAnswer { .. } => {
