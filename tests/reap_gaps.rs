@@ -424,3 +424,24 @@ fn reap_returns_a_pending_task_whose_request_is_over_the_limit() {
     );
     assert_eq!(std::fs::read(p.inbox().join("big.md")).unwrap(), big);
 }
+
+/// `local <rule>` stays the whole stdout; stderr says the rule in words for
+/// a newcomer, and `-q` silences it.
+#[test]
+fn submit_of_a_local_task_says_the_rule_in_words_on_stderr() {
+    let p = Project::new();
+    let task = p.task("plain.md", b"No frontmatter here.\n");
+    let out = p.run(None, &["submit", s(&task)]);
+    out.expect(10);
+    assert_eq!(out.stdout, "local 7\n");
+    assert!(
+        out.stderr
+            .contains("plain.md: rule 7: no routing key: runs locally"),
+        "{}",
+        out.stderr
+    );
+    let quiet = p.run(None, &["-q", "submit", s(&task)]);
+    quiet.expect(10);
+    assert_eq!(quiet.stdout, "local 7\n");
+    assert_eq!(quiet.stderr, "");
+}

@@ -46,6 +46,10 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     let decision = route::route(&meta);
     if !decision.provider.delegates() {
         println!("local {}", decision.rule);
+        ui.note(format_args!(
+            "{shown}: {}",
+            route::rule_in_words(decision.rule)
+        ));
         return Ok(Code::Local);
     }
     let priority = match &args.priority {
