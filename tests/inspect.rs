@@ -4,32 +4,13 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
-use common::{KEY, Mock, Out, Project, Record, ShellLock, marker_json, mode, rfc3339_ago, tree};
+use common::{
+    KEY, Mock, Out, Project, Record, ShellLock, fm, keys, marker_json, mode, rfc3339_ago, s, set,
+    tree,
+};
 use serde_json::json;
-
-fn fm(yaml: &str) -> Vec<u8> {
-    format!("---\n{yaml}\n---\nDo the thing.\n").into_bytes()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn keys(v: &serde_json::Value) -> BTreeSet<String> {
-    v.as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"))
-        .keys()
-        .cloned()
-        .collect()
-}
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
 
 /// The whitespace-separated cells of the table row that starts with `first`.
 fn row<'a>(out: &'a str, first: &str) -> Vec<&'a str> {

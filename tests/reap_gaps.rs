@@ -8,15 +8,10 @@ mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A task that routes to `gemini`.
 const GEMINI: &[u8] = b"---\npreferred_ai: gemini\n---\nDo it.\n";
