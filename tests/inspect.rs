@@ -91,7 +91,11 @@ fn status_shows_tasks_in_flight_and_totals_per_provider_read_from_the_files() {
         pending.contains(" gemini ") && pending.contains(" pending "),
         "{pending}"
     );
-    assert!(pending.contains("1m 30s"), "age of 90 s: {pending}");
+    // Written 90 s ago; a loaded machine may take a few seconds to get here.
+    assert!(
+        (30..=40).any(|sec| pending.contains(&format!(" 1m {sec}s "))),
+        "age of about 90 s: {pending}"
+    );
     let bad = text.lines().find(|l| l.contains("bad.md")).unwrap();
     assert!(bad.contains("corrupt marker"), "{bad}");
 
