@@ -32,8 +32,11 @@ impl Kind {
         match self {
             Kind::Config => MIB,
             Kind::Key => 64 * KIB,
-            // A record holds the task plus a response of up to 32 MiB.
-            Kind::Task | Kind::Record => 64 * MIB,
+            Kind::Task => 64 * MIB,
+            // A record holds a whole task plus a response of up to 32 MiB
+            // and its head: it must always be readable again, or a crash
+            // after writing it could lead to a second record for the job.
+            Kind::Record => 128 * MIB,
             Kind::Marker => 64 * KIB,
             Kind::Metrics => 16 * MIB,
             Kind::Ledger => 256 * MIB,
@@ -220,11 +223,11 @@ mod tests {
     fn caps_fit_their_kinds() {
         assert_eq!(Kind::Config.cap(), 1 << 20);
         assert_eq!(Kind::Key.cap(), 64 << 10);
-        assert_eq!(Kind::Record.cap(), 64 << 20);
+        assert_eq!(Kind::Task.cap(), 64 << 20);
         assert_eq!(Kind::Metrics.cap(), 16 << 20);
         assert!(
-            Kind::Record.cap() > 32 << 20,
-            "a record holds a 32 MiB response"
+            Kind::Record.cap() >= Kind::Task.cap() + (32 << 20) + (64 << 10),
+            "a record holds a whole task, a 32 MiB response and its head"
         );
     }
 }

@@ -43,8 +43,11 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(INFLIGHT_FILE)
 }
 
-/// How a project is named in the index: its absolute path, without
-/// touching the file system (so no syscall per configured project).
+/// How a project is named in the index and the ledger: its canonical path
+/// (symlinks resolved), so that a project reached through a link, `~` or a
+/// relative path is one key whoever counts it; its absolute path when it
+/// cannot be resolved (gone). Counting never needs a key per configured
+/// project: the counts are host-wide ([`read_counts`]).
 pub fn project_key(dir: &Path) -> String {
     let project = if dir
         .file_name()
@@ -54,18 +57,21 @@ pub fn project_key(dir: &Path) -> String {
     } else {
         dir
     };
-    std::path::absolute(project)
+    std::fs::canonicalize(project)
+        .or_else(|_| std::path::absolute(project))
         .unwrap_or_else(|_| project.to_path_buf())
         .display()
         .to_string()
 }
 
-/// The counts over `projects` (project keys), read from the file; a
-/// problem is a warning and counts nothing.
-pub fn read_counts(state_dir: &Path, projects: &[String], warnings: &mut Vec<String>) -> Counts {
+/// The host's counts per provider, read from the file; a problem is a
+/// warning and counts nothing. Host-wide: every project a reap reconciled
+/// (the configured ones) or a submit delegated from (the task's own), as
+/// policy.md's "all projects" asks, without a key per configured project.
+pub fn read_counts(state_dir: &Path, warnings: &mut Vec<String>) -> Counts {
     let p = path(state_dir);
     match crate::queue::read_nofollow(&p) {
-        Ok(Some((bytes, _))) => counts_in(&bytes, projects),
+        Ok(Some((bytes, _))) => counts_in(&bytes),
         Ok(None) => Counts::new(),
         Err(e) => {
             warnings.push(format!(
@@ -76,19 +82,15 @@ pub fn read_counts(state_dir: &Path, projects: &[String], warnings: &mut Vec<Str
     }
 }
 
-/// The counts over `projects` straight from the file's bytes, without
-/// building the whole index: what a submit reads.
-pub fn counts_in(bytes: &[u8], projects: &[String]) -> Counts {
+/// The host's counts straight from the file's bytes, without building
+/// the whole index: what a submit reads.
+pub fn counts_in(bytes: &[u8]) -> Counts {
     use std::collections::HashMap;
-    let wanted: std::collections::HashSet<&str> = projects.iter().map(String::as_str).collect();
     let mut per: HashMap<(Cow<str>, Cow<str>), u64> = HashMap::new();
     for line in bytes.split(|&b| b == b'\n') {
         let Some((n, provider, project)) = parse_line(line) else {
             continue;
         };
-        if !wanted.contains(project.as_ref()) {
-            continue;
-        }
         let v = per.entry((project, provider)).or_default();
         *v = match n {
             Count::Set(n) => n,
@@ -158,6 +160,35 @@ impl InFlight {
             }
         }
         out
+    }
+
+    /// The index file's length now: a reap notes it before it looks at
+    /// any marker, so that [`InFlight::apply_deltas_since`] can keep the
+    /// counts submits add while it looks.
+    pub fn len_now(state_dir: &Path) -> u64 {
+        std::fs::symlink_metadata(path(state_dir)).map_or(0, |m| m.len())
+    }
+
+    /// Applies the `+1`/`-1` lines appended at or after `offset` (by
+    /// submits that ran while a reap counted markers) on top of counts the
+    /// reap just set. A marker such a submit created may also have been
+    /// seen by the reap: then it counts twice until the next reap, never
+    /// zero times, so a limit is never overshot.
+    pub fn apply_deltas_since(&mut self, bytes: &[u8], offset: u64) {
+        let Some(tail) = usize::try_from(offset).ok().and_then(|o| bytes.get(o..)) else {
+            return;
+        };
+        for line in tail.split(|&b| b == b'\n') {
+            if let Some((Count::Add(d), provider, project)) = parse_line(line) {
+                let c = self.projects.entry(project.into_owned()).or_default();
+                let v = c.entry(provider.into_owned()).or_default();
+                *v = v.saturating_add_signed(d);
+            }
+        }
+        for c in self.projects.values_mut() {
+            c.retain(|_, n| *n > 0);
+        }
+        self.projects.retain(|_, c| !c.is_empty());
     }
 
     pub fn save(&self, adm: &Admission) -> anyhow::Result<()> {
@@ -309,6 +340,27 @@ mod tests {
     }
 
     #[test]
+    fn deltas_appended_after_an_offset_are_applied_again() {
+        let mut text = line("2", "claude", "/p");
+        let since = text.len() as u64;
+        text.extend_from_slice(&line("+1", "claude", "/p"));
+        text.extend_from_slice(&line("+1", "gpu", "/q"));
+        text.extend_from_slice(&line("-1", "gpu", "/q"));
+        text.extend_from_slice(&line("5", "gemini", "/p"));
+        let mut i = InFlight::default();
+        i.reconcile("/p", Counts::from([("claude".into(), 1)]));
+        i.apply_deltas_since(&text, since);
+        // Set lines after the offset are a reap's own; only deltas count.
+        assert_eq!(
+            i.projects,
+            BTreeMap::from([("/p".to_string(), Counts::from([("claude".into(), 2)]))])
+        );
+        let mut j = InFlight::default();
+        j.apply_deltas_since(&text, u64::MAX);
+        assert!(j.projects.is_empty());
+    }
+
+    #[test]
     fn the_file_folds_counts_and_deltas_in_order_and_skips_bad_lines() {
         let mut i = InFlight::default();
         i.bump("/a b\n\"c", "claude");
@@ -322,7 +374,7 @@ mod tests {
         let back = InFlight::parse(&text);
         let keys = ["/a b\n\"c".to_string(), "/x".to_string()];
         assert_eq!(
-            counts_in(&text, &keys),
+            counts_in(&text),
             back.counts(keys.iter().map(String::as_str))
         );
         assert_eq!(

@@ -81,6 +81,6 @@ mod tests {
         let a = new_idempotency_key().unwrap();
         let b = new_idempotency_key().unwrap();
         assert_ne!(a, b);
-        assert!(crate::client::valid_idempotency_key(&a));
+        assert!(crate::names::valid_idempotency_key(&a));
     }
 }

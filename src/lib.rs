@@ -16,6 +16,7 @@ pub mod inflight;
 pub mod job;
 pub mod ledger;
 pub mod marker;
+pub mod names;
 pub mod policy;
 pub mod queue;
 pub mod record;

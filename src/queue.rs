@@ -56,6 +56,7 @@ use anyhow::Context;
 
 use crate::error::{Code, fail};
 use crate::marker::{self, Marker};
+pub use crate::names::{is_task_name, is_task_name_bytes};
 
 pub const QUEUE_DIR: &str = ".agent-queue";
 pub const LOCK_NAME: &str = ".ccl-delegate.lock";
@@ -827,16 +828,6 @@ pub fn open_lock_file(path: &Path, extra_flags: i32) -> io::Result<File> {
         .mode(0o644)
         .custom_flags(libc::O_CLOEXEC | extra_flags)
         .open(path)
-}
-
-/// `<id>.md`, not hidden, no path separators.
-pub fn is_task_name(n: &str) -> bool {
-    is_task_name_bytes(n.as_bytes())
-}
-
-/// [`is_task_name`], for a name of any bytes.
-pub fn is_task_name_bytes(n: &[u8]) -> bool {
-    n.len() > 3 && n.ends_with(b".md") && !n.starts_with(b".") && !n.contains(&b'/')
 }
 
 /// The name of a task's record in done/ or failed/: `<id>.md`, then

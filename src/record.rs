@@ -219,7 +219,7 @@ impl Record {
             .map_or(0, |i| i + 1);
         let line = std::str::from_utf8(&before[line_start..]).ok()?;
         let name = line.strip_prefix("## Original task (")?.strip_suffix(')')?;
-        crate::queue::is_task_name(name).then(|| name.to_string())
+        crate::names::is_task_name(name).then(|| name.to_string())
     }
 }
 

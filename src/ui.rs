@@ -26,6 +26,14 @@ impl Ui {
         }
     }
 
+    /// A routine line for a person (not a warning), silenced by `-q`,
+    /// escaped like [`Ui::warn`].
+    pub fn note(&self, msg: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("ccl-delegate: {}", line(&msg.to_string()));
+        }
+    }
+
     /// A `-v` detail line, escaped like [`Ui::warn`].
     pub fn info(&self, msg: impl std::fmt::Display) {
         if self.verbose > 0 {

@@ -8,15 +8,10 @@ mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A task that routes to `gemini`.
 const GEMINI: &[u8] = b"---\npreferred_ai: gemini\n---\nDo it.\n";
@@ -398,4 +393,50 @@ fn reap_prints_one_clean_line_per_finished_task_whatever_the_bytes() {
     no_raw_controls(&out);
     assert!(p.failed().join(hostile).exists());
     assert!(p.done().join("ok\x1b[2J.md").exists());
+}
+
+/// A pending submission that can never be sent (its request is over the
+/// API's 32 MiB limit) is handed back to the dispatcher at once, like one
+/// the service refused: not re-uploaded every minute for a day.
+#[test]
+fn reap_returns_a_pending_task_whose_request_is_over_the_limit() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    let mut big = GEMINI.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 33 * 1024 * 1024));
+    p.task("big.md", &big);
+    p.write_marker(
+        "big.md",
+        &marker_json(true, None, "ccl-big-0123456789abcdef", &rfc3339_ago(600)),
+    );
+    let out = p.reap(&mock, &[]);
+    assert!(out.stdout.contains("returned"), "{out:?}");
+    assert_eq!(p.names(&p.inbox()), ["big.md"], "the task stays, unmarked");
+    assert!(
+        mock.jobs().is_empty(),
+        "nothing was sent: {:?}",
+        mock.jobs()
+    );
+    assert_eq!(std::fs::read(p.inbox().join("big.md")).unwrap(), big);
+}
+
+/// `local <rule>` stays the whole stdout; stderr says the rule in words for
+/// a newcomer, and `-q` silences it.
+#[test]
+fn submit_of_a_local_task_says_the_rule_in_words_on_stderr() {
+    let p = Project::new();
+    let task = p.task("plain.md", b"No frontmatter here.\n");
+    let out = p.run(None, &["submit", s(&task)]);
+    out.expect(10);
+    assert_eq!(out.stdout, "local 7\n");
+    assert!(
+        out.stderr
+            .contains("plain.md: rule 7: no routing key: runs locally"),
+        "{}",
+        out.stderr
+    );
+    let quiet = p.run(None, &["-q", "submit", s(&task)]);
+    quiet.expect(10);
+    assert_eq!(quiet.stdout, "local 7\n");
+    assert_eq!(quiet.stderr, "");
 }

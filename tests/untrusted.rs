@@ -13,10 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(s(p)).unwrap();
     // SAFETY: a valid NUL-terminated path.

@@ -168,22 +168,7 @@ pub struct JobResult {
     pub raw: serde_json::Value,
 }
 
-/// 1-128 characters of `[A-Za-z0-9._-]`, neither `.` nor `..`.
-pub fn valid_job_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// 16-128 characters of `[A-Za-z0-9_-]`.
-pub fn valid_idempotency_key(k: &str) -> bool {
-    (16..=128).contains(&k.len())
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-}
+pub use crate::names::{valid_idempotency_key, valid_job_id};
 
 /// The submission would be refused for its size: over
 /// [`MAX_REQUEST_BODY_BYTES`] of JSON. Nothing is sent; callers check

@@ -143,7 +143,7 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
         },
         Err(e) => c.fail("run lock", format_args!("{}: {e}", lock.display())),
     }
-    spending(&mut c, settings, &projects);
+    spending(&mut c, settings);
     if c.failed > 0 {
         return Err(fail(Code::Other, format!("{} check(s) failed", c.failed)));
     }
@@ -153,7 +153,7 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
 /// With budgets, limits or a ledger: the state directory, the ledger, and
 /// today's position against each budget cap and limit (the keys themselves were checked when the config
 /// was read: a bad one never gets this far).
-fn spending(c: &mut Checks, settings: &Settings, projects: &[std::path::PathBuf]) {
+fn spending(c: &mut Checks, settings: &Settings) {
     let dir = &settings.state_dir;
     // Opt-in (policy.md): without budgets, limits or a ledger, doctor says
     // what it said before.
@@ -192,7 +192,6 @@ fn spending(c: &mut Checks, settings: &Settings, projects: &[std::path::PathBuf]
     let caps = crate::policy::admission::budget_snapshot(
         dir,
         &settings.policy,
-        projects,
         std::time::SystemTime::now(),
         &mut warnings,
     );
@@ -202,11 +201,7 @@ fn spending(c: &mut Checks, settings: &Settings, projects: &[std::path::PathBuf]
         c.ok(what, detail);
     }
     if !settings.policy.max_in_flight.is_empty() {
-        let keys: Vec<String> = projects
-            .iter()
-            .map(|p| crate::inflight::project_key(p))
-            .collect();
-        let counts = crate::inflight::read_counts(dir, &keys, &mut warnings);
+        let counts = crate::inflight::read_counts(dir, &mut warnings);
         for (key, max) in &settings.policy.max_in_flight {
             let (name, n) = limit_position(*key, &counts);
             c.ok(

@@ -8,6 +8,7 @@
 //! counted twice or not at all. Submits and reaps of those projects wait
 //! meanwhile.
 
+use anyhow::Context;
 use std::collections::BTreeSet;
 
 use crate::cli::LedgerRebuildArgs;
@@ -59,13 +60,11 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
     let adm = Admission::lock(&settings.state_dir, LOCK_WAIT)?;
     // Entries of projects not named here stay as they are.
     let mut warnings = Vec::new();
-    let old = match ledger::read_all(adm.state_dir(), &mut warnings) {
-        Ok(v) => v,
-        Err(e) => {
-            warnings.push(format!("{e:#}; its entries of other projects are lost"));
-            Vec::new()
-        }
-    };
+    // A ledger that cannot be read is not replaced: its entries of other
+    // projects would be lost. (Torn or corrupt lines are only skipped.)
+    let old = ledger::read_all(adm.state_dir(), &mut warnings).context(
+        "the ledger cannot be read, so it is left as it is; move it aside to rebuild it from the records alone",
+    )?;
     for w in &warnings {
         ui.warn(w);
     }

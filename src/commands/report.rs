@@ -313,13 +313,7 @@ pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     };
     let mut warnings = Vec::new();
     let mut groups = q.run(&settings.state_dir, &mut warnings)?;
-    let budget = budget_snapshot(
-        &settings.state_dir,
-        &settings.policy,
-        &settings.projects,
-        now,
-        &mut warnings,
-    );
+    let budget = budget_snapshot(&settings.state_dir, &settings.policy, now, &mut warnings);
     for w in &warnings {
         ui.warn(w);
     }

@@ -134,7 +134,6 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     let budget = budget_snapshot(
         &settings.state_dir,
         &settings.policy,
-        &settings.projects,
         std::time::SystemTime::now(),
         &mut warnings,
     );

@@ -48,6 +48,10 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     let decision = route::route(&meta);
     if !decision.provider.delegates() {
         println!("local {}", decision.rule);
+        ui.note(format_args!(
+            "{shown}: {}",
+            route::rule_in_words(decision.rule)
+        ));
         return Ok(Code::Local);
     }
     let priority = match &args.priority {
@@ -205,7 +209,6 @@ fn admit(settings: &Settings, queue: &Queue, provider: &str, ui: Ui) -> anyhow::
     let mut warnings = Vec::new();
     let decision = adm.check_and_reserve(
         &settings.policy,
-        &settings.projects,
         &queue.project,
         p,
         std::time::SystemTime::now(),

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::client::valid_job_id;
 use crate::error::{Code, fail};
 use crate::marker::{Marker, State};
+use crate::names::valid_job_id;
 use crate::queue::Queue;
 
 /// The job id an argument names.

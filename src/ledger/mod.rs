@@ -192,8 +192,14 @@ pub fn present_ids(
     Ok(found)
 }
 
-/// The job id of a line as this module writes it, without parsing the line.
+/// The job id of a whole line as this module writes it, without parsing
+/// the line. A line torn by a crash (`{"job_id":"j-2","pro`, later ended
+/// by the next append's newline) does not end with `}`: it names no job,
+/// so the job is appended again rather than counted zero times.
 fn leading_job_id(line: &[u8]) -> Option<&str> {
+    if !line.trim_ascii_end().ends_with(b"}") {
+        return None;
+    }
     let rest = line.strip_prefix(b"{\"job_id\":\"")?;
     let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
     (rest[end] == b'"')
@@ -391,6 +397,11 @@ mod tests {
         let ids: Vec<_> = all.iter().map(|e| e.job_id.clone().unwrap()).collect();
         assert_eq!(ids, ["j-1", "j-2"]);
         assert_eq!(all[1].finished_at, "2026-11-24T09:00:00Z");
+        // The torn line names no job: a job whose entry was torn is
+        // appended again by record_once, never counted zero times.
+        let present = present_ids(d.path(), &["j-1", "j-torn", "j-2"]).unwrap();
+        assert!(present.contains("j-1") && present.contains("j-2"));
+        assert!(!present.contains("j-torn"), "{present:?}");
         assert_eq!(w.len(), 1);
         assert!(
             w[0].contains("corrupt line") && w[0].contains("ledger rebuild"),

@@ -71,22 +71,20 @@ impl Admission {
     }
 
     /// Decides whether a job for `provider` from `project` may go, counting
-    /// the markers of `projects` (the configured ones; `project` is added).
+    /// the host's markers in flight ([`crate::inflight::read_counts`]).
     /// On admit the job counts as in flight before this returns. Warnings
     /// (a damaged ledger or index) never stop a submit: the caller prints
     /// them.
     pub fn check_and_reserve(
         &self,
         policy: &Policy,
-        projects: &[PathBuf],
         project: &Path,
         provider: Provider,
         now: SystemTime,
         warnings: &mut Vec<String>,
     ) -> anyhow::Result<Decision> {
         let own = project_key(project);
-        let keys = all_keys(projects, &own);
-        let counts = crate::inflight::read_counts(&self.dir, &keys, warnings);
+        let counts = crate::inflight::read_counts(&self.dir, warnings);
         // Under the lock, a summary that had to catch up is stored again,
         // so the next submit reads it as is.
         let spend = if policy.caps().is_empty() {
@@ -113,18 +111,40 @@ impl Admission {
     /// Replaces a project's counts with the markers a reap saw (provider →
     /// markers pending or submitted).
     pub fn reconcile(&self, project: &Path, counts: Counts) -> anyhow::Result<()> {
-        self.reconcile_all([(project, counts)])
+        let since = InFlight::len_now(&self.dir);
+        self.reconcile_all([(project, counts)], since)
     }
 
     /// [`Admission::reconcile`] for every project a reap went through, in
     /// one rewrite.
+    /// `since` is [`InFlight::len_now`] taken before the reap looked at
+    /// its first marker: the deltas submits appended after it are kept.
     pub fn reconcile_all<'a>(
         &self,
         projects: impl IntoIterator<Item = (&'a Path, Counts)>,
+        since: u64,
     ) -> anyhow::Result<()> {
         let mut index = InFlight::load(&self.dir, &mut Vec::new());
+        let mut seen = Vec::new();
         for (project, counts) in projects {
-            index.reconcile(&project_key(project), counts);
+            let key = project_key(project);
+            index.reconcile(&key, counts);
+            seen.push(key);
+        }
+        // Only the reconciled projects take the late deltas again: the
+        // others' counts already hold them.
+        if let Ok(Some((bytes, _))) = crate::queue::read_nofollow(&crate::inflight::path(&self.dir))
+        {
+            let mut late = InFlight::default();
+            late.apply_deltas_since(&bytes, since);
+            for key in seen {
+                if let Some(add) = late.projects.remove(&key) {
+                    let c = index.projects.entry(key).or_default();
+                    for (provider, n) in add {
+                        *c.entry(provider).or_default() += n;
+                    }
+                }
+            }
         }
         // Written even when the counts did not change: it compacts the
         // lines submits appended.
@@ -132,19 +152,11 @@ impl Admission {
     }
 }
 
-/// The keys of the configured projects and the task's own.
-pub fn all_keys(projects: &[PathBuf], own: &str) -> Vec<String> {
-    let mut keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
-    keys.push(own.to_string());
-    keys
-}
-
 /// The state of every cap, for `report`, `status` and metrics: read without
 /// the lock (a reader may be a moment behind a writer).
 pub fn budget_snapshot(
     state_dir: &Path,
     policy: &Policy,
-    projects: &[PathBuf],
     now: SystemTime,
     warnings: &mut Vec<String>,
 ) -> Vec<super::admit::CapState> {
@@ -152,8 +164,7 @@ pub fn budget_snapshot(
         return Vec::new();
     }
     let spend = Spend::load(state_dir, warnings);
-    let keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
-    let counts = crate::inflight::read_counts(state_dir, &keys, warnings);
+    let counts = crate::inflight::read_counts(state_dir, warnings);
     super::admit::budget_states(policy, &spend, &counts, now)
 }
 
@@ -179,7 +190,6 @@ mod tests {
                         let dec = adm
                             .check_and_reserve(
                                 policy,
-                                &[PathBuf::from("/p0"), PathBuf::from("/p1")],
                                 &proj,
                                 Provider::Claude,
                                 SystemTime::now(),
@@ -273,7 +283,6 @@ mod tests {
             let dec = adm
                 .check_and_reserve(
                     &policy,
-                    &projects,
                     &projects[i % 100],
                     Provider::Claude,
                     now,
@@ -305,10 +314,9 @@ mod tests {
             "  of which reading spend.json: {:?}",
             t.elapsed() / n as u32
         );
-        let keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
         let t = Instant::now();
         for _ in 0..n {
-            let c = crate::inflight::read_counts(d.path(), &keys, &mut Vec::new());
+            let c = crate::inflight::read_counts(d.path(), &mut Vec::new());
             assert!(!c.is_empty());
         }
         println!(

@@ -85,29 +85,48 @@ fn count_markers(q: &Queue) -> std::io::Result<Counts> {
     Ok(counts)
 }
 
-/// Recounts the in-flight index of each project from its markers, under
-/// its queue lock then the admission lock (the order `submit` takes
-/// them), so that no submit's count falls between the listing and the
-/// write. A marker deleted by hand stops counting here.
-pub(super) fn reconcile(settings: &Settings, projects: &[PathBuf]) -> Vec<String> {
+/// Recounts the in-flight index of the projects this run went through
+/// (with whether it saw markers there) from their markers, once the run
+/// is done, in one rewrite under the admission lock. No queue lock: the
+/// `+1`s submits appended since `since` are applied again on top
+/// ([`Admission::reconcile_all`]), so a job is never counted zero times.
+/// A marker deleted by hand stops counting here.
+pub(super) fn reconcile(
+    settings: &Settings,
+    since: u64,
+    projects: &[(PathBuf, bool)],
+) -> Vec<String> {
     let mut problems = Vec::new();
-    for dir in projects {
-        let q = Queue::at(dir).with_lock_timeout(settings.lock_timeout);
-        if !q.inbox.is_dir() {
-            continue;
-        }
-        let r = (|| {
-            let _lock = q.lock()?;
-            let counts = count_markers(&q)?;
-            let adm = Admission::lock(&settings.state_dir, settings.lock_timeout)?;
-            adm.reconcile(&q.project, counts)
-        })();
-        if let Err(e) = r {
-            problems.push(format!(
-                "cannot recount the jobs in flight of {}: {e:#}; the next reap tries again",
+    let mut counted = Vec::with_capacity(projects.len());
+    for (dir, had_markers) in projects {
+        let q = Queue::at(dir);
+        let counts = if *had_markers {
+            count_markers(&q)
+        } else {
+            Ok(Counts::new())
+        };
+        match counts {
+            Ok(c) => counted.push((q.project, c)),
+            Err(e) => problems.push(format!(
+                "cannot recount the jobs in flight of {}: {e}; the next reap tries again",
                 crate::queue::shown(dir)
-            ));
+            )),
         }
+    }
+    // Nothing in flight and no index: nothing to write (a reap of queues
+    // without markers stays a few stats).
+    let empty = counted.iter().all(|(_, c)| c.is_empty());
+    if counted.is_empty() || (empty && crate::inflight::InFlight::len_now(&settings.state_dir) == 0)
+    {
+        return problems;
+    }
+    let r = Admission::lock(&settings.state_dir, settings.lock_timeout).and_then(|adm| {
+        adm.reconcile_all(counted.iter().map(|(p, c)| (p.as_path(), c.clone())), since)
+    });
+    if let Err(e) = r {
+        problems.push(format!(
+            "cannot recount the jobs in flight: {e:#}; the next reap tries again"
+        ));
     }
     problems
 }

@@ -80,6 +80,9 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
     let (tx, rx) = mpsc::sync_channel::<(Arc<Queue>, OsString)>(concurrency * 4);
     let rx = Mutex::new(rx);
     let mut recount = Vec::new();
+    // The in-flight deltas submits append from here on are kept when the
+    // counts are replaced at the end of the run.
+    let inflight_since = crate::inflight::InFlight::len_now(&settings.state_dir);
     std::thread::scope(|scope| {
         let (ctx, rx) = (&ctx, &rx);
         let mut pool_started = false;
@@ -125,8 +128,9 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .project(&queue);
-            // Only a queue that passed the checks above is recounted.
-            recount.push(dir.clone());
+            // Only a queue that passed the checks above is recounted; one
+            // without markers now counts none, without another listing.
+            recount.push((dir.clone(), tasks.peek().is_some()));
             for task in tasks {
                 if !pool_started {
                     pool_started = true;
@@ -175,7 +179,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         drop(tx);
     });
 
-    for w in book::reconcile(settings, &recount) {
+    for w in book::reconcile(settings, inflight_since, &recount) {
         ctx.ui.warn(w);
     }
 
@@ -221,7 +225,6 @@ fn budget_now(settings: &Settings, ui: Ui) -> Vec<crate::policy::admit::CapState
     let caps = crate::policy::admission::budget_snapshot(
         &settings.state_dir,
         &settings.policy,
-        &settings.projects,
         std::time::SystemTime::now(),
         &mut warnings,
     );
@@ -593,7 +596,8 @@ impl Ctx<'_> {
                 self.auth_refusals.fetch_add(1, Ordering::Relaxed);
                 Failure::Auth
             }
-            ClientError::Rejected { .. } => Failure::Rejected,
+            // A request too large to send is refused for sure: nothing was created.
+            ClientError::Rejected { .. } | ClientError::TooLarge { .. } => Failure::Rejected,
             ClientError::Unavailable { .. }
             | ClientError::Unknown { .. }
             | ClientError::BadAnswer { .. } => {
