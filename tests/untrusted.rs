@@ -171,6 +171,50 @@ fn task_names_with_control_characters_are_escaped_in_warnings_and_errors() {
     assert!(out.stderr.contains("gone\\x1b[2J.md"), "{:?}", out.stderr);
 }
 
+/// The error lines of `reap` and the stdout line of `submit` carry names
+/// and marker text through the same escaper: a task nobody can read, named
+/// with escapes, and a marker whose provider holds a line break.
+#[test]
+fn reap_errors_and_submit_lines_escape_names_and_marker_text() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    let name = "locked\u{1b}[2J\n.md";
+    // A directory where the task should be: reap cannot read it and says
+    // so (an error, printed even with -q).
+    std::fs::create_dir(p.inbox().join(name)).unwrap();
+    p.write_marker(
+        name,
+        &marker_json(true, None, "ccl-lock-0123456789abcdef", &rfc3339_ago(600)),
+    );
+    let out = p.reap(&mock, &["-q"]);
+    assert!(
+        out.stderr.contains("locked\\x1b[2J\\n.md"),
+        "{:?}",
+        out.stderr
+    );
+    assert_clean("reap stderr", &out.stderr);
+    assert_clean("reap stdout", &out.stdout);
+
+    let other = p.task("two.md", b"---\npreferred_ai: gpu\n---\nx\n");
+    let marker = marker_json(
+        false,
+        Some("j-1"),
+        "ccl-two-0123456789abcdef",
+        &rfc3339_ago(1),
+    )
+    .replace("\"gemini\"", "\"gem\\nini\\u001b[2J\"");
+    p.write_marker("two.md", &marker);
+    let out = p.run(Some(&mock), &["submit", s(&other)]);
+    out.expect(0);
+    assert_eq!(out.stdout.lines().count(), 1, "{:?}", out.stdout);
+    assert_clean("submit stdout", &out.stdout);
+    assert!(
+        out.stdout.starts_with("delegated gem\\nini\\x1b[2J j-1"),
+        "{:?}",
+        out.stdout
+    );
+}
+
 // --- item 12: files that are not files -------------------------------------
 
 #[test]

@@ -168,7 +168,10 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             Ok(Some(line)) => {
                 // Said even with --quiet: a write failed.
                 eprintln!(
-                    "ccl-delegate: error: {e:#}; the marker stays and the next reap finishes the submission"
+                    "ccl-delegate: error: {}",
+                    crate::text::line(&format!(
+                        "{e:#}; the marker stays and the next reap finishes the submission"
+                    ))
                 );
                 println!("{line}");
                 Ok(Code::Ok)
@@ -317,8 +320,9 @@ fn existing(queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Option<String>>
             job_id: Some(j),
             provider,
             ..
-        }) => format!("delegated {provider} {j}"),
-        Ok(m) => format!("pending {}", m.provider),
+        // The provider comes from a file: one word on stdout, whatever it holds.
+        }) => format!("delegated {} {j}", crate::text::clip(&provider, 40)),
+        Ok(m) => format!("pending {}", crate::text::clip(&m.provider, 40)),
         Err(why) => {
             ui.warn(format_args!(
                 "{}: corrupt marker ({why}); the task stays skipped and the next reap moves it to failed/",

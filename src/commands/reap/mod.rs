@@ -338,7 +338,10 @@ impl Ctx<'_> {
     /// Said on stderr with or without -q: only routine lines are silenced.
     fn error(&self, msg: impl std::fmt::Display) {
         let _g = self.out.lock();
-        eprintln!("ccl-delegate: error: {msg}");
+        eprintln!(
+            "ccl-delegate: error: {}",
+            crate::text::line(&msg.to_string())
+        );
     }
 
     fn say(&self, line: std::fmt::Arguments) {
@@ -653,7 +656,7 @@ impl Ctx<'_> {
             Say::Warning => self.ui.warn(msg),
             Say::Verbose => self.ui.info(msg),
         }
-        m.poll_errors += 1;
+        m.poll_errors = m.poll_errors.saturating_add(1);
         m.last_error = Some(clip(e, 500));
         let lock = q.lock()?;
         q.update_marker_if(&lock, task, seen, &m)?;
