@@ -19,6 +19,8 @@
 //!  marker(pending)  --record_job_id-->  marker(submitted)      (job id known)
 //!  marker(pending)  --remove_if_ours--> inbox                  (POST surely failed)
 //!  marker           --update_marker_if--> marker               (a failed poll noted)
+//!  marker(submitted) --fail_over-->     marker(pending)        (its job ended; the next
+//!                                                               provider of its chain)
 //!  stale marker     --remove_marker-->  inbox                  (its job's record exists
 //!                                                               with another task)
 //!  inbox + marker   --finish_many-->    done/ or failed/       (job finished)
@@ -446,6 +448,25 @@ impl Queue {
         }
         self.replace_marker(lock, task, m)?;
         Ok(true)
+    }
+
+    /// Failover (policy.md): the marker of an ended job becomes the pending
+    /// marker of the chain's next job, if it still holds the bytes `seen`.
+    /// One atomic, durable replacement (temporary file fsynced, renamed
+    /// over the marker, inbox fsynced): a run killed at any point leaves
+    /// either the old marker (the step is taken again, with a new key, and
+    /// the old key's job stays the ended one) or the new one (its POST is
+    /// sent, or re-sent with its key, by a later reap). Returns whether it
+    /// replaced it.
+    pub fn fail_over(
+        &self,
+        lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        seen: &[u8],
+        next: &Marker,
+    ) -> anyhow::Result<bool> {
+        debug_assert_eq!(next.state, marker::State::Pending);
+        self.update_marker_if(lock, task, seen, next)
     }
 
     /// A record of this job already in done/ or failed/ (a run stopped

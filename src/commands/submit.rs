@@ -86,6 +86,10 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         started_at: crate::timestamp::now(),
         poll_errors: 0,
         last_error: None,
+        attempts: Vec::new(),
+        fallback: Vec::new(),
+        deferred: false,
+        sent_at: None,
     };
     let sent = (|| {
         {

@@ -73,6 +73,8 @@ pub(super) struct Finished {
     /// The provider the marker asked for (`auto` included).
     pub(super) requested: String,
     pub(super) delegated_at: String,
+    /// The earlier jobs of its failover chain.
+    pub(super) attempts: Vec<crate::marker::Attempt>,
     pub(super) verdict: Verdict,
 }
 
@@ -93,7 +95,7 @@ impl Finished {
                 model,
                 cost_cad,
                 response,
-            } => record::render_done(
+            } => record::render_done_after(
                 &Completed {
                     provider,
                     model,
@@ -103,6 +105,8 @@ impl Finished {
                     completed_at: &now,
                     response,
                 },
+                record::Tokens::default(),
+                &self.attempts,
                 &shown(Path::new(&self.task)),
                 original,
             ),
@@ -110,7 +114,7 @@ impl Finished {
                 provider,
                 reason,
                 details,
-            } => record::render_failed(
+            } => record::render_failed_after(
                 &Failure {
                     provider,
                     reason,
@@ -119,6 +123,7 @@ impl Finished {
                     failed_at: &now,
                     details,
                 },
+                &self.attempts,
                 &shown(Path::new(&self.task)),
                 original,
             ),
