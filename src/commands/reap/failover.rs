@@ -71,15 +71,19 @@ pub fn next_marker(
     })
 }
 
-/// The stdout line of a failover step. `to` is `job <id>`, or `pending`
-/// when the POST's outcome is unknown.
+/// The stdout line of a failover step. `to` is `job <id>`, `pending` when
+/// the POST's outcome is unknown, `refused` when the service refused it.
+/// A job that ended without an error says only its status.
 pub fn line(task: &str, last: &Attempt, provider: &str, to: &str) -> String {
+    let error = match last.error.as_deref() {
+        Some(e) => format!(": {}", clip(e, 200)),
+        None => String::new(),
+    };
     format!(
-        "failover {} (job {} {}: {}) -> {} {}",
+        "failover {} (job {} {}{error}) -> {} {}",
         task,
         clip(last.job_id.as_deref().unwrap_or("none"), 80),
         clip(&last.status, 40),
-        clip(last.error.as_deref().unwrap_or("no error given"), 200),
         clip(provider, 40),
         clip(to, 120)
     )
