@@ -138,3 +138,326 @@ fn a_task_fails_over_twice_and_lands_in_done_with_its_attempts() {
         );
     }
 }
+
+#[test]
+fn cancelled_and_timeout_never_fail_over_and_max_age_bounds_the_chain() {
+    // cancelled
+    let mock = Mock::start(&[
+        "--statuses",
+        "completed",
+        "--provider-outcome",
+        "gemini=cancelled",
+    ]);
+    let p = Project::new();
+    p.task("c.md", CHAINED);
+    let job = p.submit_ok(&mock, "c.md");
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert!(!out.stdout.contains("failover"), "{}", out.stdout);
+    let r = Record::read(&p.failed().join("c.md"));
+    assert_eq!(
+        (r.str("failed_reason"), r.str("job_id")),
+        (Some("cancelled"), Some(job.as_str()))
+    );
+    assert!(r.get("attempts").is_none());
+    assert_eq!(mock.jobs_created(), 1);
+
+    // timeout: a job still running past max_age is cancelled, not replaced
+    let mock = Mock::start(&["--statuses", "running"]);
+    let p = Project::new();
+    p.task("t.md", CHAINED);
+    p.submit_ok(&mock, "t.md");
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = p.reap(&mock, &["--max-age", "1s"]);
+    out.expect(0);
+    assert!(!out.stdout.contains("failover"), "{}", out.stdout);
+    let r = Record::read(&p.failed().join("t.md"));
+    assert_eq!(r.str("failed_reason"), Some("timeout"));
+    assert_eq!(mock.jobs_created(), 1);
+
+    // max_age counts from the first submission: a job failed past it ends
+    // the chain with its own reason.
+    let mock = mock_failing();
+    let p = Project::new();
+    p.task("m.md", CHAINED);
+    p.submit_ok(&mock, "m.md");
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = p.reap(&mock, &["--max-age", "1s"]);
+    out.expect(0);
+    assert!(!out.stdout.contains("failover"), "{}", out.stdout);
+    let r = Record::read(&p.failed().join("m.md"));
+    assert_eq!(r.str("failed_reason"), Some("failed"));
+    assert_eq!(mock.jobs_created(), 1);
+}
+
+#[test]
+fn a_budget_ends_the_chain() {
+    let mock = mock_failing();
+    let p = Project::new();
+    write_config(&p, "budget:\n  providers:\n    claude: {daily_cad: 1.00}\n");
+    // claude spent 1.00 today: its next job (estimated 1.00) would pass.
+    let state = p.home.join(".local/state/ccl-delegate");
+    std::fs::create_dir_all(&state).unwrap();
+    let now = rfc3339_ago(60);
+    std::fs::write(
+        state.join("ledger.jsonl"),
+        serde_json::json!({"job_id": "j-x", "project": "/elsewhere", "task": "x.md",
+            "provider": "claude", "model": "m", "status": "completed", "cost_cad": 1.0,
+            "delegated_at": now, "finished_at": now})
+        .to_string()
+            + "\n",
+    )
+    .unwrap();
+    p.task("b.md", CHAINED);
+    let job = p.submit_ok(&mock, "b.md");
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "failed {} (job {job}: budget)\n",
+            p.failed().join("b.md").display()
+        )
+    );
+    let r = Record::read(&p.failed().join("b.md"));
+    assert_eq!(r.str("failed_reason"), Some("budget"));
+    assert!(
+        r.text().contains("claude daily budget 1.00 CAD"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(mock.jobs_created(), 1, "no job for claude");
+}
+
+#[test]
+fn a_limit_defers_the_step_and_a_later_reap_sends_it() {
+    let mock = mock_failing();
+    let p = Project::new();
+    write_config(&p, "max_in_flight:\n  claude: 1\n");
+    let state = p.home.join(".local/state/ccl-delegate");
+    std::fs::create_dir_all(&state).unwrap();
+    let key = serde_json::to_string(&p.dir.display().to_string()).unwrap();
+    // Another claude job in flight in this project.
+    std::fs::write(
+        state.join("inflight.tsv"),
+        format!("1\t\"claude\"\t{key}\n"),
+    )
+    .unwrap();
+    p.task("l.md", CHAINED);
+    let first = p.submit_ok(&mock, "l.md");
+
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(out.stdout, "", "a deferred step prints nothing yet");
+    let m = p.marker("l.md").unwrap();
+    assert_eq!(
+        (&m["state"], &m["provider"], &m["deferred"], &m["job_id"]),
+        (
+            &serde_json::json!("pending"),
+            &serde_json::json!("claude"),
+            &serde_json::json!(true),
+            &serde_json::Value::Null
+        )
+    );
+    assert_eq!(mock.jobs_created(), 1);
+    // Still over the limit: nothing is sent.
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(mock.jobs_created(), 1);
+    assert_eq!(p.marker("l.md").unwrap()["deferred"], true);
+
+    // The other claude job finished: only this marker is in flight.
+    std::fs::write(
+        state.join("inflight.tsv"),
+        format!("1\t\"claude\"\t{key}\n"),
+    )
+    .unwrap();
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    let m = p.marker("l.md").unwrap();
+    let second = m["job_id"].as_str().expect("sent").to_string();
+    assert_eq!(
+        out.stdout,
+        format!(
+            "failover {} (job {first} failed: gemini model overloaded) -> claude job {second}\n",
+            task_path(&p, "l.md")
+        )
+    );
+    assert!(m.get("deferred").is_none());
+    assert_eq!(mock.jobs_created(), 2);
+}
+
+#[test]
+fn hostile_fallback_values_warn_and_never_change_routing() {
+    let mock = Mock::start(&["--statuses", "running"]);
+    let p = Project::new();
+    let many = format!("fallback: [{}]\n", vec!["openai"; 10_000].join(", "));
+    let cases: &[(&str, &str, serde_json::Value, &[&str])] = &[
+        (
+            "map.md",
+            "fallback: {gemini: claude}\n",
+            serde_json::Value::Null,
+            &["`fallback` is a mapping"],
+        ),
+        (
+            "num.md",
+            "fallback: 12\n",
+            serde_json::Value::Null,
+            &["not a provider or a list"],
+        ),
+        (
+            "names.md",
+            "fallback: [claude-code, openai, [gpu], claude]\n",
+            serde_json::json!(["claude"]),
+            &[
+                "entry 1 `claude-code`",
+                "entry 2 `openai`",
+                "entry 3 is not a provider name",
+            ],
+        ),
+        (
+            "five.md",
+            "fallback: [gpu, gpu, gpu, claude, gemini]\n",
+            serde_json::json!(["gpu", "gpu", "gpu", "claude"]),
+            &["names 5 providers, at most 4"],
+        ),
+        (
+            "many.md",
+            &many,
+            serde_json::Value::Null,
+            &["9997 more entries"],
+        ),
+    ];
+    for (name, key, chain, warnings) in cases {
+        let task = format!("---\npreferred_ai: gemini\n{key}---\nbody\n");
+        let path = p.task(name, task.as_bytes());
+        let out = p.run(Some(&mock), &["submit", path.to_str().unwrap()]);
+        out.expect(0);
+        assert!(
+            out.stdout.starts_with("delegated gemini "),
+            "{name}: {}",
+            out.stdout
+        );
+        for w in *warnings {
+            assert!(
+                out.stderr.contains(&format!("{}: ", path.display())) && out.stderr.contains(w),
+                "{name}: {w:?} not in {}",
+                out.stderr
+            );
+        }
+        assert!(out.stderr.lines().count() <= 5, "{name}: {}", out.stderr);
+        let m = p.marker(name).unwrap();
+        assert_eq!(
+            m.get("fallback").cloned().unwrap_or_default(),
+            *chain,
+            "{name}"
+        );
+        // decide agrees, reading the task alone.
+        let d = p.run(None, &["decide", "--json", path.to_str().unwrap()]);
+        d.expect(0);
+        let v: serde_json::Value = serde_json::from_str(&d.stdout).unwrap();
+        assert_eq!(v["provider"], "gemini", "{name}");
+        let want = if chain.is_null() {
+            serde_json::json!([])
+        } else {
+            chain.clone()
+        };
+        assert_eq!(v["fallback"], want, "{name}");
+    }
+}
+
+#[test]
+fn decide_names_the_chain_and_submit_v_the_config_default() {
+    let p = Project::new();
+    let path = p.task("d.md", CHAINED);
+    let out = p.run(None, &["decide", "--explain", path.to_str().unwrap()]);
+    out.expect(0);
+    assert!(out.stdout.starts_with("gemini\n"), "{}", out.stdout);
+    assert!(
+        out.stdout.ends_with("fallback: claude, then gpu\n"),
+        "{}",
+        out.stdout
+    );
+    let plain = p.task("e.md", b"---\npreferred_ai: gemini\n---\nbody\n");
+    let out = p.run(None, &["decide", "--json", plain.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["fallback"], serde_json::json!([]));
+    // decide reads no config: its default chain is submit's to show.
+    write_config(&p, "fallback:\n  gemini: [claude]\n");
+    let out = p.run(None, &["decide", "--json", plain.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["fallback"], serde_json::json!([]));
+    let mock = Mock::start(&["--statuses", "running"]);
+    let out = p.run(Some(&mock), &["-v", "submit", plain.to_str().unwrap()]);
+    out.expect(0);
+    assert!(
+        out.stderr
+            .contains("if its job fails: claude (the config's default)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        p.marker("e.md").unwrap()["fallback"],
+        serde_json::json!(["claude"])
+    );
+}
+
+#[test]
+fn markers_from_before_failover_reap_unchanged_and_bad_attempts_are_corrupt() {
+    let mock = mock_failing();
+    let p = Project::new();
+    let t = b"---\npreferred_ai: gemini\n---\nold\n";
+    p.task("old.md", t);
+    let job = mock.post_job("ccl-old-0123456789abcdef", "old.md");
+    p.write_marker(
+        "old.md",
+        &marker_json(
+            false,
+            Some(&job),
+            "ccl-old-0123456789abcdef",
+            &rfc3339_ago(600),
+        ),
+    );
+    // A config default chain does not reach a marker that has none.
+    write_config(&p, "fallback:\n  gemini: [claude]\n");
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "failed {} (job {job}: failed)\n",
+            p.failed().join("old.md").display()
+        )
+    );
+    let r = Record::read(&p.failed().join("old.md"));
+    assert!(r.get("attempts").is_none());
+    assert_eq!(r.original(), t);
+
+    for (name, attempts) in [
+        ("a.md", serde_json::json!({"provider": "gemini"})),
+        (
+            "b.md",
+            serde_json::json!([{"provider": "gemini", "job_id": "j-1", "status": "failed", "error": null, "extra": "x"}]),
+        ),
+        (
+            "c.md",
+            serde_json::json!([{"provider": "gemini", "job_id": "../x", "status": "failed", "error": null}]),
+        ),
+    ] {
+        p.task(name, b"task\n");
+        let mut m: serde_json::Value = serde_json::from_str(&marker_json(
+            false,
+            Some("j-9"),
+            "ccl-k-0123456789abcdef",
+            &rfc3339_ago(600),
+        ))
+        .unwrap();
+        m["attempts"] = attempts;
+        let bytes = m.to_string();
+        p.write_marker(name, &bytes);
+        let out = p.reap(&mock, &[]);
+        out.expect(0);
+        let r = Record::read(&p.failed().join(name));
+        assert_eq!(r.str("failed_reason"), Some("corrupt marker"), "{name}");
+        assert!(r.text().contains(&bytes), "{name}: marker bytes kept");
+    }
+}
