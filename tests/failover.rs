@@ -462,13 +462,11 @@ fn markers_from_before_failover_reap_unchanged_and_bad_attempts_are_corrupt() {
     }
 }
 
+/// (task, provider) → its jobs on the mock.
+type Steps = BTreeMap<(String, String), Vec<String>>;
+
 /// Per (task, provider), the jobs on the mock; per key, how many.
-fn jobs_by_task(
-    mock: &Mock,
-) -> (
-    BTreeMap<(String, String), Vec<String>>,
-    BTreeMap<String, usize>,
-) {
+fn jobs_by_task(mock: &Mock) -> (Steps, BTreeMap<String, usize>) {
     let mut per_step: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
     for j in mock.jobs() {
