@@ -55,7 +55,9 @@ fn a_task_fails_over_twice_and_lands_in_done_with_its_attempts() {
     assert_eq!(m["fallback"], serde_json::json!(["claude", "gpu"]));
     let started = m["started_at"].clone();
 
-    let out = p.reap(&mock, &[]);
+    let metrics = p.tmp.path().join("reap.prom");
+    let metrics_arg = ["--metrics-file", metrics.to_str().unwrap()];
+    let out = p.reap(&mock, &metrics_arg);
     out.expect(0);
     let m = p.marker("t.md").expect("a marker for the next provider");
     let second = m["job_id"].as_str().unwrap().to_string();
@@ -76,8 +78,16 @@ fn a_task_fails_over_twice_and_lands_in_done_with_its_attempts() {
                             "error": "gemini model overloaded"}])
     );
     assert_eq!(mock.job(&second)["provider"], "claude");
+    // status shows the attempt in flight.
+    let dir = p.dir.to_str().unwrap();
+    let st = p.run(None, &["status", "--project", dir]);
+    st.expect(0);
+    assert!(st.stdout.contains("claude 2/3"), "{}", st.stdout);
+    let st = p.run(None, &["status", "--json", "--project", dir]);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["in_flight"][0]["attempt"], "2/3");
 
-    let out = p.reap(&mock, &[]);
+    let out = p.reap(&mock, &metrics_arg);
     out.expect(0);
     let third = p.marker("t.md").unwrap()["job_id"]
         .as_str()
@@ -91,6 +101,13 @@ fn a_task_fails_over_twice_and_lands_in_done_with_its_attempts() {
         )
     );
 
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    for want in [
+        "ccl_delegate_failover_total{from=\"gemini\",to=\"claude\"} 1\n",
+        "ccl_delegate_failover_total{from=\"claude\",to=\"gpu\"} 1\n",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
     let out = p.reap(&mock, &[]);
     out.expect(0);
     assert!(out.stdout.starts_with("done "), "{}", out.stdout);
@@ -137,6 +154,26 @@ fn a_task_fails_over_twice_and_lands_in_done_with_its_attempts() {
             "{ids:?}"
         );
     }
+    // A rebuild from the records finds every job of the chain.
+    p.run(None, &["ledger", "rebuild", "--project", dir])
+        .expect(0);
+    let mut rebuilt: Vec<_> = ledger(&p)
+        .iter()
+        .map(|e| {
+            (
+                e["job_id"].as_str().unwrap().to_string(),
+                e["provider"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    rebuilt.sort();
+    let mut want = vec![
+        (first.clone(), "gemini".to_string()),
+        (second.clone(), "claude".to_string()),
+        (third.clone(), "gpu".to_string()),
+    ];
+    want.sort();
+    assert_eq!(rebuilt, want);
 }
 
 #[test]
