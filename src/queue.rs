@@ -123,7 +123,64 @@ pub enum TaskNote {
 
 /// Proof that the queue lock is held; mutating calls take it.
 pub struct QueueLock {
-    _file: File,
+    file: File,
+    gate: std::sync::Arc<Gate>,
+}
+
+impl Drop for QueueLock {
+    fn drop(&mut self) {
+        // The flock(2) goes first, so the thread the gate lets in next
+        // finds it free.
+        let _ = self.file.unlock();
+        self.gate.open();
+    }
+}
+
+/// The threads of one process take a queue's lock in turn, waiting on a
+/// condition variable: flock(2) locks of separate opens exclude each other
+/// even within a process, and polling them (as across processes) would
+/// make a reap's threads sleep while the lock is free.
+#[derive(Default)]
+struct Gate {
+    busy: std::sync::Mutex<bool>,
+    freed: std::sync::Condvar,
+}
+
+impl Gate {
+    /// The gate of the lock file `path`, one per path in this process.
+    fn of(path: &Path) -> std::sync::Arc<Gate> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        static GATES: OnceLock<Mutex<HashMap<PathBuf, Arc<Gate>>>> = OnceLock::new();
+        let mut gates = GATES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        gates.entry(path.to_path_buf()).or_default().clone()
+    }
+
+    /// Waits until `deadline` at most; whether it got in.
+    fn enter(&self, deadline: Instant) -> bool {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *busy = true;
+        true
+    }
+
+    fn open(&self) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.freed.notify_one();
+    }
 }
 
 impl Queue {
@@ -245,32 +302,51 @@ impl Queue {
         let file = open_lock_file(&path, libc::O_NOFOLLOW)
             .with_context(|| format!("cannot open the queue lock {}", shown(&path)))?;
         let deadline = Instant::now() + self.lock_timeout;
+        let gate = Gate::of(&path);
+        if !gate.enter(deadline) {
+            return Err(self.held_too_long(&path));
+        }
+        match self.flock_until(&file, &path, deadline) {
+            Ok(()) => Ok(QueueLock { file, gate }),
+            Err(e) => {
+                gate.open();
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the flock(2) of `file`, polling until `deadline`.
+    fn flock_until(&self, file: &File, path: &Path, deadline: Instant) -> anyhow::Result<()> {
         let mut pause = Duration::from_millis(2);
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(QueueLock { _file: file }),
+                Ok(()) => return Ok(()),
                 Err(fs::TryLockError::WouldBlock) => {}
                 Err(fs::TryLockError::Error(e)) => {
                     return Err(
-                        anyhow::Error::new(e).context(format!("cannot lock {}", shown(&path)))
+                        anyhow::Error::new(e).context(format!("cannot lock {}", shown(path)))
                     );
                 }
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(fail(
-                    Code::TempFail,
-                    format!(
-                        "{}: held by another process for more than lock_timeout ({}); nothing was changed; try again later, or see who holds it with `fuser -v {}`",
-                        shown(&path),
-                        humantime::format_duration(self.lock_timeout),
-                        shown(&path)
-                    ),
-                ));
+                return Err(self.held_too_long(path));
             }
             std::thread::sleep(pause.min(deadline - now));
             pause = (pause * 2).min(Duration::from_millis(100));
         }
+    }
+
+    fn held_too_long(&self, path: &Path) -> anyhow::Error {
+        fail(
+            Code::TempFail,
+            format!(
+                "{}: held by another process for more than lock_timeout ({}); nothing was changed; try again later, or see who holds it with `fuser -v {}`",
+                shown(path),
+                humantime::format_duration(self.lock_timeout),
+                shown(path)
+            ),
+        )
     }
 
     /// Whether a killed run left temporary files (looked at without the lock).

@@ -682,3 +682,36 @@ fn reaps_killed_mid_failover_never_double_a_job() {
     }
     eprintln!("failover kill test: {rounds} rounds, {killed} killed mid-run");
 }
+
+/// A run killed between a step's marker and its ledger entry leaves the
+/// ended job only in the marker's attempts: the next reap counts it, once.
+#[test]
+fn an_attempt_missing_from_the_ledger_is_counted_once() {
+    let mock = Mock::start(&["--statuses", "running"]);
+    let p = Project::new();
+    p.task("k.md", b"task\n");
+    let key = "ccl-kk-0123456789abcdef";
+    let job = mock.post_job(key, "k.md");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&marker_json(false, Some(&job), key, &rfc3339_ago(60))).unwrap();
+    m["attempts"] = serde_json::json!([
+        {"provider": "gpu", "job_id": "j-gone-1", "status": "failed", "error": "x"}
+    ]);
+    p.write_marker("k.md", &m.to_string());
+    for _ in 0..3 {
+        p.reap(&mock, &[]).expect(0);
+        let n = ledger(&p)
+            .iter()
+            .filter(|e| e["job_id"] == "j-gone-1")
+            .count();
+        assert_eq!(n, 1);
+    }
+    let e = ledger(&p)
+        .into_iter()
+        .find(|e| e["job_id"] == "j-gone-1")
+        .unwrap();
+    assert_eq!(
+        (e["provider"].as_str(), e["status"].as_str()),
+        (Some("gpu"), Some("failed"))
+    );
+}

@@ -2,7 +2,9 @@
 //! provider, the failed job's ledger entry, the marker replaced by a
 //! pending one for the next provider, and its POST, as `submit` sends it.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::sync::Mutex;
 
 use super::Ctx;
 use super::poll::{self, Call, Facts, Reason};
@@ -119,7 +121,130 @@ pub(super) fn budget_details(
     s
 }
 
+/// The ledger entries of the jobs failover steps leave, kept so that each
+/// job counts once without a scan of the ledger per step:
+///
+/// - A step's entry is appended after its marker is replaced, with the
+///   others of the run, in one write and one fsync at the end of the run
+///   ([`Ctx::flush_ledger`]). Before the replacement the job was still the
+///   marker's own, so no earlier run can have appended it: the append
+///   needs no look.
+/// - A run killed between a replacement and the append leaves the job
+///   only in the marker's `attempts`. Every reap reads every marker before
+///   acting on it, and appends the attempts the ledger lacks
+///   ([`Ctx::count_attempts`]) against the ledger's job ids, read once per
+///   run (the run lock keeps other reaps out meanwhile).
+#[derive(Default)]
+pub(super) struct Ledger {
+    state: Mutex<LedgerState>,
+}
+
+#[derive(Default)]
+struct LedgerState {
+    /// The job ids in the ledger, once read this run.
+    ids: Option<HashSet<String>>,
+    /// Entries of this run's steps, not yet appended.
+    pending: Vec<Entry>,
+}
+
+impl Ledger {
+    fn ended(&self, e: Entry) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .push(e);
+    }
+}
+
+/// The job ids of the ledger.
+fn ledger_ids(adm: &Admission) -> anyhow::Result<HashSet<String>> {
+    let mut ids = HashSet::new();
+    let p = ledger::path(adm.state_dir());
+    ledger::scan(&p, 0, &mut Vec::new(), |line, _| {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            job_id: Option<String>,
+        }
+        if let Ok(Id { job_id: Some(id) }) = serde_json::from_slice::<Id>(line) {
+            ids.insert(id);
+        }
+    })?;
+    Ok(ids)
+}
+
 impl Ctx<'_> {
+    /// Appends the entries of the jobs a marker's `attempts` name that the
+    /// ledger lacks: those of a run killed before its end (see [`Ledger`]).
+    pub(super) fn count_attempts(&self, q: &Queue, task: &OsStr, m: &Marker) {
+        if m.attempts.iter().all(|a| a.job_id.is_none()) {
+            return;
+        }
+        let mut st = self.ledger.state.lock().unwrap_or_else(|p| p.into_inner());
+        let lacking = |ids: &HashSet<String>| -> Vec<Entry> {
+            m.attempts
+                .iter()
+                .filter(|a| a.job_id.as_ref().is_some_and(|j| !ids.contains(j)))
+                .map(|a| Entry {
+                    job_id: a.job_id.clone(),
+                    project: crate::inflight::project_key(&q.project),
+                    task: task.to_string_lossy().into_owned(),
+                    provider: a.provider.clone(),
+                    model: None,
+                    status: a.status.clone(),
+                    cost_cad: 0.0,
+                    tokens_in: None,
+                    tokens_out: None,
+                    delegated_at: m.started_at.clone(),
+                    finished_at: timestamp::now(),
+                })
+                .collect()
+        };
+        // The common case: every job already counted, nothing locked.
+        if st.ids.as_ref().is_some_and(|ids| lacking(ids).is_empty()) {
+            return;
+        }
+        let counted = (|| {
+            let adm = Admission::lock(&self.settings.state_dir, self.settings.lock_timeout)?;
+            if st.ids.is_none() {
+                st.ids = Some(ledger_ids(&adm)?);
+            }
+            let ids = st.ids.as_mut().expect("just read");
+            let missing = lacking(ids);
+            if missing.is_empty() {
+                return anyhow::Ok(());
+            }
+            ledger::append(&adm, &missing)?;
+            ids.extend(missing.into_iter().filter_map(|e| e.job_id));
+            Ok(())
+        })();
+        if let Err(e) = counted {
+            self.ui.warn(format_args!(
+                "{}: the earlier jobs of its chain may be missing from the ledger: {e:#}; {}",
+                shown(&q.task_path(task)),
+                ledger::REBUILD_HINT
+            ));
+        }
+    }
+
+    /// Appends this run's failover entries, in one write.
+    pub(super) fn flush_ledger(&self) {
+        let mut st = self.ledger.state.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = std::mem::take(&mut st.pending);
+        if pending.is_empty() {
+            return;
+        }
+        let appended = Admission::lock(&self.settings.state_dir, self.settings.lock_timeout)
+            .and_then(|adm| ledger::append(&adm, &pending));
+        if let Err(e) = appended {
+            // Their markers keep them: the next reap appends them.
+            self.local_error(format_args!(
+                "{} failover entries not in the ledger yet: {e:#}; the next reap adds them",
+                pending.len()
+            ));
+        }
+    }
+
     /// Whether the next job may go (`deferred`: the marker's own provider,
     /// else the chain's next). The job being left, or the deferred marker
     /// itself, stops counting first, so it never counts against itself.
@@ -195,16 +320,12 @@ impl Ctx<'_> {
         }
     }
 
-    /// The failover step's files: the ended job's ledger entry, then the
-    /// marker replaced (under the queue lock, only if it still holds `seen`)
-    /// by a pending one for the next provider. Gives that marker, or `None`
-    /// when another run changed the marker meanwhile.
-    ///
-    /// The entry goes first, through `ledger::record_once`: a run killed
-    /// after it and before the marker is replaced finds the same ended job
-    /// next time and takes the same step, and `record_once` finds its id
-    /// already in the ledger, so the job counts once. The other order would
-    /// lose the entry to such a kill.
+    /// The failover step's files: the marker replaced (under the queue
+    /// lock, only if it still holds `seen`) by a pending one for the next
+    /// provider, whose `attempts` now name the ended job; then that job's
+    /// ledger entry, batched for the end of the run ([`Ledger`] says why
+    /// it counts once). Gives the new marker, or `None` when another run
+    /// changed the marker meanwhile.
     pub(super) fn fail_over(
         &self,
         q: &Queue,
@@ -232,22 +353,12 @@ impl Ctx<'_> {
             delegated_at: m.sent_at.clone().unwrap_or_else(|| m.started_at.clone()),
             finished_at: timestamp::now(),
         };
-        let counted = Admission::lock(&self.settings.state_dir, self.settings.lock_timeout)
-            .and_then(|adm| ledger::record_once(&adm, &[entry]));
-        if let Err(e) = counted {
-            // The records keep the chain: a rebuild finds the job again.
-            self.ui.warn(format_args!(
-                "{}: job {} is not in the ledger: {e:#}; {}",
-                shown(&q.task_path(task)),
-                m.job_id.as_deref().unwrap_or("none"),
-                ledger::REBUILD_HINT
-            ));
-        }
         let lock = q.lock()?;
         if !q.fail_over(&lock, task, seen, &next)? {
             return Ok(None);
         }
         drop(lock);
+        self.ledger.ended(entry);
         self.tally
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -74,6 +74,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         tally: Mutex::new(metrics::Tally::default()),
         finisher: OnceLock::new(),
         workers: AtomicUsize::new(0),
+        ledger: failover::Ledger::default(),
     };
     let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1) as usize;
 
@@ -172,6 +173,8 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         drop(tx);
     });
 
+    ctx.flush_ledger();
+
     let metrics_file = args
         .metrics_file
         .clone()
@@ -264,6 +267,8 @@ struct Ctx<'a> {
     finisher: OnceLock<mpsc::SyncSender<Option<Finished>>>,
     /// Workers still running.
     workers: AtomicUsize,
+    /// The ledger entries of the jobs failover steps leave.
+    ledger: failover::Ledger,
 }
 
 /// How a failed poll is said on stderr.
@@ -347,6 +352,7 @@ impl Ctx<'_> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .active(q, &m.provider);
+            self.count_attempts(q, task, &m);
         }
         let job_id = m.job_id.clone().filter(|_| m.state == State::Submitted);
         if let Some(job_id) = &job_id
