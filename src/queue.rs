@@ -1016,3 +1016,37 @@ fn fault(step: &'static str) -> io::Result<()> {
 fn fault(_step: &'static str) -> io::Result<()> {
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The threads of one process take a queue lock in turn: a waiter gets
+    /// it as soon as it is freed (not after a polling pause), and one held
+    /// longer than `lock_timeout` is an exit-75 error.
+    #[test]
+    fn threads_take_the_queue_lock_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(QUEUE_DIR).join("inbox")).unwrap();
+        let q = Queue::at(dir.path()).with_lock_timeout(Duration::from_secs(5));
+        let held = q.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let q2 = q.clone();
+            s.spawn(move || {
+                let _l = q2.lock().unwrap();
+                tx.send(Instant::now()).unwrap();
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let freed = Instant::now();
+            drop(held);
+            let got = rx.recv().unwrap();
+            assert!(got.duration_since(freed) < Duration::from_millis(50));
+        });
+        let _held = q.lock().unwrap();
+        let short = q.clone().with_lock_timeout(Duration::from_millis(100));
+        let e = std::thread::scope(|s| s.spawn(|| short.lock().err()).join().unwrap())
+            .expect("times out");
+        assert_eq!(crate::error::code_of(&e), Code::TempFail);
+    }
+}
