@@ -58,8 +58,8 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l con
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l http-timeout -d 'Timeout of one HTTP request, e.g. 30s (beats http_timeout)' -r
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l retries -d 'Extra attempts after a transient HTTP failure (beats retries)' -r
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l explain -d 'Add a second line naming the rule that decided'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l json -d 'Print {"provider","delegate","rule"} as JSON'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l explain -d 'Add a line naming the rule that decided, and one naming the task\'s fallback chain'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -l json -d 'Print {"provider","delegate","rule","fallback"} as JSON'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -s v -l verbose -d 'Say more on stderr (repeat for more)'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -s q -l quiet -d 'Say only errors on stderr'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand decide" -s h -l help -d 'Print help'

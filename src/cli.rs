@@ -103,10 +103,10 @@ pub struct DecideArgs {
     /// Route these frontmatter keys instead of a file (KEY=VALUE, repeatable)
     #[arg(long, value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Add a second line naming the rule that decided
+    /// Add a line naming the rule that decided, and one naming the task's fallback chain
     #[arg(long)]
     pub explain: bool,
-    /// Print {"provider","delegate","rule"} as JSON
+    /// Print {"provider","delegate","rule","fallback"} as JSON
     #[arg(long, conflicts_with = "explain")]
     pub json: bool,
 }

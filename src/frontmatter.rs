@@ -93,6 +93,8 @@ pub struct Meta {
     pub complexity_hint: Option<String>,
     /// Raw; [`crate::route::priority`] validates it.
     pub priority: Option<String>,
+    /// Raw, as written; [`crate::route::fallback`] reads it. Never routes.
+    pub fallback: Option<Value>,
     /// Keys that are not routing keys but look like one (a typo, another
     /// case): ignored for routing, and worth a warning.
     pub near_misses: Vec<NearMiss>,
@@ -180,6 +182,7 @@ impl Meta {
                 Value::Null | Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => None,
             }),
             priority: m.get(PRIORITY).map(text_of),
+            fallback: m.get(FALLBACK).cloned(),
             near_misses: m
                 .keys()
                 .filter_map(Value::as_str)
@@ -651,6 +654,7 @@ mod tests {
             needs_claude_code: Some(s("no")),
             complexity_hint: Some("y".into()),
             priority: Some("off".into()),
+            fallback: None,
             near_misses: Vec::new(),
         };
         let rows: Vec<(&str, &[u8], usize, M)> = vec![
@@ -1013,6 +1017,7 @@ mod tests {
                 needs_claude_code: Some(Value::Null),
                 complexity_hint: Some("small".into()),
                 priority: Some("high".into()),
+                fallback: None,
                 near_misses: Vec::new(),
             }
         );

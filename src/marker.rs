@@ -35,6 +35,31 @@ pub struct Marker {
     pub started_at: String,
     pub poll_errors: u64,
     pub last_error: Option<String>,
+    /// The earlier jobs of a failover chain (policy.md), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// The providers left to fail over to, in order: fixed at submit, so a
+    /// config change later does not alter a job in flight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+    /// A failover step a limit deferred: this pending marker was never
+    /// sent, so admission is checked again before it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
+    /// When the current job of a chain was first sent (`started_at` stays
+    /// the first submission's): the service's 404 lag counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
+}
+
+/// One earlier job of a failover chain, as the marker and records keep it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attempt {
+    pub provider: String,
+    pub job_id: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
 }
 
 /// Every field optional: what we accept from disk, either format.
@@ -51,6 +76,10 @@ struct Loose {
     started_at: Option<String>,
     poll_errors: Option<u64>,
     last_error: Option<String>,
+    attempts: Option<serde_json::Value>,
+    fallback: Option<serde_json::Value>,
+    deferred: Option<bool>,
+    sent_at: Option<String>,
 }
 
 impl Marker {
@@ -98,6 +127,15 @@ impl Marker {
                 crate::text::clip(&started_at, 40)
             ));
         }
+        let attempts = match l.attempts {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(v) => parse_attempts(v)?,
+        };
+        let fallback = match l.fallback {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(v) => parse_chain(v)?,
+        };
+        let sent_at = l.sent_at.filter(|t| crate::timestamp::parse(t).is_some());
         Ok(Marker {
             version: 1,
             state,
@@ -110,7 +148,17 @@ impl Marker {
             started_at,
             poll_errors: l.poll_errors.unwrap_or(0),
             last_error: l.last_error,
+            attempts,
+            fallback,
+            deferred: l.deferred.unwrap_or(false),
+            sent_at,
         })
+    }
+
+    /// The attempt in flight and the most the chain can take (`2/3`).
+    pub fn attempt_of(&self) -> (usize, usize) {
+        let n = self.attempts.len() + 1;
+        (n, n + self.fallback.len())
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -129,6 +177,42 @@ impl Marker {
     pub fn started(&self) -> std::time::SystemTime {
         crate::timestamp::parse(&self.started_at).unwrap_or(std::time::UNIX_EPOCH)
     }
+}
+
+/// A marker's `attempts`: a list of mappings of exactly the four keys,
+/// strings (the job id and error may be null). Anything else makes the
+/// marker corrupt: a history that cannot be trusted is not acted on.
+fn parse_attempts(v: serde_json::Value) -> Result<Vec<Attempt>, String> {
+    let list: Vec<Attempt> = serde_json::from_value(v)
+        .map_err(|e| format!("attempts is not a list of earlier jobs: {e}"))?;
+    if list.len() > 64 {
+        return Err(format!("attempts holds {} jobs, more than 64", list.len()));
+    }
+    for a in &list {
+        if let Some(j) = &a.job_id
+            && !crate::client::valid_job_id(j)
+        {
+            return Err(format!(
+                "attempts: job_id {:?} is not a valid job id",
+                crate::text::clip(j, 80)
+            ));
+        }
+    }
+    Ok(list)
+}
+
+/// A marker's `fallback`: a list of at most 4 known providers.
+fn parse_chain(v: serde_json::Value) -> Result<Vec<String>, String> {
+    let bad = || "fallback is not a list of at most 4 providers".to_string();
+    let list: Vec<String> = serde_json::from_value(v).map_err(|_| bad())?;
+    if list.len() > crate::policy::MAX_CHAIN
+        || list
+            .iter()
+            .any(|p| crate::policy::Provider::parse(p).is_none_or(|q| q.as_str() != p))
+    {
+        return Err(bad());
+    }
+    Ok(list)
 }
 
 #[cfg(test)]
@@ -159,8 +243,29 @@ mod tests {
             started_at: "2026-11-24T10:00:00Z".into(),
             poll_errors: 0,
             last_error: None,
+            attempts: Vec::new(),
+            fallback: Vec::new(),
+            deferred: false,
+            sent_at: None,
         };
         assert_eq!(Marker::parse(&m.to_bytes()).unwrap(), m);
+        // Without a chain the bytes are those of a marker from before
+        // failover existed.
+        assert!(!String::from_utf8_lossy(&m.to_bytes()).contains("attempts"));
+        let chained = Marker {
+            attempts: vec![Attempt {
+                provider: "gemini".into(),
+                job_id: Some("j-1".into()),
+                status: "failed".into(),
+                error: Some("model overloaded\n---\nx: 1".into()),
+            }],
+            fallback: vec!["claude".into()],
+            deferred: true,
+            sent_at: Some("2026-11-24T10:05:00Z".into()),
+            ..m.clone()
+        };
+        assert_eq!(Marker::parse(&chained.to_bytes()).unwrap(), chained);
+        assert_eq!(chained.attempt_of(), (2, 3));
         for bad in [
             &b""[..],
             b"{",
@@ -171,6 +276,12 @@ mod tests {
             br#"{"job_id":"../../x","started_at":"2026-11-24T10:00:00Z"}"#,
             br#"{"job_id":"j-1","started_at":"soon"}"#,
             b"\xff\xfe",
+            br#"{"job_id":"j-1","started_at":"2026-11-24T10:00:00Z","attempts":{"a":1}}"#,
+            br#"{"job_id":"j-1","started_at":"2026-11-24T10:00:00Z","attempts":[{"provider":"gpu"}]}"#,
+            br#"{"job_id":"j-1","started_at":"2026-11-24T10:00:00Z","attempts":[{"provider":"gpu","job_id":"j","status":"failed","error":null,"x":1}]}"#,
+            br#"{"job_id":"j-1","started_at":"2026-11-24T10:00:00Z","attempts":"gemini"}"#,
+            br#"{"job_id":"j-1","started_at":"2026-11-24T10:00:00Z","fallback":["openai"]}"#,
+            br#"{"job_id":"j-1","started_at":"2026-11-24T10:00:00Z","fallback":"claude"}"#,
         ] {
             assert!(
                 Marker::parse(bad).is_err(),

@@ -19,6 +19,8 @@
 //!  marker(pending)  --record_job_id-->  marker(submitted)      (job id known)
 //!  marker(pending)  --remove_if_ours--> inbox                  (POST surely failed)
 //!  marker           --update_marker_if--> marker               (a failed poll noted)
+//!  marker(submitted) --fail_over-->     marker(pending)        (its job ended; the next
+//!                                                               provider of its chain)
 //!  stale marker     --remove_marker-->  inbox                  (its job's record exists
 //!                                                               with another task)
 //!  inbox + marker   --finish_many-->    done/ or failed/       (job finished)
@@ -122,7 +124,64 @@ pub enum TaskNote {
 
 /// Proof that the queue lock is held; mutating calls take it.
 pub struct QueueLock {
-    _file: File,
+    file: File,
+    gate: std::sync::Arc<Gate>,
+}
+
+impl Drop for QueueLock {
+    fn drop(&mut self) {
+        // The flock(2) goes first, so the thread the gate lets in next
+        // finds it free.
+        let _ = self.file.unlock();
+        self.gate.open();
+    }
+}
+
+/// The threads of one process take a queue's lock in turn, waiting on a
+/// condition variable: flock(2) locks of separate opens exclude each other
+/// even within a process, and polling them (as across processes) would
+/// make a reap's threads sleep while the lock is free.
+#[derive(Default)]
+struct Gate {
+    busy: std::sync::Mutex<bool>,
+    freed: std::sync::Condvar,
+}
+
+impl Gate {
+    /// The gate of the lock file `path`, one per path in this process.
+    fn of(path: &Path) -> std::sync::Arc<Gate> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        static GATES: OnceLock<Mutex<HashMap<PathBuf, Arc<Gate>>>> = OnceLock::new();
+        let mut gates = GATES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        gates.entry(path.to_path_buf()).or_default().clone()
+    }
+
+    /// Waits until `deadline` at most; whether it got in.
+    fn enter(&self, deadline: Instant) -> bool {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *busy = true;
+        true
+    }
+
+    fn open(&self) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.freed.notify_one();
+    }
 }
 
 impl Queue {
@@ -244,32 +303,51 @@ impl Queue {
         let file = open_lock_file(&path, libc::O_NOFOLLOW)
             .with_context(|| format!("cannot open the queue lock {}", shown(&path)))?;
         let deadline = Instant::now() + self.lock_timeout;
+        let gate = Gate::of(&path);
+        if !gate.enter(deadline) {
+            return Err(self.held_too_long(&path));
+        }
+        match self.flock_until(&file, &path, deadline) {
+            Ok(()) => Ok(QueueLock { file, gate }),
+            Err(e) => {
+                gate.open();
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the flock(2) of `file`, polling until `deadline`.
+    fn flock_until(&self, file: &File, path: &Path, deadline: Instant) -> anyhow::Result<()> {
         let mut pause = Duration::from_millis(2);
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(QueueLock { _file: file }),
+                Ok(()) => return Ok(()),
                 Err(fs::TryLockError::WouldBlock) => {}
                 Err(fs::TryLockError::Error(e)) => {
                     return Err(
-                        anyhow::Error::new(e).context(format!("cannot lock {}", shown(&path)))
+                        anyhow::Error::new(e).context(format!("cannot lock {}", shown(path)))
                     );
                 }
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(fail(
-                    Code::TempFail,
-                    format!(
-                        "{}: held by another process for more than lock_timeout ({}); nothing was changed; try again later, or see who holds it with `fuser -v {}`",
-                        shown(&path),
-                        humantime::format_duration(self.lock_timeout),
-                        shown(&path)
-                    ),
-                ));
+                return Err(self.held_too_long(path));
             }
             std::thread::sleep(pause.min(deadline - now));
             pause = (pause * 2).min(Duration::from_millis(100));
         }
+    }
+
+    fn held_too_long(&self, path: &Path) -> anyhow::Error {
+        fail(
+            Code::TempFail,
+            format!(
+                "{}: held by another process for more than lock_timeout ({}); nothing was changed; try again later, or see who holds it with `fuser -v {}`",
+                shown(path),
+                humantime::format_duration(self.lock_timeout),
+                shown(path)
+            ),
+        )
     }
 
     /// Whether a killed run left temporary files (looked at without the lock).
@@ -447,6 +525,25 @@ impl Queue {
         }
         self.replace_marker(lock, task, m)?;
         Ok(true)
+    }
+
+    /// Failover (policy.md): the marker of an ended job becomes the pending
+    /// marker of the chain's next job, if it still holds the bytes `seen`.
+    /// One atomic, durable replacement (temporary file fsynced, renamed
+    /// over the marker, inbox fsynced): a run killed at any point leaves
+    /// either the old marker (the step is taken again, with a new key, and
+    /// the old key's job stays the ended one) or the new one (its POST is
+    /// sent, or re-sent with its key, by a later reap). Returns whether it
+    /// replaced it.
+    pub fn fail_over(
+        &self,
+        lock: &QueueLock,
+        task: impl AsRef<OsStr>,
+        seen: &[u8],
+        next: &Marker,
+    ) -> anyhow::Result<bool> {
+        debug_assert_eq!(next.state, marker::State::Pending);
+        self.update_marker_if(lock, task, seen, next)
     }
 
     /// A record of this job already in done/ or failed/ (a run stopped
@@ -936,4 +1033,38 @@ fn fault(step: &'static str) -> io::Result<()> {
 #[inline(always)]
 fn fault(_step: &'static str) -> io::Result<()> {
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The threads of one process take a queue lock in turn: a waiter gets
+    /// it as soon as it is freed (not after a polling pause), and one held
+    /// longer than `lock_timeout` is an exit-75 error.
+    #[test]
+    fn threads_take_the_queue_lock_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(QUEUE_DIR).join("inbox")).unwrap();
+        let q = Queue::at(dir.path()).with_lock_timeout(Duration::from_secs(5));
+        let held = q.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let q2 = q.clone();
+            s.spawn(move || {
+                let _l = q2.lock().unwrap();
+                tx.send(Instant::now()).unwrap();
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let freed = Instant::now();
+            drop(held);
+            let got = rx.recv().unwrap();
+            assert!(got.duration_since(freed) < Duration::from_millis(50));
+        });
+        let _held = q.lock().unwrap();
+        let short = q.clone().with_lock_timeout(Duration::from_millis(100));
+        let e = std::thread::scope(|s| s.spawn(|| short.lock().err()).join().unwrap())
+            .expect("times out");
+        assert_eq!(crate::error::code_of(&e), Code::TempFail);
+    }
 }

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::marker::Attempt;
+
 /// What a finished job brought back.
 pub struct Completed<'a> {
     pub provider: &'a str,
@@ -49,6 +51,9 @@ struct DoneHead<'a> {
     tokens_in: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tokens_out: Option<u64>,
+    /// The earlier jobs of a failover chain, one mapping each.
+    #[serde(skip_serializing_if = "<[Attempt]>::is_empty")]
+    attempts: &'a [Attempt],
     task_bytes: usize,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     task_missing: bool,
@@ -62,6 +67,9 @@ struct FailedHead<'a> {
     job_id: Option<&'a str>,
     delegated_at: &'a str,
     failed_at: &'a str,
+    /// The earlier jobs of a failover chain, one mapping each.
+    #[serde(skip_serializing_if = "<[Attempt]>::is_empty")]
+    attempts: &'a [Attempt],
     task_bytes: usize,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     task_missing: bool,
@@ -99,7 +107,20 @@ pub fn render_done_with_tokens(
     task_name: &str,
     task: Option<&[u8]>,
 ) -> Vec<u8> {
+    render_done_after(c, tokens, &[], task_name, task)
+}
+
+/// `done/<id>.md` reached after a failover: `attempts` are the earlier
+/// jobs of the chain.
+pub fn render_done_after(
+    c: &Completed,
+    tokens: Tokens,
+    attempts: &[Attempt],
+    task_name: &str,
+    task: Option<&[u8]>,
+) -> Vec<u8> {
     let head = DoneHead {
+        attempts,
         status: "completed",
         provider: c.provider,
         model: c.model,
@@ -132,7 +153,18 @@ pub fn render_done_with_tokens(
 
 /// `failed/<id>.md`.
 pub fn render_failed(f: &Failure, task_name: &str, task: Option<&[u8]>) -> Vec<u8> {
+    render_failed_after(f, &[], task_name, task)
+}
+
+/// `failed/<id>.md` reached after a failover.
+pub fn render_failed_after(
+    f: &Failure,
+    attempts: &[Attempt],
+    task_name: &str,
+    task: Option<&[u8]>,
+) -> Vec<u8> {
     let head = FailedHead {
+        attempts,
         status: "failed",
         provider: f.provider,
         failed_reason: f.reason,
@@ -174,6 +206,9 @@ pub struct Record {
     pub task_bytes: usize,
     #[serde(default)]
     pub task_missing: bool,
+    /// The earlier jobs of a failover chain.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
 }
 
 impl Record {

@@ -152,6 +152,104 @@ pub fn route_parsed(meta: &Result<Meta, Problem>) -> Decision {
     }
 }
 
+/// A task's `fallback` key (policy.md "Failover"), read: the providers to
+/// try in order after the first job, and a warning for each thing dropped.
+/// It never changes routing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fallback {
+    /// The task has a usable `fallback` key (a name, a list, or null / an
+    /// empty list: no chain), which wins over the config's default chain.
+    pub given: bool,
+    pub chain: Vec<crate::policy::Provider>,
+    /// Each names the entry dropped; the caller adds the file.
+    pub warnings: Vec<String>,
+}
+
+impl Fallback {
+    /// `gemini, then claude`, or `none`.
+    pub fn words(chain: &[crate::policy::Provider]) -> String {
+        if chain.is_empty() {
+            return "none".into();
+        }
+        chain
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(", then ")
+    }
+}
+
+/// Names of unknown entries said one by one; beyond, a count.
+const NAMED_DROPS: usize = 3;
+
+/// Reads `fallback:`: a provider name or a list of them, at most
+/// [`crate::policy::MAX_CHAIN`]. Unknown names (`claude-code` too: it is no
+/// provider of the service) are dropped; anything else (a mapping, a
+/// number, nested lists) is ignored as if the key were absent.
+pub fn fallback(meta: &Meta) -> Fallback {
+    use crate::policy::{MAX_CHAIN, Provider as P};
+    let mut out = Fallback::default();
+    let Some(v) = &meta.fallback else {
+        return out;
+    };
+    let items: Vec<&Value> = match v {
+        Value::Null => Vec::new(),
+        Value::String(_) => vec![v],
+        Value::Sequence(items) => items.iter().collect(),
+        other => {
+            let what = match other {
+                Value::Mapping(_) => "a mapping",
+                Value::Tagged(_) => "a tagged value",
+                _ => "a number or boolean",
+            };
+            out.warnings.push(format!(
+                "`fallback` is {what}, not a provider or a list of providers; ignored"
+            ));
+            return out;
+        }
+    };
+    out.given = true;
+    let mut dropped = 0usize;
+    for (i, item) in items.iter().enumerate() {
+        let known = match item {
+            Value::String(name) => P::parse(name).ok_or_else(|| {
+                format!(
+                    "`fallback` entry {} `{}` is not a provider (gpu, gemini, claude, auto); dropped",
+                    i + 1,
+                    crate::text::clip(name, 40)
+                )
+            }),
+            _ => Err(format!(
+                "`fallback` entry {} is not a provider name; dropped",
+                i + 1
+            )),
+        };
+        match known {
+            Ok(p) => out.chain.push(p),
+            Err(w) => {
+                dropped += 1;
+                if dropped <= NAMED_DROPS {
+                    out.warnings.push(w);
+                }
+            }
+        }
+    }
+    if dropped > NAMED_DROPS {
+        out.warnings.push(format!(
+            "`fallback`: {} more entries that are not providers dropped",
+            dropped - NAMED_DROPS
+        ));
+    }
+    if out.chain.len() > MAX_CHAIN {
+        out.warnings.push(format!(
+            "`fallback` names {} providers, at most {MAX_CHAIN} are followed; the rest dropped",
+            out.chain.len()
+        ));
+        out.chain.truncate(MAX_CHAIN);
+    }
+    out
+}
+
 /// A task's `priority`, forwarded to secutools.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Priority {
@@ -211,6 +309,60 @@ mod tests {
                 .as_ref()
                 .unwrap_or_else(|p| panic!("{yaml:?}: {p}")),
         )
+    }
+
+    #[test]
+    fn fallback_values() {
+        use crate::policy::Provider::*;
+        let read = |yaml: &str| {
+            let task = format!("---\npreferred_ai: gemini\n{yaml}\n---\nbody\n");
+            let meta = split(task.as_bytes()).meta.unwrap();
+            assert_eq!(route(&meta), route_yaml("preferred_ai: gemini"), "{yaml}");
+            fallback(&meta)
+        };
+        // (frontmatter, given, chain, warnings)
+        let rows: &[(&str, bool, &[crate::policy::Provider], usize)] = &[
+            ("", false, &[], 0),
+            ("fallback: claude", true, &[Claude], 0),
+            ("fallback: [gemini, claude]", true, &[Gemini, Claude], 0),
+            ("fallback: [GPU, ' auto ']", true, &[Gpu, Auto], 0),
+            ("fallback: []", true, &[], 0),
+            ("fallback:", true, &[], 0),
+            ("fallback: [claude-code, claude]", true, &[Claude], 1),
+            ("fallback: [openai]", true, &[], 1),
+            (
+                "fallback: [gpu, gpu, gpu, gpu, gpu, claude]",
+                true,
+                &[Gpu, Gpu, Gpu, Gpu],
+                1,
+            ),
+            ("fallback: {gemini: claude}", false, &[], 1),
+            ("fallback: 3", false, &[], 1),
+            ("fallback: [[gpu], claude]", true, &[Claude], 1),
+            ("fallback: !x claude", false, &[], 1),
+        ];
+        for (yaml, given, chain, warnings) in rows {
+            let f = read(yaml);
+            assert_eq!(
+                (f.given, f.chain.as_slice(), f.warnings.len()),
+                (*given, *chain, *warnings),
+                "{yaml}: {:?}",
+                f.warnings
+            );
+        }
+        let w = read("fallback: [claude-code]").warnings;
+        assert!(w[0].contains("entry 1 `claude-code`"), "{w:?}");
+        // 10 000 entries: a few warnings, never one per entry.
+        let many = format!("fallback: [{}]", vec!["x"; 10_000].join(", "));
+        let f = read(&many);
+        assert_eq!(
+            (f.chain.len(), f.warnings.len()),
+            (0, 4),
+            "{:?}",
+            f.warnings
+        );
+        assert_eq!(Fallback::words(&[Gemini, Claude]), "gemini, then claude");
+        assert_eq!(Fallback::words(&[]), "none");
     }
 
     #[test]

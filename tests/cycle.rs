@@ -116,7 +116,11 @@ fn decide_json_prints_provider_delegate_and_rule() {
         out.expect(0);
         assert_eq!(out.stdout.lines().count(), 1, "{:?}", out.stdout);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(keys(&v), set(&["provider", "delegate", "rule"]), "{v}");
+        assert_eq!(
+            keys(&v),
+            set(&["provider", "delegate", "rule", "fallback"]),
+            "{v}"
+        );
         assert_eq!(v["provider"], *provider, "frontmatter {yaml:?}");
         assert_eq!(v["rule"], *rule, "frontmatter {yaml:?}");
         assert_eq!(
@@ -144,7 +148,7 @@ fn decide_reads_the_task_from_stdin_for_dash() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         v,
-        json!({"provider": "claude-code", "delegate": false, "rule": 7})
+        json!({"provider": "claude-code", "delegate": false, "rule": 7, "fallback": []})
     );
 }
 
@@ -1456,7 +1460,7 @@ fn decide_json_keys_come_in_the_design_order() {
     out.expect(0);
     assert_eq!(
         out.stdout,
-        "{\"provider\":\"claude\",\"delegate\":true,\"rule\":4}\n"
+        "{\"provider\":\"claude\",\"delegate\":true,\"rule\":4,\"fallback\":[]}\n"
     );
 }
 

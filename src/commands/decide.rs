@@ -9,6 +9,16 @@ use crate::fsread::{self, Kind};
 use crate::route;
 use crate::ui::Ui;
 
+/// How the task is named in warnings.
+fn shown_of(args: &DecideArgs) -> String {
+    match args.task.as_deref() {
+        _ if !args.set.is_empty() => "--set".into(),
+        Some(p) if p.as_os_str() == "-" => "<stdin>".into(),
+        Some(p) => crate::queue::shown(p),
+        None => "--set".into(),
+    }
+}
+
 pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
     let meta = if !args.set.is_empty() {
         let mut pairs = Vec::with_capacity(args.set.len());
@@ -54,6 +64,11 @@ pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
         ui.task_meta(&shown, frontmatter::split(&bytes).meta)
     };
     let d = route::route(&meta);
+    let chain = route::fallback(&meta);
+    for w in &chain.warnings {
+        ui.warn(format_args!("{}: {w}", shown_of(args)));
+    }
+    let names: Vec<&str> = chain.chain.iter().map(|p| p.as_str()).collect();
     let mut out = std::io::stdout().lock();
     if args.json {
         #[derive(serde::Serialize)]
@@ -61,17 +76,23 @@ pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
             provider: &'static str,
             delegate: bool,
             rule: u8,
+            /// The task's own chain (a config default is not read here).
+            fallback: Vec<&'static str>,
         }
         let v = Json {
             provider: d.provider.as_str(),
             delegate: d.provider.delegates(),
             rule: d.rule,
+            fallback: names,
         };
         writeln!(out, "{}", serde_json::to_string(&v)?)?;
     } else {
         writeln!(out, "{}", d.provider.as_str())?;
         if args.explain {
             writeln!(out, "{}", d.explain())?;
+            if d.provider.delegates() && chain.given {
+                writeln!(out, "fallback: {}", route::Fallback::words(&chain.chain))?;
+            }
         }
     }
     Ok(Code::Ok)

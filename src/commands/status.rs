@@ -35,6 +35,16 @@ struct InFlight {
     started_in_future: bool,
     poll_errors: u64,
     last_error: Option<String>,
+    /// The job in flight of a failover chain and the most the chain can
+    /// take (`2/3`); absent for a task without a chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<String>,
+}
+
+/// `2/3` for a marker with a failover chain, else `None`.
+fn attempt_of(m: &Marker) -> Option<String> {
+    let (n, of) = m.attempt_of();
+    (of > 1).then(|| format!("{n}/{of}"))
 }
 
 #[derive(Serialize)]
@@ -96,6 +106,7 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                 };
                 report.in_flight.push(match parsed {
                     Ok(m) => InFlight {
+                        attempt: attempt_of(&m),
                         project: project.clone(),
                         task: name,
                         started_in_future: m.started_in_future(),
@@ -122,6 +133,7 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                         age_seconds: 0,
                         poll_errors: 0,
                         last_error: Some(format!("corrupt marker: {why}")),
+                        attempt: None,
                     },
                 });
             }
@@ -246,7 +258,10 @@ fn render_table(out: &mut impl Write, r: &Report, _tty: bool) -> std::io::Result
                 [
                     clip(&t.project, 40),
                     clip(&t.task, 40),
-                    clip(&t.provider, 12),
+                    match &t.attempt {
+                        Some(a) => format!("{} {a}", clip(&t.provider, 12)),
+                        None => clip(&t.provider, 12),
+                    },
                     t.job_id.clone().unwrap_or_else(|| t.state.to_string()),
                     if t.started_in_future {
                         "future".to_string()

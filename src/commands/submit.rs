@@ -67,6 +67,7 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
 
     let project = queue.project_name();
     let provider = decision.provider.as_str();
+    let fallback = chain_to_follow(&meta, provider, settings, ui, &shown.to_string());
     let req = job::request(&project, &task, &bytes, provider, &priority);
     // The service refuses a body over its limit: said before anything is
     // sent or written, with the size, so a person can split the task.
@@ -92,6 +93,10 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         started_at: crate::timestamp::now(),
         poll_errors: 0,
         last_error: None,
+        attempts: Vec::new(),
+        fallback,
+        deferred: false,
+        sent_at: None,
     };
     let sent = (|| {
         let reserved = {
@@ -261,6 +266,36 @@ fn release(settings: &Settings, queue: &Queue, reserved: Option<Provider>, ui: U
             "{e:#}; the job counts as in flight until the next reap"
         ));
     }
+}
+
+/// The failover chain stored in the marker: the task's `fallback`, else
+/// the config's default for its provider. Stored, so that a config change
+/// later does not alter a job in flight; `-v` names it.
+fn chain_to_follow(
+    meta: &frontmatter::Meta,
+    provider: &str,
+    settings: &Settings,
+    ui: Ui,
+    shown: &str,
+) -> Vec<String> {
+    let own = route::fallback(meta);
+    for w in &own.warnings {
+        ui.warn(format_args!("{shown}: {w}"));
+    }
+    let (chain, from) = if own.given {
+        (own.chain, "the task's fallback")
+    } else {
+        let first = crate::policy::Provider::parse(provider);
+        let chain = first.map_or(&[][..], |p| settings.policy.chain_after(p));
+        (chain.to_vec(), "the config's default")
+    };
+    if !chain.is_empty() {
+        ui.info(format_args!(
+            "{shown}: if its job fails: {} ({from})",
+            route::Fallback::words(&chain)
+        ));
+    }
+    chain.iter().map(|p| p.as_str().to_string()).collect()
 }
 
 /// The longest file name the inbox's file system takes (255 when it

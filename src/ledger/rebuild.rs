@@ -47,7 +47,7 @@ pub fn from_records(dir: &Path) -> anyhow::Result<Found> {
                     } else {
                         found.failed += 1;
                     }
-                    found.entries.push(e);
+                    found.entries.extend(e);
                 }
                 None => found.skipped.push(p.display().to_string()),
             }
@@ -83,7 +83,7 @@ fn task_of(file: &str) -> String {
     }
 }
 
-fn entry_of(p: &Path, name: &str, project: &str) -> Option<Entry> {
+fn entry_of(p: &Path, name: &str, project: &str) -> Option<Vec<Entry>> {
     let head = read_head(p)?;
     // The name in the record is exact; read the whole file for it only
     // when the file name may carry a `.N` of its own.
@@ -96,7 +96,36 @@ fn entry_of(p: &Path, name: &str, project: &str) -> Option<Entry> {
     } else {
         name.to_string()
     };
-    entry_from_record(project, &task, &head)
+    entries_from_record(project, &task, &head)
+}
+
+/// The entries of a record: one per earlier job of its failover chain
+/// (`attempts`, under each one's provider, cost 0: an ended job reports
+/// none), then the record's own. The earlier jobs are dated by the record's
+/// end, the closest time it keeps (their ends lie between its
+/// `delegated_at` and that).
+pub fn entries_from_record(project: &str, task: &str, record: &[u8]) -> Option<Vec<Entry>> {
+    let last = entry_from_record(project, task, record)?;
+    let r = Record::parse_head(record)?;
+    let mut out: Vec<Entry> = r
+        .attempts
+        .iter()
+        .map(|a| Entry {
+            job_id: a.job_id.clone(),
+            project: project.to_string(),
+            task: task.to_string(),
+            provider: a.provider.clone(),
+            model: None,
+            status: a.status.clone(),
+            cost_cad: 0.0,
+            tokens_in: None,
+            tokens_out: None,
+            delegated_at: last.delegated_at.clone(),
+            finished_at: last.finished_at.clone(),
+        })
+        .collect();
+    out.push(last);
+    Some(out)
 }
 
 /// The ledger entry of a record (its frontmatter suffices): what `reap`
@@ -180,6 +209,41 @@ mod tests {
             ("expired", 0.0, Some("j-2"))
         );
         assert!(super::entry_from_record("/p", "c.md", b"not a record").is_none());
+    }
+
+    #[test]
+    fn a_record_after_failover_gives_an_entry_per_job() {
+        let a = |p: &str, j: &str, s: &str| crate::marker::Attempt {
+            provider: p.into(),
+            job_id: Some(j.into()),
+            status: s.into(),
+            error: Some("x\nstatus: completed".into()),
+        };
+        let attempts = [a("gemini", "j-1", "failed"), a("claude", "j-2", "expired")];
+        let c = Completed {
+            provider: "gpu",
+            model: "m",
+            cost_cad: 0.5,
+            job_id: "j-3",
+            delegated_at: "2026-11-24T10:00:00Z",
+            completed_at: "2026-11-24T10:09:00Z",
+            response: "r",
+        };
+        let done = record::render_done_after(&c, Tokens::default(), &attempts, "a.md", Some(b"t"));
+        let got: Vec<_> = super::entries_from_record("/p", "a.md", &done)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.job_id.unwrap(), e.provider, e.status, e.cost_cad))
+            .collect();
+        let want = |j: &str, p: &str, s: &str, c| (j.to_string(), p.to_string(), s.to_string(), c);
+        assert_eq!(
+            got,
+            vec![
+                want("j-1", "gemini", "failed", 0.0),
+                want("j-2", "claude", "expired", 0.0),
+                want("j-3", "gpu", "completed", 0.5)
+            ]
+        );
     }
 
     #[test]

@@ -165,7 +165,7 @@ def job_body(project_name, task_name, body_text):
     }).encode()
 
 
-def marker_bytes(project, task_name, job_id, key, started_at):
+def marker_bytes(project, task_name, job_id, key, started_at, fallback=None):
     """A marker exactly as `ccl-delegate submit` leaves it once the job is
     known (src/marker.rs: serde_json's pretty printer, two-space indent,
     fields in declaration order, then a newline)."""
@@ -182,6 +182,8 @@ def marker_bytes(project, task_name, job_id, key, started_at):
         "poll_errors": 0,
         "last_error": None,
     }
+    if fallback:
+        m["fallback"] = fallback
     return (json.dumps(m, indent=2, ensure_ascii=False) + "\n").encode()
 
 
@@ -191,7 +193,7 @@ def make_project(path):
     return inbox
 
 
-def delegate_tasks(mock, project, count, threads=32):
+def delegate_tasks(mock, project, count, threads=32, fallback=None):
     """`count` tasks in `project`'s inbox, each with a job on the mock and
     the marker `submit` would have written. This is what `count` runs of
     `ccl-delegate submit` leave behind, made in a second instead of minutes
@@ -220,7 +222,8 @@ def delegate_tasks(mock, project, count, threads=32):
         with open(os.path.join(inbox, task_name), "wb") as f:
             f.write(task)
         with open(os.path.join(inbox, task_name + ".delegated"), "wb") as f:
-            f.write(marker_bytes(project, task_name, answer["job_id"], key, started_at))
+            f.write(marker_bytes(project, task_name, answer["job_id"], key, started_at,
+                                 fallback))
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(count)))
@@ -333,6 +336,44 @@ def fig_reap(env, bins, work, mock, count, concurrency, latency_ms, repeats, loc
     return wall, Row(f"reap {count} completed jobs, {latency_ms} ms latency, "
                      f"--concurrency {concurrency} (median of {repeats})",
                      ms(wall), f"ideal {ms(ideal)}", f"{r:.3f}x", "<= 1.11x", r <= 1.11)
+
+
+def check_failed_over(project, count, provider):
+    """Every task still in the inbox, its marker submitted to `provider`."""
+    inbox = os.path.join(project, ".agent-queue", "inbox")
+    moved = 0
+    for n in os.listdir(inbox):
+        if n.endswith(".delegated"):
+            with open(os.path.join(inbox, n), "rb") as f:
+                m = json.loads(f.read())
+            if m.get("state") == "submitted" and m.get("provider") == provider \
+                    and len(m.get("attempts", [])) == 1:
+                moved += 1
+    if moved != count:
+        sys.exit(f"bench: after the failover reap of {project}: {moved} of {count} "
+                 f"markers moved on to {provider}")
+
+
+def fig_failover(env, bins, work, mock, count, concurrency, latency_ms, repeats, lock):
+    """Every job failed: each marker takes one failover step (a status GET,
+    then a POST for the next provider)."""
+    walls = []
+    for i in range(repeats):
+        project = os.path.join(work, f"failover-{i}")
+        delegate_tasks(mock, project, count, fallback=["claude"])
+        out = os.path.join(work, f"failover-{i}.out")
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        wall = spawn_checked([bins["ccl"], "reap", "--project", project, "--concurrency",
+                              str(concurrency), "--lock-file", lock], env, stdout_fd=fd)
+        os.close(fd)
+        check_failed_over(project, count, "claude")
+        walls.append(wall)
+    wall = statistics.median(walls)
+    ideal = count * latency_ms / 1000 * 2 / concurrency
+    r = wall / ideal
+    return Row(f"reap {count} failed jobs failing over, {latency_ms} ms latency, "
+               f"--concurrency {concurrency} (median of {repeats})",
+               ms(wall), f"ideal {ms(ideal)}", f"{r:.3f}x", "<= 1.3x", r <= 1.3)
 
 
 def fig_baseline(env, work, mock, count, reap_wall):
@@ -559,6 +600,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--only-spending", action="store_true",
                     help="measure only the spending rows (submit with budgets, report, status)")
+    ap.add_argument("--only-failover", action="store_true",
+                    help="time only the reaps (completed jobs, then failing over)")
     args = ap.parse_args()
 
     bins = {"ccl": os.path.join(args.bin_dir, "ccl-delegate")}
@@ -588,7 +631,8 @@ def main():
         fast = Mock(args.bin_dir, "--statuses", "running")
         mocks.append(fast)
         fast_env = dict(base_env, SECUTOOLS_URL=fast.url, SECUTOOLS_API_KEY=KEY)
-        if not args.only_spending:
+        only = args.only_spending or args.only_failover
+        if not only:
             progress("decide")
             rows.append(fig_decide(base_env, bins, work, args.decide_runs))
 
@@ -605,21 +649,32 @@ def main():
                 progress("the bash+curl+jq baseline reaper (about two minutes)")
                 rows.append(fig_baseline(env, work, slow, 1000, reap_wall))
 
+        if not args.only_spending:
+            failing = Mock(args.bin_dir, "--latency", "20ms", "--statuses", "completed",
+                           "--provider-outcome", "gemini=failed")
+            mocks.append(failing)
+            env = dict(base_env, SECUTOOLS_URL=failing.url, SECUTOOLS_API_KEY=KEY)
+            progress("reap of 1000 failed jobs failing over")
+            rows.append(fig_failover(env, bins, work, failing, 1000, 32, 20, args.reap_repeats,
+                                     lock))
+
+        if not only:
             progress("peak RSS of a reap over 10 000 markers")
             rows.append(fig_rss(fast_env, bins, work, fast, 10_000, 32, lock))
             progress("submit")
             rows.append(fig_submit(fast_env, bins, work, fast, 200))
 
-        progress("spending: a 100 000-entry ledger and 100 000 records")
-        sp_projects = [os.path.join(work, "spend", f"p{i:03d}") for i in range(100)]
-        state = spending_state(work, 100_000, sp_projects)
-        write_records(sp_projects, 1000)
-        progress("submit with budgets and limits vs plain")
-        rows.append(fig_submit_policy(fast_env, bins, work, fast, state, sp_projects, 200))
-        progress("report over the ledger")
-        rows.append(fig_report(base_env, bins, work, state, sp_projects, 7))
-        progress("status over the records")
-        rows.append(fig_status(base_env, bins, work, state, sp_projects, 7))
+        if not args.only_failover:
+            progress("spending: a 100 000-entry ledger and 100 000 records")
+            sp_projects = [os.path.join(work, "spend", f"p{i:03d}") for i in range(100)]
+            state = spending_state(work, 100_000, sp_projects)
+            write_records(sp_projects, 1000)
+            progress("submit with budgets and limits vs plain")
+            rows.append(fig_submit_policy(fast_env, bins, work, fast, state, sp_projects, 200))
+            progress("report over the ledger")
+            rows.append(fig_report(base_env, bins, work, state, sp_projects, 7))
+            progress("status over the records")
+            rows.append(fig_status(base_env, bins, work, state, sp_projects, 7))
     finally:
         for m in mocks:
             m.close()

@@ -74,6 +74,8 @@ pub(super) struct Finished {
     /// The provider the marker asked for (`auto` included).
     pub(super) requested: String,
     pub(super) delegated_at: String,
+    /// The earlier jobs of its failover chain.
+    pub(super) attempts: Vec<crate::marker::Attempt>,
     pub(super) verdict: Verdict,
 }
 
@@ -95,7 +97,7 @@ impl Finished {
                 cost_cad,
                 tokens,
                 response,
-            } => record::render_done_with_tokens(
+            } => record::render_done_after(
                 &Completed {
                     provider,
                     model,
@@ -106,6 +108,7 @@ impl Finished {
                     response,
                 },
                 *tokens,
+                &self.attempts,
                 &shown(Path::new(&self.task)),
                 original,
             ),
@@ -113,7 +116,7 @@ impl Finished {
                 provider,
                 reason,
                 details,
-            } => record::render_failed(
+            } => record::render_failed_after(
                 &Failure {
                     provider,
                     reason,
@@ -122,6 +125,7 @@ impl Finished {
                     failed_at: &now,
                     details,
                 },
+                &self.attempts,
                 &shown(Path::new(&self.task)),
                 original,
             ),

@@ -33,6 +33,8 @@ pub struct Tally {
     projects: Vec<String>,
     /// Each configured cap at the end of the run (policy.md "Report").
     pub budget: Vec<CapState>,
+    /// Failover steps taken, per (from, to) provider.
+    failovers: BTreeMap<(String, String), u64>,
 }
 
 fn project_label(q: &Queue) -> String {
@@ -40,6 +42,14 @@ fn project_label(q: &Queue) -> String {
 }
 
 impl Tally {
+    /// A failover step from one provider to the next.
+    pub fn failover(&mut self, from: &str, to: &str) {
+        *self
+            .failovers
+            .entry((from.to_string(), to.to_string()))
+            .or_default() += 1;
+    }
+
     pub fn project(&mut self, q: &Queue) {
         self.projects.push(project_label(q));
     }
@@ -98,7 +108,12 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
     };
     let mut by = tally.by.clone();
     let mut last_success = 0.0f64;
+    let mut failovers = tally.failovers.clone();
     for line in previous.lines() {
+        if let Some((from, to, n)) = parse_failover(line) {
+            *failovers.entry((from, to)).or_default() += n;
+            continue;
+        }
         if let Some(v) = line.strip_prefix("ccl_delegate_last_success_timestamp_seconds ") {
             last_success = v.trim().parse().unwrap_or(0.0);
             continue;
@@ -170,6 +185,18 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
         &|c| format!("{:.4}", c.cost_cad),
     );
     out.push_str(&budget_families(&tally.budget));
+    if !failovers.is_empty() {
+        out.push_str(&format!(
+            "# HELP {FAILOVER} Failover steps taken by reap, from the provider whose job ended to the next.\n# TYPE {FAILOVER} counter\n"
+        ));
+        for ((from, to), n) in &failovers {
+            out.push_str(&format!(
+                "{FAILOVER}{{from=\"{}\",to=\"{}\"}} {n}\n",
+                escape(from),
+                escape(to)
+            ));
+        }
+    }
     out.push_str(&format!(
         "# HELP ccl_delegate_reap_duration_seconds Wall time of the last reap.\n# TYPE ccl_delegate_reap_duration_seconds gauge\nccl_delegate_reap_duration_seconds {:.6}\n",
         took.as_secs_f64()
@@ -258,6 +285,17 @@ fn unescape(s: &str) -> String {
 }
 
 /// `name{project="..",provider=".."} value` as this module writes it.
+const FAILOVER: &str = "ccl_delegate_failover_total";
+
+/// A `ccl_delegate_failover_total{from,to}` sample of the previous file.
+fn parse_failover(line: &str) -> Option<(String, String, u64)> {
+    let rest = line.strip_prefix(FAILOVER)?.strip_prefix("{from=\"")?;
+    let (labels, value) = rest.rsplit_once("} ")?;
+    let (from, to) = labels.split_once("\",to=\"")?;
+    let to = to.strip_suffix('"')?;
+    Some((unescape(from), unescape(to), value.trim().parse().ok()?))
+}
+
 fn parse_sample(line: &str) -> Option<(&str, (String, String), f64)> {
     let (name, rest) = line.split_once("{project=\"")?;
     let (labels, value) = rest.rsplit_once("} ")?;
@@ -274,6 +312,30 @@ fn parse_sample(line: &str) -> Option<(&str, (String, String), f64)> {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn failovers_carry_over_by_from_and_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let mut t = Tally::default();
+        t.failover("gemini", "claude");
+        t.failover("gemini", "claude");
+        t.failover("claude", "gp\"u");
+        write(&path, &t, Duration::from_millis(5), true).unwrap();
+        write(&path, &t, Duration::from_millis(5), true).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("ccl_delegate_failover_total{from=\"gemini\",to=\"claude\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ccl_delegate_failover_total{from=\"claude\",to=\"gp\\\"u\"} 2\n"),
+            "{text}"
+        );
+        let none = dir.path().join("n.prom");
+        write(&none, &Tally::default(), Duration::from_millis(5), true).unwrap();
+        assert!(!std::fs::read_to_string(&none).unwrap().contains("failover"));
+    }
 
     #[test]
     fn counters_carry_over_from_the_previous_file() {

@@ -29,6 +29,7 @@ use finish::{Finished, Verdict};
 use poll::{Action, Call, Facts, Failure, Reason};
 
 mod book;
+mod failover;
 mod finish;
 pub mod metrics;
 mod poll;
@@ -74,6 +75,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         tally: Mutex::new(metrics::Tally::default()),
         finisher: OnceLock::new(),
         workers: AtomicUsize::new(0),
+        ledger: failover::Ledger::default(),
     };
     let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1) as usize;
 
@@ -179,6 +181,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         drop(tx);
     });
 
+    ctx.flush_ledger();
     for w in book::reconcile(settings, inflight_since, &recount) {
         ctx.ui.warn(w);
     }
@@ -291,6 +294,8 @@ struct Ctx<'a> {
     finisher: OnceLock<mpsc::SyncSender<Option<Finished>>>,
     /// Workers still running.
     workers: AtomicUsize,
+    /// The ledger entries of the jobs failover steps leave.
+    ledger: failover::Ledger,
 }
 
 /// How a failed poll is said on stderr.
@@ -377,6 +382,7 @@ impl Ctx<'_> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .active(q, &m.provider);
+            self.count_attempts(q, task, &m);
         }
         let job_id = m.job_id.clone().filter(|_| m.state == State::Submitted);
         if let Some(job_id) = &job_id
@@ -395,6 +401,13 @@ impl Ctx<'_> {
         let age = timestamp::age(m.started());
         let mut facts = Facts::new(kind, age, self.submit_grace, self.max_age);
         facts.future = m.started_in_future();
+        if corrupt.is_none() {
+            facts.chain_left = !m.fallback.is_empty();
+            facts.deferred = m.deferred && job_id.is_none();
+            if let Some(t) = m.sent_at.as_deref().and_then(timestamp::parse) {
+                facts.job_age = timestamp::age(t).min(age);
+            }
+        }
         // What the steps learned, for the records and messages.
         let mut task_bytes = None;
         let mut task_error = None;
@@ -402,6 +415,8 @@ impl Ctx<'_> {
         let mut accepted = None;
         let mut status = None;
         let mut result = None;
+        // The cap a budget refusal named, for the record it ends in.
+        let mut budget_line: Option<String> = None;
         loop {
             match poll::decide(&facts) {
                 Action::ResetClock => {
@@ -503,6 +518,60 @@ impl Ctx<'_> {
                         Err(e) => Call::Err(self.failure(&e, &mut last_error)),
                     };
                 }
+                Action::CheckAdmission => {
+                    let (said, line) = self.check_admission(q, task, &m, job_id.is_some());
+                    facts.admission = said;
+                    budget_line = line;
+                }
+                Action::FailOver { reason, deferred } => {
+                    let step = failover::Step {
+                        reason,
+                        error: failover::error_of(reason, status.as_ref(), last_error.as_deref()),
+                        provider: status
+                            .as_ref()
+                            .and_then(|s| s.provider.clone())
+                            .filter(|p| !p.is_empty()),
+                    };
+                    let Some(next) = self.fail_over(q, task, &seen, &m, step, deferred)? else {
+                        return Ok(());
+                    };
+                    if deferred {
+                        return Ok(());
+                    }
+                    seen = next.to_bytes();
+                    m = next;
+                    facts = self.fresh_pending(age);
+                    facts.task = poll::Task::Present;
+                    facts.sent = self.send_step(
+                        q,
+                        task,
+                        &m,
+                        task_bytes.as_deref(),
+                        &mut accepted,
+                        &mut last_error,
+                    );
+                }
+                Action::SendDeferred => {
+                    let mut fresh = m.clone();
+                    fresh.deferred = false;
+                    fresh.sent_at = Some(timestamp::now());
+                    let lock = q.lock()?;
+                    if !q.update_marker_if(&lock, task, &seen, &fresh)? {
+                        return Ok(());
+                    }
+                    drop(lock);
+                    seen = fresh.to_bytes();
+                    m = fresh;
+                    facts.deferred = false;
+                    facts.sent = self.send_step(
+                        q,
+                        task,
+                        &m,
+                        task_bytes.as_deref(),
+                        &mut accepted,
+                        &mut last_error,
+                    );
+                }
                 Action::Leave => return Ok(()),
                 Action::NoteFailedPoll { quiet } => {
                     // A refused key is an error, said even with -q (once a
@@ -561,6 +630,12 @@ impl Ctx<'_> {
                                 .as_ref()
                                 .map(|e| e.to_string())
                                 .unwrap_or_default()
+                        ),
+                        Reason::Budget => failover::budget_details(
+                            &m,
+                            job_id.as_deref(),
+                            status.as_ref(),
+                            budget_line.take(),
                         ),
                         Reason::CorruptMarker => {
                             let why = corrupt.as_deref().unwrap_or_default();
@@ -717,6 +792,10 @@ impl Ctx<'_> {
             started_at: delegated_at,
             poll_errors: 0,
             last_error: None,
+            attempts: Vec::new(),
+            fallback: Vec::new(),
+            deferred: false,
+            sent_at: None,
         }
     }
 
@@ -747,6 +826,7 @@ impl Ctx<'_> {
             job_id: m.job_id.clone(),
             requested: m.provider.clone(),
             delegated_at: m.started_at.clone(),
+            attempts: m.attempts.clone(),
             verdict: Verdict::Done {
                 provider,
                 model: r.model,
@@ -777,6 +857,7 @@ impl Ctx<'_> {
             job_id: m.job_id.clone(),
             requested: m.provider.clone(),
             delegated_at: m.started_at.clone(),
+            attempts: m.attempts.clone(),
             verdict: Verdict::Failed {
                 provider: m.provider.clone(),
                 reason: reason.to_string(),

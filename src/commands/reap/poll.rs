@@ -4,8 +4,9 @@
 //! `decide` is asked again after every step the I/O side takes (read the
 //! task, re-send, poll the status, fetch the result), each time with what
 //! that step learned, until it names a final action. Failover (policy.md)
-//! is meant to enter as a row: a `Fail` whose reason `may_fail_over` with
-//! a chain entry left becomes a pending marker for the next provider.
+//! enters as rows: a `Fail` whose reason `may_fail_over`, with a chain entry
+//! left and `max_age` not passed, becomes a pending marker for the next
+//! provider once admission (budgets, limits) has answered.
 
 use std::time::Duration;
 
@@ -62,6 +63,17 @@ pub enum Task {
     Unreadable,
 }
 
+/// What admission (budgets and limits, policy.md) said about the next job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    NotAsked,
+    Admit,
+    /// A budget refuses it: the chain ends.
+    Budget,
+    /// A limit on jobs in flight: wait for a later reap.
+    Defer,
+}
+
 /// Everything known about one marker so far.
 #[derive(Clone, Copy, Debug)]
 pub struct Facts {
@@ -79,6 +91,15 @@ pub struct Facts {
     pub status: Call<Job>,
     /// `GET /jobs/{id}/result`.
     pub result: Call<()>,
+    /// Time since the current job was sent: a chain's later job is younger
+    /// than its `started_at` (the first submission's), and the service's
+    /// 404 lag counts from its own create.
+    pub job_age: Duration,
+    /// The marker's chain has a provider left to fail over to.
+    pub chain_left: bool,
+    /// A pending marker whose failover step a limit deferred: never sent.
+    pub deferred: bool,
+    pub admission: Admission,
 }
 
 impl Facts {
@@ -94,6 +115,10 @@ impl Facts {
             sent: Call::NotAsked,
             status: Call::NotAsked,
             result: Call::NotAsked,
+            job_age: age,
+            chain_left: false,
+            deferred: false,
+            admission: Admission::NotAsked,
         }
     }
 }
@@ -113,6 +138,8 @@ pub enum Reason {
     /// The task vanished before its pending submission was re-sent.
     TaskMissing,
     TaskUnreadable,
+    /// A budget refused the next job of the chain.
+    Budget,
 }
 
 impl Reason {
@@ -127,12 +154,12 @@ impl Reason {
             Reason::NotFound => "not found",
             Reason::TaskMissing => "task missing",
             Reason::TaskUnreadable => "task unreadable",
+            Reason::Budget => "budget",
         }
     }
 
     /// Whether policy.md's failover may send the task to the next provider
     /// instead (`cancelled` and `timeout` never fail over).
-    #[allow(dead_code)] // failover (policy.md) is its first user
     pub fn may_fail_over(self) -> bool {
         matches!(self, Reason::Failed | Reason::Expired | Reason::NotFound)
     }
@@ -168,6 +195,17 @@ pub enum Action {
     Fail(Reason),
     /// `max_age` passed: best-effort cancel, then failed/ `timeout`.
     CancelThenFail,
+    /// Ask admission about the next job (of the chain, or a deferred one).
+    CheckAdmission,
+    /// The job ended with this reason and the chain goes on: replace the
+    /// marker with a pending one for the next provider, then POST it
+    /// (unless `deferred` by a limit: then a later reap sends it).
+    FailOver {
+        reason: Reason,
+        deferred: bool,
+    },
+    /// A deferred marker was admitted: mark it as sent, then POST it.
+    SendDeferred,
 }
 
 /// The next action for one marker.
@@ -175,12 +213,24 @@ pub fn decide(f: &Facts) -> Action {
     use Action as A;
     let too_old = f.age >= f.max_age;
     let in_grace = f.age < f.submit_grace;
+    let job_in_grace = f.job_age < f.submit_grace;
     match f.marker {
         Marker::Corrupt => A::Fail(Reason::CorruptMarker),
         _ if f.future => A::ResetClock,
         Marker::Pending => match (f.task, f.sent) {
             _ if too_old => A::Fail(Reason::Unconfirmed),
-            _ if in_grace => A::Leave,
+            // A deferred step was never sent: admission first, whatever the
+            // grace (its clock is the chain's first submission).
+            (_, Call::NotAsked) if f.deferred => match (f.task, f.admission) {
+                (Task::NotRead, _) => A::ReadTask,
+                (Task::Missing, _) => A::Fail(Reason::TaskMissing),
+                (Task::Unreadable, _) => A::Fail(Reason::TaskUnreadable),
+                (Task::Present, Admission::NotAsked) => A::CheckAdmission,
+                (Task::Present, Admission::Admit) => A::SendDeferred,
+                (Task::Present, Admission::Defer) => A::Leave,
+                (Task::Present, Admission::Budget) => A::Fail(Reason::Budget),
+            },
+            (_, Call::NotAsked) if in_grace => A::Leave,
             (Task::NotRead, _) => A::ReadTask,
             (Task::Missing, _) => A::Fail(Reason::TaskMissing),
             (Task::Unreadable, _) => A::Fail(Reason::TaskUnreadable),
@@ -190,26 +240,53 @@ pub fn decide(f: &Facts) -> Action {
             // A 401/403 proves nothing about the first POST: a job may exist.
             (Task::Present, Call::Err(_)) => A::NoteFailedPoll { quiet: false },
         },
-        Marker::Submitted => match (f.status, f.result) {
-            (Call::NotAsked, _) => A::PollStatus,
-            (Call::Ok(Job::Completed), Call::NotAsked) => A::FetchResult,
-            (Call::Ok(Job::Completed), Call::Ok(())) => A::WriteDone,
-            (Call::Ok(Job::Failed), _) => A::Fail(Reason::Failed),
-            (Call::Ok(Job::Cancelled), _) => A::Fail(Reason::Cancelled),
-            (Call::Ok(Job::Expired), _) => A::Fail(Reason::Expired),
-            (Call::Ok(Job::Running), _) if too_old => A::CancelThenFail,
-            (Call::Ok(Job::Running), _) => A::Leave,
-            // A 404 on the status or the result is a verdict once the
-            // service's lag after a create has passed.
-            (Call::Err(Failure::NotFound), _) | (_, Call::Err(Failure::NotFound)) if !in_grace => {
-                A::Fail(Reason::NotFound)
+        Marker::Submitted => match submitted(f, too_old, job_in_grace) {
+            // `max_age` bounds the whole chain; `cancelled` and `timeout`
+            // never fail over.
+            A::Fail(r) if r.may_fail_over() && f.chain_left && !too_old => {
+                match (f.task, f.admission) {
+                    (Task::NotRead, _) => A::ReadTask,
+                    // Nothing left to send: the job's own verdict stands.
+                    (Task::Missing | Task::Unreadable, _) => A::Fail(r),
+                    (Task::Present, Admission::NotAsked) => A::CheckAdmission,
+                    (Task::Present, Admission::Admit) => A::FailOver {
+                        reason: r,
+                        deferred: false,
+                    },
+                    (Task::Present, Admission::Defer) => A::FailOver {
+                        reason: r,
+                        deferred: true,
+                    },
+                    (Task::Present, Admission::Budget) => A::Fail(Reason::Budget),
+                }
             }
-            (Call::Err(_), _) | (_, Call::Err(_)) if too_old => A::CancelThenFail,
-            (Call::Err(Failure::NotFound), _) | (_, Call::Err(Failure::NotFound)) => {
-                A::NoteFailedPoll { quiet: true }
-            }
-            (Call::Err(_), _) | (_, Call::Err(_)) => A::NoteFailedPoll { quiet: false },
+            a => a,
         },
+    }
+}
+
+/// The rows of a submitted marker, before failover.
+fn submitted(f: &Facts, too_old: bool, in_grace: bool) -> Action {
+    use Action as A;
+    match (f.status, f.result) {
+        (Call::NotAsked, _) => A::PollStatus,
+        (Call::Ok(Job::Completed), Call::NotAsked) => A::FetchResult,
+        (Call::Ok(Job::Completed), Call::Ok(())) => A::WriteDone,
+        (Call::Ok(Job::Failed), _) => A::Fail(Reason::Failed),
+        (Call::Ok(Job::Cancelled), _) => A::Fail(Reason::Cancelled),
+        (Call::Ok(Job::Expired), _) => A::Fail(Reason::Expired),
+        (Call::Ok(Job::Running), _) if too_old => A::CancelThenFail,
+        (Call::Ok(Job::Running), _) => A::Leave,
+        // A 404 on the status or the result is a verdict once the
+        // service's lag after a create has passed.
+        (Call::Err(Failure::NotFound), _) | (_, Call::Err(Failure::NotFound)) if !in_grace => {
+            A::Fail(Reason::NotFound)
+        }
+        (Call::Err(_), _) | (_, Call::Err(_)) if too_old => A::CancelThenFail,
+        (Call::Err(Failure::NotFound), _) | (_, Call::Err(Failure::NotFound)) => {
+            A::NoteFailedPoll { quiet: true }
+        }
+        (Call::Err(_), _) | (_, Call::Err(_)) => A::NoteFailedPoll { quiet: false },
     }
 }
 
@@ -445,6 +522,153 @@ mod tests {
     }
 
     #[test]
+    fn failover_rows() {
+        use Call::{Err, NotAsked, Ok};
+        let chained = |age, status, task, admission| Facts {
+            chain_left: true,
+            task,
+            admission,
+            ..submitted(age, status, NotAsked)
+        };
+        let deferred = |age, task, admission| Facts {
+            deferred: true,
+            admission,
+            ..pending(age, task, NotAsked)
+        };
+        let over = |reason, deferred| A::FailOver { reason, deferred };
+        let failed = Ok(Job::Failed);
+        let rows: &[(&str, Facts, Action)] = &[
+            // "failed, expired, or unknown to the service past
+            // submit_grace (404), and the task's chain has an entry left"
+            (
+                "failed, chain left: read the task",
+                chained(OLD, failed, Task::NotRead, Admission::NotAsked),
+                A::ReadTask,
+            ),
+            (
+                "failed, task read: ask admission",
+                chained(OLD, failed, Task::Present, Admission::NotAsked),
+                A::CheckAdmission,
+            ),
+            (
+                "failed, admitted",
+                chained(OLD, failed, Task::Present, Admission::Admit),
+                over(Reason::Failed, false),
+            ),
+            (
+                "expired, admitted",
+                chained(OLD, Ok(Job::Expired), Task::Present, Admission::Admit),
+                over(Reason::Expired, false),
+            ),
+            (
+                "404 past grace, admitted",
+                chained(OLD, Err(Failure::NotFound), Task::Present, Admission::Admit),
+                over(Reason::NotFound, false),
+            ),
+            // "one that a limit defers stays pending"
+            (
+                "failed, a limit defers",
+                chained(OLD, failed, Task::Present, Admission::Defer),
+                over(Reason::Failed, true),
+            ),
+            // "a failover step that a budget refuses ends the chain"
+            (
+                "failed, a budget refuses",
+                chained(OLD, failed, Task::Present, Admission::Budget),
+                A::Fail(Reason::Budget),
+            ),
+            (
+                "failed, task vanished",
+                chained(OLD, failed, Task::Missing, Admission::NotAsked),
+                A::Fail(Reason::Failed),
+            ),
+            (
+                "failed, no chain left",
+                submitted(OLD, failed, NotAsked),
+                A::Fail(Reason::Failed),
+            ),
+            // "cancelled ... and timeout never fail over"
+            (
+                "cancelled with a chain",
+                chained(OLD, Ok(Job::Cancelled), Task::Present, Admission::Admit),
+                A::Fail(Reason::Cancelled),
+            ),
+            (
+                "running past max_age with a chain",
+                chained(EXPIRED, Ok(Job::Running), Task::Present, Admission::Admit),
+                A::CancelThenFail,
+            ),
+            // "max_age counts from the first submission and bounds the
+            // whole chain"
+            (
+                "failed past max_age with a chain",
+                chained(EXPIRED, failed, Task::Present, Admission::Admit),
+                A::Fail(Reason::Failed),
+            ),
+            // A later job's 404 lag counts from its own create.
+            (
+                "404 of a young later job",
+                Facts {
+                    job_age: YOUNG,
+                    ..chained(
+                        OLD,
+                        Err(Failure::NotFound),
+                        Task::NotRead,
+                        Admission::NotAsked,
+                    )
+                },
+                A::NoteFailedPoll { quiet: true },
+            ),
+            // "a later reap sends it": admission again, whatever the grace.
+            (
+                "deferred, in grace",
+                deferred(YOUNG, Task::NotRead, Admission::NotAsked),
+                A::ReadTask,
+            ),
+            (
+                "deferred, task read",
+                deferred(OLD, Task::Present, Admission::NotAsked),
+                A::CheckAdmission,
+            ),
+            (
+                "deferred, admitted",
+                deferred(OLD, Task::Present, Admission::Admit),
+                A::SendDeferred,
+            ),
+            (
+                "deferred, still over a limit",
+                deferred(OLD, Task::Present, Admission::Defer),
+                A::Leave,
+            ),
+            (
+                "deferred, a budget refuses",
+                deferred(OLD, Task::Present, Admission::Budget),
+                A::Fail(Reason::Budget),
+            ),
+            (
+                "deferred, task vanished",
+                deferred(OLD, Task::Missing, Admission::NotAsked),
+                A::Fail(Reason::TaskMissing),
+            ),
+            (
+                "deferred past max_age",
+                deferred(EXPIRED, Task::Present, Admission::Admit),
+                A::Fail(Reason::Unconfirmed),
+            ),
+            // Once sent, a deferred step is a pending submission: its
+            // answer is recorded even within the grace.
+            (
+                "deferred step sent, accepted",
+                pending(YOUNG, Task::Present, Ok(())),
+                A::RecordJobId,
+            ),
+        ];
+        for (name, facts, want) in rows {
+            assert_eq!(decide(facts), *want, "row {name:?}: {facts:?}");
+        }
+    }
+
+    #[test]
     fn only_failed_expired_and_not_found_may_fail_over() {
         for (r, over) in [
             (Reason::Failed, true),
@@ -455,6 +679,7 @@ mod tests {
             (Reason::CorruptMarker, false),
             (Reason::TaskMissing, false),
             (Reason::TaskUnreadable, false),
+            (Reason::Budget, false),
         ] {
             assert_eq!(r.may_fail_over(), over, "{r:?}");
         }
