@@ -594,7 +594,14 @@ impl Ctx<'_> {
                     };
                     return self.done(q, task, &seen, &m, r);
                 }
-                Action::CancelThenFail => return self.timeout(q, task, &seen, &m),
+                Action::CancelThenFail => {
+                    // A pending submission re-sent past max_age: its job,
+                    // learnt just now, is the one to cancel and to record.
+                    if let Some(job) = accepted.take() {
+                        m.job_id = Some(job);
+                    }
+                    return self.timeout(q, task, &seen, &m);
+                }
                 Action::Fail(reason) => {
                     let job = job_id.as_deref().unwrap_or("none");
                     let details = match reason {

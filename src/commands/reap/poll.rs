@@ -218,6 +218,14 @@ pub fn decide(f: &Facts) -> Action {
         Marker::Corrupt => A::Fail(Reason::CorruptMarker),
         _ if f.future => A::ResetClock,
         Marker::Pending => match (f.task, f.sent) {
+            // Past max_age a submission whose outcome was never known may
+            // still have made a job: re-sent with its key (which creates
+            // nothing new if it did), the job is learnt and cancelled, best
+            // effort, before the task goes to failed/ as `timeout`. A
+            // deferred step was never sent: nothing to learn.
+            (Task::NotRead, Call::NotAsked) if too_old && !f.deferred => A::ReadTask,
+            (Task::Present, Call::NotAsked) if too_old && !f.deferred => A::Resend,
+            (_, Call::Ok(())) if too_old => A::CancelThenFail,
             _ if too_old => A::Fail(Reason::Unconfirmed),
             // A deferred step was never sent: admission first, whatever the
             // grace (its clock is the chain's first submission).
@@ -282,11 +290,18 @@ fn submitted(f: &Facts, too_old: bool, in_grace: bool) -> Action {
         (Call::Err(Failure::NotFound), _) | (_, Call::Err(Failure::NotFound)) if !in_grace => {
             A::Fail(Reason::NotFound)
         }
+        // A finished job whose result cannot be fetched right now is kept,
+        // max_age or not: it is paid work, and its answer must not be lost
+        // to a service that is down at the wrong minute.
+        (
+            Call::Ok(Job::Completed),
+            Call::Err(Failure::Auth | Failure::Rejected | Failure::Other),
+        ) => A::NoteFailedPoll { quiet: false },
         (Call::Err(_), _) | (_, Call::Err(_)) if too_old => A::CancelThenFail,
         (Call::Err(Failure::NotFound), _) | (_, Call::Err(Failure::NotFound)) => {
             A::NoteFailedPoll { quiet: true }
         }
-        (Call::Err(_), _) | (_, Call::Err(_)) => A::NoteFailedPoll { quiet: false },
+        (Call::Err(_), _) => A::NoteFailedPoll { quiet: false },
     }
 }
 
@@ -398,11 +413,37 @@ mod tests {
                 pending(OLD, Task::Unreadable, NotAsked),
                 A::Fail(Reason::TaskUnreadable),
             ),
-            // "older than max_age: ... failed/ with reason timeout" (no
-            // job to cancel yet)
+            // "older than max_age: best-effort cancel, then failed/ with
+            // reason timeout": a pending submission is re-sent with its key
+            // first, to learn the job to cancel.
             (
                 "pending past max_age",
                 pending(EXPIRED, Task::NotRead, NotAsked),
+                A::ReadTask,
+            ),
+            (
+                "pending past max_age, task read",
+                pending(EXPIRED, Task::Present, NotAsked),
+                A::Resend,
+            ),
+            (
+                "pending past max_age, job learnt",
+                pending(EXPIRED, Task::Present, Ok(())),
+                A::CancelThenFail,
+            ),
+            (
+                "pending past max_age, re-send failed",
+                pending(EXPIRED, Task::Present, Err(Other)),
+                A::Fail(Reason::Unconfirmed),
+            ),
+            (
+                "pending past max_age, re-send refused",
+                pending(EXPIRED, Task::Present, Err(Rejected)),
+                A::Fail(Reason::Unconfirmed),
+            ),
+            (
+                "pending past max_age, task gone",
+                pending(EXPIRED, Task::Missing, NotAsked),
                 A::Fail(Reason::Unconfirmed),
             ),
             (
@@ -494,10 +535,12 @@ mod tests {
                 submitted(EXPIRED, Err(Other), NotAsked),
                 A::CancelThenFail,
             ),
+            // A completed job's answer is never given up for a result call
+            // that failed: it is fetched again next run.
             (
                 "result failing past max_age",
                 submitted(EXPIRED, Ok(Job::Completed), Err(Other)),
-                A::CancelThenFail,
+                A::NoteFailedPoll { quiet: false },
             ),
             // A verdict beats max_age: the job's own answer is kept.
             (
