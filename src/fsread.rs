@@ -143,12 +143,15 @@ fn not_regular(t: &std::fs::FileType) -> Option<&'static str> {
 }
 
 fn too_large(path: &Path, kind: Kind) -> io::Error {
-    io::Error::other(format!(
-        "{} is larger than {} KiB, the limit for a {}; is it the right file?",
-        path.display(),
-        kind.cap() / KIB,
-        kind.noun()
-    ))
+    io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        format!(
+            "{} is larger than {} KiB, the limit for a {}; is it the right file?",
+            path.display(),
+            kind.cap() / KIB,
+            kind.noun()
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -483,3 +483,20 @@ fn a_completed_job_whose_result_fails_past_max_age_is_kept_for_the_next_run() {
     out.expect(0);
     assert_eq!(p.names(&p.done()), ["paid.md"], "{out:?}");
 }
+
+/// A marker too large to be one can never be read: it is a corrupt marker
+/// (failed/, the task kept whole), not an error on every cron run.
+#[test]
+fn an_oversized_marker_is_a_corrupt_marker() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    p.task("fat.md", GEMINI);
+    p.write_marker("fat.md", &" ".repeat(100 * 1024));
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert!(out.stdout.contains("corrupt marker"), "{out:?}");
+    assert!(p.names(&p.inbox()).is_empty());
+    let rec = Record::read(&p.failed().join("fat.md"));
+    assert_eq!(rec.str("failed_reason"), Some("corrupt marker"));
+    assert_eq!(rec.original(), GEMINI);
+}

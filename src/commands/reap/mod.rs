@@ -371,6 +371,16 @@ impl Ctx<'_> {
             Err(e) if fs::symlink_metadata(q.marker_path(task)).is_ok_and(|m| !m.is_file()) => {
                 (Vec::new(), Err(format!("cannot read it: {e}")))
             }
+            // A marker too large to be one, or one this user may not read,
+            // will never be read either: corrupt, not an error every minute.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                (Vec::new(), Err(format!("cannot read it: {e}")))
+            }
             Err(e) => return Err(anyhow::Error::new(e).context("cannot read its marker")),
         };
         let (mut m, corrupt) = match parsed {
