@@ -21,6 +21,8 @@ pub enum Kind {
     Record,
     Metrics,
     Ledger,
+    /// A small file of the state directory: `spend.json`, `inflight.tsv`.
+    State,
 }
 
 const KIB: u64 = 1024;
@@ -40,6 +42,7 @@ impl Kind {
             Kind::Marker => 64 * KIB,
             Kind::Metrics => 16 * MIB,
             Kind::Ledger => 256 * MIB,
+            Kind::State => 16 * MIB,
         }
     }
 
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Record => "record",
             Kind::Metrics => "metrics file",
             Kind::Ledger => "ledger",
+            Kind::State => "state file",
         }
     }
 }

@@ -70,7 +70,7 @@ pub fn project_key(dir: &Path) -> String {
 /// policy.md's "all projects" asks, without a key per configured project.
 pub fn read_counts(state_dir: &Path, warnings: &mut Vec<String>) -> Counts {
     let p = path(state_dir);
-    match crate::queue::read_nofollow(&p) {
+    match crate::queue::read_nofollow(&p, crate::fsread::Kind::State) {
         Ok(Some((bytes, _))) => counts_in(&bytes),
         Ok(None) => Counts::new(),
         Err(e) => {
@@ -111,7 +111,7 @@ impl InFlight {
     /// with a warning (the next reap rebuilds it).
     pub fn load(state_dir: &Path, warnings: &mut Vec<String>) -> InFlight {
         let p = path(state_dir);
-        match crate::queue::read_nofollow(&p) {
+        match crate::queue::read_nofollow(&p, crate::fsread::Kind::State) {
             Ok(None) => InFlight::default(),
             Ok(Some((bytes, _))) if bytes.len() <= MAX_BYTES => InFlight::parse(&bytes),
             Ok(Some(_)) => {

@@ -90,7 +90,7 @@ impl Marker {
             serde_json::from_slice(bytes).map_err(|e| format!("not marker JSON: {e}"))?;
         let job_id = l.job_id.filter(|j| !j.is_empty());
         if let Some(j) = &job_id
-            && !crate::client::valid_job_id(j)
+            && !crate::names::valid_job_id(j)
         {
             return Err(format!(
                 "job_id {:?} is not a valid job id",
@@ -117,7 +117,7 @@ impl Marker {
             return Err("submitted marker without a job_id".into());
         }
         let key = l.idempotency_key.unwrap_or_default();
-        if state == State::Pending && !crate::client::valid_idempotency_key(&key) {
+        if state == State::Pending && !crate::names::valid_idempotency_key(&key) {
             return Err("pending marker without a valid idempotency_key".into());
         }
         let started_at = l.started_at.unwrap_or_default();
@@ -190,7 +190,7 @@ fn parse_attempts(v: serde_json::Value) -> Result<Vec<Attempt>, String> {
     }
     for a in &list {
         if let Some(j) = &a.job_id
-            && !crate::client::valid_job_id(j)
+            && !crate::names::valid_job_id(j)
         {
             return Err(format!(
                 "attempts: job_id {:?} is not a valid job id",

@@ -57,6 +57,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::error::{Code, fail};
+use crate::fsread::Kind;
 use crate::marker::{self, Marker};
 pub use crate::names::{is_task_name, is_task_name_bytes};
 
@@ -401,13 +402,13 @@ impl Queue {
     /// A symlink is never followed: it is an error.
     pub fn read_task(&self, task: impl AsRef<OsStr>) -> io::Result<Option<(Vec<u8>, u32)>> {
         let task = task.as_ref();
-        read_nofollow(&self.task_path(task))
+        read_nofollow(&self.task_path(task), Kind::Task)
     }
 
     /// The marker's bytes; `None` when there is none.
     pub fn read_marker(&self, task: impl AsRef<OsStr>) -> io::Result<Option<Vec<u8>>> {
         let task = task.as_ref();
-        Ok(read_nofollow(&self.marker_path(task))?.map(|(b, _)| b))
+        Ok(read_nofollow(&self.marker_path(task), Kind::Marker)?.map(|(b, _)| b))
     }
 
     /// Writes a new marker; `Ok(false)` when one is already there.
@@ -810,7 +811,7 @@ impl Queue {
             let mut missing = 0;
             for n in 1u32..=100_000 {
                 let path = dir.join(record_name(task, n));
-                let bytes = match read_nofollow(&path) {
+                let bytes = match read_nofollow(&path, Kind::Record) {
                     Ok(Some((bytes, _))) => bytes,
                     Ok(None) => {
                         missing += 1;
@@ -853,7 +854,8 @@ impl Queue {
         let target = self.task_path(task);
         // A requeue that failed after restoring the task left it beside the
         // record: this run only finishes the removal.
-        let restored = matches!(read_nofollow(&target), Ok(Some((b, _))) if b == original);
+        let restored =
+            matches!(read_nofollow(&target, Kind::Task), Ok(Some((b, _))) if b == original);
         if !restored {
             let tmp = self.write_tmp(original, mode)?;
             if !persist(tmp, &target, false)? {
@@ -1010,14 +1012,8 @@ fn remove(path: &Path) -> anyhow::Result<()> {
 /// Reads a regular file without following a symlink at its last component,
 /// through the one reader (`fsread`): a marker is capped as a marker, a task
 /// or record as a record; the mode is the permission bits only.
-pub fn read_nofollow(path: &Path) -> io::Result<Option<(Vec<u8>, u32)>> {
-    use crate::fsread::{self, Kind};
-    let kind = if path.extension().is_some_and(|e| e == "delegated") {
-        Kind::Marker
-    } else {
-        Kind::Record
-    };
-    Ok(fsread::read(path, kind)?.map(|c| (c.bytes, c.mode)))
+pub fn read_nofollow(path: &Path, kind: crate::fsread::Kind) -> io::Result<Option<(Vec<u8>, u32)>> {
+    Ok(crate::fsread::read(path, kind)?.map(|c| (c.bytes, c.mode)))
 }
 
 /// Fault injection for the crash tests: with the `failpoints` feature,

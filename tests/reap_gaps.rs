@@ -441,32 +441,6 @@ fn submit_of_a_local_task_says_the_rule_in_words_on_stderr() {
     assert_eq!(quiet.stderr, "");
 }
 
-/// "older than max_age: best-effort cancel, then failed/ with reason
-/// timeout", for a submission whose answer was lost: the job it did create
-/// is learnt through its idempotency key, cancelled, and named in the
-/// record, instead of running on, unseen and paid for.
-#[test]
-fn a_pending_submission_past_max_age_has_its_job_cancelled_before_timeout() {
-    let mock = Mock::start(&["--statuses", "running"]);
-    let p = Project::new();
-    p.task("lost.md", GEMINI);
-    let key = "ccl-lost-0123456789abcdef";
-    let job = mock.post_job(key, "lost.md");
-    p.write_marker(
-        "lost.md",
-        &marker_json(true, None, key, &rfc3339_ago(25 * 3600)),
-    );
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    assert!(out.stdout.contains("timeout"), "{out:?}");
-    assert_eq!(mock.jobs().len(), 1, "the re-send made no second job");
-    assert_eq!(mock.job(&job)["status"], "cancelled", "{:?}", mock.jobs());
-    let rec = Record::read(&p.failed().join("lost.md"));
-    assert_eq!(rec.str("failed_reason"), Some("timeout"));
-    assert_eq!(rec.str("job_id"), Some(job.as_str()));
-    assert_eq!(rec.original(), GEMINI);
-}
-
 /// A completed job whose result cannot be fetched right now is kept past
 /// max_age: its answer is fetched on a later run, never dropped as timeout.
 #[test]

@@ -38,7 +38,7 @@ pub fn run(args: &RequeueArgs, ui: Ui) -> anyhow::Result<Code> {
         .unwrap_or_default();
     let record_path = q.failed.join(&file_name);
     let lock = q.lock()?;
-    let (bytes, mode) = queue::read_nofollow(&record_path)
+    let (bytes, mode) = queue::read_nofollow(&record_path, crate::fsread::Kind::Record)
         .map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?
         .ok_or_else(|| fail(Code::NoInput, format!("{shown}: no such file")))?;
     let record = Record::parse(&bytes).ok_or_else(|| {

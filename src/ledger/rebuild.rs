@@ -88,7 +88,7 @@ fn entry_of(p: &Path, name: &str, project: &str) -> Option<Vec<Entry>> {
     // The name in the record is exact; read the whole file for it only
     // when the file name may carry a `.N` of its own.
     let task = if task_of(name) != name {
-        crate::queue::read_nofollow(p)
+        crate::queue::read_nofollow(p, crate::fsread::Kind::Record)
             .ok()
             .flatten()
             .and_then(|(bytes, _)| Record::parse(&bytes)?.task_name(&bytes))

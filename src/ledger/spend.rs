@@ -160,7 +160,7 @@ impl Spend {
     /// writing it: see [`refresh`]).
     pub fn load(state_dir: &Path, warnings: &mut Vec<String>) -> Spend {
         let p = path(state_dir);
-        let mut s = match crate::queue::read_nofollow(&p) {
+        let mut s = match crate::queue::read_nofollow(&p, crate::fsread::Kind::State) {
             Ok(Some((bytes, _))) if bytes.len() <= MAX_BYTES => serde_json::from_slice(&bytes)
                 .unwrap_or_else(|e| {
                     warnings.push(format!(
@@ -190,7 +190,7 @@ impl Spend {
 /// changed, so the next reader has nothing to fold.
 pub fn refresh(adm: &Admission, warnings: &mut Vec<String>) -> anyhow::Result<Spend> {
     let p = path(adm.state_dir());
-    let old = crate::queue::read_nofollow(&p)
+    let old = crate::queue::read_nofollow(&p, crate::fsread::Kind::State)
         .ok()
         .flatten()
         .and_then(|(b, _)| serde_json::from_slice::<Spend>(&b).ok());

@@ -133,8 +133,10 @@ impl Admission {
         }
         // Only the reconciled projects take the late deltas again: the
         // others' counts already hold them.
-        if let Ok(Some((bytes, _))) = crate::queue::read_nofollow(&crate::inflight::path(&self.dir))
-        {
+        if let Ok(Some((bytes, _))) = crate::queue::read_nofollow(
+            &crate::inflight::path(&self.dir),
+            crate::fsread::Kind::State,
+        ) {
             let mut late = InFlight::default();
             late.apply_deltas_since(&bytes, since);
             for key in seen {

@@ -34,7 +34,7 @@ fn failed_line(path: &Path, job_id: &str, reason: &str) -> String {
 /// The line for a task whose record an interrupted run had already
 /// written: the same as when the record is written now.
 pub(super) fn recorded_line(path: &Path, job_id: &str) -> String {
-    let r = crate::queue::read_nofollow(path)
+    let r = crate::queue::read_nofollow(path, crate::fsread::Kind::Record)
         .ok()
         .flatten()
         .and_then(|(bytes, _)| record::Record::parse(&bytes))
@@ -316,11 +316,13 @@ impl Ctx<'_> {
         for (i, ((f, record), result)) in jobs.iter().zip(results.iter()).enumerate() {
             let entry = match (result, record) {
                 (Ok(Some(_)), Ok((bytes, _))) => book::entry(q, &f.task, bytes).map(|e| (e, true)),
-                (Ok(None), Err(existing)) => crate::queue::read_nofollow(existing)
-                    .ok()
-                    .flatten()
-                    .and_then(|(bytes, _)| book::entry(q, &f.task, &bytes))
-                    .map(|e| (e, false)),
+                (Ok(None), Err(existing)) => {
+                    crate::queue::read_nofollow(existing, crate::fsread::Kind::Record)
+                        .ok()
+                        .flatten()
+                        .and_then(|(bytes, _)| book::entry(q, &f.task, &bytes))
+                        .map(|e| (e, false))
+                }
                 _ => None,
             };
             match entry {

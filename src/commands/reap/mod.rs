@@ -604,14 +604,7 @@ impl Ctx<'_> {
                     };
                     return self.done(q, task, &seen, &m, r);
                 }
-                Action::CancelThenFail => {
-                    // A pending submission re-sent past max_age: its job,
-                    // learnt just now, is the one to cancel and to record.
-                    if let Some(job) = accepted.take() {
-                        m.job_id = Some(job);
-                    }
-                    return self.timeout(q, task, &seen, &m);
-                }
+                Action::CancelThenFail => return self.timeout(q, task, &seen, &m),
                 Action::Fail(reason) => {
                     let job = job_id.as_deref().unwrap_or("none");
                     let details = match reason {
@@ -668,7 +661,7 @@ impl Ctx<'_> {
     /// The ledger entry of a record an interrupted run wrote, once: an
     /// error keeps the task and marker for the next run.
     fn book_recorded(&self, q: &Queue, task: &OsStr, path: &Path) -> anyhow::Result<()> {
-        let entry = crate::queue::read_nofollow(path)
+        let entry = crate::queue::read_nofollow(path, crate::fsread::Kind::Record)
             .ok()
             .flatten()
             .and_then(|(bytes, _)| book::entry(q, task, &bytes));

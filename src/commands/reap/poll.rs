@@ -218,14 +218,10 @@ pub fn decide(f: &Facts) -> Action {
         Marker::Corrupt => A::Fail(Reason::CorruptMarker),
         _ if f.future => A::ResetClock,
         Marker::Pending => match (f.task, f.sent) {
-            // Past max_age a submission whose outcome was never known may
-            // still have made a job: re-sent with its key (which creates
-            // nothing new if it did), the job is learnt and cancelled, best
-            // effort, before the task goes to failed/ as `timeout`. A
-            // deferred step was never sent: nothing to learn.
-            (Task::NotRead, Call::NotAsked) if too_old && !f.deferred => A::ReadTask,
-            (Task::Present, Call::NotAsked) if too_old && !f.deferred => A::Resend,
-            (_, Call::Ok(())) if too_old => A::CancelThenFail,
+            // Past max_age a pending submission goes to failed/ as
+            // `timeout` at once: with no job id there is nothing to cancel,
+            // and re-sending only to learn one could create the very job
+            // it would then cancel.
             _ if too_old => A::Fail(Reason::Unconfirmed),
             // A deferred step was never sent: admission first, whatever the
             // grace (its clock is the chain's first submission).
@@ -413,37 +409,11 @@ mod tests {
                 pending(OLD, Task::Unreadable, NotAsked),
                 A::Fail(Reason::TaskUnreadable),
             ),
-            // "older than max_age: best-effort cancel, then failed/ with
-            // reason timeout": a pending submission is re-sent with its key
-            // first, to learn the job to cancel.
+            // "older than max_age: ... failed/ with reason timeout" (no
+            // job to cancel yet)
             (
                 "pending past max_age",
                 pending(EXPIRED, Task::NotRead, NotAsked),
-                A::ReadTask,
-            ),
-            (
-                "pending past max_age, task read",
-                pending(EXPIRED, Task::Present, NotAsked),
-                A::Resend,
-            ),
-            (
-                "pending past max_age, job learnt",
-                pending(EXPIRED, Task::Present, Ok(())),
-                A::CancelThenFail,
-            ),
-            (
-                "pending past max_age, re-send failed",
-                pending(EXPIRED, Task::Present, Err(Other)),
-                A::Fail(Reason::Unconfirmed),
-            ),
-            (
-                "pending past max_age, re-send refused",
-                pending(EXPIRED, Task::Present, Err(Rejected)),
-                A::Fail(Reason::Unconfirmed),
-            ),
-            (
-                "pending past max_age, task gone",
-                pending(EXPIRED, Task::Missing, NotAsked),
                 A::Fail(Reason::Unconfirmed),
             ),
             (
