@@ -87,17 +87,44 @@ impl std::error::Error for Problem {}
 /// on. `complexity_hint` and `priority` are text: see [`Meta::from_mapping`].
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Meta {
-    pub needs_claude_code: Option<Value>,
-    pub preferred_ai: Option<Value>,
-    pub allow_delegation: Option<Value>,
+    pub needs_claude_code: Option<Field>,
+    pub preferred_ai: Option<Field>,
+    pub allow_delegation: Option<Field>,
     pub complexity_hint: Option<String>,
     /// Raw; [`crate::route::priority`] validates it.
     pub priority: Option<String>,
     /// Raw, as written; [`crate::route::fallback`] reads it. Never routes.
-    pub fallback: Option<Value>,
+    pub fallback: Option<Field>,
     /// Keys that are not routing keys but look like one (a typo, another
     /// case): ignored for routing, and worth a warning.
     pub near_misses: Vec<NearMiss>,
+}
+
+/// A routing key's value as routing sees it: YAML's own types stay in this
+/// module, so routing is a function of plain data.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Field {
+    Null,
+    Bool(bool),
+    Str(String),
+    List(Vec<Field>),
+    /// A number, a mapping or a tagged value (`!foo gpu` is not a string),
+    /// named for messages.
+    Other(&'static str),
+}
+
+impl Field {
+    fn of(v: &Value) -> Field {
+        match v {
+            Value::Null => Field::Null,
+            Value::Bool(b) => Field::Bool(*b),
+            Value::String(s) => Field::Str(s.clone()),
+            Value::Sequence(items) => Field::List(items.iter().map(Field::of).collect()),
+            Value::Number(_) => Field::Other("a number or boolean"),
+            Value::Mapping(_) => Field::Other("a mapping"),
+            Value::Tagged(_) => Field::Other("a tagged value"),
+        }
+    }
 }
 
 /// A frontmatter key that resembles a routing key it is not.
@@ -173,16 +200,16 @@ impl Meta {
     /// `"a list"` / `"a mapping"`, a tagged value as `"!tag value"`.
     pub fn from_mapping(m: &Mapping) -> Meta {
         Meta {
-            needs_claude_code: m.get(NEEDS_CLAUDE_CODE).cloned(),
-            preferred_ai: m.get(PREFERRED_AI).cloned(),
-            allow_delegation: m.get(ALLOW_DELEGATION).cloned(),
+            needs_claude_code: m.get(NEEDS_CLAUDE_CODE).map(Field::of),
+            preferred_ai: m.get(PREFERRED_AI).map(Field::of),
+            allow_delegation: m.get(ALLOW_DELEGATION).map(Field::of),
             complexity_hint: m.get(COMPLEXITY_HINT).and_then(|v| match v {
                 Value::String(s) => Some(s.clone()),
                 Value::Bool(_) | Value::Number(_) => Some(text_of(v)),
                 Value::Null | Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => None,
             }),
             priority: m.get(PRIORITY).map(text_of),
-            fallback: m.get(FALLBACK).cloned(),
+            fallback: m.get(FALLBACK).map(Field::of),
             near_misses: m
                 .keys()
                 .filter_map(Value::as_str)
@@ -621,8 +648,8 @@ impl<'de> Visitor<'de> for Budget<'_> {
 mod tests {
     use super::*;
 
-    fn s(v: &str) -> Value {
-        Value::String(v.to_owned())
+    fn s(v: &str) -> Field {
+        Field::Str(v.to_owned())
     }
 
     /// What a test expects of `meta`.
@@ -638,7 +665,7 @@ mod tests {
         M::Keys(Box::default())
     }
 
-    fn pa(v: Value) -> M {
+    fn pa(v: Field) -> M {
         M::Keys(Box::new(Meta {
             preferred_ai: Some(v),
             ..Meta::default()
@@ -690,7 +717,7 @@ mod tests {
             ("invalid UTF-8 in frontmatter", b"---\na: \xC3\n---\n", 0, M::Bad(|p| *p == Problem::NotUtf8 { offset: 7 })),
             ("BOM then invalid UTF-8", b"\xEF\xBB\xBF\x80", 0, M::Bad(|p| *p == Problem::NotUtf8 { offset: 3 })),
             ("YAML 1.2 yes/no/on/off/y", b"---\npreferred_ai: yes\nallow_delegation: on\nneeds_claude_code: no\ncomplexity_hint: y\npriority: off\n---\n", 102, M::Keys(Box::new(yes_meta))),
-            ("YAML 1.2 booleans", b"---\npreferred_ai: True\n---\n", 27, pa(Value::Bool(true))),
+            ("YAML 1.2 booleans", b"---\npreferred_ai: True\n---\n", 27, pa(Field::Bool(true))),
             ("---- opener", b"----\na: 1\n---\n", 0, ok()),
             ("--- x opener", b"--- x\na: 1\n---\n", 0, ok()),
             ("--- # comment opener", b"--- # c\na: 1\n---\n", 0, ok()),
@@ -712,14 +739,14 @@ mod tests {
             ("closer at EOF, CR but no LF", b"---\npreferred_ai: gpu\n---\r", 0, M::Bad(|p| *p == Problem::NoClosingLine)),
             ("body with CRLF kept", b"---\n---\r\nline 1\r\nline 2\r\n\r\n", 9, ok()),
             ("body holding --- lines", b"---\na: 1\n---\nbody\n---\nmore\n---\n", 13, ok()),
-            ("tags", b"---\npreferred_ai: !foo gpu\nb: !!str 5\n---\n", 42, pa(Value::Tagged(Box::new(serde_yaml::value::TaggedValue { tag: serde_yaml::value::Tag::new("foo"), value: s("gpu") })))),
+            ("tags", b"---\npreferred_ai: !foo gpu\nb: !!str 5\n---\n", 42, pa(Field::Other("a tagged value"))),
             ("core tag resolves", b"---\npreferred_ai: !!str gpu\n---\n", 32, pa(s("gpu"))),
             ("tagged mapping", b"---\n!foo\npreferred_ai: gpu\n---\n", 31, pa(s("gpu"))),
             ("anchors and aliases", b"---\nx: &g gpu\npreferred_ai: *g\n---\n", 35, pa(s("gpu"))),
             ("merge key is an ordinary key", b"---\n<<: {preferred_ai: gpu}\n---\n", 32, ok()),
             ("%YAML directive in block", b"---\n%YAML 1.1\na: 1\n---\n", 23, M::Bad(|p| matches!(p, Problem::Yaml(_)))),
             ("flow mapping", b"---\n{preferred_ai: gpu}\n---\n", 28, pa(s("gpu"))),
-            ("null value", b"---\npreferred_ai:\n---\n", 22, pa(Value::Null)),
+            ("null value", b"---\npreferred_ai:\n---\n", 22, pa(Field::Null)),
             ("non-string key ignored", b"---\n? [preferred_ai]\n: gpu\n---\n", 31, ok()),
         ];
         for (name, input, head_len, want) in rows {
@@ -1013,8 +1040,8 @@ mod tests {
             meta,
             Meta {
                 preferred_ai: Some(s("Gemini")),
-                allow_delegation: Some(Value::Bool(true)),
-                needs_claude_code: Some(Value::Null),
+                allow_delegation: Some(Field::Bool(true)),
+                needs_claude_code: Some(Field::Null),
                 complexity_hint: Some("small".into()),
                 priority: Some("high".into()),
                 fallback: None,
@@ -1027,8 +1054,8 @@ mod tests {
         assert_eq!(meta.preferred_ai, Some(s("yes")));
         let meta =
             Meta::from_pairs(&[p("needs_claude_code", "false"), p("preferred_ai", "5")]).unwrap();
-        assert_eq!(meta.needs_claude_code, Some(Value::Bool(false)));
-        assert_eq!(meta.preferred_ai, Some(Value::Number(5.into())));
+        assert_eq!(meta.needs_claude_code, Some(Field::Bool(false)));
+        assert_eq!(meta.preferred_ai, Some(Field::Other("a number or boolean")));
         assert_eq!(Meta::from_pairs(&[]), Ok(Meta::default()));
         assert_eq!(
             Meta::from_pairs(&[p("preferred_ai", "gpu"), p("preferred_ai", "gemini")]),

@@ -3,9 +3,7 @@
 
 use std::fmt;
 
-use serde_yaml::Value;
-
-use crate::frontmatter::{Meta, Problem};
+use crate::frontmatter::{Field, Meta, Problem};
 
 /// Where a task runs. `ClaudeCode` means "run locally"; the others are
 /// secutools providers.
@@ -114,13 +112,13 @@ pub fn rule_in_words(rule: u8) -> &'static str {
 pub fn route(meta: &Meta) -> Decision {
     let decide = |rule, provider| Decision { provider, rule };
     let preferred = meta.preferred_ai.as_ref().map(|v| match v {
-        Value::String(s) => Provider::parse(s),
+        Field::Str(s) => Provider::parse(s),
         _ => None,
     });
     if meta
         .needs_claude_code
         .as_ref()
-        .is_some_and(|v| *v != Value::Bool(false))
+        .is_some_and(|v| *v != Field::Bool(false))
     {
         return decide(1, Provider::ClaudeCode);
     }
@@ -128,7 +126,7 @@ pub fn route(meta: &Meta) -> Decision {
         return decide(2, Provider::ClaudeCode);
     }
     match &meta.allow_delegation {
-        Some(Value::Bool(true)) | None => {}
+        Some(Field::Bool(true)) | None => {}
         Some(_) => return decide(3, Provider::ClaudeCode),
     }
     match preferred {
@@ -192,14 +190,13 @@ pub fn fallback(meta: &Meta) -> Fallback {
     let Some(v) = &meta.fallback else {
         return out;
     };
-    let items: Vec<&Value> = match v {
-        Value::Null => Vec::new(),
-        Value::String(_) => vec![v],
-        Value::Sequence(items) => items.iter().collect(),
+    let items: Vec<&Field> = match v {
+        Field::Null => Vec::new(),
+        Field::Str(_) => vec![v],
+        Field::List(items) => items.iter().collect(),
         other => {
             let what = match other {
-                Value::Mapping(_) => "a mapping",
-                Value::Tagged(_) => "a tagged value",
+                Field::Other(what) => what,
                 _ => "a number or boolean",
             };
             out.warnings.push(format!(
@@ -212,7 +209,7 @@ pub fn fallback(meta: &Meta) -> Fallback {
     let mut dropped = 0usize;
     for (i, item) in items.iter().enumerate() {
         let known = match item {
-            Value::String(name) => P::parse(name).ok_or_else(|| {
+            Field::Str(name) => P::parse(name).ok_or_else(|| {
                 format!(
                     "`fallback` entry {} `{}` is not a provider (gpu, gemini, claude, auto); dropped",
                     i + 1,
