@@ -96,7 +96,7 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
             "not tried: fix the failed check above first, then run doctor again",
         ),
     }
-    let projects = super::status::projects_for_person(&args.projects, settings).unwrap_or_default();
+    let projects = super::projects_for_person(&args.projects, settings).unwrap_or_default();
     if projects.is_empty() {
         c.fail(
             "projects",
@@ -196,7 +196,7 @@ fn spending(c: &mut Checks, settings: &Settings) {
         &mut warnings,
     );
     for b in &caps {
-        let l = super::report::budget_line(b);
+        let l = b.line();
         let (what, detail) = l.split_once(": ").unwrap_or((&l, ""));
         c.ok(what, detail);
     }

@@ -24,7 +24,7 @@ use crate::ui::Ui;
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
-    let mut projects = super::status::projects_for_person(&args.projects, settings)?;
+    let mut projects = super::projects_for_person(&args.projects, settings)?;
     projects.sort_by_key(|p| project_key(p));
     projects.dedup_by_key(|p| project_key(p));
     let mut locks = Vec::new();

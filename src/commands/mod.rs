@@ -15,6 +15,8 @@ mod submit;
 mod target;
 mod totals;
 
+use std::path::{Path, PathBuf};
+
 use crate::cli::{Cli, Command};
 use crate::config::Settings;
 use crate::error::Code;
@@ -43,4 +45,25 @@ pub fn run(cli: &Cli) -> anyhow::Result<Code> {
         Command::Report(a) => report::run(a, &settings, ui),
         Command::Ledger(crate::cli::LedgerCommand::Rebuild(a)) => ledger::rebuild(a, &settings, ui),
     }
+}
+
+/// The projects a person means (status, doctor, ledger rebuild): flags, else the config, else the current
+/// directory when it holds a queue.
+pub(crate) fn projects_for_person(
+    flags: &[PathBuf],
+    settings: &Settings,
+) -> anyhow::Result<Vec<PathBuf>> {
+    if !flags.is_empty() {
+        return Ok(flags.to_vec());
+    }
+    if !settings.projects.is_empty() {
+        return Ok(settings.projects.clone());
+    }
+    if Path::new(crate::queue::QUEUE_DIR).is_dir() {
+        return Ok(vec![PathBuf::from(".")]);
+    }
+    Err(crate::error::fail(
+        Code::Config,
+        "no projects: pass --project DIR, list `projects` in the config file, or run this in a project directory",
+    ))
 }

@@ -330,7 +330,7 @@ pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         let v = json!({
             "rows": rows,
             "total": total.columns().json(None),
-            "budget": budget.iter().map(budget_json).collect::<Vec<_>>(),
+            "budget": budget.iter().map(CapState::json).collect::<Vec<_>>(),
         });
         out = serde_json::to_string_pretty(&v)? + "\n";
     } else if args.csv {
@@ -364,7 +364,7 @@ pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         );
         out = table(&rows);
         for b in &budget {
-            let _ = writeln!(out, "{}", budget_line(b));
+            let _ = writeln!(out, "{}", b.line());
         }
     }
     std::io::stdout().lock().write_all(out.as_bytes())?;
@@ -406,29 +406,6 @@ fn csv_field(s: &str) -> String {
 }
 
 /// `budget daily all: 12.3400 of 20.0000 CAD spent, 0.6000 reserved (4 in flight)`.
-pub fn budget_line(b: &CapState) -> String {
-    format!(
-        "budget {} {}: {:.4} of {:.4} CAD spent, {:.4} reserved ({} in flight)",
-        b.cap.window.as_str(),
-        b.cap.scope(),
-        b.spent,
-        b.cap.limit,
-        b.reserved,
-        b.in_flight
-    )
-}
-
-pub fn budget_json(b: &CapState) -> Value {
-    json!({
-        "window": b.cap.window.as_str(),
-        "provider": b.cap.scope(),
-        "limit_cad": b.cap.limit,
-        "spent_cad": round(b.spent, 4),
-        "reserved_cad": round(b.reserved, 4),
-        "in_flight": b.in_flight,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

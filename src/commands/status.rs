@@ -3,15 +3,14 @@
 
 use std::fs;
 use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
-use super::report::{budget_json, budget_line};
 use super::totals::{self, Source, Total, Totals};
 use crate::cli::StatusArgs;
 use crate::config::Settings;
-use crate::error::{Code, fail};
+use crate::error::Code;
 use crate::marker::{Marker, State};
 use crate::policy::admission::budget_snapshot;
 use crate::queue::{self, Queue};
@@ -57,29 +56,8 @@ struct Report {
     budget: Vec<serde_json::Value>,
 }
 
-/// The projects a person means: flags, else the config, else the current
-/// directory when it holds a queue.
-pub(crate) fn projects_for_person(
-    flags: &[PathBuf],
-    settings: &Settings,
-) -> anyhow::Result<Vec<PathBuf>> {
-    if !flags.is_empty() {
-        return Ok(flags.to_vec());
-    }
-    if !settings.projects.is_empty() {
-        return Ok(settings.projects.clone());
-    }
-    if Path::new(queue::QUEUE_DIR).is_dir() {
-        return Ok(vec![PathBuf::from(".")]);
-    }
-    Err(fail(
-        Code::Config,
-        "no projects: pass --project DIR, list `projects` in the config file, or run this in a project directory",
-    ))
-}
-
 pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
-    let projects = projects_for_person(&args.projects, settings)?;
+    let projects = super::projects_for_person(&args.projects, settings)?;
     let mut report = Report {
         in_flight: Vec::new(),
         totals: Vec::new(),
@@ -164,8 +142,14 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         })
         .collect();
 
-    report.budget = budget.iter().map(budget_json).collect();
-    let lines: Vec<String> = budget.iter().map(budget_line).collect();
+    report.budget = budget
+        .iter()
+        .map(crate::policy::admit::CapState::json)
+        .collect();
+    let lines: Vec<String> = budget
+        .iter()
+        .map(crate::policy::admit::CapState::line)
+        .collect();
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;

@@ -20,6 +20,36 @@ pub struct CapState {
     pub in_flight: u64,
 }
 
+impl CapState {
+    /// `budget daily all: 12.3400 of 20.0000 CAD spent, 0.6000 reserved (4
+    /// in flight)`: the line of `report`, `status` and `doctor`.
+    pub fn line(&self) -> String {
+        format!(
+            "budget {} {}: {:.4} of {:.4} CAD spent, {:.4} reserved ({} in flight)",
+            self.cap.window.as_str(),
+            self.cap.scope(),
+            self.spent,
+            self.cap.limit,
+            self.reserved,
+            self.in_flight
+        )
+    }
+
+    /// The object of the `budget` lists of `report --json` and `status
+    /// --json`.
+    pub fn json(&self) -> serde_json::Value {
+        let round4 = |x: f64| (x * 1e4).round() / 1e4;
+        serde_json::json!({
+            "window": self.cap.window.as_str(),
+            "provider": self.cap.scope(),
+            "limit_cad": self.cap.limit,
+            "spent_cad": round4(self.spent),
+            "reserved_cad": round4(self.reserved),
+            "in_flight": self.in_flight,
+        })
+    }
+}
+
 /// The outcome of [`admit`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
