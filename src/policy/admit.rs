@@ -153,10 +153,12 @@ pub fn admit(
     now: SystemTime,
 ) -> Decision {
     let est = estimate(spend, provider.as_str());
-    for cap in policy.caps() {
-        if cap.provider.is_some_and(|p| p != provider) {
-            continue;
-        }
+    let caps = policy.caps();
+    // The provider's own caps first, as for limits: when several caps are
+    // passed, the most specific one is named.
+    let own = caps.iter().filter(|c| c.provider == Some(provider));
+    let all = caps.iter().filter(|c| c.provider.is_none());
+    for &cap in own.chain(all) {
         let state = cap_state(cap, spend, in_flight, now);
         if state.spent + state.reserved + est > cap.limit + EPSILON {
             return Decision::Budget {
@@ -277,6 +279,13 @@ mod tests {
             // 4.65 spent + 2 * 1.2375 + 1.2375 > 5
             (
                 policy(None, Some(5.0), &[]),
+                counts(&[("claude", 2)]),
+                Claude,
+                "claude daily budget 5.00 CAD: spent 4.65, reserved 2.48 (2 in flight), this job ~1.24",
+            ),
+            // both caps passed: the provider's own is named
+            (
+                policy(Some(5.0), Some(5.0), &[]),
                 counts(&[("claude", 2)]),
                 Claude,
                 "claude daily budget 5.00 CAD: spent 4.65, reserved 2.48 (2 in flight), this job ~1.24",
