@@ -94,7 +94,7 @@ pub fn counts_in(bytes: &[u8]) -> Counts {
         let v = per.entry((project, provider)).or_default();
         *v = match n {
             Count::Set(n) => n,
-            Count::Add(d) => v.saturating_add_signed(d),
+            Count::Add(d) | Count::ReapAdd(d) => v.saturating_add_signed(d),
         };
     }
     let mut out = Counts::new();
@@ -141,7 +141,7 @@ impl InFlight {
             let v = c.entry(provider.into_owned()).or_default();
             *v = match n {
                 Count::Set(n) => n,
-                Count::Add(d) => v.saturating_add_signed(d),
+                Count::Add(d) | Count::ReapAdd(d) => v.saturating_add_signed(d),
             };
         }
         for c in out.projects.values_mut() {
@@ -196,11 +196,14 @@ impl InFlight {
     }
 
     /// Appends `+1` or `-1` for one project and provider: one write(2).
+    /// `by_reap`: the line is a reap's own (`+1r`), counted like any other
+    /// but never applied again by [`InFlight::apply_deltas_since`].
     pub fn append_delta(
         adm: &Admission,
         project: &str,
         provider: &str,
         delta: i64,
+        by_reap: bool,
     ) -> anyhow::Result<()> {
         let p = path(adm.state_dir());
         let ctx = || format!("cannot update the in-flight index {}", p.display());
@@ -228,7 +231,12 @@ impl InFlight {
                 buf.push(b'\n');
             }
         }
-        buf.extend_from_slice(&line(&format!("{delta:+}"), provider, project));
+        let n = if by_reap {
+            format!("{delta:+}r")
+        } else {
+            format!("{delta:+}")
+        };
+        buf.extend_from_slice(&line(&n, provider, project));
         f.write_all(&buf).with_context(ctx)
     }
 
@@ -282,6 +290,8 @@ impl InFlight {
 enum Count {
     Set(u64),
     Add(i64),
+    /// `+1r`/`-1r`: a reap's failover step (see [`InFlight::append_delta`]).
+    ReapAdd(i64),
 }
 
 fn line(n: &str, provider: &str, project: &str) -> Vec<u8> {
@@ -293,7 +303,10 @@ fn parse_line(line: &[u8]) -> Option<(Count, Cow<'_, str>, Cow<'_, str>)> {
     let text = std::str::from_utf8(line).ok()?;
     let mut parts = text.splitn(3, '\t');
     let n = parts.next()?;
-    let n = if n.starts_with(['+', '-']) {
+    let n = if let Some(d) = n.strip_suffix('r') {
+        // A reap's own delta: counted, never re-applied by its recount.
+        Count::ReapAdd(d.parse().ok()?)
+    } else if n.starts_with(['+', '-']) {
         Count::Add(n.parse().ok()?)
     } else {
         Count::Set(n.parse().ok()?)
@@ -347,6 +360,12 @@ mod tests {
         text.extend_from_slice(&line("+1", "gpu", "/q"));
         text.extend_from_slice(&line("-1", "gpu", "/q"));
         text.extend_from_slice(&line("5", "gemini", "/p"));
+        // A reap's own lines count, but its recount never adds them again:
+        // else a deferred step would count twice every run and never go.
+        text.extend_from_slice(&line("-1r", "claude", "/p"));
+        text.extend_from_slice(&line("+1r", "claude", "/p"));
+        text.extend_from_slice(&line("+1r", "gpu", "/p"));
+        assert_eq!(counts_in(&text).get("gpu"), Some(&1));
         let mut i = InFlight::default();
         i.reconcile("/p", Counts::from([("claude".into(), 1)]));
         i.apply_deltas_since(&text, since);

@@ -715,3 +715,43 @@ fn an_attempt_missing_from_the_ledger_is_counted_once() {
         (Some("gpu"), Some("failed"))
     );
 }
+
+/// A step deferred by a limit goes once the job that filled the limit has
+/// ended, with the index kept by real submits and reaps only: the reap's
+/// own count of the deferred step is never added twice by its recount.
+#[test]
+fn a_deferred_step_goes_once_the_limit_frees_up_with_real_counts() {
+    let mock = Mock::start(&[
+        "--statuses",
+        "running,running,completed",
+        "--provider-outcome",
+        "gemini=failed",
+    ]);
+    let p = Project::new();
+    write_config(&p, "max_in_flight:\n  claude: 1\n");
+    p.task("other.md", b"---\npreferred_ai: claude\n---\nx\n");
+    p.submit_ok(&mock, "other.md");
+    p.task(
+        "l.md",
+        b"---\npreferred_ai: gemini\nfallback: claude\n---\ny\n",
+    );
+    p.submit_ok(&mock, "l.md");
+    // Both jobs end on the third poll: other.md is done, l.md's gemini job
+    // failed while other.md still counted, so its step is deferred.
+    for _ in 0..3 {
+        p.reap(&mock, &[]).expect(0);
+    }
+    assert_eq!(p.names(&p.done()), ["other.md"]);
+    assert_eq!(p.marker("l.md").unwrap()["deferred"], true);
+    // The limit is free now: a later reap sends the step.
+    let mut sent = false;
+    for _ in 0..3 {
+        p.reap(&mock, &[]).expect(0);
+        if p.marker("l.md").is_some_and(|m| m["job_id"].is_string()) {
+            sent = true;
+            break;
+        }
+    }
+    assert!(sent, "still deferred: {:?}", p.marker("l.md"));
+    assert_eq!(mock.jobs_created(), 3);
+}

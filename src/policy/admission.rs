@@ -22,6 +22,10 @@ pub const LOCK_FILE: &str = "admission.lock";
 pub struct Admission {
     _file: File,
     dir: PathBuf,
+    /// Taken by a reap for its failover steps: the index lines it appends
+    /// are marked as the reap's own, so that its recount at the end of the
+    /// run does not add them again (see [`Admission::reconcile_all`]).
+    by_reap: bool,
 }
 
 impl Admission {
@@ -63,6 +67,15 @@ impl Admission {
         Ok(Admission {
             _file: file,
             dir: state_dir.to_path_buf(),
+            by_reap: false,
+        })
+    }
+
+    /// [`Admission::lock`] for a reap's failover step.
+    pub fn lock_for_reap(state_dir: &Path, timeout: Duration) -> anyhow::Result<Admission> {
+        Ok(Admission {
+            by_reap: true,
+            ..Admission::lock(state_dir, timeout)?
         })
     }
 
@@ -97,7 +110,7 @@ impl Admission {
         };
         let d = admit(policy, &spend, &counts, provider, now);
         if d == Decision::Admit {
-            InFlight::append_delta(self, &own, provider.as_str(), 1)?;
+            InFlight::append_delta(self, &own, provider.as_str(), 1, self.by_reap)?;
         }
         Ok(d)
     }
@@ -105,7 +118,13 @@ impl Admission {
     /// Takes back a count of [`Admission::check_and_reserve`] when the POST
     /// surely failed (the marker is gone).
     pub fn release(&self, project: &Path, provider: Provider) -> anyhow::Result<()> {
-        InFlight::append_delta(self, &project_key(project), provider.as_str(), -1)
+        InFlight::append_delta(
+            self,
+            &project_key(project),
+            provider.as_str(),
+            -1,
+            self.by_reap,
+        )
     }
 
     /// Replaces a project's counts with the markers a reap saw (provider →
@@ -328,7 +347,7 @@ mod tests {
         let adm = Admission::lock(d.path(), Duration::from_secs(5)).unwrap();
         let t = Instant::now();
         for _ in 0..n {
-            InFlight::append_delta(&adm, "/srv/p001", "claude", 1).unwrap();
+            InFlight::append_delta(&adm, "/srv/p001", "claude", 1, false).unwrap();
         }
         println!(
             "  of which counting the job in inflight.tsv: {:?}",

@@ -205,7 +205,8 @@ impl Ctx<'_> {
             return;
         }
         let counted = (|| {
-            let adm = Admission::lock(&self.settings.state_dir, self.settings.lock_timeout)?;
+            let adm =
+                Admission::lock_for_reap(&self.settings.state_dir, self.settings.lock_timeout)?;
             if st.ids.is_none() {
                 st.ids = Some(ledger_ids(&adm)?);
             }
@@ -234,8 +235,9 @@ impl Ctx<'_> {
         if pending.is_empty() {
             return;
         }
-        let appended = Admission::lock(&self.settings.state_dir, self.settings.lock_timeout)
-            .and_then(|adm| ledger::append(&adm, &pending));
+        let appended =
+            Admission::lock_for_reap(&self.settings.state_dir, self.settings.lock_timeout)
+                .and_then(|adm| ledger::append(&adm, &pending));
         if let Err(e) = appended {
             // Their markers keep them: the next reap appends them.
             self.local_error(format_args!(
@@ -269,7 +271,8 @@ impl Ctx<'_> {
             return (poll::Admission::Admit, None);
         }
         let decided = (|| {
-            let adm = Admission::lock(&self.settings.state_dir, self.settings.lock_timeout)?;
+            let adm =
+                Admission::lock_for_reap(&self.settings.state_dir, self.settings.lock_timeout)?;
             if let Some(own) = Provider::parse(&m.provider) {
                 adm.release(&q.project, own)?;
             }
@@ -292,6 +295,7 @@ impl Ctx<'_> {
                     &crate::inflight::project_key(&q.project),
                     next.as_str(),
                     1,
+                    true,
                 )?;
             }
             anyhow::Ok(d)
