@@ -258,7 +258,7 @@ impl Query {
         let key: &str = match self.by.as_str() {
             "project" => &l.project,
             "model" => l.model.as_deref().unwrap_or("unknown"),
-            "day" => &at[..10],
+            "day" => at.get(..10).unwrap_or(&at),
             _ => &l.provider,
         };
         let completed = l.status == "completed";

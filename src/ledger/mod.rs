@@ -99,8 +99,15 @@ pub fn sane_cost(c: f64) -> f64 {
 /// `finished_at` as `YYYY-MM-DDTHH:MM:SSZ`, so that days and months are its
 /// first 10 and 7 bytes and times compare as strings.
 pub fn utc(t: &str) -> Option<String> {
+    // The fast path takes only exactly that shape, digit for digit: a
+    // string from a record or a hostile ledger line may hold anything.
+    const SHAPE: &[u8; 20] = b"dddd-dd-ddTdd:dd:ddZ";
     let b = t.as_bytes();
-    if b.len() == 20 && b[10] == b'T' && b[19] == b'Z' && b[4] == b'-' {
+    if b.len() == 20
+        && b.iter()
+            .zip(SHAPE)
+            .all(|(&c, &want)| if want == b'd' { c.is_ascii_digit() } else { c == want })
+    {
         return Some(t.to_string());
     }
     crate::timestamp::parse(t).map(crate::timestamp::format)
@@ -434,6 +441,22 @@ mod tests {
         assert!(format!("{e:#}").contains("ledger rebuild"), "{e:#}");
         let e = read_all(d.path(), &mut Vec::new()).unwrap_err();
         assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+    }
+
+    #[test]
+    fn times_of_any_bytes_never_panic_and_only_real_ones_count() {
+        for ok in ["2026-11-24T10:00:00Z", "2026-11-24T11:00:00+01:00"] {
+            assert_eq!(utc(ok).as_deref(), Some("2026-11-24T10:00:00Z"), "{ok}");
+        }
+        // 20 bytes with the right punctuation, a multi-byte character where
+        // a month digit should be: refused, never sliced.
+        for bad in ["2026-1\u{e9}24T10:00:00Z", "2026-xx-24T10:00:00Z", "", "Z"] {
+            assert_eq!(utc(bad), None, "{bad:?}");
+        }
+        let mut s = spend::Spend::default();
+        let mut e = entry("j-1", "gpu", "completed", 1.0, "2026-11-24T10:00:00Z");
+        e.finished_at = "2026-1\u{e9}24T10:00:00Z".into();
+        s.fold(&e);
     }
 
     #[test]

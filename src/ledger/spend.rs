@@ -49,8 +49,8 @@ pub fn path(state_dir: &Path) -> PathBuf {
 /// The window key of a time: `YYYY-MM-DD` or `YYYY-MM`.
 fn key_of(window: Window, t: &str) -> &str {
     match window {
-        Window::Daily => &t[..10],
-        Window::Monthly => &t[..7],
+        Window::Daily => t.get(..10).unwrap_or(t),
+        Window::Monthly => t.get(..7).unwrap_or(t),
     }
 }
 
