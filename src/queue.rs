@@ -558,21 +558,22 @@ impl Queue {
         seen: &[u8],
         job_id: &str,
     ) -> anyhow::Result<Option<PathBuf>> {
-        self.finish_recorded_then(task, seen, job_id, |_| Ok(()))
+        self.finish_recorded_then(task, seen, Some(job_id), |_| Ok(()))
     }
 
     /// [`Queue::finish_recorded`], calling `durable` with the record once
     /// it is durable and before the task goes; its error keeps the task
-    /// and marker.
+    /// and marker. `job_id` is `None` for a marker with no job (a failover
+    /// step a limit deferred, which a budget may end in failed/).
     pub fn finish_recorded_then(
         &self,
         task: impl AsRef<OsStr>,
         seen: &[u8],
-        job_id: &str,
+        job_id: Option<&str>,
         durable: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Option<PathBuf>> {
         let task = task.as_ref();
-        if self.existing_record(task, Some(job_id), None).is_none() {
+        if self.existing_record(task, job_id, None).is_none() {
             return Ok(None);
         }
         let lock = self.lock()?;
@@ -583,7 +584,7 @@ impl Queue {
             Ok(meta) if meta.file_type().is_symlink() => None,
             _ => self.read_task(task)?.map(|(bytes, _)| bytes),
         };
-        let Some(path) = self.existing_record(task, Some(job_id), original.as_deref()) else {
+        let Some(path) = self.existing_record(task, job_id, original.as_deref()) else {
             return Ok(None);
         };
         // The run that wrote it may have died before syncing its directory.

@@ -755,3 +755,52 @@ fn a_deferred_step_goes_once_the_limit_frees_up_with_real_counts() {
     assert!(sent, "still deferred: {:?}", p.marker("l.md"));
     assert_eq!(mock.jobs_created(), 3);
 }
+
+/// A run killed after a budget ended a deferred step's chain in failed/
+/// but before it removed the task leaves the deferred marker beside its
+/// record: the next reap only finishes the removals, and never sends the
+/// step, even when admission would now let it go.
+#[test]
+fn a_deferred_step_whose_record_is_written_is_never_sent() {
+    let mock = mock_failing();
+    let p = Project::new();
+    write_config(&p, "max_in_flight:\n  claude: 1\n");
+    let state = p.home.join(".local/state/ccl-delegate");
+    std::fs::create_dir_all(&state).unwrap();
+    let key = serde_json::to_string(&p.dir.display().to_string()).unwrap();
+    std::fs::write(
+        state.join("inflight.tsv"),
+        format!("1\t\"claude\"\t{key}\n"),
+    )
+    .unwrap();
+    p.task("l.md", CHAINED);
+    p.submit_ok(&mock, "l.md");
+    p.reap(&mock, &[]).expect(0);
+    let deferred = std::fs::read(p.marker_path("l.md")).unwrap();
+    assert!(String::from_utf8_lossy(&deferred).contains("\"deferred\": true"));
+
+    // A record with no job for this task, as the killed run wrote it: made
+    // here by a pending marker past max_age, then the deferred marker and
+    // the task put back as the kill left them.
+    p.write_marker(
+        "l.md",
+        &marker_json(
+            true,
+            None,
+            "ccl-dead-0123456789abcdef",
+            &rfc3339_ago(25 * 3600),
+        ),
+    );
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(p.names(&p.failed()), ["l.md"]);
+    p.task("l.md", CHAINED);
+    std::fs::write(p.marker_path("l.md"), &deferred).unwrap();
+    // The limit is free now: admission would let the step go.
+    std::fs::write(state.join("inflight.tsv"), "").unwrap();
+    let jobs = mock.jobs_created();
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(mock.jobs_created(), jobs, "the step was sent: {out:?}");
+    assert!(p.names(&p.inbox()).is_empty(), "{out:?}");
+    assert_eq!(p.names(&p.failed()), ["l.md"], "one record, not two");
+}

@@ -104,9 +104,13 @@ pub fn utc(t: &str) -> Option<String> {
     const SHAPE: &[u8; 20] = b"dddd-dd-ddTdd:dd:ddZ";
     let b = t.as_bytes();
     if b.len() == 20
-        && b.iter()
-            .zip(SHAPE)
-            .all(|(&c, &want)| if want == b'd' { c.is_ascii_digit() } else { c == want })
+        && b.iter().zip(SHAPE).all(|(&c, &want)| {
+            if want == b'd' {
+                c.is_ascii_digit()
+            } else {
+                c == want
+            }
+        })
     {
         return Some(t.to_string());
     }

@@ -395,12 +395,17 @@ impl Ctx<'_> {
             self.count_attempts(q, task, &m);
         }
         let job_id = m.job_id.clone().filter(|_| m.state == State::Submitted);
-        if let Some(job_id) = &job_id
-            && let Some(path) = q.finish_recorded_then(task, &seen, job_id, |path| {
+        // A record an interrupted run already wrote for this marker: only
+        // the removals are left. A deferred failover step has no job, but a
+        // budget may have ended its chain in failed/: never send it then.
+        let deferred = corrupt.is_none() && m.deferred && job_id.is_none();
+        if (job_id.is_some() || deferred)
+            && let Some(path) = q.finish_recorded_then(task, &seen, job_id.as_deref(), |path| {
                 self.book_recorded(q, task, path)
             })?
         {
-            self.say(format_args!("{}", finish::recorded_line(&path, job_id)));
+            let shown_id = job_id.as_deref().unwrap_or("none");
+            self.say(format_args!("{}", finish::recorded_line(&path, shown_id)));
             return Ok(());
         }
         let kind = match (&corrupt, &job_id) {
