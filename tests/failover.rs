@@ -804,3 +804,23 @@ fn a_deferred_step_whose_record_is_written_is_never_sent() {
     assert!(p.names(&p.inbox()).is_empty(), "{out:?}");
     assert_eq!(p.names(&p.failed()), ["l.md"], "one record, not two");
 }
+
+/// A failover step the service refuses (a 4xx) hands the task back to the
+/// dispatcher: one stdout line for the task, the `returned` one.
+#[test]
+fn a_refused_step_is_one_returned_line() {
+    let mock = mock_failing();
+    let p = Project::new();
+    p.task("r.md", CHAINED);
+    p.submit_ok(&mock, "r.md");
+    mock.faults(serde_json::json!({"next": ["400"], "path": "/api/v1/jobs", "method": "POST"}));
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    assert!(out.stdout.starts_with("returned "), "{out:?}");
+    assert_eq!(
+        p.names(&p.inbox()),
+        ["r.md"],
+        "the task is the dispatcher's"
+    );
+}

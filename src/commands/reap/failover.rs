@@ -74,7 +74,7 @@ pub fn next_marker(
 }
 
 /// The stdout line of a failover step. `to` is `job <id>`, `pending` when
-/// the POST's outcome is unknown, `refused` when the service refused it.
+/// the POST's outcome is unknown (a refused step prints no such line).
 /// A job that ended without an error says only its status.
 pub fn line(task: &str, last: &Attempt, provider: &str, to: &str) -> String {
     let error = match last.error.as_deref() {
@@ -408,14 +408,15 @@ impl Ctx<'_> {
             }
             Err(e) => {
                 let f = self.failure(&e, last_error);
-                let to = if e.nothing_created() {
-                    "refused"
-                } else {
-                    "pending"
-                };
-                (Call::Err(f), to.to_string())
+                (Call::Err(f), "pending".to_string())
             }
         };
+        // A refused step hands the task back to the dispatcher, and that
+        // is its one line (`returned ...`, with the service's reason). Any
+        // other failure leaves the step pending: a later reap re-sends it.
+        if sent == Call::Err(poll::Failure::Rejected) {
+            return sent;
+        }
         if let Some(last) = m.attempts.last() {
             self.say(format_args!(
                 "{}",
