@@ -163,15 +163,38 @@ pub fn append(adm: &Admission, entries: &[Entry]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends the entries whose job id the ledger does not hold yet (one scan
-/// for the whole batch); entries without a job id are always appended.
+/// Appends the entries the ledger does not hold yet (one scan for the
+/// whole batch): by job id, or for a record with no job (a submission never
+/// confirmed, a corrupt marker, a chain a budget ended while deferred) by
+/// its project, task and end time, which its record fixes once written.
 /// Answers how many were appended.
 pub fn record_once(adm: &Admission, entries: &[Entry]) -> anyhow::Result<usize> {
     let ids: Vec<&str> = entries.iter().filter_map(|e| e.job_id.as_deref()).collect();
     let present = present_ids(adm.state_dir(), &ids)?;
+    let jobless: std::collections::HashSet<(&str, &str, &str)> = entries
+        .iter()
+        .filter(|e| e.job_id.is_none())
+        .map(|e| (e.project.as_str(), e.task.as_str(), e.finished_at.as_str()))
+        .collect();
+    let mut seen_jobless = std::collections::HashSet::new();
+    if !jobless.is_empty() {
+        scan(&path(adm.state_dir()), 0, &mut Vec::new(), |line, _| {
+            if let Ok(e) = serde_json::from_slice::<Entry>(line)
+                && e.job_id.is_none()
+                && jobless.contains(&(e.project.as_str(), e.task.as_str(), e.finished_at.as_str()))
+            {
+                seen_jobless.insert((e.project, e.task, e.finished_at));
+            }
+        })?;
+    }
     let new: Vec<Entry> = entries
         .iter()
-        .filter(|e| e.job_id.as_deref().is_none_or(|id| !present.contains(id)))
+        .filter(|e| match e.job_id.as_deref() {
+            Some(id) => !present.contains(id),
+            None => {
+                !seen_jobless.contains(&(e.project.clone(), e.task.clone(), e.finished_at.clone()))
+            }
+        })
         .cloned()
         .collect();
     append(adm, &new)?;
@@ -430,6 +453,14 @@ mod tests {
         assert_eq!(record_once(&adm, &[a.clone(), b.clone()]).unwrap(), 1);
         assert_eq!(record_once(&adm, &[a, b]).unwrap(), 0);
         assert_eq!(read_all(d.path(), &mut Vec::new()).unwrap().len(), 2);
+        // A record with no job counts once too: by project, task and end.
+        let mut none = entry("x", "gpu", "timeout", 0.0, "2026-11-24T11:00:00Z");
+        none.job_id = None;
+        let mut other = none.clone();
+        other.task = "other.md".into();
+        assert_eq!(record_once(&adm, std::slice::from_ref(&none)).unwrap(), 1);
+        assert_eq!(record_once(&adm, &[none, other]).unwrap(), 1);
+        assert_eq!(read_all(d.path(), &mut Vec::new()).unwrap().len(), 4);
     }
 
     #[test]
