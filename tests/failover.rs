@@ -824,3 +824,35 @@ fn a_refused_step_is_one_returned_line() {
         "the task is the dispatcher's"
     );
 }
+
+/// A chain's earlier job that cannot be counted now (the admission lock
+/// held by a stranger) keeps the marker for the next run: the chain never
+/// ends with an earlier job counted zero times.
+#[test]
+fn a_chain_waits_until_its_earlier_jobs_are_counted() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    write_config(&p, "lock_timeout: 200ms\n");
+    p.task("w.md", b"task\n");
+    let key = "ccl-ww-0123456789abcdef";
+    let job = mock.post_job(key, "w.md");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&marker_json(false, Some(&job), key, &rfc3339_ago(60))).unwrap();
+    m["attempts"] = serde_json::json!([
+        {"provider": "gpu", "job_id": "j-early-1", "status": "failed", "error": "x"}
+    ]);
+    p.write_marker("w.md", &m.to_string());
+    let state = p.home.join(".local/state/ccl-delegate");
+    let held = ShellLock::hold(&state.join("admission.lock"));
+    let out = p.reap(&mock, &[]);
+    assert!(p.names(&p.done()).is_empty(), "{out:?}");
+    assert!(p.marker("w.md").is_some(), "{out:?}");
+    drop(held);
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(p.names(&p.done()), ["w.md"]);
+    let n = ledger(&p)
+        .iter()
+        .filter(|e| e["job_id"] == "j-early-1")
+        .count();
+    assert_eq!(n, 1);
+}

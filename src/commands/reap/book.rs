@@ -36,7 +36,7 @@ pub(super) fn classify(ledger_is_odd: bool, e: &anyhow::Error) -> Failed {
     }
 }
 
-fn ledger_is_odd(state_dir: &Path) -> bool {
+pub(super) fn ledger_is_odd(state_dir: &Path) -> bool {
     std::fs::symlink_metadata(ledger::path(state_dir)).is_ok_and(|m| !m.is_file())
 }
 

@@ -176,9 +176,13 @@ fn ledger_ids(adm: &Admission) -> anyhow::Result<HashSet<String>> {
 impl Ctx<'_> {
     /// Appends the entries of the jobs a marker's `attempts` name that the
     /// ledger lacks: those of a run killed before its end (see [`Ledger`]).
-    pub(super) fn count_attempts(&self, q: &Queue, task: &OsStr, m: &Marker) {
+    /// `false` when that could not be done for now (the lock held too long,
+    /// a write that failed): the marker is then left for the next run, so
+    /// that its chain cannot end before its earlier jobs are counted. A
+    /// ledger that is no regular file only warns: `ledger rebuild` mends it.
+    pub(super) fn count_attempts(&self, q: &Queue, task: &OsStr, m: &Marker) -> bool {
         if m.attempts.iter().all(|a| a.job_id.is_none()) {
-            return;
+            return true;
         }
         let mut st = self.ledger.state.lock().unwrap_or_else(|p| p.into_inner());
         let lacking = |ids: &HashSet<String>| -> Vec<Entry> {
@@ -202,7 +206,7 @@ impl Ctx<'_> {
         };
         // The common case: every job already counted, nothing locked.
         if st.ids.as_ref().is_some_and(|ids| lacking(ids).is_empty()) {
-            return;
+            return true;
         }
         let counted = (|| {
             let adm =
@@ -219,12 +223,23 @@ impl Ctx<'_> {
             ids.extend(missing.into_iter().filter_map(|e| e.job_id));
             Ok(())
         })();
-        if let Err(e) = counted {
-            self.ui.warn(format_args!(
-                "{}: the earlier jobs of its chain may be missing from the ledger: {e:#}; {}",
-                shown(&q.task_path(task)),
-                ledger::REBUILD_HINT
-            ));
+        match counted {
+            Ok(()) => true,
+            Err(e) if super::book::ledger_is_odd(&self.settings.state_dir) => {
+                self.ui.warn(format_args!(
+                    "{}: the earlier jobs of its chain may be missing from the ledger: {e:#}; {}",
+                    shown(&q.task_path(task)),
+                    ledger::REBUILD_HINT
+                ));
+                true
+            }
+            Err(e) => {
+                self.ui.warn(format_args!(
+                    "{}: the earlier jobs of its chain are not in the ledger yet: {e:#}; the marker waits for the next reap",
+                    shown(&q.task_path(task))
+                ));
+                false
+            }
         }
     }
 

@@ -392,7 +392,9 @@ impl Ctx<'_> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .active(q, &m.provider);
-            self.count_attempts(q, task, &m);
+            if !self.count_attempts(q, task, &m) {
+                return Ok(());
+            }
         }
         let job_id = m.job_id.clone().filter(|_| m.state == State::Submitted);
         // A record an interrupted run already wrote for this marker: only
