@@ -297,7 +297,14 @@ fn a_limit_defers_the_step_and_a_later_reap_sends_it() {
         )
     );
     assert_eq!(mock.jobs_created(), 1);
-    // Still over the limit: nothing is sent.
+    // Still over the limit: nothing is sent. (The other job is no marker
+    // here, so each reap's recount drops it: it is written again, beside
+    // this task's own deferred marker.)
+    std::fs::write(
+        state.join("inflight.tsv"),
+        format!("2\t\"claude\"\t{key}\n"),
+    )
+    .unwrap();
     p.reap(&mock, &[]).expect(0);
     assert_eq!(mock.jobs_created(), 1);
     assert_eq!(p.marker("l.md").unwrap()["deferred"], true);

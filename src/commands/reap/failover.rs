@@ -25,6 +25,19 @@ pub(super) struct Step {
     pub(super) provider: Option<String>,
 }
 
+impl Step {
+    /// The provider of the ended job, as its attempt and its ledger entry
+    /// both name it (so a rebuild or a recovery books it where the step
+    /// did): the service's answer when it names a provider, else the one
+    /// the marker asked for (`auto` included).
+    fn ran_on(&self, m: &Marker) -> String {
+        self.provider
+            .as_deref()
+            .filter(|p| Provider::parse(p).is_some_and(|p| p != Provider::Auto))
+            .map_or_else(|| m.provider.clone(), str::to_string)
+    }
+}
+
 /// The error kept for an ended job: the service's, else what the client
 /// saw (a 404), clipped to one line.
 pub(super) fn error_of(
@@ -53,7 +66,7 @@ pub fn next_marker(
     Provider::parse(next)?;
     let mut attempts = m.attempts.clone();
     attempts.push(Attempt {
-        provider: m.provider.clone(),
+        provider: step.ran_on(m),
         job_id: m.job_id.clone(),
         status: step.reason.as_str().to_string(),
         error: step.error.clone(),
@@ -362,7 +375,7 @@ impl Ctx<'_> {
             job_id: m.job_id.clone(),
             project: crate::inflight::project_key(&q.project),
             task: task.to_string_lossy().into_owned(),
-            provider: step.provider.clone().unwrap_or_else(|| m.provider.clone()),
+            provider: step.ran_on(m),
             model: None,
             status: step.reason.as_str().to_string(),
             cost_cad: 0.0,
