@@ -71,6 +71,31 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry of an earlier job of a failover chain: under its own
+    /// provider, cost 0 (an ended job reports none), dated as the caller
+    /// knows best.
+    pub fn of_attempt(
+        a: &crate::marker::Attempt,
+        project: &str,
+        task: &str,
+        delegated_at: &str,
+        finished_at: &str,
+    ) -> Entry {
+        Entry {
+            job_id: a.job_id.clone(),
+            project: project.to_string(),
+            task: task.to_string(),
+            provider: a.provider.clone(),
+            model: None,
+            status: a.status.clone(),
+            cost_cad: 0.0,
+            tokens_in: None,
+            tokens_out: None,
+            delegated_at: delegated_at.to_string(),
+            finished_at: finished_at.to_string(),
+        }
+    }
+
     pub fn is_completed(&self) -> bool {
         self.status == "completed"
     }

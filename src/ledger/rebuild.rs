@@ -110,19 +110,7 @@ pub fn entries_from_record(project: &str, task: &str, record: &[u8]) -> Option<V
     let mut out: Vec<Entry> = r
         .attempts
         .iter()
-        .map(|a| Entry {
-            job_id: a.job_id.clone(),
-            project: project.to_string(),
-            task: task.to_string(),
-            provider: a.provider.clone(),
-            model: None,
-            status: a.status.clone(),
-            cost_cad: 0.0,
-            tokens_in: None,
-            tokens_out: None,
-            delegated_at: last.delegated_at.clone(),
-            finished_at: last.finished_at.clone(),
-        })
+        .map(|a| Entry::of_attempt(a, project, task, &last.delegated_at, &last.finished_at))
         .collect();
     out.push(last);
     Some(out)

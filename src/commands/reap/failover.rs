@@ -199,22 +199,15 @@ impl Ctx<'_> {
         }
         let mut st = self.ledger.state.lock().unwrap_or_else(|p| p.into_inner());
         let lacking = |ids: &HashSet<String>| -> Vec<Entry> {
+            let (project, task) = (
+                crate::inflight::project_key(&q.project),
+                task.to_string_lossy(),
+            );
+            let now = timestamp::now();
             m.attempts
                 .iter()
                 .filter(|a| a.job_id.as_ref().is_some_and(|j| !ids.contains(j)))
-                .map(|a| Entry {
-                    job_id: a.job_id.clone(),
-                    project: crate::inflight::project_key(&q.project),
-                    task: task.to_string_lossy().into_owned(),
-                    provider: a.provider.clone(),
-                    model: None,
-                    status: a.status.clone(),
-                    cost_cad: 0.0,
-                    tokens_in: None,
-                    tokens_out: None,
-                    delegated_at: m.started_at.clone(),
-                    finished_at: timestamp::now(),
-                })
+                .map(|a| Entry::of_attempt(a, &project, &task, &m.started_at, &now))
                 .collect()
         };
         // The common case: every job already counted, nothing locked.
