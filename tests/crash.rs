@@ -208,32 +208,6 @@ fn check_reap_settled(p: &Project, s: &Setup, context: &str) {
     assert_eq!(found.markers, 0, "{context}: markers left: {found:?}");
 }
 
-/// The job ids of the host's ledger, and of the done/failed records, each
-/// sorted (a record without a job id, a submission never confirmed, is
-/// left out of both).
-fn ledger_and_record_ids(p: &Project) -> (Vec<String>, Vec<String>) {
-    let ledger = p.home.join(".local/state/ccl-delegate/ledger.jsonl");
-    let mut entries: Vec<String> = std::fs::read_to_string(ledger)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            v["job_id"].as_str().map(String::from)
-        })
-        .collect();
-    entries.sort();
-    let mut records = Vec::new();
-    for dir in [p.done(), p.failed()] {
-        for n in p.names(&dir) {
-            if let Some(id) = Record::read(&dir.join(n)).str("job_id") {
-                records.push(id.to_string());
-            }
-        }
-    }
-    records.sort();
-    (entries, records)
-}
-
 /// After a clean reap, every finished job is in the ledger exactly once.
 fn check_ledger_once(p: &Project, context: &str) {
     let (entries, records) = ledger_and_record_ids(p);

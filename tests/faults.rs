@@ -118,30 +118,6 @@ fn reap_fault_at_each_durable_step_is_reported_and_the_next_run_recovers() {
     }
 }
 
-/// The job ids in the host's ledger and in the records, sorted.
-fn ledger_vs_records(p: &Project) -> (Vec<String>, Vec<String>) {
-    let ledger = p.home.join(".local/state/ccl-delegate/ledger.jsonl");
-    let mut entries: Vec<String> = std::fs::read_to_string(ledger)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            v["job_id"].as_str().map(String::from)
-        })
-        .collect();
-    entries.sort();
-    let mut records = Vec::new();
-    for dir in [p.done(), p.failed()] {
-        for n in p.names(&dir) {
-            if let Some(id) = Record::read(&dir.join(n)).str("job_id") {
-                records.push(id.to_string());
-            }
-        }
-    }
-    records.sort();
-    (entries, records)
-}
-
 /// A ledger append that fails (full disk, I/O error) is reported, keeps
 /// the task and its marker beside the durable record, and the next run
 /// writes the entry: every job counts once.
@@ -192,7 +168,7 @@ fn reap_fault_at_the_ledger_append_is_reported_and_counted_once_later() {
             let found = check_invariant(&p, &originals, true)
                 .unwrap_or_else(|e| panic!("{context}\nafter the clean run:\n{e}"));
             assert_eq!(found.inbox, 0, "{context}\n{found:?}");
-            let (entries, records) = ledger_vs_records(&p);
+            let (entries, records) = ledger_and_record_ids(&p);
             assert_eq!(entries, records, "{context}");
             if !faulted {
                 break;

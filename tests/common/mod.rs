@@ -898,3 +898,30 @@ pub fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
 pub fn set(names: &[&str]) -> std::collections::BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
+
+/// The job ids of the host's ledger, and of the done/failed records, each
+/// sorted (a record without a job id, a submission never confirmed, is
+/// left out of both).
+pub fn ledger_and_record_ids(p: &Project) -> (Vec<String>, Vec<String>) {
+    let ledger = p.home.join(".local/state/ccl-delegate/ledger.jsonl");
+    let mut entries: Vec<String> = std::fs::read_to_string(ledger)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["job_id"].as_str().map(String::from)
+        })
+        .collect();
+    entries.sort();
+    let mut records = Vec::new();
+    for dir in [p.done(), p.failed()] {
+        for n in p.names(&dir) {
+            if let Some(id) = Record::read(&dir.join(n)).str("job_id") {
+                records.push(id.to_string());
+            }
+        }
+    }
+    records.sort();
+    (entries, records)
+}
+
