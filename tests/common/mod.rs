@@ -924,4 +924,3 @@ pub fn ledger_and_record_ids(p: &Project) -> (Vec<String>, Vec<String>) {
     records.sort();
     (entries, records)
 }
-

@@ -836,15 +836,12 @@ impl Ctx<'_> {
         } else {
             r.provider
         };
-        self.hand_over(Finished {
-            queue: q.clone(),
-            task: task.to_os_string(),
-            seen: seen.to_vec(),
-            job_id: m.job_id.clone(),
-            requested: m.provider.clone(),
-            delegated_at: m.started_at.clone(),
-            attempts: m.attempts.clone(),
-            verdict: Verdict::Done {
+        self.hand_over(finished(
+            q,
+            task,
+            seen,
+            m,
+            Verdict::Done {
                 provider,
                 model: r.model,
                 cost_cad: r.cost_cad,
@@ -854,7 +851,7 @@ impl Ctx<'_> {
                 },
                 response: r.response,
             },
-        });
+        ));
         Ok(())
     }
 
@@ -867,20 +864,32 @@ impl Ctx<'_> {
         reason: &str,
         details: &[u8],
     ) -> anyhow::Result<()> {
-        self.hand_over(Finished {
-            queue: q.clone(),
-            task: task.to_os_string(),
-            seen: seen.to_vec(),
-            job_id: m.job_id.clone(),
-            requested: m.provider.clone(),
-            delegated_at: m.started_at.clone(),
-            attempts: m.attempts.clone(),
-            verdict: Verdict::Failed {
+        self.hand_over(finished(
+            q,
+            task,
+            seen,
+            m,
+            Verdict::Failed {
                 provider: m.provider.clone(),
                 reason: reason.to_string(),
                 details: details.to_vec(),
             },
-        });
+        ));
         Ok(())
+    }
+}
+
+/// A finished job for the finishing thread: the marker as acted on, and
+/// the verdict.
+fn finished(q: &Queue, task: &OsStr, seen: &[u8], m: &Marker, verdict: Verdict) -> Finished {
+    Finished {
+        queue: q.clone(),
+        task: task.to_os_string(),
+        seen: seen.to_vec(),
+        job_id: m.job_id.clone(),
+        requested: m.provider.clone(),
+        delegated_at: m.started_at.clone(),
+        attempts: m.attempts.clone(),
+        verdict,
     }
 }
