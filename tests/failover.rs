@@ -863,3 +863,21 @@ fn a_chain_waits_until_its_earlier_jobs_are_counted() {
         .count();
     assert_eq!(n, 1);
 }
+
+/// The earlier jobs of a chain are ledger entries of their own, but status
+/// totals the records: after a failover it reads its totals from the ledger
+/// without calling the ledger damaged.
+#[test]
+fn status_after_a_failover_reads_the_ledger_without_a_warning() {
+    let mock = mock_failing();
+    let p = Project::new();
+    p.task("s.md", CHAINED);
+    p.submit_ok(&mock, "s.md");
+    p.reap_until_settled(&mock, &[], 6);
+    assert_eq!(p.names(&p.done()), ["s.md"]);
+    assert!(ledger(&p).len() >= 3, "one entry per job: {:?}", ledger(&p));
+    let out = p.run(None, &["status", "--project", p.dir.to_str().unwrap()]);
+    out.expect(0);
+    assert_eq!(out.stderr, "", "{out:?}");
+    assert!(out.stdout.contains("gpu"), "{out:?}");
+}

@@ -72,6 +72,9 @@ struct Slim<'a> {
     status: std::borrow::Cow<'a, str>,
     #[serde(default)]
     cost_cad: f64,
+    /// An earlier job of a chain: no record of its own.
+    #[serde(default)]
+    step: bool,
 }
 
 /// The totals of the ledger's entries for `projects` (project keys), and
@@ -91,7 +94,9 @@ pub fn from_ledger(
         let Ok(e) = serde_json::from_slice::<Slim>(line) else {
             return;
         };
-        if projects.contains(e.project.as_ref()) {
+        // Status totals tasks, as the records do: the earlier jobs of a
+        // failover chain are the report's, not the records'.
+        if !e.step && projects.contains(e.project.as_ref()) {
             n += 1;
             add(
                 &mut totals,

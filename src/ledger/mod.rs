@@ -68,6 +68,11 @@ pub struct Entry {
     pub delegated_at: String,
     /// RFC 3339, UTC (`Z`): the windows are UTC days and months.
     pub finished_at: String,
+    /// An earlier job of a failover chain (no record of its own: its
+    /// task's record names it in `attempts`). Counted by `report` and the
+    /// budgets like any job; `status` totals records, so it skips these.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub step: bool,
 }
 
 impl Entry {
@@ -93,6 +98,7 @@ impl Entry {
             tokens_out: None,
             delegated_at: delegated_at.to_string(),
             finished_at: finished_at.to_string(),
+            step: true,
         }
     }
 
@@ -412,6 +418,7 @@ mod tests {
             tokens_out: None,
             delegated_at: at.into(),
             finished_at: at.into(),
+            step: false,
         }
     }
 

@@ -148,6 +148,7 @@ pub fn entry_from_record(project: &str, task: &str, record: &[u8]) -> Option<Ent
         tokens_out: r.tokens_out,
         delegated_at: r.delegated_at.clone().unwrap_or_default(),
         finished_at,
+        step: false,
     })
 }
 

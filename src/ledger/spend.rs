@@ -219,6 +219,7 @@ mod tests {
             tokens_out: None,
             delegated_at: at.into(),
             finished_at: at.into(),
+            step: false,
         }
     }
 

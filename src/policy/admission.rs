@@ -266,6 +266,7 @@ mod tests {
                 finished_at: crate::timestamp::format(
                     now - Duration::from_secs(100_000 - i) + Duration::from_secs(10),
                 ),
+                step: false,
             })
             .collect();
         let projects: Vec<PathBuf> = (0..100)

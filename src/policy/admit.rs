@@ -216,6 +216,7 @@ mod tests {
             tokens_out: None,
             delegated_at: finished_at.into(),
             finished_at: finished_at.into(),
+            step: false,
         }
     }
 

@@ -376,6 +376,7 @@ impl Ctx<'_> {
             tokens_out: None,
             delegated_at: m.sent_at.clone().unwrap_or_else(|| m.started_at.clone()),
             finished_at: timestamp::now(),
+            step: true,
         };
         let lock = q.lock()?;
         if !q.fail_over(&lock, task, seen, &next)? {
