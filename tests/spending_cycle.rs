@@ -426,3 +426,25 @@ fn doctor_shows_each_cap_and_limit_against_today() {
         assert!(out.stdout.contains(line), "{line}\n{}", out.stdout);
     }
 }
+
+/// "A marker deleted by hand stops counting at the next reap", wherever it
+/// was: also in a project the reap does not go through (one a submit
+/// delegated from, not configured).
+#[test]
+fn a_marker_deleted_by_hand_in_another_project_stops_counting_too() {
+    let p = Project::new();
+    let mock = Mock::start(&["--statuses", "running"]);
+    p.config("max_in_flight:\n  claude: 1\n");
+    let other = p.home.join("other");
+    for d in ["inbox", "done", "failed"] {
+        std::fs::create_dir_all(other.join(".agent-queue").join(d)).unwrap();
+    }
+    let task = other.join(".agent-queue/inbox/o.md");
+    std::fs::write(&task, "---\npreferred_ai: claude\n---\nx\n").unwrap();
+    p.run(Some(&mock), &["submit", task.to_str().unwrap()])
+        .expect(0);
+    std::fs::remove_file(other.join(".agent-queue/inbox/o.md.delegated")).unwrap();
+    p.reap(&mock, &[]).expect(0);
+    let names = p.tasks("t", 1);
+    p.submit_ok(&mock, &names[0]);
+}

@@ -113,6 +113,28 @@ pub(super) fn reconcile(
             )),
         }
     }
+    // The other projects the index names (a project a submit delegated
+    // from that this reap does not go through): recounted too, so that a
+    // marker deleted by hand stops counting wherever it was, and a project
+    // that is gone counts nothing.
+    let reaped: std::collections::HashSet<String> =
+        counted.iter().map(|(p, _)| project_key(p)).collect();
+    let index = crate::inflight::InFlight::load(&settings.state_dir, &mut Vec::new());
+    for key in index.projects.keys().filter(|k| !reaped.contains(*k)) {
+        let q = Queue::at(Path::new(key));
+        let counts = if q.inbox.is_dir() {
+            count_markers(&q)
+        } else {
+            Ok(Counts::new())
+        };
+        match counts {
+            Ok(c) => counted.push((q.project, c)),
+            Err(e) => problems.push(format!(
+                "cannot recount the jobs in flight of {}: {e}; the next reap tries again",
+                crate::queue::shown(Path::new(key))
+            )),
+        }
+    }
     // Nothing in flight and no index: nothing to write (a reap of queues
     // without markers stays a few stats).
     let empty = counted.iter().all(|(_, c)| c.is_empty());
