@@ -238,9 +238,9 @@ fn admit(settings: &Settings, queue: &Queue, provider: &str, ui: Ui) -> anyhow::
         }
     };
     if let Some(line) = decision.stderr_line() {
-        // The contract's one line, said even with -q: it is why the task
-        // runs locally.
-        ui.say(line);
+        // The contract's one line, as it words it (no prefix), said even
+        // with -q: it is why the task runs locally.
+        eprintln!("{}", crate::text::line(&line));
     }
     Ok(match (&decision, decision.stdout_line()) {
         (Decision::Admit, _) | (_, None) => Admitted::Yes(Some(p)),

@@ -325,7 +325,7 @@ pub fn scan(
         }
         if line.last() != Some(&b'\n') {
             warnings.push(format!(
-                "the ledger {} ends in a torn line (a run was killed while writing it); skipped",
+                "the ledger {} ends in a torn line (a run was killed while writing it); skipped; {REBUILD_HINT}",
                 p.display()
             ));
             break;

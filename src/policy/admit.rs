@@ -24,13 +24,14 @@ impl CapState {
     /// `budget daily all: 12.3400 of 20.0000 CAD spent, 0.6000 reserved (4
     /// in flight)`: the line of `report`, `status` and `doctor`.
     pub fn line(&self) -> String {
+        // Rounded as the JSON is, so both say the same amounts.
         format!(
             "budget {} {}: {:.4} of {:.4} CAD spent, {:.4} reserved ({} in flight)",
             self.cap.window.as_str(),
             self.cap.scope(),
-            self.spent,
-            self.cap.limit,
-            self.reserved,
+            round4(self.spent),
+            round4(self.cap.limit),
+            round4(self.reserved),
             self.in_flight
         )
     }
@@ -38,7 +39,6 @@ impl CapState {
     /// The object of the `budget` lists of `report --json` and `status
     /// --json`.
     pub fn json(&self) -> serde_json::Value {
-        let round4 = |x: f64| (x * 1e4).round() / 1e4;
         serde_json::json!({
             "window": self.cap.window.as_str(),
             "provider": self.cap.scope(),
@@ -48,6 +48,11 @@ impl CapState {
             "in_flight": self.in_flight,
         })
     }
+}
+
+/// Four decimals, half away from zero, for the budget lines and JSON.
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
 }
 
 /// The outcome of [`admit`].
@@ -177,7 +182,9 @@ pub fn admit(
     let n_all: u64 = in_flight.values().sum();
     for (key, scope, n) in [
         (own, provider.as_str(), n_own),
-        (LimitKey::All, "all", n_all),
+        // The contract's form names the task's provider, whichever limit
+        // is reached: `deferred gemini: 3 in flight, limit 3` for `all: 3`.
+        (LimitKey::All, provider.as_str(), n_all),
     ] {
         if let Some(max) = policy.max_in_flight.get(&key)
             && n >= max.0
@@ -338,13 +345,13 @@ mod tests {
                 policy(None, None, &[(L::All, 3)]),
                 counts(&[("claude", 2), ("gpu", 1)]),
                 Gemini,
-                "deferred all: 3 in flight, limit 3",
+                "deferred gemini: 3 in flight, limit 3",
             ),
             (
                 policy(None, None, &[(L::All, 0)]),
                 counts(&[]),
                 Gpu,
-                "deferred all: 0 in flight, limit 0",
+                "deferred gpu: 0 in flight, limit 0",
             ),
             // a budget refusal wins over a deferral
             (
