@@ -435,7 +435,10 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
     // `unknown variant`, or the fallback chain's own `unknown provider`.
     for prefix in ["unknown variant `", "unknown provider `"] {
         if let Some(k) = quoted_after(rest, prefix) {
-            let shown = if looks_like_key(k) {
+            let shown = if looks_like_key(k)
+                || ((1..=40).contains(&k.len())
+                    && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+            {
                 format!("`{k}`")
             } else {
                 "(not shown)".to_string()
@@ -450,7 +453,9 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
         }
     }
     // The policy keys' own sentences (no value quoted): safe to show.
-    if rest.starts_with("a fallback chain has at most") {
+    if rest.starts_with("a fallback chain has at most")
+        || rest.starts_with("expected a provider (gpu, gemini, claude, auto)")
+    {
         let place = path.map(|p| format!("{p}: ")).unwrap_or_default();
         return (format!("{place}{rest}"), line);
     }
@@ -460,6 +465,9 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
             key_line(text, k, 2).or(line),
         );
     }
+    // An invalid value is of the right type but out of range (a negative
+    // amount): "not an integer" would mislead, so only the rule is said.
+    let out_of_range = rest.starts_with("invalid value: ");
     let typed = rest
         .strip_prefix("invalid type: ")
         .or_else(|| rest.strip_prefix("invalid value: "));
@@ -468,6 +476,7 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
         let found = value_kind(found);
         let wanted = match wanted {
             "struct FileConfig" => "a mapping of config keys (`key: value` lines)",
+            w if w.starts_with("struct ") => "a mapping of its keys",
             "u32" => "a whole number",
             "a sequence" => "a list",
             "a string" => "a string",
@@ -483,6 +492,7 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
             _ => "another type",
         };
         return match path {
+            Some(p) if out_of_range => (format!("{p} must be {wanted}"), line),
             Some(p) => (format!("{p} must be {wanted}, not {found}"), line),
             None => (
                 format!("the file must be {wanted}, not {found}; is it the right file?"),

@@ -437,3 +437,38 @@ fn bad_budget_limit_or_fallback_keys_are_config_errors_naming_key_and_line() {
         assert!(out.stderr.contains("line "), "{yaml:?}: {}", out.stderr);
     }
 }
+
+/// A policy key's error says what is wrong in words: a rule broken, not a
+/// type it is not; no internal type name; valid YAML is not called invalid.
+#[test]
+fn policy_key_errors_say_what_is_wrong() {
+    let rows = [
+        (
+            "budget:\n  daily_cad: -1\n",
+            "budget.daily_cad must be an amount of CAD at or above 0",
+        ),
+        ("budget: 5\n", "budget must be a mapping of its keys"),
+        (
+            "fallback:\n  gemini: [[claude]]\n",
+            "fallback: expected a provider",
+        ),
+        (
+            "max_in_flight:\n  claude-code: 3\n",
+            "unknown provider `claude-code`",
+        ),
+    ];
+    for (yaml, want) in rows {
+        let p = Project::new();
+        p.config(yaml);
+        let out: Out = p.run(None, &["report"]);
+        out.expect(78);
+        assert!(out.stderr.contains(want), "{yaml:?}: {}", out.stderr);
+        for bad in ["not valid YAML", "struct "] {
+            assert!(!out.stderr.contains(bad), "{yaml:?}: {}", out.stderr);
+        }
+        if yaml.contains("-1") {
+            // -1 is a number: the rule is what it breaks.
+            assert!(!out.stderr.contains("not an integer"), "{}", out.stderr);
+        }
+    }
+}
