@@ -155,8 +155,16 @@ fn a_task_fails_over_twice_and_lands_in_done_with_its_attempts() {
         );
     }
     // A rebuild from the records finds every job of the chain.
-    p.run(None, &["ledger", "rebuild", "--project", dir])
-        .expect(0);
+    let out = p.run(None, &["ledger", "rebuild", "--project", dir]);
+    out.expect(0);
+    // Its line counts what it wrote: the record and the chain's earlier jobs.
+    assert!(
+        out.stdout.contains(
+            ": 3 entries from 1 project (1 done, 0 failed, 2 earlier jobs of failover chains)"
+        ),
+        "{}",
+        out.stdout
+    );
     let mut rebuilt: Vec<_> = ledger(&p)
         .iter()
         .map(|e| {

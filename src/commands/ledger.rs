@@ -20,9 +20,6 @@ use crate::policy::admission::Admission;
 use crate::queue::Queue;
 use crate::ui::Ui;
 
-/// How long to wait for the admission lock.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let mut projects = super::projects_for_person(&args.projects, settings)?;
     projects.sort_by_key(|p| project_key(p));
@@ -57,7 +54,7 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
     }
     let rebuilt: BTreeSet<String> = projects.iter().map(|p| project_key(p)).collect();
 
-    let adm = Admission::lock(&settings.state_dir, LOCK_WAIT)?;
+    let adm = Admission::lock(&settings.state_dir, settings.lock_timeout)?;
     // Entries of projects not named here stay as they are.
     let mut warnings = Vec::new();
     // A ledger that cannot be read is not replaced: its entries of other
@@ -73,6 +70,7 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
         .filter(|e| !rebuilt.contains(&e.project))
         .collect();
     let kept = all.len();
+    let entries = fresh.len();
     all.extend(fresh);
     all.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
     let mut bytes = Vec::with_capacity(all.len() * 300);
@@ -82,12 +80,17 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
     let path = ledger::path(adm.state_dir());
     ledger::write_atomic(&path, &bytes)?;
     spend::refresh(&adm, &mut Vec::new())?;
+    let steps = entries.saturating_sub(done + failed);
     let mut line = format!(
-        "rebuilt {}: {} entries from {} project{} ({done} done, {failed} failed)",
+        "rebuilt {}: {entries} entries from {} project{} ({done} done, {failed} failed{})",
         path.display(),
-        done + failed,
         projects.len(),
         if projects.len() == 1 { "" } else { "s" },
+        if steps > 0 {
+            format!(", {steps} earlier jobs of failover chains")
+        } else {
+            String::new()
+        },
     );
     if kept > 0 {
         line.push_str(&format!("; kept {kept} entries of other projects"));
