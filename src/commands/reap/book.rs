@@ -113,6 +113,12 @@ pub(super) fn reconcile(
             )),
         }
     }
+    // Nothing in flight and no index: nothing to write (a reap of queues
+    // without markers stays a few stats).
+    let no_index = crate::inflight::InFlight::len_now(&settings.state_dir) == 0;
+    if no_index && counted.iter().all(|(_, c)| c.is_empty()) {
+        return problems;
+    }
     // The other projects the index names (a project a submit delegated
     // from that this reap does not go through): recounted too, so that a
     // marker deleted by hand stops counting wherever it was, and a project
@@ -135,11 +141,7 @@ pub(super) fn reconcile(
             )),
         }
     }
-    // Nothing in flight and no index: nothing to write (a reap of queues
-    // without markers stays a few stats).
-    let empty = counted.iter().all(|(_, c)| c.is_empty());
-    if counted.is_empty() || (empty && crate::inflight::InFlight::len_now(&settings.state_dir) == 0)
-    {
+    if counted.is_empty() {
         return problems;
     }
     let r = Admission::lock(&settings.state_dir, settings.lock_timeout).and_then(|adm| {
