@@ -32,6 +32,15 @@ fn write_config(p: &Project, yaml: &str) {
     std::fs::write(dir.join("config.yaml"), yaml).unwrap();
 }
 
+/// The project's state directory (made) and its key in the in-flight
+/// index, for tests that write the index by hand.
+fn index_of(p: &Project) -> (std::path::PathBuf, String) {
+    let state = p.home.join(".local/state/ccl-delegate");
+    std::fs::create_dir_all(&state).unwrap();
+    let key = serde_json::to_string(&p.dir.display().to_string()).unwrap();
+    (state, key)
+}
+
 fn ledger(p: &Project) -> Vec<serde_json::Value> {
     let path = p.home.join(".local/state/ccl-delegate/ledger.jsonl");
     std::fs::read_to_string(path)
@@ -279,9 +288,7 @@ fn a_limit_defers_the_step_and_a_later_reap_sends_it() {
     let mock = mock_failing();
     let p = Project::new();
     write_config(&p, "max_in_flight:\n  claude: 1\n");
-    let state = p.home.join(".local/state/ccl-delegate");
-    std::fs::create_dir_all(&state).unwrap();
-    let key = serde_json::to_string(&p.dir.display().to_string()).unwrap();
+    let (state, key) = index_of(&p);
     // Another claude job in flight in this project.
     std::fs::write(
         state.join("inflight.tsv"),
@@ -517,10 +524,8 @@ fn markers_from_before_failover_reap_unchanged_and_bad_attempts_are_corrupt() {
 /// (task, provider) → its jobs on the mock.
 type Steps = BTreeMap<(String, String), Vec<String>>;
 
-/// Per (task, provider), the jobs on the mock; per key, how many.
-fn jobs_by_task(mock: &Mock) -> (Steps, BTreeMap<String, usize>) {
-    let mut per_step: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
+fn jobs_per_step(mock: &Mock) -> Steps {
+    let mut per_step = Steps::new();
     for j in mock.jobs() {
         let task = j["metadata"]["task"]
             .as_str()
@@ -531,32 +536,21 @@ fn jobs_by_task(mock: &Mock) -> (Steps, BTreeMap<String, usize>) {
             .entry((task, provider))
             .or_default()
             .push(j["job_id"].as_str().unwrap_or_default().to_string());
-        *per_key
-            .entry(
-                j["idempotency_key"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-            .or_default() += 1;
     }
-    (per_step, per_key)
+    per_step
 }
 
 /// No step of a chain has two jobs (so no task ever has two live jobs),
 /// and no idempotency key made two.
 fn check_one_job_per_step(mock: &Mock, context: &str) {
-    let (per_step, per_key) = jobs_by_task(mock);
-    for ((task, provider), jobs) in &per_step {
+    for ((task, provider), jobs) in &jobs_per_step(mock) {
         assert!(
             jobs.len() <= 1,
             "{context}: {task} has {} {provider} jobs: {jobs:?}",
             jobs.len()
         );
     }
-    for (key, n) in &per_key {
-        assert!(*n <= 1, "{context}: idempotency key {key} made {n} jobs");
-    }
+    check_one_job_per_key(mock, context);
 }
 
 /// Reaps that fail over, killed with SIGKILL at random instants: after each
@@ -623,7 +617,7 @@ fn reaps_killed_mid_failover_never_double_a_job() {
                 "{context}: {found:?}"
             );
             check_one_job_per_step(mock, context);
-            let (per_step, _) = jobs_by_task(mock);
+            let per_step = jobs_per_step(mock);
             assert_eq!(per_step.len(), TASKS * 3, "{context}: three jobs per task");
             let mut counted: BTreeMap<String, usize> = BTreeMap::new();
             for e in ledger(p) {
@@ -780,9 +774,7 @@ fn a_deferred_step_whose_record_is_written_is_never_sent() {
     let mock = mock_failing();
     let p = Project::new();
     write_config(&p, "max_in_flight:\n  claude: 1\n");
-    let state = p.home.join(".local/state/ccl-delegate");
-    std::fs::create_dir_all(&state).unwrap();
-    let key = serde_json::to_string(&p.dir.display().to_string()).unwrap();
+    let (state, key) = index_of(&p);
     std::fs::write(
         state.join("inflight.tsv"),
         format!("1\t\"claude\"\t{key}\n"),

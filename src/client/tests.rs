@@ -194,7 +194,8 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Seen> {
     })
 }
 
-fn submit_request() -> SubmitRequest {
+/// A small submission, for the tests here and in `wire.rs`.
+pub(super) fn submit_request() -> SubmitRequest {
     SubmitRequest::new(
         "normal".into(),
         "Task: t1.md\n\nDo X.\n\nProvide a complete, self-contained answer.".into(),

@@ -285,16 +285,7 @@ fn lenient_object(body: &[u8]) -> Option<Value> {
 mod tests {
     use super::*;
 
-    fn submit_request() -> SubmitRequest {
-        SubmitRequest::new(
-            "normal".into(),
-            "Task: t1.md\n\nDo X.\n\nProvide a complete, self-contained answer.".into(),
-            Some("gemini".into()),
-            None,
-            "proj".into(),
-            "t1.md".into(),
-        )
-    }
+    use crate::client::tests::submit_request;
 
     const IDEM: &str = "ccl-0123456789abcdef0123";
 

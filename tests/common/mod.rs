@@ -924,3 +924,18 @@ pub fn ledger_and_record_ids(p: &Project) -> (Vec<String>, Vec<String>) {
     records.sort();
     (entries, records)
 }
+
+/// No idempotency key made two jobs on the mock.
+pub fn check_one_job_per_key(mock: &Mock, context: &str) {
+    let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
+    for j in mock.jobs() {
+        let key = j["idempotency_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *per_key.entry(key).or_default() += 1;
+    }
+    for (key, n) in &per_key {
+        assert!(*n <= 1, "{context}: idempotency key {key} made {n} jobs");
+    }
+}
