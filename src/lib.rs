@@ -3,6 +3,7 @@
 //! One module per concern of the design; `commands` holds one file per
 //! subcommand, each calling these.
 
+pub mod books;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -12,9 +13,7 @@ pub mod error;
 mod failpoint;
 pub mod frontmatter;
 pub mod fsread;
-pub mod inflight;
 pub mod job;
-pub mod ledger;
 pub mod marker;
 pub mod names;
 pub mod policy;

@@ -2,6 +2,26 @@
 //! idempotency keys (secutools-api.md "Errors and limits"). A leaf: it
 //! uses nothing of this crate.
 
+/// The directory of a project's queue.
+pub const QUEUE_DIR: &str = ".agent-queue";
+
+/// How a project is named in the books: its canonical path (symlinks
+/// resolved), so that a project reached through a link, `~` or a relative
+/// path is one key whoever counts it; its absolute path when it cannot be
+/// resolved (gone). Its `.agent-queue` directory names it too.
+pub fn project_key(dir: &std::path::Path) -> String {
+    let project = if dir.file_name().is_some_and(|n| n == QUEUE_DIR) {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    std::fs::canonicalize(project)
+        .or_else(|_| std::path::absolute(project))
+        .unwrap_or_else(|_| project.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// `<id>.md`, not hidden, no path separators.
 pub fn is_task_name(n: &str) -> bool {
     is_task_name_bytes(n.as_bytes())

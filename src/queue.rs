@@ -61,7 +61,7 @@ use crate::fsread::Kind;
 use crate::marker::{self, Marker};
 pub use crate::names::{is_task_name, is_task_name_bytes};
 
-pub const QUEUE_DIR: &str = ".agent-queue";
+pub use crate::names::QUEUE_DIR;
 pub const LOCK_NAME: &str = ".ccl-delegate.lock";
 const TMP_PREFIX: &str = ".ccl-delegate-tmp-";
 

@@ -26,6 +26,12 @@ impl Ui {
         }
     }
 
+    /// An error line, said even with `-q` (cron mails it), escaped like
+    /// [`Ui::warn`].
+    pub fn error(&self, msg: impl std::fmt::Display) {
+        eprintln!("ccl-delegate: error: {}", line(&msg.to_string()));
+    }
+
     /// A routine line for a person (not a warning), silenced by `-q`,
     /// escaped like [`Ui::warn`].
     pub fn note(&self, msg: impl std::fmt::Display) {

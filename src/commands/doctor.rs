@@ -157,8 +157,10 @@ fn spending(c: &mut Checks, settings: &Settings) {
     let dir = &settings.state_dir;
     // Opt-in (policy.md): without budgets, limits or a ledger, doctor says
     // what it said before.
-    let ledger_there = std::fs::symlink_metadata(crate::ledger::path(dir)).is_ok();
-    if !settings.policy.admission_applies() && !ledger_there {
+    let books_path = crate::books::path(dir);
+    let books_there = std::fs::symlink_metadata(&books_path).is_ok()
+        || std::fs::symlink_metadata(dir.join("ledger.jsonl")).is_ok();
+    if !settings.policy.admission_applies() && !books_there {
         return;
     }
     if dir.exists() {
@@ -175,48 +177,53 @@ fn spending(c: &mut Checks, settings: &Settings) {
             format_args!("{} (created by the first reap)", dir.display()),
         );
     }
-    let ledger = crate::ledger::path(dir);
-    match crate::ledger::open(&ledger) {
-        Ok(Some(f)) => c.ok(
-            "ledger",
-            format_args!(
-                "{} ({} bytes)",
-                ledger.display(),
-                f.metadata().map(|m| m.len()).unwrap_or(0)
-            ),
-        ),
-        Ok(None) => c.ok("ledger", "none yet (the first reap starts it)"),
-        Err(e) => c.fail("ledger", e),
+    if !books_there {
+        c.ok("books", "none yet (the first submit or reap starts them)");
+        for b in crate::policy::admit::budget_states(
+            &settings.policy,
+            &Default::default(),
+            &Default::default(),
+        ) {
+            let l = b.line();
+            let (what, detail) = l.split_once(": ").unwrap_or((&l, ""));
+            c.ok(what, detail);
+        }
+        return;
     }
-    let mut warnings = Vec::new();
-    let caps = crate::policy::admission::budget_snapshot(
-        dir,
-        &settings.policy,
-        std::time::SystemTime::now(),
-        &mut warnings,
+    let opened = crate::books::Books::open(dir, settings.lock_timeout).and_then(|mut b| {
+        b.check()?;
+        let n = b.len()?;
+        let caps = b.budget(&settings.policy, std::time::SystemTime::now())?;
+        let counts = b.counts()?;
+        anyhow::Ok((n, caps, counts))
+    });
+    let (n, caps, counts) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            c.fail("books", format_args!("{e:#}"));
+            return;
+        }
+    };
+    c.ok(
+        "books",
+        format_args!("{} ({n} ledger entries)", books_path.display()),
     );
     for b in &caps {
         let l = b.line();
         let (what, detail) = l.split_once(": ").unwrap_or((&l, ""));
         c.ok(what, detail);
     }
-    if !settings.policy.max_in_flight.is_empty() {
-        let counts = crate::inflight::read_counts(dir, &mut warnings);
-        for (key, max) in &settings.policy.max_in_flight {
-            let (name, n) = limit_position(*key, &counts);
-            c.ok(
-                &format!("max_in_flight {name}"),
-                format_args!("{n} in flight, limit {}", max.0),
-            );
-        }
-    }
-    for w in warnings {
-        c.fail("state", w);
+    for (key, max) in &settings.policy.max_in_flight {
+        let (name, n) = limit_position(*key, &counts);
+        c.ok(
+            &format!("max_in_flight {name}"),
+            format_args!("{n} in flight, limit {}", max.0),
+        );
     }
 }
 
 /// A limit's name and how many jobs in flight count against it.
-fn limit_position(key: crate::policy::LimitKey, counts: &crate::inflight::Counts) -> (String, u64) {
+fn limit_position(key: crate::policy::LimitKey, counts: &crate::policy::Counts) -> (String, u64) {
     use crate::policy::LimitKey;
     let name = match key {
         LimitKey::All => "all",
@@ -249,7 +256,7 @@ mod tests {
     #[test]
     fn a_limit_counts_its_provider_and_all_counts_every_one() {
         use crate::policy::LimitKey;
-        let counts = crate::inflight::Counts::from([("claude".into(), 2), ("gpu".into(), 3)]);
+        let counts = crate::policy::Counts::from([("claude".into(), 2), ("gpu".into(), 3)]);
         let rows = [
             (LimitKey::All, "all", 5),
             (LimitKey::Claude, "claude", 2),

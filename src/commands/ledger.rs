@@ -1,23 +1,23 @@
-//! `ledger rebuild`: the ledger again from the done/ and failed/ records
-//! (the source of truth), atomically.
+//! `ledger rebuild`: the books' ledger again from the done/ and failed/
+//! records (the source of truth), in one transaction.
 //!
 //! Locks, in the one order every command takes them (queue locks, then the
-//! admission lock): the queue locks of the projects rebuilt are held from
-//! before their records are read until the new ledger is in place, so no
-//! reap can write a record (and append its entry) in between and have it
+//! books' transaction): the queue locks of the projects rebuilt are held
+//! from before their records are read until the new entries are in, so no
+//! reap can write a record (and book its entry) in between and have it
 //! counted twice or not at all. Submits and reaps of those projects wait
 //! meanwhile.
 
-use anyhow::Context;
-use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
 
+use crate::books::{Books, Entry};
 use crate::cli::LedgerRebuildArgs;
 use crate::config::Settings;
 use crate::error::{Code, fail};
-use crate::inflight::project_key;
-use crate::ledger::{self, Entry, rebuild, spend};
-use crate::policy::admission::Admission;
-use crate::queue::Queue;
+use crate::names::project_key;
+use crate::queue::{self, Queue};
+use crate::record::Record;
 use crate::ui::Ui;
 
 pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
@@ -41,7 +41,7 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
     let mut fresh = Vec::new();
     let (mut done, mut failed) = (0, 0);
     for dir in &projects {
-        let found = rebuild::from_records(dir)?;
+        let found = from_records(dir)?;
         for s in &found.skipped {
             ui.warn(format!(
                 "{}: not a record of ccl-delegate; skipped",
@@ -52,38 +52,21 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
         failed += found.failed;
         fresh.extend(found.entries);
     }
-    let rebuilt: BTreeSet<String> = projects.iter().map(|p| project_key(p)).collect();
-
-    let adm = Admission::lock(&settings.state_dir, settings.lock_timeout)?;
-    // Entries of projects not named here stay as they are.
-    let mut warnings = Vec::new();
-    // A ledger that cannot be read is not replaced: its entries of other
-    // projects would be lost. (Torn or corrupt lines are only skipped.)
-    let old = ledger::read_all(adm.state_dir(), &mut warnings).context(
-        "the ledger cannot be read, so it is left as it is; move it aside to rebuild it from the records alone",
-    )?;
-    for w in &warnings {
-        ui.warn(w);
+    let keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
+    let mut books = Books::open(&settings.state_dir, settings.lock_timeout)?;
+    let kept = books.rebuild(&keys, &fresh)?;
+    // What runs owed these projects is in the records just read.
+    for dir in &projects {
+        let owed = Queue::at(dir).root.join(".ccl-delegate.owed");
+        if owed.is_dir() {
+            let _ = fs::remove_dir_all(&owed);
+        }
     }
-    let mut all: Vec<Entry> = old
-        .into_iter()
-        .filter(|e| !rebuilt.contains(&e.project))
-        .collect();
-    let kept = all.len();
     let entries = fresh.len();
-    all.extend(fresh);
-    all.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
-    let mut bytes = Vec::with_capacity(all.len() * 300);
-    for e in &all {
-        bytes.extend_from_slice(&e.to_line());
-    }
-    let path = ledger::path(adm.state_dir());
-    ledger::write_atomic(&path, &bytes)?;
-    spend::refresh(&adm, &mut Vec::new())?;
     let steps = entries.saturating_sub(done + failed);
     let mut line = format!(
         "rebuilt {}: {entries} entries from {} project{} ({done} done, {failed} failed{})",
-        path.display(),
+        books.path().display(),
         projects.len(),
         if projects.len() == 1 { "" } else { "s" },
         if steps > 0 {
@@ -93,10 +76,120 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
         },
     );
     if kept > 0 {
-        line.push_str(&format!("; kept {kept} entries of other projects"));
+        line.push_str(&format!(
+            "; kept {kept} entries of other projects and of requeued jobs"
+        ));
     }
-    drop(adm);
+    drop(books);
     drop(locks);
     println!("{line}");
     Ok(Code::Ok)
+}
+
+/// What one project's records gave.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub entries: Vec<Entry>,
+    pub done: usize,
+    pub failed: usize,
+    /// Files in done/ or failed/ that are not records of ours.
+    pub skipped: Vec<String>,
+}
+
+/// How many bytes of a record the frontmatter fits in.
+const HEAD_BYTES: u64 = 64 * 1024;
+
+/// The entries of one project's records.
+pub fn from_records(dir: &Path) -> anyhow::Result<Found> {
+    let q = Queue::at(dir);
+    let project = project_key(dir);
+    let mut found = Found::default();
+    for (sub, done) in [(&q.done, true), (&q.failed, false)] {
+        let rd = match fs::read_dir(sub) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => anyhow::bail!("cannot list {}: {e}", sub.display()),
+        };
+        let mut names: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| queue::is_task_name(n))
+            .collect();
+        names.sort();
+        for name in names {
+            let p = sub.join(&name);
+            match entries_of(&p, &name, &project) {
+                Some(e) => {
+                    if done {
+                        found.done += 1;
+                    } else {
+                        found.failed += 1;
+                    }
+                    found.entries.extend(e);
+                }
+                None => found.skipped.push(p.display().to_string()),
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn read_head(p: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    f.take(HEAD_BYTES).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// `a.2.md` was written for task `a.md` when `done/a.md` existed.
+fn task_of(file: &str) -> String {
+    let stem = file.strip_suffix(".md").unwrap_or(file);
+    match stem.rsplit_once('.') {
+        Some((base, n)) if !base.is_empty() && n.parse::<u32>().is_ok_and(|n| n >= 2) => {
+            format!("{base}.md")
+        }
+        _ => file.to_string(),
+    }
+}
+
+fn entries_of(p: &Path, name: &str, project: &str) -> Option<Vec<Entry>> {
+    let head = read_head(p)?;
+    // The name in the record is exact; read the whole file for it only
+    // when the file name may carry a `.N` of its own.
+    let task = if task_of(name) != name {
+        crate::queue::read_nofollow(p, crate::fsread::Kind::Record)
+            .ok()
+            .flatten()
+            .and_then(|(bytes, _)| Record::parse(&bytes)?.task_name(&bytes))
+            .unwrap_or_else(|| task_of(name))
+    } else {
+        name.to_string()
+    };
+    crate::books::entries_from_record(project, &task, &head, None)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbered_record_names_map_back_to_their_task() {
+        for (file, task) in [
+            ("a.md", "a.md"),
+            ("a.2.md", "a.md"),
+            ("a.17.md", "a.md"),
+            ("v1.0.md", "v1.0.md"),
+            ("x.1.md", "x.1.md"),
+            (".2.md", ".2.md"),
+        ] {
+            assert_eq!(super::task_of(file), task, "{file}");
+        }
+    }
 }

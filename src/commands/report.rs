@@ -7,43 +7,18 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::books::Row;
 use crate::cli::ReportArgs;
 use crate::config::Settings;
 use crate::error::{Code, fail};
-use crate::inflight::project_key;
-use crate::ledger;
-use crate::policy::admission::budget_snapshot;
+use crate::names::project_key;
 use crate::policy::admit::CapState;
 use crate::ui::Ui;
 
 const DAY: Duration = Duration::from_secs(86_400);
 const DEFAULT_SINCE: Duration = Duration::from_secs(30 * 86_400);
-
-/// The fields of an entry the report reads, borrowed from the line.
-#[derive(Deserialize)]
-struct Line<'a> {
-    #[serde(borrow)]
-    project: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    provider: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    status: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    cost_cad: f64,
-    #[serde(default)]
-    tokens_in: Option<u64>,
-    #[serde(default)]
-    tokens_out: Option<u64>,
-    #[serde(borrow, default)]
-    delegated_at: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    finished_at: std::borrow::Cow<'a, str>,
-}
 
 /// One row's sums.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -59,26 +34,27 @@ pub struct Group {
 }
 
 impl Group {
+    /// Sums saturate: a hostile service's token counts never wrap.
     fn add(&mut self, completed: bool, cost: f64, tin: u64, tout: u64, turnaround: Option<u64>) {
-        self.jobs += 1;
+        self.jobs = self.jobs.saturating_add(1);
         if completed {
-            self.done += 1;
+            self.done = self.done.saturating_add(1);
             self.turnaround.extend(turnaround);
         } else {
-            self.failed += 1;
+            self.failed = self.failed.saturating_add(1);
         }
-        self.cost_cad += cost;
-        self.tokens_in += tin;
-        self.tokens_out += tout;
+        self.cost_cad += crate::books::sane_cost(cost);
+        self.tokens_in = self.tokens_in.saturating_add(tin);
+        self.tokens_out = self.tokens_out.saturating_add(tout);
     }
 
     fn merge(&mut self, o: &Group) {
-        self.jobs += o.jobs;
-        self.done += o.done;
-        self.failed += o.failed;
+        self.jobs = self.jobs.saturating_add(o.jobs);
+        self.done = self.done.saturating_add(o.done);
+        self.failed = self.failed.saturating_add(o.failed);
         self.cost_cad += o.cost_cad;
-        self.tokens_in += o.tokens_in;
-        self.tokens_out += o.tokens_out;
+        self.tokens_in = self.tokens_in.saturating_add(o.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(o.tokens_out);
         self.turnaround.extend_from_slice(&o.turnaround);
     }
 
@@ -210,75 +186,41 @@ pub struct Query {
 }
 
 impl Query {
-    /// Streams the ledger into groups.
+    /// The ledger's entries in the window, grouped.
     pub fn run(
         &self,
-        state_dir: &std::path::Path,
-        warnings: &mut Vec<String>,
+        books: Option<&crate::books::Books>,
     ) -> anyhow::Result<BTreeMap<String, Group>> {
-        let p = ledger::path(state_dir);
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-        // A ledger that cannot be opened (not a regular file) is skipped,
-        // as the design asks; the warning names the fix.
-        if let Err(e) = ledger::open(&p) {
-            warnings.push(format!("{e:#}; nothing counted"));
+        let Some(books) = books else {
             return Ok(groups);
-        }
-        let mut bad = Vec::new();
-        ledger::scan(&p, 0, warnings, |raw, end| {
-            let l: Line = match serde_json::from_slice(raw) {
-                Ok(l) => l,
-                Err(e) => {
-                    bad.push(format!(
-                        "the ledger {} has a corrupt line ending at byte {end} ({e}); skipped; {}",
-                        p.display(),
-                        ledger::REBUILD_HINT
-                    ));
-                    return;
-                }
-            };
-            self.add(&mut groups, &l);
+        };
+        books.rows_between(&self.since, self.until.as_deref(), |r| {
+            self.add(&mut groups, &r)
         })?;
-        warnings.extend(bad);
         Ok(groups)
     }
 
-    fn add(&self, groups: &mut BTreeMap<String, Group>, l: &Line) {
-        let Some(at) = ledger::utc(&l.finished_at) else {
-            return;
-        };
-        if at.as_str() < self.since.as_str()
-            || self.until.as_deref().is_some_and(|u| at.as_str() >= u)
-        {
-            return;
-        }
-        if !self.projects.is_empty() && !self.projects.contains(l.project.as_ref()) {
+    fn add(&self, groups: &mut BTreeMap<String, Group>, r: &Row) {
+        if !self.projects.is_empty() && !self.projects.contains(&r.project) {
             return;
         }
         let key: &str = match self.by.as_str() {
-            "project" => &l.project,
-            "model" => l.model.as_deref().unwrap_or("unknown"),
-            "day" => at.get(..10).unwrap_or(&at),
-            _ => &l.provider,
+            "project" => &r.project,
+            "model" => r.model.as_deref().unwrap_or("unknown"),
+            "day" => r.finished_at.get(..10).unwrap_or(&r.finished_at),
+            _ => &r.provider,
         };
-        let completed = l.status == "completed";
-        let turnaround = completed
-            .then(|| {
-                let from = crate::timestamp::parse(&l.delegated_at)?;
-                let to = crate::timestamp::parse(&at)?;
-                Some(to.duration_since(from).unwrap_or_default().as_secs())
-            })
-            .flatten();
         let g = match groups.get_mut(key) {
             Some(g) => g,
             None => groups.entry(key.to_string()).or_default(),
         };
         g.add(
-            completed,
-            ledger::sane_cost(l.cost_cad),
-            l.tokens_in.unwrap_or(0),
-            l.tokens_out.unwrap_or(0),
-            turnaround,
+            r.completed,
+            r.cost_cad,
+            r.tokens_in,
+            r.tokens_out,
+            r.turnaround.filter(|_| r.completed),
         );
     }
 }
@@ -311,12 +253,17 @@ pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         until: until.map(crate::timestamp::format),
         projects: args.projects.iter().map(|p| project_key(p)).collect(),
     };
-    let mut warnings = Vec::new();
-    let mut groups = q.run(&settings.state_dir, &mut warnings)?;
-    let budget = budget_snapshot(&settings.state_dir, &settings.policy, now, &mut warnings);
-    for w in &warnings {
-        ui.warn(w);
-    }
+    let mut books = crate::books::open_if_present(&settings.state_dir, settings.lock_timeout)?;
+    let mut groups = q.run(books.as_ref())?;
+    let budget = match books.as_mut() {
+        Some(b) => b.budget(&settings.policy, now)?,
+        None => crate::policy::admit::budget_states(
+            &settings.policy,
+            &Default::default(),
+            &Default::default(),
+        ),
+    };
+    let _ = ui;
     let mut total = Group::default();
     for g in groups.values() {
         total.merge(g);

@@ -12,7 +12,6 @@ use crate::cli::StatusArgs;
 use crate::config::Settings;
 use crate::error::Code;
 use crate::marker::{Marker, State};
-use crate::policy::admission::budget_snapshot;
 use crate::queue::{self, Queue};
 use crate::record::Record;
 use crate::text::clip;
@@ -64,7 +63,12 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         budget: Vec::new(),
     };
     let queues: Vec<Queue> = projects.iter().map(|d| Queue::at(d)).collect();
-    let (mut totals, from_records) = ledger_totals(settings, &queues, ui);
+    let mut books = crate::books::open_if_present(&settings.state_dir, settings.lock_timeout)
+        .unwrap_or_else(|e| {
+            ui.warn(format_args!("{e:#}"));
+            None
+        });
+    let (mut totals, from_records) = ledger_totals(books.as_ref(), &queues, ui);
     for dir in &projects {
         let q = Queue::at(dir);
         let project = std::fs::canonicalize(&q.project)
@@ -120,16 +124,18 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             totals_from_heads(&q, &mut totals);
         }
     }
-    let mut warnings = Vec::new();
-    let budget = budget_snapshot(
-        &settings.state_dir,
-        &settings.policy,
-        std::time::SystemTime::now(),
-        &mut warnings,
-    );
-    for w in &warnings {
-        ui.warn(w);
-    }
+    let now = std::time::SystemTime::now();
+    let budget = match books.as_mut() {
+        Some(b) => b.budget(&settings.policy, now).unwrap_or_else(|e| {
+            ui.warn(format_args!("{e:#}"));
+            Vec::new()
+        }),
+        None => crate::policy::admit::budget_states(
+            &settings.policy,
+            &Default::default(),
+            &Default::default(),
+        ),
+    };
     report
         .in_flight
         .sort_by(|a, b| (&a.project, &a.task).cmp(&(&b.project, &b.task)));
@@ -166,15 +172,15 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
 /// The totals from the ledger when it holds exactly these projects'
 /// records; else empty, with `true` (read them from the records) and a
 /// hint when the ledger could make the next `status` fast.
-fn ledger_totals(settings: &Settings, queues: &[Queue], ui: Ui) -> (Totals, bool) {
+fn ledger_totals(books: Option<&crate::books::Books>, queues: &[Queue], ui: Ui) -> (Totals, bool) {
     let records: u64 = queues.iter().map(totals::count_records).sum();
-    let found = totals::from_ledger(&settings.state_dir, &totals::keys(queues));
+    let found = totals::from_books(books, &totals::keys(queues));
     let source = match &found {
         Ok(Some((_, n))) => totals::choose(Some(*n), records),
         Ok(None) => totals::choose(None, records),
         Err(e) => Source::Unreadable(format!("{e:#}")),
     };
-    let hint = crate::ledger::REBUILD_HINT;
+    let hint = crate::books::REBUILD_HINT;
     match source {
         Source::Ledger => return (found.ok().flatten().unwrap_or_default().0, false),
         Source::NoLedger if records == 0 => {}

@@ -3,13 +3,13 @@
 
 use anyhow::Context;
 
+use crate::books::{Books, Reservation};
 use crate::cli::SubmitArgs;
 use crate::config::Settings;
 use crate::error::{Code, fail};
 use crate::frontmatter;
 use crate::job;
 use crate::marker::{Marker, State};
-use crate::policy::admission::Admission;
 use crate::policy::{Decision, Provider};
 use crate::queue::Queue;
 use crate::route::{self, Priority};
@@ -104,7 +104,7 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             // Lock order: the queue lock, then the admission lock. Decided
             // while the queue lock is held, so that a reap reconciling this
             // project sees the count and the marker together.
-            let reserved = match admit(settings, &queue, provider, ui)? {
+            let reserved = match admit(settings, &queue, &marker, ui)? {
                 Admitted::Yes(reserved) => reserved,
                 Admitted::No(code) => return Ok(code),
             };
@@ -113,7 +113,7 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                 .with_context(|| format!("{shown}: cannot write its marker"));
             if !matches!(created, Ok(true)) {
                 // Nothing of ours went out: the count is taken back.
-                release(settings, &queue, reserved, ui);
+                release(settings, reserved, &key, ui);
             }
             if !created? {
                 drop(lock);
@@ -135,6 +135,9 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                         )
                     })?;
                 drop(lock);
+                if reserved.is_some_and(|r| r.probe) {
+                    note_job(settings, &key, &s.job_id, ui);
+                }
                 confirm(
                     &queue,
                     &task,
@@ -153,7 +156,7 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                 queue.remove_if_ours(&lock, &task, &key).with_context(|| {
                     format!("{shown}: not delegated ({e}); cannot remove its pending marker")
                 })?;
-                release(settings, &queue, reserved, ui);
+                release(settings, reserved, &key, ui);
                 Err(fail(
                     crate::error::submit_code(&e),
                     format!(
@@ -172,12 +175,9 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         Err(e) => match existing(&queue, &task, ui) {
             Ok(Some(line)) => {
                 // Said even with --quiet: a write failed.
-                eprintln!(
-                    "ccl-delegate: error: {}",
-                    crate::text::line(&format!(
-                        "{e:#}; the marker stays and the next reap finishes the submission"
-                    ))
-                );
+                ui.error(format_args!(
+                    "{e:#}; the marker stays and the next reap finishes the submission"
+                ));
                 println!("{line}");
                 Ok(Code::Ok)
             }
@@ -189,11 +189,19 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
 
 /// What admission answered.
 enum Admitted {
-    /// Go on; with the provider whose job was counted, if one was.
-    Yes(Option<Provider>),
+    /// Go on; with the job's reservation, if admission made one.
+    Yes(Option<Reserved>),
     /// Refused (`local budget`, exit 10) or deferred (exit 75): said,
     /// nothing written.
     No(Code),
+}
+
+/// A reservation this submit made.
+#[derive(Clone, Copy)]
+struct Reserved {
+    /// The provider's price is not known: its job is the one the price
+    /// rule names until it ends.
+    probe: bool,
 }
 
 /// The provider admission counts, when budgets or limits are configured.
@@ -205,36 +213,41 @@ fn provider_of(settings: &Settings, provider: &str) -> Option<Provider> {
         .flatten()
 }
 
-/// Budgets and limits (policy.md), under the host-wide admission lock. With
-/// none configured no lock is taken and nothing is read: every `reap`
-/// recounts the markers into the in-flight index, so a limit configured
-/// later counts them from its first reap.
-fn admit(settings: &Settings, queue: &Queue, provider: &str, ui: Ui) -> anyhow::Result<Admitted> {
-    let Some(p) = provider_of(settings, provider) else {
+/// Budgets and limits (policy.md), one transaction of the books, under the
+/// queue lock the caller holds until the marker is durable. With none
+/// configured the books are not opened: every `reap` reconciles them with
+/// the markers, so a limit configured later counts them from its first
+/// reap. Books that cannot be used fail closed: nothing is spent without
+/// them.
+fn admit(settings: &Settings, queue: &Queue, m: &Marker, ui: Ui) -> anyhow::Result<Admitted> {
+    let Some(p) = provider_of(settings, &m.provider) else {
         return Ok(Admitted::Yes(None));
     };
-    let adm = Admission::lock(&settings.state_dir, settings.lock_timeout)?;
-    let mut warnings = Vec::new();
-    let decision = adm.check_and_reserve(
-        &settings.policy,
-        &queue.project,
-        p,
-        std::time::SystemTime::now(),
-        &mut warnings,
-    );
-    drop(adm);
-    for w in &warnings {
-        ui.warn(w);
-    }
-    let decision = match decision {
+    let job = Reservation {
+        key: m.idempotency_key.clone(),
+        project: crate::names::project_key(&queue.project),
+        task: m.task_file.clone(),
+        provider: p.as_str().to_string(),
+        job_id: None,
+        started_at: m.started_at.clone(),
+    };
+    let now = std::time::SystemTime::now();
+    let decided = Books::open(&settings.state_dir, settings.lock_timeout).and_then(|mut b| {
+        let d = b.admit(&settings.policy, &job, p, None, now)?;
+        let probe = d == Decision::Admit
+            && !settings.policy.caps().is_empty()
+            && b.counts()?.get(p.as_str()).copied() == Some(1);
+        anyhow::Ok((d, probe))
+    });
+    let (decision, probe) = match decided {
         Ok(d) => d,
-        // Admitted, but the count could not be written: a damaged index
-        // never stops a submit; the next reap recounts.
         Err(e) => {
-            ui.warn(format_args!(
-                "{e:#}; the next reap recounts the jobs in flight"
-            ));
-            return Ok(Admitted::Yes(None));
+            if crate::error::code_of(&e) == Code::Config {
+                return Err(e);
+            }
+            // The cause, said even with -q: it is why nothing goes.
+            ui.error(format_args!("{e:#}; nothing delegated"));
+            (Decision::BooksUnavailable { provider: p }, false)
         }
     };
     if let Some(line) = decision.stderr_line() {
@@ -243,28 +256,39 @@ fn admit(settings: &Settings, queue: &Queue, provider: &str, ui: Ui) -> anyhow::
         eprintln!("{}", crate::text::line(&line));
     }
     Ok(match (&decision, decision.stdout_line()) {
-        (Decision::Admit, _) | (_, None) => Admitted::Yes(Some(p)),
+        (Decision::Admit, _) | (_, None) => Admitted::Yes(Some(Reserved { probe })),
         (Decision::Budget { .. }, Some(line)) => {
             println!("{line}");
             Admitted::No(Code::Local)
         }
-        (Decision::Defer { .. }, Some(line)) => {
+        (_, Some(line)) => {
             println!("{line}");
             Admitted::No(Code::TempFail)
         }
     })
 }
 
-/// Takes back the count of a job that surely was not created. A failure is
-/// a warning: the next reap recounts.
-fn release(settings: &Settings, queue: &Queue, reserved: Option<Provider>, ui: Ui) {
-    let Some(p) = reserved else { return };
-    let r = Admission::lock(&settings.state_dir, settings.lock_timeout)
-        .and_then(|adm| adm.release(&queue.project, p));
+/// Takes back the reservation of a job that surely was not created. A
+/// failure is a warning: the next reap reconciles.
+fn release(settings: &Settings, reserved: Option<Reserved>, key: &str, ui: Ui) {
+    if reserved.is_none() {
+        return;
+    }
+    let r =
+        Books::open(&settings.state_dir, settings.lock_timeout).and_then(|mut b| b.release(key));
     if let Err(e) = r {
         ui.warn(format_args!(
             "{e:#}; the job counts as in flight until the next reap"
         ));
+    }
+}
+
+/// Names the job of a reservation, for the price rule's message.
+fn note_job(settings: &Settings, key: &str, job_id: &str, ui: Ui) {
+    let r = Books::open(&settings.state_dir, settings.lock_timeout)
+        .and_then(|mut b| b.set_job(key, job_id));
+    if let Err(e) = r {
+        ui.info(format_args!("cannot note job {job_id} in the books: {e:#}"));
     }
 }
 

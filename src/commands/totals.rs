@@ -3,9 +3,6 @@
 //! sequential read, however many records), else from each record's head.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-
-use serde::Deserialize;
 
 use crate::queue::{self, Queue};
 
@@ -28,7 +25,7 @@ pub fn add(totals: &mut Totals, provider: String, done: bool, cost_cad: f64) {
     });
     if done {
         t.done += 1;
-        t.cost_cad += crate::ledger::sane_cost(cost_cad);
+        t.cost_cad += crate::books::sane_cost(cost_cad);
     } else {
         t.failed += 1;
     }
@@ -61,51 +58,35 @@ pub fn choose(ledger: Option<u64>, records: u64) -> Source {
     }
 }
 
-/// The fields of an entry the totals need (the others are skipped unread).
-#[derive(Deserialize)]
-struct Slim<'a> {
-    #[serde(borrow)]
-    project: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    provider: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    status: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    cost_cad: f64,
-    /// An earlier job of a chain: no record of its own.
-    #[serde(default)]
-    step: bool,
-}
-
-/// The totals of the ledger's entries for `projects` (project keys), and
-/// how many there are; `None` when there is no ledger.
-pub fn from_ledger(
-    state_dir: &Path,
+/// The totals of the books' entries for `projects` (project keys), and
+/// how many there are; `None` when there are no books.
+pub fn from_books(
+    books: Option<&crate::books::Books>,
     projects: &HashSet<String>,
 ) -> anyhow::Result<Option<(Totals, u64)>> {
-    let p = crate::ledger::path(state_dir);
-    if crate::ledger::open(&p)?.is_none() {
+    let Some(books) = books else {
         return Ok(None);
-    }
+    };
     let mut totals = Totals::new();
     let mut n = 0u64;
-    let mut warnings = Vec::new();
-    crate::ledger::scan(&p, 0, &mut warnings, |line, _| {
-        let Ok(e) = serde_json::from_slice::<Slim>(line) else {
-            return;
-        };
-        // Status totals tasks, as the records do: the earlier jobs of a
-        // failover chain are the report's, not the records'.
-        if !e.step && projects.contains(e.project.as_ref()) {
-            n += 1;
-            add(
-                &mut totals,
-                e.provider.into_owned(),
-                e.status == "completed",
-                e.cost_cad,
-            );
+    // Status totals tasks, as the records do: the earlier jobs of a
+    // failover chain and requeued jobs are the report's, not the records'.
+    for (project, provider, completed, cost, count) in books.record_totals()? {
+        if !projects.contains(&project) {
+            continue;
         }
-    })?;
+        n = n.saturating_add(count);
+        let t = totals.entry(provider.clone()).or_insert_with(|| Total {
+            provider,
+            ..Total::default()
+        });
+        if completed {
+            t.done = t.done.saturating_add(count);
+            t.cost_cad += cost;
+        } else {
+            t.failed = t.failed.saturating_add(count);
+        }
+    }
     Ok(Some((totals, n)))
 }
 
@@ -124,7 +105,7 @@ pub fn count_records(q: &Queue) -> u64 {
 pub fn keys(queues: &[Queue]) -> HashSet<String> {
     queues
         .iter()
-        .map(|q| crate::inflight::project_key(&q.project))
+        .map(|q| crate::names::project_key(&q.project))
         .collect()
 }
 

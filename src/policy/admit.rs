@@ -1,16 +1,44 @@
-//! Whether `submit` may delegate one more job: budgets, then limits on jobs
-//! in flight (policy.md). Pure: the I/O wrapper is `admission.rs`.
+//! Whether `submit` may delegate one more job: budgets, then the price
+//! rule, then limits on jobs in flight (policy.md). Pure: the facts come
+//! from the books (`crate::books`), which also carry out the decision.
 
-use std::time::SystemTime;
+use std::collections::BTreeMap;
 
-use super::{Cap, LimitKey, Policy, Provider};
-use crate::inflight::Counts;
-use crate::ledger::spend::Spend;
+use super::{Cap, LimitKey, Policy, Provider, Window};
+
+/// Provider → jobs in flight.
+pub type Counts = BTreeMap<String, u64>;
 
 /// Allowed slack when comparing sums of floats to a cap: a cap of 0.30
 /// must admit 0.10 + 0.20.
 const EPSILON: f64 = 1e-9;
 
+/// What the ledger says about spending, as of one instant: the facts an
+/// admission needs, read by the books in one transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spending {
+    /// Spent today (UTC), by provider and `all`.
+    pub daily: BTreeMap<String, f64>,
+    /// Spent this month (UTC), by provider and `all`.
+    pub monthly: BTreeMap<String, f64>,
+    /// The mean cost of the last completed jobs, by provider and `all`;
+    /// absent where no job of it completed.
+    pub means: BTreeMap<String, f64>,
+    /// For a provider in flight: one of its jobs in flight (its id, or
+    /// its task while the id is not known), named by the price rule.
+    pub probes: BTreeMap<String, String>,
+}
+
+impl Spending {
+    /// Spent in a window by `scope` (a provider or `all`); never below 0.
+    pub fn spent(&self, window: Window, scope: &str) -> f64 {
+        let map = match window {
+            Window::Daily => &self.daily,
+            Window::Monthly => &self.monthly,
+        };
+        map.get(scope).copied().unwrap_or(0.0).max(0.0)
+    }
+}
 /// One cap's state: what the report, `status` and the refusal show.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CapState {
@@ -70,6 +98,17 @@ pub enum Decision {
         n: u64,
         max: u64,
     },
+    /// The provider's price is not known yet and one of its jobs is in
+    /// flight: try again once it ends (exit 75).
+    PriceUnknown {
+        provider: Provider,
+        until: String,
+    },
+    /// The books cannot be read or written: nothing may be spent without
+    /// them (exit 75).
+    BooksUnavailable {
+        provider: Provider,
+    },
 }
 
 impl Decision {
@@ -80,6 +119,13 @@ impl Decision {
             Decision::Budget { .. } => Some("local budget".into()),
             Decision::Defer { scope, n, max } => {
                 Some(format!("deferred {scope}: {n} in flight, limit {max}"))
+            }
+            Decision::PriceUnknown { provider, until } => Some(format!(
+                "deferred {provider}: price unknown until job {} ends",
+                crate::text::clip(until, 80)
+            )),
+            Decision::BooksUnavailable { provider } => {
+                Some(format!("deferred {provider}: books unavailable"))
             }
         }
     }
@@ -104,25 +150,33 @@ impl Decision {
 
 /// The estimate of one job on `provider`: the mean of that provider's last
 /// completed costs (`auto`, or a provider name we do not know: all
-/// providers').
-pub fn estimate(spend: &Spend, provider: &str) -> f64 {
-    match Provider::parse(provider) {
-        Some(p) if p != Provider::Auto => spend.mean_recent(p.as_str()),
-        _ => spend.mean_recent("all"),
-    }
+/// providers'), else the provider's `estimate_cad` from the config; `None`
+/// when the price is not known yet.
+pub fn estimate(policy: &Policy, spending: &Spending, provider: &str) -> Option<f64> {
+    let known = Provider::parse(provider);
+    let scope = match known {
+        Some(p) if p != Provider::Auto => p.as_str(),
+        _ => "all",
+    };
+    spending.means.get(scope).copied().or_else(|| {
+        known
+            .and_then(|p| policy.budget.providers.get(&p))
+            .and_then(|c| c.estimate_cad)
+            .map(|c| c.0)
+    })
 }
 
 /// Spent, reserved and in flight for one cap.
-pub fn cap_state(cap: Cap, spend: &Spend, in_flight: &Counts, now: SystemTime) -> CapState {
-    let scope = cap.scope();
-    let spent = spend.spent(cap.window, scope, now);
+pub fn cap_state(cap: Cap, policy: &Policy, spending: &Spending, in_flight: &Counts) -> CapState {
+    let spent = spending.spent(cap.window, cap.scope());
+    let est = |p: &str| estimate(policy, spending, p).unwrap_or(0.0);
     let (reserved, n) = match cap.provider {
         Some(p) => {
             let n = in_flight.get(p.as_str()).copied().unwrap_or(0);
-            (n as f64 * estimate(spend, p.as_str()), n)
+            (n as f64 * est(p.as_str()), n)
         }
-        None => in_flight.iter().fold((0.0, 0), |(r, n), (prov, k)| {
-            (r + *k as f64 * estimate(spend, prov), n + k)
+        None => in_flight.iter().fold((0.0, 0u64), |(r, n), (prov, k)| {
+            (r + *k as f64 * est(prov), n.saturating_add(*k))
         }),
     };
     CapState {
@@ -134,43 +188,51 @@ pub fn cap_state(cap: Cap, spend: &Spend, in_flight: &Counts, now: SystemTime) -
 }
 
 /// Every configured cap's state, in [`Policy::caps`] order.
-pub fn budget_states(
-    policy: &Policy,
-    spend: &Spend,
-    in_flight: &Counts,
-    now: SystemTime,
-) -> Vec<CapState> {
+pub fn budget_states(policy: &Policy, spending: &Spending, in_flight: &Counts) -> Vec<CapState> {
     policy
         .caps()
         .into_iter()
-        .map(|c| cap_state(c, spend, in_flight, now))
+        .map(|c| cap_state(c, policy, spending, in_flight))
         .collect()
 }
 
 /// Budgets first (a refusal there is final: the task runs locally now
-/// rather than after a wait that cannot change the answer), then the
-/// provider's own limit, then the limit on all.
+/// rather than after a wait that cannot change the answer), then the price
+/// rule (a provider whose price is not known has one job in flight under a
+/// budget), then the provider's own limit, then the limit on all.
 pub fn admit(
     policy: &Policy,
-    spend: &Spend,
+    spending: &Spending,
     in_flight: &Counts,
     provider: Provider,
-    now: SystemTime,
 ) -> Decision {
-    let est = estimate(spend, provider.as_str());
+    let est = estimate(policy, spending, provider.as_str());
     let caps = policy.caps();
     // The provider's own caps first, as for limits: when several caps are
     // passed, the most specific one is named.
     let own = caps.iter().filter(|c| c.provider == Some(provider));
     let all = caps.iter().filter(|c| c.provider.is_none());
+    let mut budgeted = false;
     for &cap in own.chain(all) {
-        let state = cap_state(cap, spend, in_flight, now);
-        if state.spent + state.reserved + est > cap.limit + EPSILON {
+        budgeted = true;
+        let state = cap_state(cap, policy, spending, in_flight);
+        if state.spent + state.reserved + est.unwrap_or(0.0) > cap.limit + EPSILON {
             return Decision::Budget {
                 state,
-                estimate: est,
+                estimate: est.unwrap_or(0.0),
             };
         }
+    }
+    let n_own = in_flight.get(provider.as_str()).copied().unwrap_or(0);
+    if budgeted && est.is_none() && n_own > 0 {
+        return Decision::PriceUnknown {
+            provider,
+            until: spending
+                .probes
+                .get(provider.as_str())
+                .cloned()
+                .unwrap_or_else(|| "in flight".into()),
+        };
     }
     let own = match provider {
         Provider::Gpu => LimitKey::Gpu,
@@ -178,19 +240,16 @@ pub fn admit(
         Provider::Claude => LimitKey::Claude,
         Provider::Auto => LimitKey::Auto,
     };
-    let n_own = in_flight.get(provider.as_str()).copied().unwrap_or(0);
-    let n_all: u64 = in_flight.values().sum();
-    for (key, scope, n) in [
-        (own, provider.as_str(), n_own),
-        // The contract's form names the task's provider, whichever limit
-        // is reached: `deferred gemini: 3 in flight, limit 3` for `all: 3`.
-        (LimitKey::All, provider.as_str(), n_all),
-    ] {
+    let n_all: u64 = in_flight.values().fold(0u64, |a, n| a.saturating_add(*n));
+    for (key, n) in [(own, n_own), (LimitKey::All, n_all)] {
         if let Some(max) = policy.max_in_flight.get(&key)
             && n >= max.0
         {
+            // The contract's form names the task's provider, whichever
+            // limit is reached: `deferred gemini: 3 in flight, limit 3`
+            // for `all: 3`.
             return Decision::Defer {
-                scope,
+                scope: provider.as_str(),
                 n,
                 max: max.0,
             };
@@ -202,42 +261,18 @@ pub fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Entry;
     use crate::policy::{Budget, Cad, Caps, Count};
-    use std::collections::BTreeMap;
 
-    fn now() -> SystemTime {
-        crate::timestamp::parse("2026-11-24T12:00:00Z").unwrap()
-    }
-
-    fn entry(provider: &str, cost: f64, finished_at: &str) -> Entry {
-        Entry {
-            job_id: Some("j".into()),
-            project: "/p".into(),
-            task: "t.md".into(),
-            provider: provider.into(),
-            model: None,
-            status: "completed".into(),
-            cost_cad: cost,
-            tokens_in: None,
-            tokens_out: None,
-            delegated_at: finished_at.into(),
-            finished_at: finished_at.into(),
-            step: false,
+    /// claude spent 4.65 today (mean 1.2375 over its last completed jobs),
+    /// 1.00 of gemini this month, 5.95 of all this month; all: 1.19.
+    fn spending() -> Spending {
+        let m = |pairs: &[(&str, f64)]| pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        Spending {
+            daily: m(&[("claude", 4.65), ("all", 4.65)]),
+            monthly: m(&[("claude", 4.95), ("gemini", 1.0), ("all", 5.95)]),
+            means: m(&[("claude", 1.2375), ("gemini", 1.0), ("all", 1.19)]),
+            probes: [("gpu".to_string(), "j-7".to_string())].into(),
         }
-    }
-
-    /// claude spent 4.80 today (mean 0.15 over its completed jobs once the
-    /// yesterday entries count), gemini 1.00 this month.
-    fn spend() -> Spend {
-        let mut s = Spend::default();
-        for _ in 0..2 {
-            s.fold(&entry("claude", 0.15, "2026-11-23T10:00:00Z"));
-        }
-        s.fold(&entry("claude", 4.50, "2026-11-24T10:00:00Z"));
-        s.fold(&entry("claude", 0.15, "2026-11-24T11:00:00Z"));
-        s.fold(&entry("gemini", 1.00, "2026-11-02T11:00:00Z"));
-        s
     }
 
     fn policy(
@@ -251,7 +286,7 @@ mod tests {
                 Provider::Claude,
                 Caps {
                     daily_cad: Some(Cad(c)),
-                    monthly_cad: None,
+                    ..Caps::default()
                 },
             );
         }
@@ -270,12 +305,19 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
 
+    fn said(d: &Decision) -> String {
+        match d {
+            Decision::Admit => "admit".to_string(),
+            Decision::Budget { .. } => d.stderr_line().unwrap(),
+            _ => d.stdout_line().unwrap(),
+        }
+    }
+
     #[test]
     fn admission_table() {
         use LimitKey as L;
         use Provider::*;
-        let s = spend();
-        // claude mean = (0.15 + 0.15 + 4.50 + 0.15) / 4 = 1.2375
+        let s = spending();
         let rows: Vec<(Policy, Counts, Provider, &str)> = vec![
             (policy(None, None, &[]), counts(&[]), Claude, "admit"),
             (
@@ -305,7 +347,6 @@ mod tests {
                 Gemini,
                 "admit",
             ),
-            // gemini has no completed job today: its spend today is 0, estimate 1.00
             (policy(Some(5.9), None, &[]), counts(&[]), Gemini, "admit"),
             (
                 policy(Some(5.6), None, &[]),
@@ -315,13 +356,30 @@ mod tests {
             ),
             // exactly at the cap is allowed
             (policy(Some(5.65), None, &[]), counts(&[]), Gemini, "admit"),
-            // auto in flight reserve the all-provider mean
-            // (gpu has no completed job: its estimate is 0)
+            // auto in flight reserve the all-provider mean; gpu's price is
+            // unknown: its first job goes, estimated 0
             (
                 policy(Some(5.8), None, &[]),
                 counts(&[("auto", 1)]),
                 Gpu,
                 "all daily budget 5.80 CAD: spent 4.65, reserved 1.19 (1 in flight), this job ~0.00",
+            ),
+            (policy(Some(100.0), None, &[]), counts(&[]), Gpu, "admit"),
+            // ...and while it runs, no second one under a budget
+            (
+                policy(Some(100.0), None, &[]),
+                counts(&[("gpu", 1)]),
+                Gpu,
+                "deferred gpu: price unknown until job j-7 ends",
+            ),
+            // without a budget the price does not matter
+            (policy(None, None, &[]), counts(&[("gpu", 5)]), Gpu, "admit"),
+            // a claude-only budget does not hold gpu back
+            (
+                policy(None, Some(5.0), &[]),
+                counts(&[("gpu", 5)]),
+                Gpu,
+                "admit",
             ),
             (
                 policy(None, None, &[(L::Claude, 2)]),
@@ -353,6 +411,13 @@ mod tests {
                 Gpu,
                 "deferred gpu: 0 in flight, limit 0",
             ),
+            // counts never wrap
+            (
+                policy(None, None, &[(L::All, 5)]),
+                counts(&[("claude", u64::MAX), ("gpu", 3)]),
+                Gemini,
+                "deferred gemini: 18446744073709551615 in flight, limit 5",
+            ),
             // a budget refusal wins over a deferral
             (
                 policy(None, Some(1.0), &[(L::Claude, 1)]),
@@ -362,32 +427,52 @@ mod tests {
             ),
         ];
         for (i, (p, c, prov, want)) in rows.iter().enumerate() {
-            let d = admit(p, &s, c, *prov, now());
-            let got = match &d {
-                Decision::Admit => "admit".to_string(),
-                Decision::Budget { .. } => d.stderr_line().unwrap(),
-                Decision::Defer { .. } => d.stdout_line().unwrap(),
-            };
-            assert_eq!(&got, want, "row {i}");
+            assert_eq!(&said(&admit(p, &s, c, *prov)), want, "row {i}");
         }
     }
 
     #[test]
-    fn monthly_windows_and_the_next_day() {
-        let s = spend();
+    fn an_estimate_from_the_config_stands_in_until_a_job_completes() {
+        let mut p = policy(Some(1.0), None, &[]);
+        p.budget.providers.insert(
+            Provider::Gpu,
+            Caps {
+                estimate_cad: Some(Cad(0.4)),
+                ..Caps::default()
+            },
+        );
+        let s = Spending::default();
+        // 0.4 + 0.4 + this 0.4 > 1: the third is refused, none deferred
+        assert_eq!(
+            said(&admit(&p, &s, &counts(&[("gpu", 1)]), Provider::Gpu)),
+            "admit"
+        );
+        assert_eq!(
+            said(&admit(&p, &s, &counts(&[("gpu", 2)]), Provider::Gpu)),
+            "all daily budget 1.00 CAD: spent 0.00, reserved 0.80 (2 in flight), this job ~0.40"
+        );
+    }
+
+    #[test]
+    fn monthly_windows_and_negative_sums() {
+        let s = spending();
         let mut p = policy(None, None, &[]);
         p.budget.monthly_cad = Some(Cad(6.0));
-        // this month: 0.30 + 4.65 + 1.00 = 5.95; an auto job (mean of all, 1.19) passes it
-        let d = admit(&p, &s, &counts(&[]), Provider::Auto, now());
+        // this month: 5.95; an auto job (mean of all, 1.19) passes it
         assert_eq!(
-            d.stderr_line().unwrap(),
+            said(&admit(&p, &s, &counts(&[]), Provider::Auto)),
             "all monthly budget 6.00 CAD: spent 5.95, reserved 0.00 (0 in flight), this job ~1.19"
         );
-        // next month nothing is spent
-        let later = crate::timestamp::parse("2026-12-01T00:00:00Z").unwrap();
+        // a sum below zero (a damaged store) counts as nothing spent, never
+        // as room to spend more
+        let neg = Spending {
+            monthly: [("all".to_string(), -1000.0)].into(),
+            ..spending()
+        };
+        assert_eq!(neg.spent(Window::Monthly, "all"), 0.0);
         assert_eq!(
-            admit(&p, &s, &counts(&[]), Provider::Auto, later),
-            Decision::Admit
+            said(&admit(&p, &neg, &counts(&[("auto", 5)]), Provider::Auto)),
+            "all monthly budget 6.00 CAD: spent 0.00, reserved 5.95 (5 in flight), this job ~1.19"
         );
     }
 }

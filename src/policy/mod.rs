@@ -5,7 +5,6 @@
 //! (a negative cap, a word where a number belongs, an unknown provider or
 //! key) comes out of the YAML parser with the key's path and line.
 
-pub mod admission;
 pub mod admit;
 
 use std::collections::BTreeMap;
@@ -14,7 +13,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-pub use admit::{Decision, admit};
+pub use admit::{Counts, Decision, Spending, admit};
 
 /// A provider a job can be sent to (`claude-code` never is).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -119,12 +118,14 @@ impl<'de> Deserialize<'de> for Count {
     }
 }
 
-/// A daily and a monthly cap (either may be absent).
+/// A daily and a monthly cap (either may be absent), and for a provider
+/// the price to assume before any of its jobs completed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Caps {
     pub daily_cad: Option<Cad>,
     pub monthly_cad: Option<Cad>,
+    pub estimate_cad: Option<Cad>,
 }
 
 /// `budget:` in the config.
@@ -267,6 +268,7 @@ impl Policy {
             &Caps {
                 daily_cad: self.budget.daily_cad,
                 monthly_cad: self.budget.monthly_cad,
+                estimate_cad: None,
             },
         );
         for (p, caps) in &self.budget.providers {

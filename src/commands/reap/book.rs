@@ -1,173 +1,266 @@
-//! What `reap` keeps under the state directory: each finished job's ledger
-//! entry (written after its record is durable, before its task goes) and
-//! the in-flight index, recounted from each project's markers.
+//! What `reap` keeps in the books: each finished job's ledger entry,
+//! booked with the release of its reservation once its record is durable
+//! and before its task goes; entries the books could not take, kept beside
+//! the queue until a run can book them; and each project's reservations
+//! reconciled with its markers under its queue lock.
+//!
+//! The owed entries (`<project>/.agent-queue/.ccl-delegate.owed/`) are
+//! hand-written because no store is at hand when the books are not: they
+//! are written on the queue's own file system, which just took the record,
+//! so a full or broken state directory never stops a task from moving.
 
 use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::Settings;
-use crate::inflight::{Counts, project_key};
-use crate::ledger::{self, Entry};
+use serde::{Deserialize, Serialize};
+
+use super::Ctx;
+use crate::books::{Entry, Reservation};
 use crate::marker::{Marker, State};
-use crate::policy::admission::Admission;
-use crate::queue::Queue;
+use crate::names::project_key;
+use crate::queue::{Queue, shown};
 
-/// How an append that failed is taken.
-#[derive(Debug, PartialEq)]
-pub(super) enum Failed {
-    /// The ledger is damaged (not a regular file): a warning, and the
-    /// tasks still go; `ledger rebuild` makes it whole from the records.
-    Damaged(String),
-    /// The write failed (ENOSPC, EIO, the lock held too long): the tasks
-    /// and markers stay, so the next run finds the records and counts each
-    /// job once (`record_once`).
-    Retry(String),
+/// The directory of a queue's owed entries.
+pub(super) const OWED_DIR: &str = ".ccl-delegate.owed";
+
+/// Entries the books could not take, and the reservations they release.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Owed {
+    entries: Vec<Entry>,
+    keys: Vec<String>,
 }
 
-/// Which of the two a failure is: only a ledger path that holds something
-/// other than a regular file is "damaged"; anything else may pass.
-pub(super) fn classify(ledger_is_odd: bool, e: &anyhow::Error) -> Failed {
-    if ledger_is_odd {
-        Failed::Damaged(format!("{e:#}"))
-    } else {
-        Failed::Retry(format!(
-            "{e:#}; the task stays and the next reap writes its ledger entry"
-        ))
-    }
-}
-
-pub(super) fn ledger_is_odd(state_dir: &Path) -> bool {
-    std::fs::symlink_metadata(ledger::path(state_dir)).is_ok_and(|m| !m.is_file())
-}
-
-/// The entry of a record, as `ledger rebuild` would read it back.
-pub(super) fn entry(q: &Queue, task: &OsStr, record: &[u8]) -> Option<Entry> {
-    crate::ledger::rebuild::entry_from_record(
+/// The entries of a record, as `ledger rebuild` would read them back.
+pub(super) fn entries(
+    q: &Queue,
+    task: &OsStr,
+    record: &[u8],
+    requested: Option<&str>,
+) -> Option<Vec<Entry>> {
+    crate::books::entries_from_record(
         &project_key(&q.project),
         &task.to_string_lossy(),
         record,
+        requested,
     )
 }
 
-/// Appends `new` (records this run wrote) and, once each, `recovered`
-/// (records an interrupted run wrote), under the admission lock.
-pub(super) fn write(settings: &Settings, new: &[Entry], recovered: &[Entry]) -> Result<(), Failed> {
-    if new.is_empty() && recovered.is_empty() {
-        return Ok(());
-    }
-    let dir = &settings.state_dir;
-    let r = (|| {
-        #[cfg(feature = "failpoints")]
-        crate::failpoint::hit("ledger")
-            .map_err(|e| anyhow::anyhow!("cannot append to the ledger: {e}"))?;
-        let adm = Admission::lock(dir, settings.lock_timeout)?;
-        ledger::append(&adm, new)?;
-        ledger::record_once(&adm, recovered)?;
-        anyhow::Ok(())
-    })();
-    r.map_err(|e| classify(ledger_is_odd(dir), &e))
+fn owed_dir(q: &Queue) -> PathBuf {
+    q.root.join(OWED_DIR)
 }
 
-/// The markers pending or submitted in a project, per provider (a corrupt
-/// marker counts nothing: the reap moves it to failed/).
-fn count_markers(q: &Queue) -> std::io::Result<Counts> {
-    let mut counts = Counts::new();
+/// Keeps entries for a later run, durably: a new file, synced, renamed
+/// into place, its directory synced.
+fn keep_owed(q: &Queue, owed: &Owed) -> anyhow::Result<()> {
+    let dir = owed_dir(q);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".ccl-delegate-tmp-")
+        .tempfile_in(&dir)?;
+    tmp.write_all(&serde_json::to_vec(owed)?)?;
+    tmp.as_file().sync_all()?;
+    let name = format!(
+        "{}-{:016x}.json",
+        crate::timestamp::now().replace(':', ""),
+        fastrand::u64(..)
+    );
+    tmp.persist_noclobber(dir.join(name)).map_err(|e| e.error)?;
+    crate::queue::sync_dir(&dir)?;
+    Ok(())
+}
+
+impl Ctx<'_> {
+    /// Books the entries of records now durable, releasing their jobs'
+    /// reservations. When the books cannot take them, they are kept beside
+    /// the queue and the tasks still go; `Err` only when even that failed
+    /// (the tasks and markers then stay, and the next run finds the
+    /// records).
+    pub(super) fn book_records(
+        &self,
+        q: &Queue,
+        entries: Vec<Entry>,
+        keys: Vec<String>,
+    ) -> anyhow::Result<()> {
+        if entries.is_empty() && keys.is_empty() {
+            return Ok(());
+        }
+        let booked = self.with_books(|b| {
+            #[cfg(feature = "failpoints")]
+            crate::failpoint::hit("ledger")
+                .map_err(|e| anyhow::anyhow!("cannot write the books: {e}"))?;
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            b.book(&entries, &keys)
+        });
+        let Err(e) = booked else { return Ok(()) };
+        self.books_failed(&e);
+        keep_owed(q, &Owed { entries, keys }).map_err(|k| {
+            anyhow::anyhow!(
+                "{e:#}; cannot keep its entries in {} either: {k:#}; the task stays and the next reap books it",
+                shown(&owed_dir(q))
+            )
+        })
+    }
+
+    /// Books what earlier runs owe for a project, then forgets it.
+    fn pay_owed(&self, q: &Queue) {
+        let dir = owed_dir(q);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for f in rd.flatten() {
+            let path = f.path();
+            let name = f.file_name();
+            if !name.to_string_lossy().ends_with(".json") {
+                continue;
+            }
+            let owed = crate::queue::read_nofollow(&path, crate::fsread::Kind::State)
+                .ok()
+                .flatten()
+                .and_then(|(b, _)| serde_json::from_slice::<Owed>(&b).ok());
+            let Some(owed) = owed else {
+                self.ui.warn(format_args!(
+                    "{}: not a list of owed entries; left for a person ({})",
+                    shown(&path),
+                    crate::books::REBUILD_HINT
+                ));
+                continue;
+            };
+            let keys: Vec<&str> = owed.keys.iter().map(String::as_str).collect();
+            match self.with_books(|b| b.book(&owed.entries, &keys)) {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => {
+                    self.books_failed(&e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// At the end of a run: what is owed is booked, and the reservations of
+    /// every project this run went through (with whether it saw markers
+    /// there), and of every project the books hold reservations of, are
+    /// made the markers found, each under its project's queue lock, so
+    /// that no submit is between its admission and its marker meanwhile.
+    /// A marker deleted by hand stops counting here; a project that is
+    /// gone counts nothing.
+    pub(super) fn reconcile(&self, projects: &[(PathBuf, bool)]) {
+        for (dir, _) in projects {
+            let q = Queue::at(dir);
+            if owed_dir(&q).is_dir() {
+                self.pay_owed(&q);
+            }
+        }
+        let any_markers = projects.iter().any(|(_, m)| *m);
+        let books_there = self.books.lock().map(|g| g.is_some()).unwrap_or(false)
+            || std::fs::symlink_metadata(crate::books::path(&self.settings.state_dir)).is_ok();
+        // No markers and no books: nothing to reconcile (an idle reap stays
+        // a few stats).
+        if !any_markers && !books_there {
+            return;
+        }
+        let reserved = match self.with_books(|b| b.reserved_projects()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.books_failed(&e);
+                return;
+            }
+        };
+        let mut todo: Vec<(PathBuf, bool)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (dir, had) in projects {
+            if !*had && reserved.is_empty() {
+                continue;
+            }
+            let key = project_key(dir);
+            if *had || reserved.contains(&key) {
+                todo.push((dir.clone(), *had));
+            }
+            seen.insert(key);
+        }
+        for key in reserved.iter().filter(|k| !seen.contains(*k)) {
+            todo.push((PathBuf::from(key), true));
+        }
+        for (dir, had) in todo {
+            self.reconcile_project(&dir, had);
+        }
+    }
+
+    fn reconcile_project(&self, dir: &Path, had_markers: bool) {
+        let q = Queue::at(dir).with_lock_timeout(self.settings.lock_timeout);
+        let key = project_key(&q.project);
+        let gone = !q.inbox.is_dir();
+        let lock = if gone {
+            None
+        } else {
+            match q.lock() {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    self.ui.warn(format_args!(
+                        "cannot reconcile the jobs in flight of {}: {e:#}; the next reap tries again",
+                        shown(dir)
+                    ));
+                    return;
+                }
+            }
+        };
+        let markers = if gone || !had_markers {
+            Ok(Vec::new())
+        } else {
+            in_flight(&q, &key)
+        };
+        let markers = match markers {
+            Ok(m) => m,
+            Err(e) => {
+                self.ui.warn(format_args!(
+                    "cannot reconcile the jobs in flight of {}: {e}; the next reap tries again",
+                    shown(dir)
+                ));
+                return;
+            }
+        };
+        if let Err(e) = self.with_books(|b| b.reconcile(&key, &markers)) {
+            self.books_failed(&e);
+        }
+        drop(lock);
+    }
+}
+
+/// The jobs in flight of a project, from its markers: pending or
+/// submitted, not a step a limit deferred (it holds no job). A corrupt
+/// marker counts nothing: the reap moves it to failed/.
+fn in_flight(q: &Queue, project: &str) -> std::io::Result<Vec<Reservation>> {
+    let mut out = Vec::new();
     for task in q.marked_tasks()? {
         let Ok(Some(bytes)) = q.read_marker(&task) else {
             continue;
         };
-        if let Ok(m) = Marker::parse(&bytes)
-            && matches!(m.state, State::Pending | State::Submitted)
-        {
-            *counts.entry(m.provider).or_default() += 1;
-        }
-    }
-    Ok(counts)
-}
-
-/// Recounts the in-flight index of the projects this run went through
-/// (with whether it saw markers there) from their markers, once the run
-/// is done, in one rewrite under the admission lock. No queue lock: the
-/// `+1`s submits appended since `since` are applied again on top
-/// ([`Admission::reconcile_all`]), so a job is never counted zero times.
-/// A marker deleted by hand stops counting here.
-pub(super) fn reconcile(
-    settings: &Settings,
-    since: u64,
-    projects: &[(PathBuf, bool)],
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut counted = Vec::with_capacity(projects.len());
-    for (dir, had_markers) in projects {
-        let q = Queue::at(dir);
-        let counts = if *had_markers {
-            count_markers(&q)
-        } else {
-            Ok(Counts::new())
+        let Ok(m) = Marker::parse(&bytes) else {
+            continue;
         };
-        match counts {
-            Ok(c) => counted.push((q.project, c)),
-            Err(e) => problems.push(format!(
-                "cannot recount the jobs in flight of {}: {e}; the next reap tries again",
-                crate::queue::shown(dir)
-            )),
+        if !matches!(m.state, State::Pending | State::Submitted) || m.deferred {
+            continue;
         }
-    }
-    // Nothing in flight and no index: nothing to write (a reap of queues
-    // without markers stays a few stats).
-    let no_index = crate::inflight::InFlight::len_now(&settings.state_dir) == 0;
-    if no_index && counted.iter().all(|(_, c)| c.is_empty()) {
-        return problems;
-    }
-    // The other projects the index names (a project a submit delegated
-    // from that this reap does not go through): recounted too, so that a
-    // marker deleted by hand stops counting wherever it was, and a project
-    // that is gone counts nothing.
-    let reaped: std::collections::HashSet<String> =
-        counted.iter().map(|(p, _)| project_key(p)).collect();
-    let index = crate::inflight::InFlight::load(&settings.state_dir, &mut Vec::new());
-    for key in index.projects.keys().filter(|k| !reaped.contains(*k)) {
-        let q = Queue::at(Path::new(key));
-        let counts = if q.inbox.is_dir() {
-            count_markers(&q)
-        } else {
-            Ok(Counts::new())
+        let key = match (&m.job_id, m.idempotency_key.is_empty()) {
+            (_, false) => m.idempotency_key.clone(),
+            // A marker of the earlier Go implementation has no key.
+            (Some(j), true) => format!("job:{j}"),
+            (None, true) => continue,
         };
-        match counts {
-            Ok(c) => counted.push((q.project, c)),
-            Err(e) => problems.push(format!(
-                "cannot recount the jobs in flight of {}: {e}; the next reap tries again",
-                crate::queue::shown(Path::new(key))
-            )),
-        }
+        out.push(Reservation {
+            key,
+            project: project.to_string(),
+            task: task.to_string_lossy().into_owned(),
+            provider: m.provider.clone(),
+            job_id: m.job_id.clone().filter(|_| m.state == State::Submitted),
+            started_at: m.started_at.clone(),
+        });
     }
-    if counted.is_empty() {
-        return problems;
-    }
-    let r = Admission::lock(&settings.state_dir, settings.lock_timeout).and_then(|adm| {
-        adm.reconcile_all(counted.iter().map(|(p, c)| (p.as_path(), c.clone())), since)
-    });
-    if let Err(e) = r {
-        problems.push(format!(
-            "cannot recount the jobs in flight: {e:#}; the next reap tries again"
-        ));
-    }
-    problems
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_ledger_that_is_not_a_file_lets_the_tasks_go() {
-        let e = anyhow::anyhow!("cannot append to the ledger /s/ledger.jsonl: No space left");
-        let table = [(true, true), (false, false)];
-        for (odd, damaged) in table {
-            let got = classify(odd, &e);
-            assert_eq!(matches!(got, Failed::Damaged(_)), damaged, "{odd}");
-            let (Failed::Damaged(m) | Failed::Retry(m)) = got;
-            assert!(m.contains("ledger.jsonl"), "{m}");
-        }
-    }
+    Ok(out)
 }

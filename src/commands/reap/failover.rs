@@ -2,18 +2,15 @@
 //! provider, the failed job's ledger entry, the marker replaced by a
 //! pending one for the next provider, and its POST, as `submit` sends it.
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::sync::Mutex;
 
 use super::Ctx;
 use super::poll::{self, Call, Facts, Reason};
+use crate::books::{Entry, Reservation};
 use crate::client::JobStatus;
-use crate::ledger::{self, Entry};
 use crate::marker::{Attempt, Marker, State};
-use crate::policy::admission::Admission;
 use crate::policy::{Decision, Provider};
-use crate::queue::{Queue, shown};
+use crate::queue::{Queue, QueueLock, shown};
 use crate::text::clip;
 use crate::timestamp;
 
@@ -33,8 +30,9 @@ impl Step {
     fn ran_on(&self, m: &Marker) -> String {
         self.provider
             .as_deref()
-            .filter(|p| Provider::parse(p).is_some_and(|p| p != Provider::Auto))
-            .map_or_else(|| m.provider.clone(), str::to_string)
+            .and_then(Provider::parse)
+            .filter(|p| *p != Provider::Auto)
+            .map_or_else(|| m.provider.clone(), |p| p.as_str().to_string())
     }
 }
 
@@ -134,151 +132,69 @@ pub(super) fn budget_details(
     s
 }
 
-/// The ledger entries of the jobs failover steps leave, kept so that each
-/// job counts once without a scan of the ledger per step:
-///
-/// - A step's entry is appended after its marker is replaced, with the
-///   others of the run, in one write and one fsync at the end of the run
-///   ([`Ctx::flush_ledger`]). Before the replacement the job was still the
-///   marker's own, so no earlier run can have appended it: the append
-///   needs no look.
-/// - A run killed between a replacement and the append leaves the job
-///   only in the marker's `attempts`. Every reap reads every marker before
-///   acting on it, and appends the attempts the ledger lacks
-///   ([`Ctx::count_attempts`]) against the ledger's job ids, read once per
-///   run (the run lock keeps other reaps out meanwhile).
-#[derive(Default)]
-pub(super) struct Ledger {
-    state: Mutex<LedgerState>,
-}
-
-#[derive(Default)]
-struct LedgerState {
-    /// The job ids in the ledger, once read this run.
-    ids: Option<HashSet<String>>,
-    /// Entries of this run's steps, not yet appended.
-    pending: Vec<Entry>,
-}
-
-impl Ledger {
-    fn ended(&self, e: Entry) {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pending
-            .push(e);
-    }
-}
-
-/// The job ids of the ledger.
-fn ledger_ids(adm: &Admission) -> anyhow::Result<HashSet<String>> {
-    let mut ids = HashSet::new();
-    let p = ledger::path(adm.state_dir());
-    ledger::scan(&p, 0, &mut Vec::new(), |line, _| {
-        #[derive(serde::Deserialize)]
-        struct Id {
-            job_id: Option<String>,
-        }
-        if let Ok(Id { job_id: Some(id) }) = serde_json::from_slice::<Id>(line) {
-            ids.insert(id);
-        }
-    })?;
-    Ok(ids)
+/// What admission gave a step: the queue lock, held until its marker is
+/// written (so that no reconcile sees the reservation without it), and
+/// the key of the job admitted.
+pub(super) struct Admitted {
+    pub(super) lock: Option<QueueLock>,
+    pub(super) key: Option<String>,
 }
 
 impl Ctx<'_> {
-    /// Appends the entries of the jobs a marker's `attempts` name that the
-    /// ledger lacks: those of a run killed before its end (see [`Ledger`]).
-    /// `false` when that could not be done for now (the lock held too long,
-    /// a write that failed): the marker is then left for the next run, so
-    /// that its chain cannot end before its earlier jobs are counted. A
-    /// ledger that is no regular file only warns: `ledger rebuild` mends it.
-    pub(super) fn count_attempts(&self, q: &Queue, task: &OsStr, m: &Marker) -> bool {
-        if m.attempts.iter().all(|a| a.job_id.is_none()) {
-            return true;
+    /// Books the jobs a marker's `attempts` name that the ledger lacks
+    /// (the step of a run killed between its marker and its entry, or of
+    /// one whose books were unavailable). Books that cannot be used are
+    /// said once for the run; the chain goes on: its record names every
+    /// earlier job, and books them when it is written.
+    pub(super) fn count_attempts(&self, q: &Queue, task: &OsStr, m: &Marker) {
+        let ids: Vec<&str> = m
+            .attempts
+            .iter()
+            .filter_map(|a| a.job_id.as_deref())
+            .collect();
+        if ids.is_empty() {
+            return;
         }
-        let mut st = self.ledger.state.lock().unwrap_or_else(|p| p.into_inner());
-        let lacking = |ids: &HashSet<String>| -> Vec<Entry> {
+        let counted = self.with_books(|b| {
+            let lacking = b.lacking(&ids)?;
+            if lacking.is_empty() {
+                return Ok(());
+            }
             let (project, task) = (
-                crate::inflight::project_key(&q.project),
+                crate::names::project_key(&q.project),
                 task.to_string_lossy(),
             );
             let now = timestamp::now();
-            m.attempts
+            let missing: Vec<Entry> = m
+                .attempts
                 .iter()
-                .filter(|a| a.job_id.as_ref().is_some_and(|j| !ids.contains(j)))
+                .filter(|a| a.job_id.as_ref().is_some_and(|j| lacking.contains(j)))
                 .map(|a| Entry::of_attempt(a, &project, &task, &m.started_at, &now))
-                .collect()
-        };
-        // The common case: every job already counted, nothing locked.
-        if st.ids.as_ref().is_some_and(|ids| lacking(ids).is_empty()) {
-            return true;
-        }
-        let counted = (|| {
-            let adm =
-                Admission::lock_for_reap(&self.settings.state_dir, self.settings.lock_timeout)?;
-            if st.ids.is_none() {
-                st.ids = Some(ledger_ids(&adm)?);
-            }
-            let ids = st.ids.as_mut().expect("just read");
-            let missing = lacking(ids);
-            if missing.is_empty() {
-                return anyhow::Ok(());
-            }
-            ledger::append(&adm, &missing)?;
-            ids.extend(missing.into_iter().filter_map(|e| e.job_id));
+                .collect();
+            b.book(&missing, &[])?;
             Ok(())
-        })();
-        match counted {
-            Ok(()) => true,
-            Err(e) if super::book::ledger_is_odd(&self.settings.state_dir) => {
-                self.ui.warn(format_args!(
-                    "{}: the earlier jobs of its chain may be missing from the ledger: {e:#}; {}",
-                    shown(&q.task_path(task)),
-                    ledger::REBUILD_HINT
-                ));
-                true
-            }
-            Err(e) => {
-                self.ui.warn(format_args!(
-                    "{}: the earlier jobs of its chain are not in the ledger yet: {e:#}; the marker waits for the next reap",
-                    shown(&q.task_path(task))
-                ));
-                false
-            }
+        });
+        if let Err(e) = counted {
+            self.books_failed(&e);
         }
     }
 
-    /// Appends this run's failover entries, in one write.
-    pub(super) fn flush_ledger(&self) {
-        let mut st = self.ledger.state.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = std::mem::take(&mut st.pending);
-        if pending.is_empty() {
-            return;
-        }
-        let appended =
-            Admission::lock_for_reap(&self.settings.state_dir, self.settings.lock_timeout)
-                .and_then(|adm| ledger::append(&adm, &pending));
-        if let Err(e) = appended {
-            // Their markers keep them: the next reap appends them.
-            self.local_error(format_args!(
-                "{} failover entries not in the ledger yet: {e:#}; the next reap adds them",
-                pending.len()
-            ));
-        }
-    }
-
-    /// Whether the next job may go (`deferred`: the marker's own provider,
-    /// else the chain's next). The job being left, or the deferred marker
-    /// itself, stops counting first, so it never counts against itself.
-    /// Without budgets or limits configured there is nothing to ask.
+    /// Whether the next job may go (`submitted`: the chain's next after
+    /// the job that ended; else the deferred marker's own provider). The
+    /// job being left stops counting in the same transaction, so it never
+    /// counts against itself; a step deferred holds no job. On admit the
+    /// queue lock stays held for the marker's write.
     pub(super) fn check_admission(
         &self,
         q: &Queue,
         task: &OsStr,
         m: &Marker,
         submitted: bool,
-    ) -> (poll::Admission, Option<String>) {
+    ) -> (poll::Admission, Option<String>, Admitted) {
+        let none = || Admitted {
+            lock: None,
+            key: None,
+        };
         let policy = &self.settings.policy;
         let name = if submitted {
             m.fallback.first().map_or("", String::as_str)
@@ -286,60 +202,88 @@ impl Ctx<'_> {
             m.provider.as_str()
         };
         let Some(next) = Provider::parse(name) else {
-            return (poll::Admission::Budget, None);
+            return (poll::Admission::Budget, None, none());
         };
-        if policy.caps().is_empty() && policy.max_in_flight.is_empty() {
-            return (poll::Admission::Admit, None);
+        if !policy.admission_applies() {
+            return (poll::Admission::Admit, None, none());
         }
-        let decided = (|| {
-            let adm =
-                Admission::lock_for_reap(&self.settings.state_dir, self.settings.lock_timeout)?;
-            if let Some(own) = Provider::parse(&m.provider) {
-                adm.release(&q.project, own)?;
+        let key = if submitted {
+            match crate::job::new_idempotency_key() {
+                Ok(k) => k,
+                Err(e) => {
+                    self.ui.warn(format_args!(
+                        "cannot read /dev/urandom for an idempotency key: {e}"
+                    ));
+                    return (poll::Admission::Defer, None, none());
+                }
             }
-            let mut warnings = Vec::new();
-            let d = adm.check_and_reserve(
-                policy,
-                &q.project,
-                next,
-                std::time::SystemTime::now(),
-                &mut warnings,
-            );
-            for w in warnings {
-                self.ui.warn(format_args!("{w}"));
-            }
-            let d = d?;
-            // A deferred step stays a pending marker: it counts.
-            if let Decision::Defer { .. } = d {
-                crate::inflight::InFlight::append_delta(
-                    &adm,
-                    &crate::inflight::project_key(&q.project),
-                    next.as_str(),
-                    1,
-                    true,
-                )?;
-            }
-            anyhow::Ok(d)
-        })();
-        match decided {
-            Ok(Decision::Admit) => (poll::Admission::Admit, None),
-            Ok(d @ Decision::Budget { .. }) => (poll::Admission::Budget, d.stderr_line()),
-            Ok(d @ Decision::Defer { .. }) => {
-                self.ui.info(format_args!(
-                    "{}: failover to {next} {}",
-                    shown(&q.task_path(task)),
-                    d.stdout_line().unwrap_or_default()
-                ));
-                (poll::Admission::Defer, None)
-            }
-            // Admission cannot be asked (a lock held too long): the step
-            // waits for a later reap, as for a limit.
+        } else {
+            m.idempotency_key.clone()
+        };
+        let lock = match q.lock() {
+            Ok(l) => l,
             Err(e) => {
                 self.ui.warn(format_args!(
                     "{}: failover to {next} waits: {e:#}",
                     shown(&q.task_path(task))
                 ));
-                (poll::Admission::Defer, None)
+                return (poll::Admission::Defer, None, none());
+            }
+        };
+        let job = Reservation {
+            key: key.clone(),
+            project: crate::names::project_key(&q.project),
+            task: task.to_string_lossy().into_owned(),
+            provider: next.as_str().to_string(),
+            job_id: None,
+            started_at: m.started_at.clone(),
+        };
+        let decided = self.with_books(|b| {
+            b.admit(
+                policy,
+                &job,
+                next,
+                Some((m.idempotency_key.as_str(), None)),
+                std::time::SystemTime::now(),
+            )
+        });
+        match decided {
+            Ok(Decision::Admit) => (
+                poll::Admission::Admit,
+                None,
+                Admitted {
+                    lock: Some(lock),
+                    key: Some(key),
+                },
+            ),
+            Ok(d @ Decision::Budget { .. }) => (poll::Admission::Budget, d.stderr_line(), none()),
+            Ok(d) => {
+                self.ui.info(format_args!(
+                    "{}: failover to {next} {}",
+                    shown(&q.task_path(task)),
+                    d.stdout_line().unwrap_or_default()
+                ));
+                (
+                    poll::Admission::Defer,
+                    None,
+                    Admitted {
+                        lock: Some(lock),
+                        key: Some(key),
+                    },
+                )
+            }
+            // Admission cannot be asked: the step waits for a later reap,
+            // as for a limit, and the run says why.
+            Err(e) => {
+                self.books_failed(&e);
+                (
+                    poll::Admission::Defer,
+                    None,
+                    Admitted {
+                        lock: Some(lock),
+                        key: Some(key),
+                    },
+                )
             }
         }
     }
@@ -347,9 +291,11 @@ impl Ctx<'_> {
     /// The failover step's files: the marker replaced (under the queue
     /// lock, only if it still holds `seen`) by a pending one for the next
     /// provider, whose `attempts` now name the ended job; then that job's
-    /// ledger entry, batched for the end of the run ([`Ledger`] says why
-    /// it counts once). Gives the new marker, or `None` when another run
-    /// changed the marker meanwhile.
+    /// ledger entry (a kill in between leaves it in the marker's
+    /// `attempts`, which the next reap books: [`Ctx::count_attempts`]).
+    /// Gives the new marker, or `None` when another run changed the marker
+    /// meanwhile.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn fail_over(
         &self,
         q: &Queue,
@@ -358,17 +304,27 @@ impl Ctx<'_> {
         m: &Marker,
         step: Step,
         deferred: bool,
+        admitted: Admitted,
     ) -> anyhow::Result<Option<Marker>> {
-        let key = crate::job::new_idempotency_key()
-            .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for an idempotency key: {e}"))?;
+        let key = match admitted.key {
+            Some(k) => k,
+            None => crate::job::new_idempotency_key().map_err(|e| {
+                anyhow::anyhow!("cannot read /dev/urandom for an idempotency key: {e}")
+            })?,
+        };
         let Some(next) = next_marker(m, &step, key, timestamp::now(), deferred) else {
             anyhow::bail!("its marker's fallback chain names no provider (a bug in reap)");
         };
+        let project = crate::names::project_key(&q.project);
         let entry = Entry {
             job_id: m.job_id.clone(),
-            project: crate::inflight::project_key(&q.project),
+            project: project.clone(),
             task: task.to_string_lossy().into_owned(),
             provider: step.ran_on(m),
+            said_provider: step
+                .provider
+                .clone()
+                .filter(|p| Provider::parse(p).is_none_or(|k| k.as_str() != p)),
             model: None,
             status: step.reason.as_str().to_string(),
             cost_cad: 0.0,
@@ -378,12 +334,22 @@ impl Ctx<'_> {
             finished_at: timestamp::now(),
             step: true,
         };
-        let lock = q.lock()?;
+        let lock = match admitted.lock {
+            Some(l) => l,
+            None => q.lock()?,
+        };
         if !q.fail_over(&lock, task, seen, &next)? {
+            drop(lock);
+            // The reservation made for it has no marker: taken back.
+            if !deferred && next.idempotency_key != m.idempotency_key {
+                let _ = self.with_books(|b| b.release(&next.idempotency_key));
+            }
             return Ok(None);
         }
         drop(lock);
-        self.ledger.ended(entry);
+        if let Err(e) = self.with_books(|b| b.book(std::slice::from_ref(&entry), &[])) {
+            self.books_failed(&e);
+        }
         self.tally
             .lock()
             .unwrap_or_else(|p| p.into_inner())

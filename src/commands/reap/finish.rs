@@ -73,6 +73,8 @@ pub(super) struct Finished {
     pub(super) job_id: Option<String>,
     /// The provider the marker asked for (`auto` included).
     pub(super) requested: String,
+    /// The marker's idempotency key: its job's reservation.
+    pub(super) key: String,
     pub(super) delegated_at: String,
     /// The earlier jobs of its failover chain.
     pub(super) attempts: Vec<crate::marker::Attempt>,
@@ -303,42 +305,40 @@ impl Ctx<'_> {
         }
     }
 
-    /// Appends the ledger entries of the records now durable: those this
-    /// batch wrote, and once each those an interrupted run wrote. A write
-    /// that failed keeps their tasks and markers for the next run.
+    /// Books the entries of the records now durable: those this batch
+    /// wrote, and once each those an interrupted run wrote; their jobs stop
+    /// counting as reserved in the same transaction. Books that cannot
+    /// take them leave the entries owed (`book.rs`); only when that fails
+    /// too do the tasks and markers stay for the next run.
     fn book(
         &self,
         q: &Queue,
         jobs: &[(Finished, Rendered)],
         results: &mut [anyhow::Result<Option<std::path::PathBuf>>],
     ) {
-        let (mut new, mut recovered, mut which) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut entries, mut keys, mut which) = (Vec::new(), Vec::new(), Vec::new());
         for (i, ((f, record), result)) in jobs.iter().zip(results.iter()).enumerate() {
-            let entry = match (result, record) {
-                (Ok(Some(_)), Ok((bytes, _))) => book::entry(q, &f.task, bytes).map(|e| (e, true)),
+            let requested = Some(f.requested.as_str());
+            let found = match (result, record) {
+                (Ok(Some(_)), Ok((bytes, _))) => book::entries(q, &f.task, bytes, requested),
                 (Ok(None), Err(existing)) => {
                     crate::queue::read_nofollow(existing, crate::fsread::Kind::Record)
                         .ok()
                         .flatten()
-                        .and_then(|(bytes, _)| book::entry(q, &f.task, &bytes))
-                        .map(|e| (e, false))
+                        .and_then(|(bytes, _)| book::entries(q, &f.task, &bytes, requested))
                 }
                 _ => None,
             };
-            match entry {
-                Some((e, true)) => new.push(e),
-                Some((e, false)) => recovered.push(e),
-                None => continue,
+            if results[i].is_err() {
+                continue;
             }
+            entries.extend(found.unwrap_or_default());
+            keys.push(f.key.clone());
             which.push(i);
         }
-        match book::write(self.settings, &new, &recovered) {
-            Ok(()) => {}
-            Err(book::Failed::Damaged(m)) => self.ui.warn(m),
-            Err(book::Failed::Retry(m)) => {
-                for i in which {
-                    results[i] = Err(anyhow::anyhow!("{m}"));
-                }
+        if let Err(e) = self.book_records(q, entries, keys) {
+            for i in which {
+                results[i] = Err(anyhow::anyhow!("{e:#}"));
             }
         }
     }

@@ -75,16 +75,14 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         tally: Mutex::new(metrics::Tally::default()),
         finisher: OnceLock::new(),
         workers: AtomicUsize::new(0),
-        ledger: failover::Ledger::default(),
+        books: Mutex::new(None),
+        books_said: AtomicBool::new(false),
     };
     let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1) as usize;
 
     let (tx, rx) = mpsc::sync_channel::<(Arc<Queue>, OsString)>(concurrency * 4);
     let rx = Mutex::new(rx);
     let mut recount = Vec::new();
-    // The in-flight deltas submits append from here on are kept when the
-    // counts are replaced at the end of the run.
-    let inflight_since = crate::inflight::InFlight::len_now(&settings.state_dir);
     std::thread::scope(|scope| {
         let (ctx, rx) = (&ctx, &rx);
         let mut pool_started = false;
@@ -181,16 +179,14 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         drop(tx);
     });
 
-    ctx.flush_ledger();
-    for w in book::reconcile(settings, inflight_since, &recount) {
-        ctx.ui.warn(w);
-    }
+    ctx.reconcile(&recount);
 
     let metrics_file = args
         .metrics_file
         .clone()
         .or_else(|| settings.metrics_file.clone());
     if let Some(path) = metrics_file {
+        let budget = budget_now(&ctx);
         // A run is a success only when nothing failed: no local error, no
         // call that failed for the service or the key, no project skipped.
         let success = ctx.local_errors.load(Ordering::Relaxed) == 0
@@ -199,7 +195,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
             && ctx.skipped.load(Ordering::Relaxed) == 0
             && !matches!(ctx.client.get(), Some(Err(_)));
         let mut tally = std::mem::take(&mut *ctx.tally.lock().unwrap_or_else(|p| p.into_inner()));
-        tally.budget = budget_now(settings, ui);
+        tally.budget = budget;
         if let Err(e) = metrics::write(&path, &tally, started.elapsed(), success) {
             ctx.local_error(format_args!(
                 "cannot write the metrics file {}: {e:#}",
@@ -223,18 +219,18 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
 }
 
 /// Each configured cap now, for the metrics file.
-fn budget_now(settings: &Settings, ui: Ui) -> Vec<crate::policy::admit::CapState> {
-    let mut warnings = Vec::new();
-    let caps = crate::policy::admission::budget_snapshot(
-        &settings.state_dir,
-        &settings.policy,
-        std::time::SystemTime::now(),
-        &mut warnings,
-    );
-    for w in warnings {
-        ui.warn(w);
+fn budget_now(ctx: &Ctx) -> Vec<crate::policy::admit::CapState> {
+    if ctx.settings.policy.caps().is_empty() {
+        return Vec::new();
     }
-    caps
+    let now = std::time::SystemTime::now();
+    match ctx.with_books(|b| b.budget(&ctx.settings.policy, now)) {
+        Ok(caps) => caps,
+        Err(e) => {
+            ctx.books_failed(&e);
+            Vec::new()
+        }
+    }
 }
 
 /// The projects to reap, each once (a glob and a flag may name the same).
@@ -294,8 +290,10 @@ struct Ctx<'a> {
     finisher: OnceLock<mpsc::SyncSender<Option<Finished>>>,
     /// Workers still running.
     workers: AtomicUsize,
-    /// The ledger entries of the jobs failover steps leave.
-    ledger: failover::Ledger,
+    /// The books, opened on first use.
+    books: Mutex<Option<crate::books::Books>>,
+    /// Books that could not be used were said (once a run).
+    books_said: AtomicBool,
 }
 
 /// How a failed poll is said on stderr.
@@ -335,6 +333,31 @@ impl Ctx<'_> {
             .ok()
     }
 
+    /// Runs `f` on the books, opening them on first use.
+    fn with_books<T>(
+        &self,
+        f: impl FnOnce(&mut crate::books::Books) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut g = self.books.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(crate::books::Books::open(
+                &self.settings.state_dir,
+                self.settings.lock_timeout,
+            )?);
+        }
+        f(g.as_mut().expect("just opened"))
+    }
+
+    /// Books that could not be used: one error line for the run (it exits
+    /// 1 and its metrics say it failed); the tasks still move.
+    fn books_failed(&self, e: &anyhow::Error) {
+        if !self.books_said.swap(true, Ordering::Relaxed) {
+            self.local_error(format_args!(
+                "{e:#}; the tasks still move, and the first run that can books what this one could not"
+            ));
+        }
+    }
+
     fn local_error(&self, msg: impl std::fmt::Display) {
         self.local_errors.fetch_add(1, Ordering::Relaxed);
         self.error(msg);
@@ -343,10 +366,7 @@ impl Ctx<'_> {
     /// Said on stderr with or without -q: only routine lines are silenced.
     fn error(&self, msg: impl std::fmt::Display) {
         let _g = self.out.lock();
-        eprintln!(
-            "ccl-delegate: error: {}",
-            crate::text::line(&msg.to_string())
-        );
+        self.ui.error(msg);
     }
 
     fn say(&self, line: std::fmt::Arguments) {
@@ -392,9 +412,7 @@ impl Ctx<'_> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .active(q, &m.provider);
-            if !self.count_attempts(q, task, &m) {
-                return Ok(());
-            }
+            self.count_attempts(q, task, &m);
         }
         let job_id = m.job_id.clone().filter(|_| m.state == State::Submitted);
         // A record an interrupted run already wrote for this marker: only
@@ -403,7 +421,7 @@ impl Ctx<'_> {
         let deferred = corrupt.is_none() && m.deferred && job_id.is_none();
         if (job_id.is_some() || deferred)
             && let Some(path) = q.finish_recorded_then(task, &seen, job_id.as_deref(), |path| {
-                self.book_recorded(q, task, path)
+                self.book_recorded(q, task, &m, path)
             })?
         {
             let shown_id = job_id.as_deref().unwrap_or("none");
@@ -434,6 +452,12 @@ impl Ctx<'_> {
         let mut result = None;
         // The cap a budget refusal named, for the record it ends in.
         let mut budget_line: Option<String> = None;
+        // What admission gave a step: the queue lock held until its marker
+        // is written, and the admitted job's key.
+        let mut admitted = failover::Admitted {
+            lock: None,
+            key: None,
+        };
         loop {
             match poll::decide(&facts) {
                 Action::ResetClock => {
@@ -536,9 +560,10 @@ impl Ctx<'_> {
                     };
                 }
                 Action::CheckAdmission => {
-                    let (said, line) = self.check_admission(q, task, &m, job_id.is_some());
+                    let (said, line, a) = self.check_admission(q, task, &m, job_id.is_some());
                     facts.admission = said;
                     budget_line = line;
+                    admitted = a;
                 }
                 Action::FailOver { reason, deferred } => {
                     let step = failover::Step {
@@ -549,7 +574,14 @@ impl Ctx<'_> {
                             .and_then(|s| s.provider.clone())
                             .filter(|p| !p.is_empty()),
                     };
-                    let Some(next) = self.fail_over(q, task, &seen, &m, step, deferred)? else {
+                    let a = std::mem::replace(
+                        &mut admitted,
+                        failover::Admitted {
+                            lock: None,
+                            key: None,
+                        },
+                    );
+                    let Some(next) = self.fail_over(q, task, &seen, &m, step, deferred, a)? else {
                         return Ok(());
                     };
                     if deferred {
@@ -572,7 +604,10 @@ impl Ctx<'_> {
                     let mut fresh = m.clone();
                     fresh.deferred = false;
                     fresh.sent_at = Some(timestamp::now());
-                    let lock = q.lock()?;
+                    let lock = match admitted.lock.take() {
+                        Some(l) => l,
+                        None => q.lock()?,
+                    };
                     if !q.update_marker_if(&lock, task, &seen, &fresh)? {
                         return Ok(());
                     }
@@ -665,21 +700,22 @@ impl Ctx<'_> {
         }
     }
 
-    /// The ledger entry of a record an interrupted run wrote, once: an
-    /// error keeps the task and marker for the next run.
-    fn book_recorded(&self, q: &Queue, task: &OsStr, path: &Path) -> anyhow::Result<()> {
-        let entry = crate::queue::read_nofollow(path, crate::fsread::Kind::Record)
+    /// The entries of a record an interrupted run wrote, once: an error
+    /// (the books unavailable and the entries not kept either) keeps the
+    /// task and marker for the next run.
+    fn book_recorded(
+        &self,
+        q: &Queue,
+        task: &OsStr,
+        m: &Marker,
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        let entries = crate::queue::read_nofollow(path, crate::fsread::Kind::Record)
             .ok()
             .flatten()
-            .and_then(|(bytes, _)| book::entry(q, task, &bytes));
-        match book::write(self.settings, &[], entry.as_slice()) {
-            Ok(()) => Ok(()),
-            Err(book::Failed::Damaged(m)) => {
-                self.ui.warn(m);
-                Ok(())
-            }
-            Err(book::Failed::Retry(m)) => Err(anyhow::anyhow!("{m}")),
-        }
+            .and_then(|(bytes, _)| book::entries(q, task, &bytes, Some(&m.provider)))
+            .unwrap_or_default();
+        self.book_records(q, entries, vec![m.idempotency_key.clone()])
     }
 
     /// What a failed call means for the decision; the error is kept for
@@ -888,6 +924,7 @@ fn finished(q: &Queue, task: &OsStr, seen: &[u8], m: &Marker, verdict: Verdict) 
         seen: seen.to_vec(),
         job_id: m.job_id.clone(),
         requested: m.provider.clone(),
+        key: m.idempotency_key.clone(),
         delegated_at: m.started_at.clone(),
         attempts: m.attempts.clone(),
         verdict,

@@ -1,0 +1,81 @@
+//! The store's tables, created on first use, with a version.
+
+/// The schema this binary writes and reads (`PRAGMA user_version`).
+pub const VERSION: i64 = 1;
+
+/// Version 1. Times are `YYYY-MM-DDTHH:MM:SSZ` text, so they compare as
+/// strings and a day is the first 10 bytes.
+pub const CREATE: &str = "
+CREATE TABLE IF NOT EXISTS ledger (
+    id            INTEGER PRIMARY KEY,
+    job_id        TEXT,
+    project       TEXT NOT NULL,
+    task          TEXT NOT NULL,
+    provider      TEXT NOT NULL,
+    said_provider TEXT,
+    model         TEXT,
+    status        TEXT NOT NULL,
+    cost_cad      REAL NOT NULL CHECK (cost_cad >= 0 AND cost_cad < 1000000),
+    tokens_in     INTEGER CHECK (tokens_in >= 0),
+    tokens_out    INTEGER CHECK (tokens_out >= 0),
+    delegated_at  TEXT NOT NULL,
+    finished_at   TEXT NOT NULL,
+    turnaround    INTEGER,
+    step          INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_job ON ledger(job_id) WHERE job_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_jobless
+    ON ledger(project, task, finished_at) WHERE job_id IS NULL;
+CREATE INDEX IF NOT EXISTS ledger_finished ON ledger(finished_at);
+CREATE INDEX IF NOT EXISTS ledger_recent ON ledger(status, provider, id);
+CREATE INDEX IF NOT EXISTS ledger_recent_all ON ledger(status, id);
+CREATE INDEX IF NOT EXISTS ledger_project ON ledger(project, step);
+
+-- Spent per UTC day and provider: kept by the ledger's triggers.
+CREATE TABLE IF NOT EXISTS spend_day (
+    day      TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    cost_cad REAL NOT NULL,
+    PRIMARY KEY (day, provider)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS ledger_spend_add AFTER INSERT ON ledger BEGIN
+    INSERT INTO spend_day (day, provider, cost_cad)
+        VALUES (substr(NEW.finished_at, 1, 10), NEW.provider, NEW.cost_cad)
+        ON CONFLICT (day, provider) DO UPDATE SET cost_cad = cost_cad + excluded.cost_cad;
+END;
+CREATE TRIGGER IF NOT EXISTS ledger_spend_sub AFTER DELETE ON ledger BEGIN
+    UPDATE spend_day SET cost_cad = max(0, cost_cad - OLD.cost_cad)
+        WHERE day = substr(OLD.finished_at, 1, 10) AND provider = OLD.provider;
+END;
+
+-- A job in flight: one row per marker pending or submitted (a failover
+-- step a limit deferred holds no job and has none).
+CREATE TABLE IF NOT EXISTS reservation (
+    key        TEXT PRIMARY KEY,
+    project    TEXT NOT NULL,
+    task       TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    job_id     TEXT,
+    started_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reservation_project ON reservation(project);
+CREATE INDEX IF NOT EXISTS reservation_provider ON reservation(provider);
+
+-- Jobs in flight per provider: kept by the reservation's triggers.
+CREATE TABLE IF NOT EXISTS in_flight (
+    provider TEXT PRIMARY KEY,
+    n        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS reservation_add AFTER INSERT ON reservation BEGIN
+    INSERT INTO in_flight (provider, n) VALUES (NEW.provider, 1)
+        ON CONFLICT (provider) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS reservation_sub AFTER DELETE ON reservation BEGIN
+    UPDATE in_flight SET n = max(0, n - 1) WHERE provider = OLD.provider;
+END;
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";

@@ -1,0 +1,959 @@
+//! The SQLite store: opening it (created, migrated and checked on first
+//! use), and every query and transaction the commands need. No SQL lives
+//! outside the books.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::entry::{Entry, counted_provider, sane_cost, utc};
+use super::schema;
+use crate::error::{Code, fail};
+use crate::policy::admit::{CapState, budget_states};
+use crate::policy::{Counts, Decision, Policy, Provider, Spending, admit};
+
+/// How many completed costs the estimate averages (policy.md).
+pub const RECENT: u32 = 50;
+
+/// The ledger file of earlier versions: imported once, then renamed.
+const OLD_LEDGER: &str = "ledger.jsonl";
+/// Caches of earlier versions, made obsolete by the store.
+const OLD_CACHES: [&str; 2] = ["spend.json", "inflight.tsv"];
+
+/// A job in flight: what a marker pending or submitted holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reservation {
+    /// The marker's idempotency key: one per job sent.
+    pub key: String,
+    /// [`crate::names::project_key`].
+    pub project: String,
+    pub task: String,
+    pub provider: String,
+    pub job_id: Option<String>,
+    pub started_at: String,
+}
+
+/// One ledger row, as `report` reads it.
+#[derive(Debug)]
+pub struct Row {
+    pub project: String,
+    pub provider: String,
+    pub model: Option<String>,
+    pub completed: bool,
+    pub cost_cad: f64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub turnaround: Option<u64>,
+    pub finished_at: String,
+}
+
+/// An open store.
+pub struct Books {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Opens the books when there are any (the store, or a ledger of an earlier
+/// version to import): `None` on a host that never booked anything.
+pub fn open_if_present(state_dir: &Path, timeout: Duration) -> anyhow::Result<Option<Books>> {
+    let there = |name: &str| std::fs::symlink_metadata(state_dir.join(name)).is_ok();
+    if !there(super::BOOKS_FILE) && !there(OLD_LEDGER) {
+        return Ok(None);
+    }
+    Books::open(state_dir, timeout).map(Some)
+}
+
+impl Books {
+    /// Opens the store, creating the state directory (0700) and the store
+    /// (0600) when missing; waits up to `timeout` for another writer.
+    /// A store that is no regular file, cannot be read, or is of a newer
+    /// schema is an error naming the file.
+    pub fn open(state_dir: &Path, timeout: Duration) -> anyhow::Result<Books> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .with_context(|| {
+                format!("cannot create the state directory {}", state_dir.display())
+            })?;
+        let path = super::path(state_dir);
+        let shown = path.display().to_string();
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return Err(not_a_file(&shown));
+        }
+        // Created here, so that it is 0600 (SQLite gives its -wal and -shm
+        // files the same bits) and never a symlink's target.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| unavailable(&shown, &e.to_string()))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| unavailable(&shown, &e.to_string()))?;
+        if !meta.is_file() {
+            return Err(not_a_file(&shown));
+        }
+        drop(f);
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(|e| unavailable(&shown, &e.to_string()))?;
+        let mut books = Books { conn, path };
+        books
+            .prepare(timeout)
+            .map_err(|e| match e.downcast_ref::<crate::error::Coded>() {
+                Some(_) => e,
+                None => unavailable(&shown, &format!("{e:#}")),
+            })?;
+        Ok(books)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Settings of the connection, then the schema: created (and an old
+    /// ledger imported) on first use, refused when newer than this binary.
+    fn prepare(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.conn.busy_timeout(timeout)?;
+        // NORMAL in WAL mode: a commit survives any crash of the process
+        // (SIGKILL included); a power loss may lose the last ones, which
+        // the records and the next reap's reconcile make good.
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == schema::VERSION {
+            return Ok(());
+        }
+        if version > schema::VERSION {
+            return Err(fail(
+                Code::Config,
+                format!(
+                    "the books {} have schema version {version}; this ccl-delegate knows version {}: update ccl-delegate",
+                    self.path.display(),
+                    schema::VERSION
+                ),
+            ));
+        }
+        // WAL is a property of the file: set once, outside a transaction.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            anyhow::bail!("cannot switch to WAL mode (got {mode})");
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let mut imported = None;
+        if version == 0 {
+            tx.execute_batch(schema::CREATE)?;
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            imported = import_old_ledger(&tx, dir)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", schema::VERSION))?;
+        }
+        tx.commit()?;
+        if let Some(old) = imported {
+            // Imported once (the version now says so): the old files are
+            // put aside, never read again.
+            let _ = std::fs::rename(&old, old.with_extension("jsonl.imported"));
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            for c in OLD_CACHES {
+                let _ = std::fs::remove_file(dir.join(c));
+            }
+        }
+        Ok(())
+    }
+
+    fn immediate(&mut self) -> anyhow::Result<rusqlite::Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
+    /// Admission (policy.md): in one transaction, read what is spent and
+    /// reserved, decide, and on admit insert the job's reservation. For a
+    /// failover step, `leaving` is the reservation of the job it leaves,
+    /// and `ended` that job's entry: both change with the step's decision
+    /// (on a budget refusal, neither: the record that ends the chain books
+    /// the job). `None` as `job`: a step a limit or the price rule defers
+    /// holds no job.
+    pub fn admit(
+        &mut self,
+        policy: &Policy,
+        job: &Reservation,
+        provider: Provider,
+        step: Option<(&str, Option<&Entry>)>,
+        now: SystemTime,
+    ) -> anyhow::Result<Decision> {
+        let tx = self.immediate()?;
+        if let Some((leaving, _)) = step {
+            tx.execute("DELETE FROM reservation WHERE key = ?1", [leaving])?;
+        }
+        let counts = counts_in(&tx)?;
+        let spending = if policy.caps().is_empty() {
+            Spending::default()
+        } else {
+            spending_in(&tx, &counts, now)?
+        };
+        let d = admit(policy, &spending, &counts, provider);
+        match (&d, step) {
+            (Decision::Budget { .. }, Some(_)) => {
+                // Nothing changes: the chain ends in failed/, whose record
+                // books the job and releases it.
+                drop(tx);
+                return Ok(d);
+            }
+            (Decision::Admit, _) => insert_reservation(&tx, job)?,
+            _ => {}
+        }
+        if let Some((_, Some(e))) = step {
+            insert_entry(&tx, e)?;
+        }
+        tx.commit()?;
+        Ok(d)
+    }
+
+    /// Takes back the reservation of a job that surely was not created.
+    pub fn release(&mut self, key: &str) -> anyhow::Result<()> {
+        self.conn
+            .execute("DELETE FROM reservation WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
+    /// Notes the job a reservation became (the price rule names it).
+    pub fn set_job(&mut self, key: &str, job_id: &str) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE reservation SET job_id = ?2 WHERE key = ?1",
+            [key, job_id],
+        )?;
+        Ok(())
+    }
+
+    /// Books entries and releases the reservations of their jobs, in one
+    /// transaction. An entry already there counts nothing. Answers how
+    /// many were new.
+    pub fn book(&mut self, entries: &[Entry], keys: &[&str]) -> anyhow::Result<usize> {
+        let tx = self.immediate()?;
+        let mut n = 0;
+        for e in entries {
+            n += insert_entry(&tx, e)?;
+        }
+        {
+            let mut del = tx.prepare_cached("DELETE FROM reservation WHERE key = ?1")?;
+            for k in keys.iter().filter(|k| !k.is_empty()) {
+                del.execute([k])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Which of `ids` the ledger lacks.
+    pub fn lacking(&self, ids: &[&str]) -> anyhow::Result<Vec<String>> {
+        let mut q = self
+            .conn
+            .prepare_cached("SELECT 1 FROM ledger WHERE job_id = ?1")?;
+        let mut out = Vec::new();
+        for id in ids {
+            if !q.exists([id])? {
+                out.push(id.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes a project's reservations the markers a reap sees (each a job
+    /// in flight), under that project's queue lock (the caller's): a row
+    /// without a marker goes, a marker without a row is added unless its
+    /// job is already in the ledger.
+    pub fn reconcile(&mut self, project: &str, markers: &[Reservation]) -> anyhow::Result<()> {
+        let tx = self.immediate()?;
+        let rows: HashSet<String> = {
+            let mut q = tx.prepare_cached("SELECT key FROM reservation WHERE project = ?1")?;
+            q.query_map([project], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        let mut want = HashSet::new();
+        {
+            let mut booked = tx.prepare_cached("SELECT 1 FROM ledger WHERE job_id = ?1")?;
+            for m in markers {
+                let done = match &m.job_id {
+                    Some(j) => booked.exists([j])?,
+                    None => false,
+                };
+                if !done {
+                    want.insert(m.key.as_str());
+                }
+            }
+        }
+        {
+            let mut del = tx.prepare_cached("DELETE FROM reservation WHERE key = ?1")?;
+            for k in rows.iter().filter(|k| !want.contains(k.as_str())) {
+                del.execute([k])?;
+            }
+        }
+        for m in markers {
+            if want.contains(m.key.as_str()) && !rows.contains(&m.key) {
+                insert_reservation(&tx, m)?;
+            } else if m.job_id.is_some() {
+                tx.execute(
+                    "UPDATE reservation SET job_id = ?2 WHERE key = ?1 AND job_id IS NULL",
+                    params![m.key, m.job_id],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The projects that hold reservations.
+    pub fn reserved_projects(&self) -> anyhow::Result<Vec<String>> {
+        let mut q = self
+            .conn
+            .prepare_cached("SELECT DISTINCT project FROM reservation")?;
+        let v = q.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Jobs in flight per provider.
+    pub fn counts(&self) -> anyhow::Result<Counts> {
+        counts_in(&self.conn)
+    }
+
+    /// Every configured cap's state now (one read transaction).
+    pub fn budget(&mut self, policy: &Policy, now: SystemTime) -> anyhow::Result<Vec<CapState>> {
+        if policy.caps().is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = self.conn.transaction()?;
+        let counts = counts_in(&tx)?;
+        let spending = spending_in(&tx, &counts, now)?;
+        Ok(budget_states(policy, &spending, &counts))
+    }
+
+    /// Replaces the entries of `projects` with `fresh` in one transaction
+    /// (the others stay); answers how many entries of other projects were
+    /// kept. A job that ended stays in the books even when its record is
+    /// gone (requeued): only entries whose job a fresh one names, or
+    /// jobless ones, are replaced.
+    pub fn rebuild(&mut self, projects: &[String], fresh: &[Entry]) -> anyhow::Result<u64> {
+        let tx = self.immediate()?;
+        {
+            let mut del = tx.prepare_cached(
+                "DELETE FROM ledger WHERE project = ?1 AND (job_id IS NULL OR job_id IN (SELECT value FROM json_each(?2)))",
+            )?;
+            let ids: Vec<&str> = fresh.iter().filter_map(|e| e.job_id.as_deref()).collect();
+            let ids = serde_json::to_string(&ids)?;
+            for p in projects {
+                del.execute(params![p, ids])?;
+            }
+        }
+        for e in fresh {
+            // A job booked under another project key keeps its entry.
+            insert_entry(&tx, e)?;
+        }
+        let total: i64 = tx.query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))?;
+        let mine: i64 = {
+            let mut q = tx.prepare_cached("SELECT count(*) FROM ledger WHERE project = ?1")?;
+            let mut n = 0;
+            for p in projects {
+                n += q.query_row([p], |r| r.get::<_, i64>(0))?;
+            }
+            n
+        };
+        // The sums again from the ledger, exactly.
+        tx.execute_batch(
+            "DELETE FROM spend_day;
+             INSERT INTO spend_day (day, provider, cost_cad)
+                 SELECT substr(finished_at, 1, 10), provider, sum(cost_cad) FROM ledger GROUP BY 1, 2;
+             DELETE FROM in_flight;
+             INSERT INTO in_flight (provider, n) SELECT provider, count(*) FROM reservation GROUP BY 1;",
+        )?;
+        tx.commit()?;
+        Ok((total - mine).max(0) as u64)
+    }
+
+    /// Calls `each` with every entry that ended in `[since, until)`.
+    pub fn rows_between(
+        &self,
+        since: &str,
+        until: Option<&str>,
+        mut each: impl FnMut(Row),
+    ) -> anyhow::Result<()> {
+        let mut q = self.conn.prepare(
+            "SELECT project, provider, model, status = 'completed', cost_cad, tokens_in,
+                    tokens_out, turnaround, finished_at
+             FROM ledger WHERE finished_at >= ?1 AND finished_at < ?2",
+        )?;
+        let mut rows = q.query(params![since, until.unwrap_or("~")])?;
+        while let Some(r) = rows.next()? {
+            let n = |i: usize| -> rusqlite::Result<u64> {
+                Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+            };
+            each(Row {
+                project: r.get(0)?,
+                provider: r.get(1)?,
+                model: r.get(2)?,
+                completed: r.get(3)?,
+                cost_cad: r.get(4)?,
+                tokens_in: n(5)?,
+                tokens_out: n(6)?,
+                turnaround: r.get::<_, Option<i64>>(7)?.map(|t| t.max(0) as u64),
+                finished_at: r.get(8)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Per project, provider and outcome: the jobs the records hold (the
+    /// earlier jobs of chains left out) and their cost.
+    pub fn record_totals(&self) -> anyhow::Result<Vec<(String, String, bool, f64, u64)>> {
+        let mut q = self.conn.prepare(
+            "SELECT project, provider, status = 'completed', total(cost_cad), count(*)
+             FROM ledger WHERE step = 0 GROUP BY 1, 2, 3",
+        )?;
+        let v = q
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get::<_, i64>(4)?.max(0) as u64,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Every entry, oldest first (tests and small books).
+    pub fn entries(&self) -> anyhow::Result<Vec<Entry>> {
+        let mut q = self.conn.prepare(
+            "SELECT job_id, project, task, provider, said_provider, model, status, cost_cad,
+                    tokens_in, tokens_out, delegated_at, finished_at, step
+             FROM ledger ORDER BY id",
+        )?;
+        let v = q
+            .query_map([], |r| {
+                Ok(Entry {
+                    job_id: r.get(0)?,
+                    project: r.get(1)?,
+                    task: r.get(2)?,
+                    provider: r.get(3)?,
+                    said_provider: r.get(4)?,
+                    model: r.get(5)?,
+                    status: r.get(6)?,
+                    cost_cad: r.get(7)?,
+                    tokens_in: r.get::<_, Option<i64>>(8)?.map(|t| t as u64),
+                    tokens_out: r.get::<_, Option<i64>>(9)?.map(|t| t as u64),
+                    delegated_at: r.get(10)?,
+                    finished_at: r.get(11)?,
+                    step: r.get(12)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Every reservation (tests, `doctor`).
+    pub fn reservations(&self) -> anyhow::Result<Vec<Reservation>> {
+        let mut q = self.conn.prepare(
+            "SELECT key, project, task, provider, job_id, started_at FROM reservation ORDER BY key",
+        )?;
+        let v = q
+            .query_map([], |r| {
+                Ok(Reservation {
+                    key: r.get(0)?,
+                    project: r.get(1)?,
+                    task: r.get(2)?,
+                    provider: r.get(3)?,
+                    job_id: r.get(4)?,
+                    started_at: r.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// How many entries the ledger holds.
+    pub fn len(&self) -> anyhow::Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    pub fn is_empty(&self) -> anyhow::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// SQLite's own check of the file (`doctor`).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let r: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if r != "ok" {
+            anyhow::bail!("{}", crate::text::clip(&r, 200));
+        }
+        Ok(())
+    }
+}
+
+/// The error of books that cannot be used: the file and the cause.
+fn unavailable(path: &str, cause: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the books {path} cannot be used: {}; {}",
+        crate::text::clip(cause, 300),
+        super::REBUILD_HINT
+    )
+}
+
+fn not_a_file(path: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the books {path} cannot be used: not a regular file; move it aside, then run `ccl-delegate ledger rebuild` to rebuild the books from done/ and failed/"
+    )
+}
+
+/// Inserts an entry unless its job (or, without one, its project, task and
+/// end) is there: 1 when it was new.
+fn insert_entry(conn: &Connection, e: &Entry) -> anyhow::Result<usize> {
+    let finished_at = utc(&e.finished_at).unwrap_or_else(crate::timestamp::now);
+    let delegated_at = utc(&e.delegated_at).unwrap_or_else(|| e.delegated_at.clone());
+    let turnaround = Entry {
+        finished_at: finished_at.clone(),
+        ..e.clone()
+    }
+    .turnaround();
+    let tokens = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+    let clip = |s: &str| crate::text::clip(s, 200);
+    let mut q = conn.prepare_cached(
+        "INSERT INTO ledger (job_id, project, task, provider, said_provider, model, status,
+             cost_cad, tokens_in, tokens_out, delegated_at, finished_at, turnaround, step)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT DO NOTHING",
+    )?;
+    let n = q.execute(params![
+        e.job_id,
+        e.project,
+        e.task,
+        clip(&e.provider),
+        e.said_provider.as_deref().map(clip),
+        e.model.as_deref().map(clip),
+        clip(&e.status),
+        sane_cost(e.cost_cad),
+        tokens(e.tokens_in),
+        tokens(e.tokens_out),
+        delegated_at,
+        finished_at,
+        turnaround,
+        e.step,
+    ])?;
+    Ok(n)
+}
+
+fn insert_reservation(conn: &Connection, r: &Reservation) -> anyhow::Result<()> {
+    let mut q = conn.prepare_cached(
+        "INSERT INTO reservation (key, project, task, provider, job_id, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (key) DO NOTHING",
+    )?;
+    q.execute(params![
+        r.key,
+        r.project,
+        r.task,
+        r.provider,
+        r.job_id,
+        r.started_at
+    ])?;
+    Ok(())
+}
+
+fn counts_in(conn: &Connection) -> anyhow::Result<Counts> {
+    let mut q = conn.prepare_cached("SELECT provider, n FROM in_flight WHERE n > 0")?;
+    let v = q
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(v)
+}
+
+/// What the ledger says for admission: spent today and this month (by the
+/// day sums, so an entry dated ahead counts in its own day and never hides
+/// today's), the mean of the last completed costs, and a job in flight of
+/// each provider whose price is not known.
+fn spending_in(conn: &Connection, counts: &Counts, now: SystemTime) -> anyhow::Result<Spending> {
+    let today = crate::timestamp::format(now);
+    let (day, month) = (&today[..10], &today[..7]);
+    let mut s = Spending::default();
+    let sums = |sql: &str, lo: String, hi: String| -> anyhow::Result<BTreeMap<String, f64>> {
+        let mut q = conn.prepare_cached(sql)?;
+        let mut out = BTreeMap::new();
+        let mut all = 0.0;
+        let rows = q.query_map(params![lo, hi], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
+        })?;
+        for row in rows {
+            let (p, c) = row?;
+            let c = if c.is_finite() { c.max(0.0) } else { 0.0 };
+            all += c;
+            out.insert(p, c);
+        }
+        out.insert("all".to_string(), all);
+        Ok(out)
+    };
+    const SUM: &str = "SELECT provider, total(cost_cad) FROM spend_day
+                       WHERE day >= ?1 AND day <= ?2 GROUP BY provider";
+    s.daily = sums(SUM, day.to_string(), day.to_string())?;
+    s.monthly = sums(SUM, format!("{month}-01"), format!("{month}-31"))?;
+    let mean = |sql: &str, p: Option<&str>| -> anyhow::Result<Option<f64>> {
+        let mut q = conn.prepare_cached(sql)?;
+        let (avg, n): (Option<f64>, i64) = match p {
+            Some(p) => q.query_row(params![p, RECENT], |r| Ok((r.get(0)?, r.get(1)?)))?,
+            None => q.query_row(params![RECENT], |r| Ok((r.get(0)?, r.get(1)?)))?,
+        };
+        Ok(avg.filter(|_| n > 0))
+    };
+    for p in Provider::ALL.iter().filter(|p| **p != Provider::Auto) {
+        let m = mean(
+            "SELECT avg(cost_cad), count(*) FROM (SELECT cost_cad FROM ledger
+             WHERE status = 'completed' AND provider = ?1 ORDER BY id DESC LIMIT ?2)",
+            Some(p.as_str()),
+        )?;
+        if let Some(m) = m {
+            s.means.insert(p.as_str().to_string(), m);
+        }
+    }
+    if let Some(m) = mean(
+        "SELECT avg(cost_cad), count(*) FROM (SELECT cost_cad FROM ledger
+         WHERE status = 'completed' ORDER BY id DESC LIMIT ?1)",
+        None,
+    )? {
+        s.means.insert("all".to_string(), m);
+    }
+    for p in counts.keys() {
+        let scope = match Provider::parse(p) {
+            Some(Provider::Auto) | None => "all",
+            Some(k) => k.as_str(),
+        };
+        if s.means.contains_key(scope) {
+            continue;
+        }
+        let probe: Option<String> = conn
+            .prepare_cached(
+                "SELECT coalesce(job_id, task) FROM reservation WHERE provider = ?1
+                 ORDER BY job_id IS NULL, started_at LIMIT 1",
+            )?
+            .query_row([p], |r| r.get(0))
+            .optional()?;
+        if let Some(j) = probe {
+            s.probes.insert(p.clone(), j);
+        }
+    }
+    Ok(s)
+}
+
+/// Imports the entries of an earlier version's `ledger.jsonl`, once, in the
+/// transaction that creates the schema. Lines that are no entry (torn by a
+/// crash, damaged) are skipped: `ledger rebuild` restores from the records.
+fn import_old_ledger(conn: &Connection, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    use std::io::BufRead;
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = dir.join(OLD_LEDGER);
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&p)
+    {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+        _ => return Ok(None),
+    };
+    let r = std::io::BufReader::with_capacity(1 << 18, f);
+    for line in r.split(b'\n') {
+        let Ok(line) = line else { break };
+        let Ok(mut e) = serde_json::from_slice::<Entry>(&line) else {
+            continue;
+        };
+        if e.said_provider.is_none() {
+            let (p, said) = counted_provider(&e.provider, None);
+            e.provider = p;
+            e.said_provider = said;
+        }
+        insert_entry(conn, &e)?;
+    }
+    Ok(Some(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn entry(id: &str, provider: &str, status: &str, cost: f64, at: &str) -> Entry {
+        Entry {
+            job_id: Some(id.into()),
+            project: "/p".into(),
+            task: format!("{id}.md"),
+            provider: provider.into(),
+            said_provider: None,
+            model: Some("m".into()),
+            status: status.into(),
+            cost_cad: cost,
+            tokens_in: Some(10),
+            tokens_out: None,
+            delegated_at: at.into(),
+            finished_at: at.into(),
+            step: false,
+        }
+    }
+
+    fn reservation(key: &str, provider: &str) -> Reservation {
+        Reservation {
+            key: key.into(),
+            project: "/p".into(),
+            task: format!("{key}.md"),
+            provider: provider.into(),
+            job_id: None,
+            started_at: "2026-11-24T10:00:00Z".into(),
+        }
+    }
+
+    fn open(d: &Path) -> Books {
+        Books::open(d, Duration::from_secs(5)).unwrap()
+    }
+
+    fn at(s: &str) -> SystemTime {
+        crate::timestamp::parse(s).unwrap()
+    }
+
+    #[test]
+    fn an_entry_counts_once_whoever_books_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = open(d.path());
+        let a = entry("j-1", "gpu", "completed", 0.5, "2026-11-24T10:00:00Z");
+        let c = entry("j-2", "gpu", "completed", 0.25, "2026-11-24T10:00:00Z");
+        assert_eq!(b.book(std::slice::from_ref(&a), &[]).unwrap(), 1);
+        assert_eq!(b.book(&[a.clone(), c.clone()], &[]).unwrap(), 1);
+        let mut other = open(d.path());
+        assert_eq!(other.book(&[a, c], &[]).unwrap(), 0);
+        // Without a job: by project, task and end.
+        let mut none = entry("x", "gpu", "timeout", 0.0, "2026-11-24T11:00:00Z");
+        none.job_id = None;
+        let mut elsewhere = none.clone();
+        elsewhere.task = "other.md".into();
+        assert_eq!(b.book(std::slice::from_ref(&none), &[]).unwrap(), 1);
+        assert_eq!(b.book(&[none, elsewhere], &[]).unwrap(), 1);
+        assert_eq!(b.len().unwrap(), 4);
+    }
+
+    #[test]
+    fn a_job_is_reserved_until_it_is_spent() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = open(d.path());
+        let policy = Policy {
+            max_in_flight: [(crate::policy::LimitKey::All, crate::policy::Count(1))].into(),
+            ..Policy::default()
+        };
+        let now = at("2026-11-24T12:00:00Z");
+        let r = reservation("k1", "claude");
+        let d1 = b.admit(&policy, &r, Provider::Claude, None, now).unwrap();
+        assert_eq!(d1, Decision::Admit);
+        let r2 = reservation("k2", "gpu");
+        let d2 = b.admit(&policy, &r2, Provider::Gpu, None, now).unwrap();
+        assert_eq!(
+            d2.stdout_line().unwrap(),
+            "deferred gpu: 1 in flight, limit 1"
+        );
+        let e = entry("j-1", "claude", "completed", 1.0, "2026-11-24T11:00:00Z");
+        b.book(&[e], &["k1"]).unwrap();
+        assert!(b.counts().unwrap().is_empty());
+        assert_eq!(
+            b.admit(&policy, &r2, Provider::Gpu, None, now).unwrap(),
+            Decision::Admit
+        );
+        b.release("k2").unwrap();
+        assert!(b.counts().unwrap().is_empty());
+    }
+
+    #[test]
+    fn spend_dated_ahead_never_hides_todays() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = open(d.path());
+        b.book(
+            &[
+                entry("j-1", "claude", "completed", 1.0, "2026-11-26T10:00:00Z"),
+                entry("j-2", "claude", "completed", 1.0, "2026-11-27T10:00:00Z"),
+                entry("j-3", "claude", "completed", 2.0, "2026-11-24T10:00:00Z"),
+                entry("j-4", "gemini", "completed", 4.0, "2026-10-24T10:00:00Z"),
+            ],
+            &[],
+        )
+        .unwrap();
+        let policy = Policy {
+            budget: crate::policy::Budget {
+                daily_cad: Some(crate::policy::Cad(3.0)),
+                monthly_cad: Some(crate::policy::Cad(100.0)),
+                ..Default::default()
+            },
+            ..Policy::default()
+        };
+        let lines: Vec<String> = b
+            .budget(&policy, at("2026-11-24T12:00:00Z"))
+            .unwrap()
+            .iter()
+            .map(CapState::line)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "budget daily all: 2.0000 of 3.0000 CAD spent, 0.0000 reserved (0 in flight)",
+                "budget monthly all: 4.0000 of 100.0000 CAD spent, 0.0000 reserved (0 in flight)"
+            ]
+        );
+    }
+
+    #[test]
+    fn reconcile_keeps_exactly_the_markers() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = open(d.path());
+        let p = Policy::default();
+        let now = at("2026-11-24T12:00:00Z");
+        for k in ["a", "b"] {
+            b.admit(&p, &reservation(k, "gpu"), Provider::Gpu, None, now)
+                .unwrap();
+        }
+        let mut c = reservation("c", "claude");
+        c.job_id = Some("j-9".into());
+        let mut gone = reservation("d", "claude");
+        gone.job_id = Some("j-10".into());
+        b.book(
+            &[entry(
+                "j-10",
+                "claude",
+                "completed",
+                0.1,
+                "2026-11-24T11:00:00Z",
+            )],
+            &[],
+        )
+        .unwrap();
+        // "a" lost its marker; "c" has a marker but no row; "d"'s job is
+        // already spent: not reserved again.
+        b.reconcile("/p", &[reservation("b", "gpu"), c, gone])
+            .unwrap();
+        let keys: Vec<String> = b
+            .reservations()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(keys, ["b", "c"]);
+        assert_eq!(
+            b.counts().unwrap(),
+            Counts::from([("claude".into(), 1), ("gpu".into(), 1)])
+        );
+        b.reconcile("/p", &[]).unwrap();
+        assert!(b.counts().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_old_ledger_is_imported_once() {
+        let d = tempfile::tempdir().unwrap();
+        let lines = [
+            serde_json::to_string(&entry(
+                "j-1",
+                "Claude",
+                "completed",
+                0.5,
+                "2026-11-24T10:00:00Z",
+            ))
+            .unwrap(),
+            "{\"job_id\":\"j-2\",\"pro".to_string(),
+            serde_json::to_string(&entry(
+                "j-1",
+                "claude",
+                "completed",
+                0.5,
+                "2026-11-24T10:00:00Z",
+            ))
+            .unwrap(),
+        ];
+        std::fs::write(d.path().join(OLD_LEDGER), lines.join("\n")).unwrap();
+        std::fs::write(d.path().join("spend.json"), "{}").unwrap();
+        let b = open(d.path());
+        let e = b.entries().unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].provider.as_str(), e[0].said_provider.as_deref()),
+            ("claude", Some("Claude"))
+        );
+        assert!(!d.path().join(OLD_LEDGER).exists());
+        assert!(!d.path().join("spend.json").exists());
+        assert!(d.path().join("ledger.jsonl.imported").exists());
+        drop(b);
+        assert_eq!(open(d.path()).len().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_naming_both_versions() {
+        let d = tempfile::tempdir().unwrap();
+        drop(open(d.path()));
+        let c = Connection::open(super::super::path(d.path())).unwrap();
+        c.execute_batch("PRAGMA user_version = 7").unwrap();
+        drop(c);
+        let e = Books::open(d.path(), Duration::from_secs(1)).err().unwrap();
+        assert_eq!(crate::error::code_of(&e), Code::Config);
+        let m = format!("{e:#}");
+        assert!(m.contains("version 7") && m.contains("version 1"), "{m}");
+    }
+
+    #[test]
+    fn books_that_are_not_a_file_are_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(super::super::path(d.path())).unwrap();
+        let e = Books::open(d.path(), Duration::from_secs(1)).err().unwrap();
+        let m = format!("{e:#}");
+        assert!(
+            m.contains("books.sqlite") && m.contains("not a regular file"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn token_sums_never_wrap() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = open(d.path());
+        let mut es = Vec::new();
+        for i in 0..3 {
+            let mut e = entry(
+                &format!("j-{i}"),
+                "gpu",
+                "completed",
+                0.1,
+                "2026-11-24T10:00:00Z",
+            );
+            e.tokens_in = Some(u64::MAX);
+            es.push(e);
+        }
+        b.book(&es, &[]).unwrap();
+        let mut sum = 0u64;
+        b.rows_between("2026-11-24T00:00:00Z", None, |r| {
+            sum = sum.saturating_add(r.tokens_in)
+        })
+        .unwrap();
+        assert_eq!(sum, u64::MAX);
+    }
+}
