@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS spend_day (
 CREATE TRIGGER IF NOT EXISTS ledger_spend_add AFTER INSERT ON ledger BEGIN
     INSERT INTO spend_day (day, provider, cost_cad)
         VALUES (substr(NEW.finished_at, 1, 10), NEW.provider, NEW.cost_cad)
-        ON CONFLICT (day, provider) DO UPDATE SET cost_cad = cost_cad + excluded.cost_cad;
+        ON CONFLICT (day, provider) DO UPDATE SET cost_cad = max(0, cost_cad) + excluded.cost_cad;
 END;
 CREATE TRIGGER IF NOT EXISTS ledger_spend_sub AFTER DELETE ON ledger BEGIN
     UPDATE spend_day SET cost_cad = max(0, cost_cad - OLD.cost_cad)

@@ -244,6 +244,14 @@ impl Books {
         Ok(())
     }
 
+    /// A job whose record was requeued: it stays in the books (it
+    /// happened), as a job with no record of its own.
+    pub fn unrecord(&mut self, job_id: &str) -> anyhow::Result<()> {
+        self.conn
+            .execute("UPDATE ledger SET step = 1 WHERE job_id = ?1", [job_id])?;
+        Ok(())
+    }
+
     /// Books entries and releases the reservations of their jobs, in one
     /// transaction. An entry already there counts nothing. Answers how
     /// many were new.

@@ -40,7 +40,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Code> {
         Command::Result(a) => result::run(a, &settings),
         Command::Status(a) => status::run(a, &settings, ui),
         Command::Cancel(a) => cancel::run(a, &settings),
-        Command::Requeue(a) => requeue::run(a, ui),
+        Command::Requeue(a) => requeue::run(a, &settings, ui),
         Command::Doctor(a) => doctor::run(a, &settings),
         Command::Report(a) => report::run(a, &settings, ui),
         Command::Ledger(crate::cli::LedgerCommand::Rebuild(a)) => ledger::rebuild(a, &settings, ui),

@@ -9,7 +9,7 @@ use crate::queue::{self, Queue};
 use crate::record::Record;
 use crate::ui::Ui;
 
-pub fn run(args: &RequeueArgs, ui: Ui) -> anyhow::Result<Code> {
+pub fn run(args: &RequeueArgs, settings: &crate::config::Settings, ui: Ui) -> anyhow::Result<Code> {
     let path = &args.failed;
     let shown = path.display();
     let parent = path
@@ -78,6 +78,17 @@ pub fn run(args: &RequeueArgs, ui: Ui) -> anyhow::Result<Code> {
         .requeue(&lock, &record_path, &task, original, mode)
         .map_err(|e| fail(Code::Other, format!("{shown}: {e:#}")))?;
     ui.info(format_args!("removed {shown}"));
+    // The job happened and stays in the books; it no longer has a record
+    // of its own, so `status` (which totals records) leaves it out.
+    if let Some(job) = record.job_id.as_deref() {
+        let noted = crate::books::open_if_present(&settings.state_dir, settings.lock_timeout)
+            .and_then(|b| b.map_or(Ok(()), |mut b| b.unrecord(job)));
+        if let Err(e) = noted {
+            ui.warn(format_args!(
+                "{e:#}; `status` may count job {job} as a record until the books are rebuilt"
+            ));
+        }
+    }
     println!(
         "requeued {}",
         crate::text::line(&restored.display().to_string())

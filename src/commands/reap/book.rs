@@ -172,7 +172,7 @@ impl Ctx<'_> {
                 return;
             }
         };
-        let mut todo: Vec<(PathBuf, bool)> = Vec::new();
+        let mut todo: Vec<PathBuf> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (dir, had) in projects {
             if !*had && reserved.is_empty() {
@@ -180,19 +180,19 @@ impl Ctx<'_> {
             }
             let key = project_key(dir);
             if *had || reserved.contains(&key) {
-                todo.push((dir.clone(), *had));
+                todo.push(dir.clone());
             }
             seen.insert(key);
         }
         for key in reserved.iter().filter(|k| !seen.contains(*k)) {
-            todo.push((PathBuf::from(key), true));
+            todo.push(PathBuf::from(key));
         }
-        for (dir, had) in todo {
-            self.reconcile_project(&dir, had);
+        for dir in todo {
+            self.reconcile_project(&dir);
         }
     }
 
-    fn reconcile_project(&self, dir: &Path, had_markers: bool) {
+    fn reconcile_project(&self, dir: &Path) {
         let q = Queue::at(dir).with_lock_timeout(self.settings.lock_timeout);
         let key = project_key(&q.project);
         let gone = !q.inbox.is_dir();
@@ -210,7 +210,9 @@ impl Ctx<'_> {
                 }
             }
         };
-        let markers = if gone || !had_markers {
+        // Listed again under the lock, whatever the run saw at its start:
+        // a submit may have admitted a job and written its marker since.
+        let markers = if gone {
             Ok(Vec::new())
         } else {
             in_flight(&q, &key)

@@ -1,0 +1,601 @@
+//! The books (policy.md "The ledger", "Limits on jobs in flight", "When the
+//! books cannot be read or written"), each class found from outside tried
+//! through the real binary against the real mock: deferred failover steps
+//! that hold no job, a reap between an admission and its marker, spend
+//! dated ahead, a provider named in another case, reaps that run at once,
+//! damaged or full books, and a burst while a price is unknown.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn write_config(p: &Project, yaml: &str) {
+    let dir = p.home.join(".config/ccl-delegate");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.yaml"), yaml).unwrap();
+}
+
+fn state_dir(p: &Project) -> PathBuf {
+    p.home.join(".local/state/ccl-delegate")
+}
+
+/// The ledger's entries, read through the library.
+fn entries(p: &Project) -> Vec<ccl_delegate::books::Entry> {
+    match ccl_delegate::books::open_if_present(&state_dir(p), Duration::from_secs(10)).unwrap() {
+        Some(b) => b.entries().unwrap(),
+        None => Vec::new(),
+    }
+}
+
+fn reservations(p: &Project) -> usize {
+    match ccl_delegate::books::open_if_present(&state_dir(p), Duration::from_secs(10)).unwrap() {
+        Some(b) => b.reservations().unwrap().len(),
+        None => 0,
+    }
+}
+
+fn task_body(provider: &str, fallback: &str) -> Vec<u8> {
+    let fb = if fallback.is_empty() {
+        String::new()
+    } else {
+        format!("fallback: [{fallback}]\n")
+    };
+    fm(&format!("preferred_ai: {provider}\n{fb}"))
+}
+
+fn submit(p: &Project, mock: &Mock, task: &str, extra: &[&str]) -> Out {
+    let path = p.inbox().join(task);
+    let mut args = vec!["submit"];
+    args.extend_from_slice(extra);
+    args.push(path.to_str().unwrap());
+    p.run(Some(mock), &args)
+}
+
+fn report_json(p: &Project, by: &str) -> Value {
+    let out = p.run(None, &["report", "--json", "--by", by]);
+    out.expect(0);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn row<'a>(report: &'a Value, by: &str, key: &str) -> Option<&'a Value> {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[by] == key)
+}
+
+fn markers(p: &Project) -> usize {
+    p.names(&p.inbox())
+        .iter()
+        .filter(|n| n.ends_with(".delegated"))
+        .count()
+}
+
+/// policy.md: "a failover step that a limit deferred holds no job and is
+/// not in flight". Three chains wait for one claude slot: each goes in
+/// turn, and a new claude task is never held back by steps that hold none.
+#[test]
+fn deferred_failover_steps_hold_no_job_and_go_in_turn() {
+    let mock = Mock::start(&[
+        "--statuses",
+        "completed",
+        "--provider-outcome",
+        "gemini=failed",
+    ]);
+    let p = Project::new();
+    write_config(&p, "max_in_flight:\n  claude: 1\n");
+    for i in 0..3 {
+        p.task(&format!("t{i}.md"), &task_body("gemini", "claude"));
+        p.submit_ok(&mock, &format!("t{i}.md"));
+    }
+    let mut saw_two = false;
+    for _ in 0..12 {
+        let out = p.reap(&mock, &["-v"]);
+        saw_two |= out.stderr.contains("2 in flight");
+        assert!(
+            reservations(&p) <= 3,
+            "never more reservations than markers"
+        );
+        if p.names(&p.done()).len() == 3 {
+            break;
+        }
+    }
+    assert!(!saw_two, "a deferred step counted as in flight");
+    assert_eq!(p.names(&p.done()).len(), 3, "every chain reached done/");
+    assert_eq!(markers(&p), 0);
+    assert_eq!(reservations(&p), 0, "nothing left reserved");
+    // A new claude task goes at once: no stale count holds it back.
+    p.task("new.md", &task_body("claude", ""));
+    p.submit_ok(&mock, "new.md");
+    // 3 gemini jobs, 3 claude steps, 1 new claude job: each booked once.
+    p.reap(&mock, &[]).expect(0);
+    let e = entries(&p);
+    assert_eq!(e.len(), 7, "{e:#?}");
+    assert_eq!(mock.jobs_created(), 7);
+}
+
+/// A reap at any instant never undoes an admission: reaps in a loop beside
+/// four submitters against `all: 1`, the inbox sampled all along.
+#[test]
+fn reaps_beside_submitters_never_let_two_jobs_fly_against_a_limit_of_one() {
+    let secs: u64 = std::env::var("CCL_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    write_config(&p, "max_in_flight:\n  all: 1\nlock_timeout: 30s\n");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (max_seen, samples) = std::thread::scope(|s| {
+        for w in 0..4 {
+            let (p, mock, stop) = (&p, &mock, &stop);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let name = format!("w{w}-{i}.md");
+                    p.task(&name, &task_body("gemini", ""));
+                    let out = submit(p, mock, &name, &["-q"]);
+                    match out.code {
+                        0 => {}
+                        // Deferred: nothing written; the dispatcher would
+                        // try again later. Taken away here.
+                        75 => {
+                            assert!(
+                                out.stdout.starts_with("deferred gemini: "),
+                                "{}",
+                                out.stdout
+                            );
+                            let _ = std::fs::remove_file(p.inbox().join(&name));
+                        }
+                        c => panic!("submit exit {c}: {} {}", out.stdout, out.stderr),
+                    }
+                    i += 1;
+                }
+            });
+        }
+        {
+            let (p, mock, stop) = (&p, &mock, &stop);
+            s.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = p.reap(mock, &["-q"]);
+                    assert!(matches!(out.code, 0 | 75), "{out:?}");
+                }
+            });
+        }
+        let mut max_seen = 0;
+        let mut samples = 0;
+        while Instant::now() < deadline {
+            max_seen = max_seen.max(markers(&p));
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (max_seen, samples)
+    });
+    assert!(samples > 100, "{samples} samples");
+    assert_eq!(max_seen, 1, "two markers at once against all: 1");
+    p.reap_until_settled(&mock, &[], 5);
+    let done = p.names(&p.done()).len() as u64;
+    assert!(done >= 5, "only {done} jobs went in {secs} s");
+    assert_eq!(
+        mock.jobs_created(),
+        done,
+        "every job created was reaped once"
+    );
+    assert_eq!(entries(&p).len() as u64, done, "and booked once");
+    println!("{done} jobs against all: 1 in {secs} s, {samples} samples, never two markers");
+}
+
+/// policy.md: an entry dated in the future counts in its own day and never
+/// hides today's spend.
+#[test]
+fn spend_dated_ahead_never_hides_todays() {
+    let mock = Mock::start(&["--statuses", "completed", "--provider-cost", "claude=1.00"]);
+    let p = Project::new();
+    write_config(
+        &p,
+        "budget:\n  daily_cad: 3.00\n  monthly_cad: 1000\n  providers:\n    claude: {estimate_cad: 1.00}\n",
+    );
+    // Two jobs a clock 2 and 3 days ahead booked, as a ledger of an
+    // earlier version held them (imported at the first run).
+    let ahead = |days: u64| {
+        let t = std::time::SystemTime::now() + Duration::from_secs(days * 86_400);
+        ccl_delegate::timestamp::format(t)
+    };
+    std::fs::create_dir_all(state_dir(&p)).unwrap();
+    let lines: Vec<String> = [(2, "j-ahead-2"), (3, "j-ahead-3")]
+        .iter()
+        .map(|(d, id)| {
+            serde_json::json!({"job_id": id, "project": "/elsewhere", "task": "x.md",
+                "provider": "claude", "status": "completed", "cost_cad": 1.0,
+                "delegated_at": ahead(*d), "finished_at": ahead(*d)})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(state_dir(&p).join("ledger.jsonl"), lines.join("\n") + "\n").unwrap();
+    let mut delegated = 0;
+    let mut local = 0;
+    for i in 0..8 {
+        let name = format!("t{i}.md");
+        p.task(&name, &task_body("claude", ""));
+        let out = submit(&p, &mock, &name, &[]);
+        match out.code {
+            0 => delegated += 1,
+            10 => {
+                local += 1;
+                assert_eq!(out.stdout, "local budget\n");
+                assert!(
+                    out.stderr.contains("all daily budget 3.00 CAD: spent 3.00"),
+                    "{}",
+                    out.stderr
+                );
+            }
+            c => panic!("exit {c}: {out:?}"),
+        }
+        p.reap(&mock, &[]).expect(0);
+    }
+    assert_eq!((delegated, local), (3, 5), "3.00 a day at 1.00 a job");
+    let st = p.run(None, &["status", "--project", p.dir.to_str().unwrap()]);
+    assert!(
+        st.stdout
+            .contains("budget daily all: 3.0000 of 3.0000 CAD spent"),
+        "{}",
+        st.stdout
+    );
+    let by_day = report_json(&p, "day");
+    let today = ccl_delegate::timestamp::now()[..10].to_string();
+    assert_eq!(row(&by_day, "day", &today).unwrap()["cost_cad"], 3.0);
+    assert_eq!(row(&by_day, "day", &ahead(2)[..10]).unwrap()["jobs"], 1);
+}
+
+/// policy.md: a provider named by the service counts under its canonical
+/// name; the entry keeps what the service said.
+#[test]
+fn a_provider_named_in_another_case_counts_under_its_cap() {
+    let mock = Mock::start(&["--statuses", "completed", "--provider-cost", "claude=0.50"]);
+    mock.set(serde_json::json!({"provider": "Claude"}));
+    let p = Project::new();
+    write_config(
+        &p,
+        "budget:\n  providers:\n    claude: {daily_cad: 1.00, estimate_cad: 0.50}\n",
+    );
+    let mut delegated = 0;
+    for i in 0..6 {
+        let name = format!("t{i}.md");
+        p.task(&name, &task_body("claude", ""));
+        if submit(&p, &mock, &name, &[]).code == 0 {
+            delegated += 1;
+        }
+        p.reap(&mock, &[]).expect(0);
+    }
+    assert_eq!(delegated, 2, "1.00 at 0.50 a job");
+    let r = report_json(&p, "provider");
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{r}");
+    assert_eq!(rows[0]["provider"], "claude");
+    assert_eq!(rows[0]["jobs"], 2);
+    let e = entries(&p);
+    assert!(
+        e.iter()
+            .all(|e| e.said_provider.as_deref() == Some("Claude")),
+        "{e:#?}"
+    );
+}
+
+/// Counting once never depends on the run lock: two reaps at once with
+/// their own lock files, over chains that fail over, book every job once.
+#[test]
+fn two_reaps_at_once_book_every_job_once() {
+    let mock = Mock::start(&[
+        "--statuses",
+        "completed",
+        "--provider-outcome",
+        "gemini=failed",
+        "--latency",
+        "5ms",
+    ]);
+    let p = Project::new();
+    for i in 0..20 {
+        p.task(&format!("t{i:02}.md"), &task_body("gemini", "claude"));
+        p.submit_ok(&mock, &format!("t{i:02}.md"));
+    }
+    let locks: Vec<PathBuf> = (0..2)
+        .map(|i| p.tmp.path().join(format!("reap{i}.lock")))
+        .collect();
+    for _ in 0..6 {
+        std::thread::scope(|s| {
+            for l in &locks {
+                let (p, mock) = (&p, &mock);
+                s.spawn(move || {
+                    let out = p.reap(mock, &["--lock-file", l.to_str().unwrap(), "-q"]);
+                    assert!(matches!(out.code, 0 | 75), "{out:?}");
+                });
+            }
+        });
+        if p.names(&p.done()).len() == 20 {
+            break;
+        }
+    }
+    assert_eq!(p.names(&p.done()).len(), 20);
+    let created = mock.jobs_created();
+    assert_eq!(created, 40, "a gemini and a claude job per task");
+    let e = entries(&p);
+    assert_eq!(e.len() as u64, created, "each job booked once");
+    let r = report_json(&p, "provider");
+    assert_eq!(row(&r, "provider", "gemini").unwrap()["jobs"], 20);
+    assert_eq!(row(&r, "provider", "claude").unwrap()["jobs"], 20);
+}
+
+/// policy.md "When the books cannot be read or written": with a limit
+/// configured, books that are not a regular file fail closed, said even
+/// with -q; reap still moves the tasks, exits 1, says so in its metrics,
+/// and the first run that can books what it could not, once.
+#[test]
+fn damaged_books_fail_closed_and_reap_still_moves_tasks() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    write_config(&p, "max_in_flight:\n  all: 1\n");
+    p.task("before.md", &task_body("gemini", ""));
+    p.submit_ok(&mock, "before.md");
+    let books = state_dir(&p).join("books.sqlite");
+    assert!(books.is_file());
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", books.display()));
+    }
+    std::fs::remove_file(&books).unwrap();
+    std::fs::create_dir(&books).unwrap();
+    for i in 0..3 {
+        let name = format!("t{i}.md");
+        p.task(&name, &task_body("gemini", ""));
+        let out = submit(&p, &mock, &name, &["-q"]);
+        out.expect(75);
+        assert_eq!(out.stdout, "deferred gemini: books unavailable\n");
+        assert!(
+            out.stderr.contains("books.sqlite") && out.stderr.contains("not a regular file"),
+            "{}",
+            out.stderr
+        );
+        assert!(p.marker(&name).is_none(), "nothing written");
+    }
+    assert_eq!(mock.jobs_created(), 1, "nothing spent without the books");
+    let metrics = p.tmp.path().join("reap.prom");
+    let out = p.reap(&mock, &["-q", "--metrics-file", metrics.to_str().unwrap()]);
+    out.expect(1);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("books.sqlite"), "{}", out.stderr);
+    assert_eq!(p.names(&p.done()), ["before.md"], "the task moved");
+    let m = std::fs::read_to_string(&metrics).unwrap();
+    assert!(m.contains("ccl_delegate_reap_success 0"), "{m}");
+    // Mended: the next run books the job, once.
+    std::fs::remove_dir(&books).unwrap();
+    let out = p.reap(&mock, &["--metrics-file", metrics.to_str().unwrap()]);
+    out.expect(0);
+    assert!(
+        std::fs::read_to_string(&metrics)
+            .unwrap()
+            .contains("ccl_delegate_reap_success 1")
+    );
+    let e = entries(&p);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].task, "before.md");
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(entries(&p).len(), 1, "booked once");
+    assert!(
+        !p.queue()
+            .join(".ccl-delegate.owed")
+            .read_dir()
+            .unwrap()
+            .any(|_| true)
+    );
+}
+
+/// A full disk under the state directory (a small tmpfs, as root): reap
+/// still moves the tasks and the failover chains, exits 1 with one line,
+/// and the entries are booked once the disk has room again.
+#[test]
+fn a_full_disk_under_the_books_never_stops_tasks_and_is_said() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("not root: the full-disk test needs a tmpfs mount; skipped");
+        return;
+    }
+    let mock = Mock::start(&[
+        "--statuses",
+        "completed",
+        "--provider-outcome",
+        "gemini=failed",
+    ]);
+    let p = Project::new();
+    let state = state_dir(&p);
+    std::fs::create_dir_all(&state).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs"])
+        .arg(&state)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("cannot mount a tmpfs here; skipped");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(state.clone());
+    for i in 0..4 {
+        p.task(&format!("t{i}.md"), &task_body("gemini", "claude"));
+        p.submit_ok(&mock, &format!("t{i}.md"));
+    }
+    // The books exist; then the disk fills up.
+    p.run(None, &["report"]).expect(0);
+    let filler = state.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4096", "count=100000"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let metrics = p.tmp.path().join("reap.prom");
+    let mut said = false;
+    for _ in 0..4 {
+        let out = p.reap(&mock, &["-q", "--metrics-file", metrics.to_str().unwrap()]);
+        if out.code == 1 {
+            said = true;
+            assert!(out.stderr.contains("books.sqlite"), "{}", out.stderr);
+            let m = std::fs::read_to_string(&metrics).unwrap();
+            assert!(m.contains("ccl_delegate_reap_success 0"), "{m}");
+        } else {
+            assert_eq!(out.code, 0, "{out:?}");
+        }
+        if p.names(&p.done()).len() == 4 {
+            break;
+        }
+    }
+    assert!(said, "a reap that could not write the books said so");
+    assert_eq!(p.names(&p.done()).len(), 4, "the chains went on");
+    std::fs::remove_file(&filler).unwrap();
+    p.reap(&mock, &[]).expect(0);
+    let e = entries(&p);
+    assert_eq!(e.len() as u64, mock.jobs_created(), "{e:#?}");
+}
+
+/// policy.md: a price not yet known is learnt before buying in bulk: one
+/// job in flight until the first completes, or `estimate_cad`.
+#[test]
+fn a_burst_while_the_price_is_unknown_sends_one_job() {
+    let mock = Mock::start(&["--statuses", "running"]);
+    let p = Project::new();
+    write_config(&p, "budget:\n  daily_cad: 1.00\n");
+    let burst = |n: usize| -> Vec<Out> {
+        for i in 0..n {
+            p.task(&format!("b{i}.md"), &task_body("claude", ""));
+        }
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    let (p, mock) = (&p, &mock);
+                    s.spawn(move || submit(p, mock, &format!("b{i}.md"), &["-q"]))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let outs = burst(30);
+    let sent: Vec<&Out> = outs.iter().filter(|o| o.code == 0).collect();
+    assert_eq!(sent.len(), 1, "{outs:#?}");
+    let job = sent[0]
+        .stdout
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    for o in outs.iter().filter(|o| o.code != 0) {
+        assert_eq!(o.code, 75, "{o:?}");
+        assert!(
+            o.stdout == format!("deferred claude: price unknown until job {job} ends\n")
+                || o.stdout
+                    .starts_with("deferred claude: price unknown until job "),
+            "{}",
+            o.stdout
+        );
+    }
+    assert_eq!(mock.jobs_created(), 1);
+
+    // With an estimate in the config, the budget itself holds the burst.
+    let q = Project::new();
+    write_config(
+        &q,
+        "budget:\n  daily_cad: 1.00\n  providers:\n    claude: {estimate_cad: 0.40}\n",
+    );
+    let mock2 = Mock::start(&["--statuses", "running"]);
+    for i in 0..20 {
+        q.task(&format!("b{i}.md"), &task_body("claude", ""));
+    }
+    let codes: Vec<i32> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20)
+            .map(|i| {
+                let (q, mock2) = (&q, &mock2);
+                s.spawn(move || submit(q, mock2, &format!("b{i}.md"), &["-q"]).code)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 2, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 10).count(), 18, "{codes:?}");
+}
+
+/// Sums never wrap, and damaged sums never make room: a hostile service's
+/// token counts saturate; a day's sum set below zero by hand counts as
+/// nothing spent, never as credit.
+#[test]
+fn sums_saturate_and_a_negative_sum_is_no_credit() {
+    let mock = Mock::start(&["--statuses", "completed", "--provider-cost", "gpu=0.40"]);
+    mock.set(serde_json::json!({"tokens_in": u64::MAX}));
+    let p = Project::new();
+    for i in 0..3 {
+        p.task(&format!("t{i}.md"), &task_body("gpu", ""));
+        p.submit_ok(&mock, &format!("t{i}.md"));
+    }
+    p.reap(&mock, &[]).expect(0);
+    let r = report_json(&p, "provider");
+    assert_eq!(r["total"]["tokens_in"], u64::MAX, "{r}");
+    assert_eq!(r["total"]["jobs"], 3);
+
+    write_config(&p, "budget:\n  daily_cad: 2.00\n");
+    let c = rusqlite::Connection::open(state_dir(&p).join("books.sqlite")).unwrap();
+    c.execute_batch("UPDATE spend_day SET cost_cad = -1000")
+        .unwrap();
+    drop(c);
+    let mut delegated = 0;
+    for i in 0..8 {
+        let name = format!("n{i}.md");
+        p.task(&name, &task_body("gpu", ""));
+        if submit(&p, &mock, &name, &[]).code == 0 {
+            delegated += 1;
+        }
+        p.reap(&mock, &[]).expect(0);
+    }
+    // Nothing counted spent today (the sum reads as 0, never -1000): 2.00
+    // at 0.40 a job lets five go, not eight.
+    assert_eq!(delegated, 5);
+}
+
+/// A requeued task's job stays in the books, and status and rebuild agree
+/// with the records afterwards (no warning, no job lost).
+#[test]
+fn a_requeued_job_stays_in_the_books_without_a_warning() {
+    let mock = Mock::start(&[
+        "--statuses",
+        "completed",
+        "--provider-outcome",
+        "gemini=failed",
+    ]);
+    let p = Project::new();
+    for i in 0..3 {
+        p.task(&format!("t{i}.md"), &task_body("gemini", ""));
+        p.submit_ok(&mock, &format!("t{i}.md"));
+    }
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(p.names(&p.failed()).len(), 3);
+    let rec = p.failed().join("t0.md");
+    p.run(None, &["requeue", rec.to_str().unwrap()]).expect(0);
+    let dir = p.dir.to_str().unwrap();
+    let st = p.run(None, &["status", "--project", dir]);
+    st.expect(0);
+    assert_eq!(st.stderr, "", "no warning after a requeue");
+    let out = p.run(None, &["ledger", "rebuild", "--project", dir]);
+    out.expect(0);
+    assert_eq!(
+        report_json(&p, "provider")["total"]["jobs"],
+        3,
+        "no job lost"
+    );
+    let st = p.run(None, &["status", "--project", dir]);
+    assert_eq!(st.stderr, "");
+}
