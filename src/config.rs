@@ -72,7 +72,7 @@ pub struct Settings {
 
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_SUBMIT_GRACE: Duration = Duration::from_secs(120);
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::queue::DEFAULT_LOCK_TIMEOUT;
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_CONCURRENCY: u32 = 8;

@@ -62,6 +62,10 @@ use crate::marker::{self, Marker};
 pub use crate::names::{is_task_name, is_task_name_bytes};
 
 pub use crate::names::QUEUE_DIR;
+
+/// How long a lock is waited for unless the config says otherwise
+/// (`lock_timeout`).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LOCK_NAME: &str = ".ccl-delegate.lock";
 const TMP_PREFIX: &str = ".ccl-delegate-tmp-";
 
@@ -202,7 +206,7 @@ impl Queue {
             failed: root.join("failed"),
             project,
             root,
-            lock_timeout: crate::config::DEFAULT_LOCK_TIMEOUT,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
 

@@ -599,3 +599,79 @@ fn a_requeued_job_stays_in_the_books_without_a_warning() {
     let st = p.run(None, &["status", "--project", dir]);
     assert_eq!(st.stderr, "");
 }
+
+/// The same class with a real clock moved ahead (`faketime`): two jobs
+/// finished 2 and 3 days ahead, then, with the clock right, a daily cap of
+/// 3.00 admits three jobs at 1.00, not eight.
+#[test]
+fn jobs_finished_under_a_clock_ahead_never_hide_todays_spend() {
+    let have = std::process::Command::new("faketime")
+        .args(["-f", "+1d", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "faketime is missing (Debian package faketime; .ci/run installs it)"
+        );
+        println!("faketime is not installed: the clock test did not run");
+        return;
+    }
+    let mock = Mock::start(&["--statuses", "completed", "--provider-cost", "claude=1.00"]);
+    let p = Project::new();
+    write_config(
+        &p,
+        "budget:\n  daily_cad: 3.00\n  providers:\n    claude: {estimate_cad: 1.00}\n",
+    );
+    for (i, shift) in ["+2d", "+3d"].iter().enumerate() {
+        let name = format!("ahead{i}.md");
+        p.task(&name, &task_body("claude", ""));
+        let path = p.inbox().join(&name);
+        let mut c = p.cmd(Some(&mock));
+        c.arg("submit").arg(&path);
+        let out = Out::of(
+            std::process::Command::new("faketime")
+                .arg("-f")
+                .arg(shift)
+                .arg(c.get_program())
+                .args(c.get_args())
+                .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v)))),
+        );
+        out.expect(0);
+        let mut r = p.cmd(Some(&mock));
+        r.args([
+            "reap",
+            "--project",
+            p.dir.to_str().unwrap(),
+            "--submit-grace",
+            "0s",
+        ]);
+        let out = Out::of(
+            std::process::Command::new("faketime")
+                .arg("-f")
+                .arg(shift)
+                .arg(r.get_program())
+                .args(r.get_args())
+                .envs(r.get_envs().filter_map(|(k, v)| v.map(|v| (k, v)))),
+        );
+        out.expect(0);
+    }
+    assert_eq!(p.names(&p.done()).len(), 2);
+    let mut delegated = 0;
+    for i in 0..8 {
+        let name = format!("t{i}.md");
+        p.task(&name, &task_body("claude", ""));
+        if submit(&p, &mock, &name, &[]).code == 0 {
+            delegated += 1;
+        }
+        p.reap(&mock, &[]).expect(0);
+    }
+    assert_eq!(delegated, 3);
+    let by_day = report_json(&p, "day");
+    let today = ccl_delegate::timestamp::now()[..10].to_string();
+    assert_eq!(
+        row(&by_day, "day", &today).unwrap()["cost_cad"],
+        3.0,
+        "{by_day}"
+    );
+}
