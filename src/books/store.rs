@@ -179,10 +179,23 @@ impl Books {
         Ok(())
     }
 
+    /// A write transaction, waiting up to `lock_timeout` for another
+    /// writer: past that, exit 75 (try again later).
     fn immediate(&mut self) -> anyhow::Result<rusqlite::Transaction<'_>> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+        let path = self.path.display().to_string();
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    fail(
+                        Code::TempFail,
+                        format!(
+                            "the books {path} have been locked by another run for longer than lock_timeout; try again later"
+                        ),
+                    )
+                }
+                _ => anyhow::Error::new(e),
+            })
     }
 
     /// Admission (policy.md): in one transaction, read what is spent and

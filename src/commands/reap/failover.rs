@@ -350,10 +350,14 @@ impl Ctx<'_> {
         if let Err(e) = self.with_books(|b| b.book(std::slice::from_ref(&entry), &[])) {
             self.books_failed(&e);
         }
-        self.tally
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failover(&m.provider, &next.provider);
+        // A step counts in the metrics when it is sent: a deferred one
+        // when a later run sends it (it may never be: a budget can end it).
+        if !deferred {
+            self.tally
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .failover(&m.provider, &next.provider);
+        }
         if deferred {
             self.ui.info(format_args!(
                 "{}: job {} {}; the failover to {} waits for a limit",

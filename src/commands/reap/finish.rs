@@ -31,6 +31,33 @@ fn failed_line(path: &Path, job_id: &str, reason: &str) -> String {
     )
 }
 
+/// The line for a chain a budget ended: the last job the service ran, and
+/// the step the budget refused (a step that never became a job is no job).
+fn budget_line(
+    path: &Path,
+    job_id: Option<&str>,
+    attempts: &[crate::marker::Attempt],
+    requested: &str,
+) -> String {
+    let said = match (job_id, attempts.last()) {
+        (Some(j), _) => format!(
+            "job {} on {} ended; its failover was refused by a budget",
+            clip(j, 80),
+            clip(requested, 40)
+        ),
+        // A deferred step the budget refused: it never became a job.
+        (None, Some(a)) => format!(
+            "job {} {} on {}; the failover to {} was refused by a budget",
+            clip(a.job_id.as_deref().unwrap_or("none"), 80),
+            clip(&a.status, 40),
+            clip(&a.provider, 40),
+            clip(requested, 40)
+        ),
+        (None, None) => "refused by a budget".to_string(),
+    };
+    format!("failed {} ({said})", shown(path))
+}
+
 /// The line for a task whose record an interrupted run had already
 /// written: the same as when the record is written now.
 pub(super) fn recorded_line(path: &Path, job_id: &str) -> String {
@@ -141,6 +168,12 @@ impl Finished {
             Verdict::Done {
                 provider, cost_cad, ..
             } => done_line(path, job, provider, *cost_cad),
+            Verdict::Failed { reason, .. } if reason == "budget" => budget_line(
+                path,
+                self.job_id.as_deref(),
+                &self.attempts,
+                &self.requested,
+            ),
             Verdict::Failed { reason, .. } => failed_line(path, job, reason),
         }
     }

@@ -612,6 +612,12 @@ impl Ctx<'_> {
                         return Ok(());
                     }
                     drop(lock);
+                    if let Some(last) = fresh.attempts.last() {
+                        self.tally
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .failover(&last.provider, &fresh.provider);
+                    }
                     seen = fresh.to_bytes();
                     m = fresh;
                     facts.deferred = false;
