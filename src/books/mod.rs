@@ -21,6 +21,7 @@
 //! makes the ledger again from them.
 
 mod entry;
+mod queries;
 mod schema;
 mod store;
 

@@ -2,7 +2,7 @@
 //! use), and every query and transaction the commands need. No SQL lives
 //! outside the books.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -14,9 +14,6 @@ use super::schema;
 use crate::error::{Code, fail};
 use crate::policy::admit::{CapState, budget_states};
 use crate::policy::{Counts, Decision, Policy, Provider, Spending, admit};
-
-/// How many completed costs the estimate averages (policy.md).
-pub const RECENT: u32 = 50;
 
 /// The ledger file of earlier versions: imported once, then renamed.
 const OLD_LEDGER: &str = "ledger.jsonl";
@@ -613,79 +610,43 @@ fn counts_in(conn: &Connection) -> anyhow::Result<Counts> {
     Ok(v)
 }
 
-/// What the ledger says for admission: spent today and this month (by the
-/// day sums, so an entry dated ahead counts in its own day and never hides
-/// today's), the mean of the last completed costs, and a job in flight of
-/// each provider whose price is not known.
 fn spending_in(conn: &Connection, counts: &Counts, now: SystemTime) -> anyhow::Result<Spending> {
-    let today = crate::timestamp::format(now);
-    let (day, month) = (&today[..10], &today[..7]);
-    let mut s = Spending::default();
-    let sums = |sql: &str, lo: String, hi: String| -> anyhow::Result<BTreeMap<String, f64>> {
-        let mut q = conn.prepare_cached(sql)?;
-        let mut out = BTreeMap::new();
-        let mut all = 0.0;
-        let rows = q.query_map(params![lo, hi], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
-        })?;
-        for row in rows {
-            let (p, c) = row?;
-            let c = if c.is_finite() { c.max(0.0) } else { 0.0 };
-            all += c;
-            out.insert(p, c);
-        }
-        out.insert("all".to_string(), all);
-        Ok(out)
-    };
-    const SUM: &str = "SELECT provider, total(cost_cad) FROM spend_day
-                       WHERE day >= ?1 AND day <= ?2 GROUP BY provider";
-    s.daily = sums(SUM, day.to_string(), day.to_string())?;
-    s.monthly = sums(SUM, format!("{month}-01"), format!("{month}-31"))?;
-    let mean = |sql: &str, p: Option<&str>| -> anyhow::Result<Option<f64>> {
-        let mut q = conn.prepare_cached(sql)?;
-        let (avg, n): (Option<f64>, i64) = match p {
-            Some(p) => q.query_row(params![p, RECENT], |r| Ok((r.get(0)?, r.get(1)?)))?,
-            None => q.query_row(params![RECENT], |r| Ok((r.get(0)?, r.get(1)?)))?,
-        };
-        Ok(avg.filter(|_| n > 0))
-    };
-    for p in Provider::ALL.iter().filter(|p| **p != Provider::Auto) {
-        let m = mean(
-            "SELECT avg(cost_cad), count(*) FROM (SELECT cost_cad FROM ledger
-             WHERE status = 'completed' AND provider = ?1 ORDER BY id DESC LIMIT ?2)",
-            Some(p.as_str()),
-        )?;
-        if let Some(m) = m {
-            s.means.insert(p.as_str().to_string(), m);
-        }
+    super::queries::spending(&mut SqliteReader(conn), counts, now)
+}
+
+/// The shared reads ([`super::queries`]) on SQLite.
+struct SqliteReader<'a>(&'a Connection);
+
+impl super::queries::Reader for SqliteReader<'_> {
+    fn spent(&mut self, from_day: &str, to_day: &str) -> anyhow::Result<Vec<(String, f64)>> {
+        let mut q = self.0.prepare_cached(super::queries::SPENT)?;
+        let v = q
+            .query_map(params![from_day, to_day], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
     }
-    if let Some(m) = mean(
-        "SELECT avg(cost_cad), count(*) FROM (SELECT cost_cad FROM ledger
-         WHERE status = 'completed' ORDER BY id DESC LIMIT ?1)",
-        None,
-    )? {
-        s.means.insert("all".to_string(), m);
+
+    fn mean(&mut self, provider: Option<&str>) -> anyhow::Result<(Option<f64>, i64)> {
+        let recent = super::queries::RECENT;
+        Ok(match provider {
+            Some(p) => self
+                .0
+                .prepare_cached(super::queries::MEAN_OF)?
+                .query_row(params![p, recent], |r| Ok((r.get(0)?, r.get(1)?)))?,
+            None => self
+                .0
+                .prepare_cached(super::queries::MEAN_ALL)?
+                .query_row(params![recent], |r| Ok((r.get(0)?, r.get(1)?)))?,
+        })
     }
-    for p in counts.keys() {
-        let scope = match Provider::parse(p) {
-            Some(Provider::Auto) | None => "all",
-            Some(k) => k.as_str(),
-        };
-        if s.means.contains_key(scope) {
-            continue;
-        }
-        let probe: Option<String> = conn
-            .prepare_cached(
-                "SELECT coalesce(job_id, task) FROM reservation WHERE provider = ?1
-                 ORDER BY job_id IS NULL, started_at LIMIT 1",
-            )?
-            .query_row([p], |r| r.get(0))
-            .optional()?;
-        if let Some(j) = probe {
-            s.probes.insert(p.clone(), j);
-        }
+
+    fn probe(&mut self, provider: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .0
+            .prepare_cached(super::queries::PROBE)?
+            .query_row([provider], |r| r.get(0))
+            .optional()?)
     }
-    Ok(s)
 }
 
 /// Imports the entries of an earlier version's `ledger.jsonl`, once, in the
