@@ -20,7 +20,9 @@
 //! The records in done/ and failed/ stay the truth: `ledger rebuild`
 //! makes the ledger again from them.
 
+pub mod conninfo;
 mod entry;
+pub mod fleet;
 mod queries;
 mod schema;
 mod store;

@@ -1,0 +1,844 @@
+//! The fleet's books on PostgreSQL (fleet.md): one ledger, one set of
+//! reservations and one admission for every host, so N hosts never pass a
+//! limit or a budget. Each host's SQLite books stay its journal: `push`
+//! sends what the database lacks.
+//!
+//! The tables live in the schema `ccl_delegate` of the configured database,
+//! named as in the SQLite books, so the reads an admission needs are the
+//! same SQL ([`super::queries`]).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use postgres::{Client, NoTls, Transaction};
+
+use super::conninfo::{self, SslMode};
+use super::entry::{Entry, sane_cost, utc};
+use super::store::{Reservation, Row};
+use crate::error::{Code, fail};
+use crate::policy::admit::{CapState, budget_states};
+use crate::policy::{Counts, Decision, Policy, Provider, Spending, admit};
+
+/// The schema this binary writes and reads.
+pub const VERSION: i64 = 1;
+
+/// `pg_advisory_lock` keys: the schema's creation, and admission.
+const LOCK_SCHEMA: i64 = 0x6363_6c64_0001;
+const LOCK_ADMIT: i64 = 0x6363_6c64_0002;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ccl_delegate.ledger (
+    id            bigserial PRIMARY KEY,
+    host          text NOT NULL,
+    job_id        text,
+    project       text NOT NULL,
+    task          text NOT NULL,
+    provider      text NOT NULL,
+    said_provider text,
+    model         text,
+    status        text NOT NULL,
+    cost_cad      double precision NOT NULL CHECK (cost_cad >= 0 AND cost_cad < 1000000),
+    tokens_in     bigint,
+    tokens_out    bigint,
+    delegated_at  text NOT NULL,
+    finished_at   text NOT NULL,
+    turnaround    bigint,
+    step          boolean NOT NULL DEFAULT false
+);
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_job ON ccl_delegate.ledger (job_id) WHERE job_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_jobless
+    ON ccl_delegate.ledger (host, project, task, finished_at) WHERE job_id IS NULL;
+CREATE INDEX IF NOT EXISTS ledger_finished ON ccl_delegate.ledger (finished_at);
+CREATE INDEX IF NOT EXISTS ledger_recent ON ccl_delegate.ledger (status, provider, id);
+CREATE INDEX IF NOT EXISTS ledger_recent_all ON ccl_delegate.ledger (status, id);
+
+CREATE TABLE IF NOT EXISTS ccl_delegate.spend_day (
+    day      text NOT NULL,
+    provider text NOT NULL,
+    cost_cad double precision NOT NULL,
+    PRIMARY KEY (day, provider)
+);
+CREATE OR REPLACE FUNCTION ccl_delegate.spend_add() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ccl_delegate.spend_day AS s (day, provider, cost_cad)
+        VALUES (substr(NEW.finished_at, 1, 10), NEW.provider, NEW.cost_cad)
+        ON CONFLICT (day, provider) DO UPDATE SET cost_cad = greatest(0, s.cost_cad) + excluded.cost_cad;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION ccl_delegate.spend_sub() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE ccl_delegate.spend_day SET cost_cad = greatest(0, cost_cad - OLD.cost_cad)
+        WHERE day = substr(OLD.finished_at, 1, 10) AND provider = OLD.provider;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS ledger_spend_add ON ccl_delegate.ledger;
+CREATE TRIGGER ledger_spend_add AFTER INSERT ON ccl_delegate.ledger
+    FOR EACH ROW EXECUTE FUNCTION ccl_delegate.spend_add();
+DROP TRIGGER IF EXISTS ledger_spend_sub ON ccl_delegate.ledger;
+CREATE TRIGGER ledger_spend_sub AFTER DELETE ON ccl_delegate.ledger
+    FOR EACH ROW EXECUTE FUNCTION ccl_delegate.spend_sub();
+
+CREATE TABLE IF NOT EXISTS ccl_delegate.reservation (
+    key        text PRIMARY KEY,
+    host       text NOT NULL,
+    project    text NOT NULL,
+    task       text NOT NULL,
+    provider   text NOT NULL,
+    job_id     text,
+    started_at text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reservation_host ON ccl_delegate.reservation (host, project);
+
+CREATE TABLE IF NOT EXISTS ccl_delegate.hosts (
+    host       text PRIMARY KEY,
+    machine_id text NOT NULL,
+    first_seen text NOT NULL,
+    last_seen  text NOT NULL,
+    caps       text NOT NULL DEFAULT ''
+);
+";
+
+/// `fleet:` in the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetConfig {
+    /// As written (it may hold a password: never shown as is).
+    pub url: String,
+    pub password_file: Option<std::path::PathBuf>,
+    /// This host's name in the fleet.
+    pub host: String,
+}
+
+impl FleetConfig {
+    /// The URL as it may be shown.
+    pub fn shown(&self) -> String {
+        conninfo::masked(&self.url)
+    }
+}
+
+/// A connection to the fleet's database, its schema checked.
+pub struct Fleet {
+    client: Client,
+    host: String,
+    shown: String,
+    /// Reservations older than this no longer count (their host stopped
+    /// reaping; their jobs were cancelled or abandoned).
+    max_age: Duration,
+}
+
+/// One host as the database knows it (`doctor`, `status`).
+#[derive(Debug)]
+pub struct HostRow {
+    pub host: String,
+    pub machine_id: String,
+    pub last_seen: String,
+    pub caps: String,
+}
+
+/// The error of a database that cannot be reached or used: exit 75, the
+/// database named (masked), never the password.
+fn unreachable(shown: &str, e: &dyn std::fmt::Display) -> anyhow::Error {
+    fail(
+        Code::TempFail,
+        format!(
+            "the fleet database {shown} is unreachable: {}",
+            crate::text::clip(&e.to_string(), 300)
+        ),
+    )
+}
+
+/// This machine's id, to tell two hosts of the same name apart.
+pub fn machine_id() -> String {
+    for p in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            let s = s.trim();
+            if !s.is_empty() && s.len() <= 64 {
+                return s.to_string();
+            }
+        }
+    }
+    hostname()
+}
+
+/// The host name, the default fleet name of a host.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-ends it
+    // when the name fits.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "localhost".into();
+    }
+    let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The password: the file's (refused when others may read it), else the
+/// one in the URL, else `PGPASSWORD`.
+fn password(cfg: &FleetConfig, in_url: bool) -> anyhow::Result<Option<String>> {
+    if let Some(p) = &cfg.password_file {
+        return read_password_file(p).map(Some);
+    }
+    if in_url {
+        return Ok(None);
+    }
+    Ok(std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()))
+}
+
+/// A password file: a regular file, never a symlink, readable by its
+/// owner alone, as the API key file (the contents never said).
+fn read_password_file(p: &Path) -> anyhow::Result<String> {
+    let shown = p.display();
+    let cannot = |why: String| {
+        fail(
+            Code::Config,
+            format!(
+                "cannot read fleet.password_file: {why}; create it with the password and run chmod 600 {shown}"
+            ),
+        )
+    };
+    let c = crate::fsread::read(p, crate::fsread::Kind::Key)
+        .map_err(|e| cannot(e.to_string()))?
+        .ok_or_else(|| cannot(format!("{shown}: no such file")))?;
+    if c.mode & 0o077 != 0 {
+        return Err(fail(
+            Code::Config,
+            format!(
+                "fleet.password_file {shown} is readable by group or others (mode {:o}); run: chmod 600 {shown}",
+                c.mode
+            ),
+        ));
+    }
+    let s = String::from_utf8(c.bytes).map_err(|_| cannot(format!("{shown}: not UTF-8 text")))?;
+    let s = s.trim_end_matches(['\n', '\r']).to_string();
+    if s.is_empty() || s.contains('\n') {
+        return Err(fail(
+            Code::Config,
+            format!("fleet.password_file {shown} must hold the password alone on one line"),
+        ));
+    }
+    Ok(s)
+}
+
+impl Fleet {
+    /// Connects (within `timeout`, statements and locks bounded by it too)
+    /// and checks the schema, creating it on first use.
+    pub fn connect(
+        cfg: &FleetConfig,
+        timeout: Duration,
+        max_age: Duration,
+    ) -> anyhow::Result<Fleet> {
+        let shown = cfg.shown();
+        let info = conninfo::parse(&cfg.url)
+            .map_err(|why| fail(Code::Config, format!("fleet.url {shown}: {why}")))?;
+        let mut pg: postgres::Config = info
+            .for_crate
+            .parse()
+            .map_err(|e: postgres::Error| fail(Code::Config, format!("fleet.url {shown}: {e}")))?;
+        if let Some(p) = password(cfg, info.has_password)? {
+            pg.password(p);
+        }
+        let ms = timeout.as_millis().max(1);
+        let options = format!(
+            "{} -c search_path=ccl_delegate -c statement_timeout={ms} -c lock_timeout={ms}",
+            pg.get_options().unwrap_or_default()
+        );
+        pg.options(options.trim())
+            .connect_timeout(timeout)
+            .application_name("ccl-delegate");
+        let client = match info.sslmode {
+            SslMode::Disable => {
+                pg.ssl_mode(postgres::config::SslMode::Disable);
+                pg.connect(NoTls)
+            }
+            mode => {
+                pg.ssl_mode(if mode == SslMode::Prefer {
+                    postgres::config::SslMode::Prefer
+                } else {
+                    postgres::config::SslMode::Require
+                });
+                let tls = tls_config(mode, info.sslrootcert.as_deref())
+                    .map_err(|e| fail(Code::Config, format!("fleet.url {shown}: {e:#}")))?;
+                pg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            }
+        }
+        .map_err(|e| unreachable(&shown, &e))?;
+        let mut f = Fleet {
+            client,
+            host: cfg.host.clone(),
+            shown,
+            max_age,
+        };
+        f.schema()?;
+        Ok(f)
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn err(&self, e: postgres::Error) -> anyhow::Error {
+        unreachable(&self.shown, &e)
+    }
+
+    /// The schema's version: the tables created under an advisory lock
+    /// when missing; a newer version than this binary's is exit 78.
+    fn schema(&mut self) -> anyhow::Result<()> {
+        let found = self.version()?;
+        if found == Some(VERSION) {
+            return Ok(());
+        }
+        if let Some(v) = found
+            && v > VERSION
+        {
+            return Err(self.newer(v));
+        }
+        let r = (|| {
+            self.client
+                .batch_execute("CREATE SCHEMA IF NOT EXISTS ccl_delegate")?;
+            let mut tx = self.client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS ccl_delegate.meta (key text PRIMARY KEY, value text NOT NULL)",
+            )?;
+            let v: Option<String> = tx
+                .query_opt(
+                    "SELECT value FROM ccl_delegate.meta WHERE key = 'schema_version'",
+                    &[],
+                )?
+                .map(|r| r.get(0));
+            if v.is_none() {
+                tx.batch_execute(SCHEMA)?;
+                tx.execute(
+                    "INSERT INTO ccl_delegate.meta (key, value) VALUES ('schema_version', $1)",
+                    &[&VERSION.to_string()],
+                )?;
+            }
+            tx.commit()
+        })();
+        r.map_err(|e| self.err(e))?;
+        match self.version()? {
+            Some(v) if v > VERSION => Err(self.newer(v)),
+            _ => Ok(()),
+        }
+    }
+
+    fn version(&mut self) -> anyhow::Result<Option<i64>> {
+        let r = self.client.query_opt(
+            "SELECT value FROM ccl_delegate.meta WHERE key = 'schema_version'",
+            &[],
+        );
+        match r {
+            Ok(row) => Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok())),
+            // No schema or table yet.
+            Err(e)
+                if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE)
+                    || e.code() == Some(&postgres::error::SqlState::INVALID_SCHEMA_NAME) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    fn newer(&self, v: i64) -> anyhow::Error {
+        fail(
+            Code::Config,
+            format!(
+                "the fleet database {} has schema version {v}; this ccl-delegate knows version {VERSION}: update ccl-delegate on this host",
+                self.shown
+            ),
+        )
+    }
+
+    /// Admission for the whole fleet: under a fleet-wide transaction lock,
+    /// read spent and reserved, decide, insert the reservation; as
+    /// [`super::Books::admit`] does on one host.
+    pub fn admit(
+        &mut self,
+        policy: &Policy,
+        job: &Reservation,
+        provider: Provider,
+        leaving: Option<&str>,
+        now: SystemTime,
+    ) -> anyhow::Result<Decision> {
+        let cutoff = self.cutoff(now);
+        let host = self.host.clone();
+        let r = (|| -> anyhow::Result<Decision> {
+            let mut tx = self.client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_ADMIT])?;
+            if let Some(k) = leaving {
+                tx.execute("DELETE FROM reservation WHERE key = $1", &[&k])?;
+            }
+            let counts = counts_in(&mut tx, &cutoff)?;
+            let spending = if policy.caps().is_empty() {
+                Spending::default()
+            } else {
+                super::queries::spending(&mut PgReader(&mut tx), &counts, now)?
+            };
+            let d = admit(policy, &spending, &counts, provider);
+            match (&d, leaving) {
+                (Decision::Budget { .. }, Some(_)) => return Ok(d),
+                (Decision::Admit, _) => {
+                    insert_reservation(&mut tx, &host, job)?;
+                }
+                _ => {}
+            }
+            tx.commit()?;
+            Ok(d)
+        })();
+        r.map_err(|e| self.wrap(e))
+    }
+
+    fn wrap(&self, e: anyhow::Error) -> anyhow::Error {
+        match e.downcast::<postgres::Error>() {
+            Ok(pe) => self.err(pe),
+            Err(e) => e,
+        }
+    }
+
+    fn cutoff(&self, now: SystemTime) -> String {
+        crate::timestamp::format(now.checked_sub(self.max_age).unwrap_or(now))
+    }
+
+    /// Takes back a reservation of this host's.
+    pub fn release(&mut self, key: &str) -> anyhow::Result<()> {
+        self.client
+            .execute("DELETE FROM reservation WHERE key = $1", &[&key])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Pushes journal entries and releases the reservations of their jobs,
+    /// in one transaction; an entry already there counts nothing. Notes
+    /// this host as seen, with its caps. Answers how many were new.
+    pub fn push(&mut self, entries: &[Entry], keys: &[String], caps: &str) -> anyhow::Result<u64> {
+        let host = self.host.clone();
+        let now = crate::timestamp::now();
+        let r = (|| -> Result<u64, postgres::Error> {
+            let mut tx = self.client.transaction()?;
+            let ins = tx.prepare(
+                "INSERT INTO ledger (host, job_id, project, task, provider, said_provider, model,
+                     status, cost_cad, tokens_in, tokens_out, delegated_at, finished_at, turnaround, step)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 ON CONFLICT DO NOTHING",
+            )?;
+            let mut n = 0;
+            for e in entries {
+                let finished_at = utc(&e.finished_at).unwrap_or_else(crate::timestamp::now);
+                let turnaround = Entry {
+                    finished_at: finished_at.clone(),
+                    ..e.clone()
+                }
+                .turnaround();
+                let tokens = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+                n += tx.execute(
+                    &ins,
+                    &[
+                        &host,
+                        &e.job_id,
+                        &e.project,
+                        &e.task,
+                        &e.provider,
+                        &e.said_provider,
+                        &e.model,
+                        &e.status,
+                        &sane_cost(e.cost_cad),
+                        &tokens(e.tokens_in),
+                        &tokens(e.tokens_out),
+                        &e.delegated_at,
+                        &finished_at,
+                        &turnaround,
+                        &e.step,
+                    ],
+                )?;
+            }
+            if !keys.is_empty() {
+                tx.execute("DELETE FROM reservation WHERE key = ANY($1)", &[&keys])?;
+            }
+            tx.execute(
+                "INSERT INTO hosts (host, machine_id, first_seen, last_seen, caps)
+                 VALUES ($1, $2, $3, $3, $4)
+                 ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, caps = excluded.caps",
+                &[&host, &machine_id(), &now, &caps],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Makes this host's reservations of a project the markers a reap sees,
+    /// under that project's queue lock (the caller's).
+    pub fn reconcile(&mut self, project: &str, markers: &[Reservation]) -> anyhow::Result<()> {
+        let host = self.host.clone();
+        let r = (|| -> Result<(), postgres::Error> {
+            let mut tx = self.client.transaction()?;
+            let rows: std::collections::HashSet<String> = tx
+                .query(
+                    "SELECT key FROM reservation WHERE host = $1 AND project = $2",
+                    &[&host, &project],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let ids: Vec<&str> = markers.iter().filter_map(|m| m.job_id.as_deref()).collect();
+            let booked: std::collections::HashSet<String> = tx
+                .query("SELECT job_id FROM ledger WHERE job_id = ANY($1)", &[&ids])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let want: Vec<&Reservation> = markers
+                .iter()
+                .filter(|m| m.job_id.as_ref().is_none_or(|j| !booked.contains(j)))
+                .collect();
+            let keep: std::collections::HashSet<&str> =
+                want.iter().map(|m| m.key.as_str()).collect();
+            let gone: Vec<&String> = rows.iter().filter(|k| !keep.contains(k.as_str())).collect();
+            if !gone.is_empty() {
+                tx.execute("DELETE FROM reservation WHERE key = ANY($1)", &[&gone])?;
+            }
+            for m in want {
+                if !rows.contains(&m.key) {
+                    insert_reservation(&mut tx, &host, m).map_err(|e| match e.downcast() {
+                        Ok(pe) => pe,
+                        Err(_) => unreachable!("insert_reservation fails only with the database"),
+                    })?;
+                }
+            }
+            tx.commit()
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// The projects this host holds reservations of.
+    pub fn reserved_projects(&mut self) -> anyhow::Result<Vec<String>> {
+        let host = self.host.clone();
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT project FROM reservation WHERE host = $1",
+                &[&host],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Every configured cap's state for the fleet now.
+    pub fn budget(&mut self, policy: &Policy, now: SystemTime) -> anyhow::Result<Vec<CapState>> {
+        if policy.caps().is_empty() {
+            return Ok(Vec::new());
+        }
+        let cutoff = self.cutoff(now);
+        let r = (|| -> anyhow::Result<Vec<CapState>> {
+            let mut tx = self.client.build_transaction().read_only(true).start()?;
+            let counts = counts_in(&mut tx, &cutoff)?;
+            let spending = super::queries::spending(&mut PgReader(&mut tx), &counts, now)?;
+            Ok(budget_states(policy, &spending, &counts))
+        })();
+        r.map_err(|e| self.wrap(e))
+    }
+
+    /// Jobs in flight in the fleet, per provider.
+    pub fn counts(&mut self, now: SystemTime) -> anyhow::Result<Counts> {
+        let cutoff = self.cutoff(now);
+        let r = (|| -> anyhow::Result<Counts> {
+            let mut tx = self.client.transaction()?;
+            counts_in(&mut tx, &cutoff)
+        })();
+        r.map_err(|e| self.wrap(e))
+    }
+
+    /// Calls `each` with every fleet entry that ended in `[since, until)`,
+    /// with its host.
+    pub fn rows_between(
+        &mut self,
+        since: &str,
+        until: Option<&str>,
+        mut each: impl FnMut(&str, Row),
+    ) -> anyhow::Result<()> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let until = until.unwrap_or("~");
+        let params: [&(dyn postgres::types::ToSql + Sync); 2] = [&since, &until];
+        let r = (|| -> Result<(), postgres::Error> {
+            let mut it = self.client.query_raw(
+                "SELECT host, project, provider, model, status = 'completed', cost_cad,
+                        tokens_in, tokens_out, turnaround, finished_at
+                 FROM ledger WHERE finished_at >= $1 AND finished_at < $2",
+                params,
+            )?;
+            while let Some(r) = it.next()? {
+                let n = |i: usize| r.get::<_, Option<i64>>(i).unwrap_or(0).max(0) as u64;
+                let host: String = r.get(0);
+                each(
+                    &host,
+                    Row {
+                        project: r.get(1),
+                        provider: r.get(2),
+                        model: r.get(3),
+                        completed: r.get(4),
+                        cost_cad: r.get(5),
+                        tokens_in: n(6),
+                        tokens_out: n(7),
+                        turnaround: r.get::<_, Option<i64>>(8).map(|t| t.max(0) as u64),
+                        finished_at: r.get(9),
+                    },
+                );
+            }
+            Ok(())
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// The hosts the database knows.
+    pub fn hosts(&mut self) -> anyhow::Result<Vec<HostRow>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT host, machine_id, last_seen, caps FROM hosts ORDER BY host",
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| HostRow {
+                host: r.get(0),
+                machine_id: r.get(1),
+                last_seen: r.get(2),
+                caps: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Hosts whose reservations are past `max_age` (they stopped reaping).
+    pub fn stale_hosts(&mut self, now: SystemTime) -> anyhow::Result<Vec<String>> {
+        let cutoff = self.cutoff(now);
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT host FROM reservation WHERE started_at < $1 ORDER BY host",
+                &[&cutoff],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// How many entries the fleet's ledger holds.
+    pub fn len(&mut self) -> anyhow::Result<u64> {
+        let n: i64 = self
+            .client
+            .query_one("SELECT count(*) FROM ledger", &[])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        Ok(n.max(0) as u64)
+    }
+
+    pub fn is_empty(&mut self) -> anyhow::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+fn insert_reservation(tx: &mut Transaction, host: &str, r: &Reservation) -> anyhow::Result<()> {
+    tx.execute(
+        "INSERT INTO reservation (key, host, project, task, provider, job_id, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO NOTHING",
+        &[
+            &r.key,
+            &host,
+            &r.project,
+            &r.task,
+            &r.provider,
+            &r.job_id,
+            &r.started_at,
+        ],
+    )?;
+    Ok(())
+}
+
+fn counts_in(tx: &mut Transaction, cutoff: &str) -> anyhow::Result<Counts> {
+    let rows = tx.query(
+        "SELECT provider, count(*) FROM reservation WHERE started_at >= $1 GROUP BY provider",
+        &[&cutoff],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
+        .collect())
+}
+
+/// The shared reads ([`super::queries`]) on PostgreSQL.
+struct PgReader<'a, 'b>(&'a mut Transaction<'b>);
+
+impl super::queries::Reader for PgReader<'_, '_> {
+    fn spent(&mut self, from_day: &str, to_day: &str) -> anyhow::Result<Vec<(String, f64)>> {
+        let rows = self.0.query(super::queries::SPENT, &[&from_day, &to_day])?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn mean(&mut self, provider: Option<&str>) -> anyhow::Result<(Option<f64>, i64)> {
+        let recent = super::queries::RECENT;
+        let row = match provider {
+            Some(p) => self.0.query_one(super::queries::MEAN_OF, &[&p, &recent])?,
+            None => self.0.query_one(super::queries::MEAN_ALL, &[&recent])?,
+        };
+        Ok((row.get(0), row.get(1)))
+    }
+
+    fn probe(&mut self, provider: &str) -> anyhow::Result<Option<String>> {
+        let row = self.0.query_opt(super::queries::PROBE, &[&provider])?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
+
+/// The TLS setup of an sslmode, as libpq means it: `prefer` and `require`
+/// encrypt without checking the server (unless a root certificate is
+/// given: then `require` checks as `verify-ca`); `verify-ca` checks the
+/// chain; `verify-full` the chain and the host name. Roots: `sslrootcert`,
+/// else the web PKI's.
+fn tls_config(mode: SslMode, rootcert: Option<&str>) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::client::WebPkiServerVerifier;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let mode = match (mode, rootcert) {
+        (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+        (m, _) => m,
+    };
+    if matches!(mode, SslMode::Prefer | SslMode::Require) {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCheck(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match rootcert {
+        Some(path) => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let bytes = std::fs::read(Path::new(path))
+                .map_err(|e| anyhow::anyhow!("sslrootcert {path}: {e}"))?;
+            for cert in CertificateDer::pem_slice_iter(&bytes) {
+                let cert = cert.map_err(|e| anyhow::anyhow!("sslrootcert {path}: {e:?}"))?;
+                roots.add(cert)?;
+            }
+            if roots.is_empty() {
+                anyhow::bail!("sslrootcert {path}: no certificate in it");
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+    Ok(if mode == SslMode::VerifyFull {
+        builder.with_webpki_verifier(webpki).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+            .with_no_client_auth()
+    })
+}
+
+/// `prefer`/`require`: encrypted, the server not checked (libpq's meaning).
+#[derive(Debug)]
+struct NoCheck(Arc<rustls::crypto::CryptoProvider>);
+
+/// `verify-ca`: the chain checked, the name not.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+impl ServerCertVerifier for NoCheck {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
