@@ -82,6 +82,16 @@ pub enum Command {
     /// Maintain the host's ledger of finished jobs
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Share this host's books with the fleet's database (config `fleet`)
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Push this host's journal to the fleet's database now (what reap
+    /// does at its end)
+    Push,
 }
 
 #[derive(Debug, Args)]
@@ -232,9 +242,9 @@ pub struct ReportArgs {
     /// Until (a date means the end of that day) [default: now]
     #[arg(long, value_name = "WHEN")]
     pub until: Option<String>,
-    /// What a row is: one provider, project, model or UTC day
+    /// What a row is: one provider, project, model, UTC day, or fleet host
     #[arg(long, value_name = "KEY", default_value = "provider",
-          value_parser = ["provider", "project", "model", "day"])]
+          value_parser = ["provider", "project", "model", "day", "host"])]
     pub by: String,
     /// Print JSON for scripts
     #[arg(long, conflicts_with = "csv")]

@@ -405,6 +405,17 @@ impl Fleet {
         crate::timestamp::format(now.checked_sub(self.max_age).unwrap_or(now))
     }
 
+    /// Notes the job a reservation became (the price rule names it).
+    pub fn set_job(&mut self, key: &str, job_id: &str) -> anyhow::Result<()> {
+        self.client
+            .execute(
+                "UPDATE reservation SET job_id = $2 WHERE key = $1",
+                &[&key, &job_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Takes back a reservation of this host's.
     pub fn release(&mut self, key: &str) -> anyhow::Result<()> {
         self.client

@@ -26,6 +26,7 @@ pub mod fleet;
 mod queries;
 mod schema;
 mod store;
+pub mod sync;
 
 pub use entry::{Entry, counted_provider, entries_from_record, entry_from_record, sane_cost, utc};
 pub use store::{Books, Reservation, Row, open_if_present};

@@ -21,8 +21,11 @@ CREATE TABLE IF NOT EXISTS ledger (
     delegated_at  TEXT NOT NULL,
     finished_at   TEXT NOT NULL,
     turnaround    INTEGER,
-    step          INTEGER NOT NULL DEFAULT 0
+    step          INTEGER NOT NULL DEFAULT 0,
+    -- In the fleet's database already (fleet.md: this host's journal).
+    pushed        INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS ledger_unpushed ON ledger(id) WHERE pushed = 0;
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_job ON ledger(job_id) WHERE job_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_jobless
     ON ledger(project, task, finished_at) WHERE job_id IS NULL;
@@ -73,6 +76,12 @@ END;
 CREATE TRIGGER IF NOT EXISTS reservation_sub AFTER DELETE ON reservation BEGIN
     UPDATE in_flight SET n = max(0, n - 1) WHERE provider = OLD.provider;
 END;
+
+-- With a fleet: the reservations this host's entries released, until the
+-- push that releases them in the fleet's database too.
+CREATE TABLE IF NOT EXISTS released (
+    key TEXT PRIMARY KEY
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,

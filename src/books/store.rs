@@ -51,6 +51,9 @@ pub struct Row {
 pub struct Books {
     conn: Connection,
     path: PathBuf,
+    /// A fleet is configured: the keys entries release are kept until
+    /// pushed.
+    journal: bool,
 }
 
 /// Opens the books when there are any (the store, or a ledger of an earlier
@@ -106,7 +109,11 @@ impl Books {
                 | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )
         .map_err(|e| unavailable(&shown, &e.to_string()))?;
-        let mut books = Books { conn, path };
+        let mut books = Books {
+            conn,
+            path,
+            journal: false,
+        };
         books
             .prepare(timeout)
             .map_err(|e| match e.downcast_ref::<crate::error::Coded>() {
@@ -118,6 +125,95 @@ impl Books {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// With a fleet: keep what the fleet's database must learn (fleet.md).
+    pub fn set_journal(&mut self, on: bool) {
+        self.journal = on;
+    }
+
+    /// Records a reservation the fleet admitted (this host's own copy,
+    /// which tells an idle reap whether it has anything to reconcile).
+    pub fn reserve(&mut self, job: &Reservation) -> anyhow::Result<()> {
+        insert_reservation(&self.conn, job)
+    }
+
+    /// Whether anything waits for a push: entries or released keys.
+    pub fn has_unpushed(&self) -> anyhow::Result<bool> {
+        let e = self
+            .conn
+            .prepare_cached("SELECT 1 FROM ledger WHERE pushed = 0 LIMIT 1")?
+            .exists([])?;
+        let k = self
+            .conn
+            .prepare_cached("SELECT 1 FROM released LIMIT 1")?
+            .exists([])?;
+        Ok(e || k)
+    }
+
+    /// Whether this host holds any reservation.
+    pub fn has_reservations(&self) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM reservation LIMIT 1")?
+            .exists([])?)
+    }
+
+    /// Up to `limit` entries not pushed yet (with their row ids), and the
+    /// keys released but not pushed.
+    pub fn unpushed(&self, limit: i64) -> anyhow::Result<(Vec<(i64, Entry)>, Vec<String>)> {
+        let mut q = self.conn.prepare_cached(
+            "SELECT id, job_id, project, task, provider, said_provider, model, status, cost_cad,
+                    tokens_in, tokens_out, delegated_at, finished_at, step
+             FROM ledger WHERE pushed = 0 ORDER BY id LIMIT ?1",
+        )?;
+        let entries = q
+            .query_map([limit], |r| {
+                Ok((
+                    r.get(0)?,
+                    Entry {
+                        job_id: r.get(1)?,
+                        project: r.get(2)?,
+                        task: r.get(3)?,
+                        provider: r.get(4)?,
+                        said_provider: r.get(5)?,
+                        model: r.get(6)?,
+                        status: r.get(7)?,
+                        cost_cad: r.get(8)?,
+                        tokens_in: r.get::<_, Option<i64>>(9)?.map(|t| t.max(0) as u64),
+                        tokens_out: r.get::<_, Option<i64>>(10)?.map(|t| t.max(0) as u64),
+                        delegated_at: r.get(11)?,
+                        finished_at: r.get(12)?,
+                        step: r.get(13)?,
+                    },
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut q = self
+            .conn
+            .prepare_cached("SELECT key FROM released LIMIT ?1")?;
+        let keys = q
+            .query_map([limit], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok((entries, keys))
+    }
+
+    /// Notes what a push sent: the entries are in the fleet's database, the
+    /// keys released there.
+    pub fn mark_pushed(&mut self, ids: &[i64], keys: &[String]) -> anyhow::Result<()> {
+        let tx = self.immediate()?;
+        {
+            let mut up = tx.prepare_cached("UPDATE ledger SET pushed = 1 WHERE id = ?1")?;
+            for id in ids {
+                up.execute([id])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM released WHERE key = ?1")?;
+            for k in keys {
+                del.execute([k])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Settings of the connection, then the schema: created (and an old
@@ -266,6 +362,7 @@ impl Books {
     /// transaction. An entry already there counts nothing. Answers how
     /// many were new.
     pub fn book(&mut self, entries: &[Entry], keys: &[&str]) -> anyhow::Result<usize> {
+        let journal = self.journal;
         let tx = self.immediate()?;
         let mut n = 0;
         for e in entries {
@@ -273,8 +370,12 @@ impl Books {
         }
         {
             let mut del = tx.prepare_cached("DELETE FROM reservation WHERE key = ?1")?;
+            let mut keep = tx.prepare_cached("INSERT OR IGNORE INTO released (key) VALUES (?1)")?;
             for k in keys.iter().filter(|k| !k.is_empty()) {
                 del.execute([k])?;
+                if journal {
+                    keep.execute([k])?;
+                }
             }
         }
         tx.commit()?;

@@ -22,6 +22,80 @@ impl Checks {
         self.failed += 1;
         println!("FAIL  {}", line(&format!("{what}: {detail:#}")));
     }
+    /// Not a failure, but worth a look.
+    fn warn(&mut self, what: &str, detail: impl std::fmt::Display) {
+        println!("warn  {}", line(&format!("{what}: {detail:#}")));
+    }
+}
+
+/// With `fleet`: the database reached and its schema, this host's name
+/// not taken by another machine, the other hosts' caps, stale hosts.
+fn fleet(c: &mut Checks, settings: &Settings) {
+    let Some(cfg) = &settings.fleet else { return };
+    let mut f =
+        match crate::books::fleet::Fleet::connect(cfg, settings.lock_timeout, settings.max_age) {
+            Ok(f) => f,
+            Err(e) => {
+                c.fail("fleet database", e);
+                return;
+            }
+        };
+    c.ok(
+        "fleet database",
+        format_args!(
+            "{} reached, schema version {}",
+            f.shown(),
+            crate::books::fleet::VERSION
+        ),
+    );
+    let hosts = match f.hosts() {
+        Ok(h) => h,
+        Err(e) => {
+            c.fail("fleet hosts", e);
+            return;
+        }
+    };
+    let me = crate::books::fleet::machine_id();
+    match hosts.iter().find(|h| h.host == cfg.host) {
+        Some(h) if h.machine_id != me => c.fail(
+            "fleet host",
+            format_args!(
+                "the name {} is taken by another machine (id {}); give this host its own `fleet.host`",
+                cfg.host, h.machine_id
+            ),
+        ),
+        Some(_) => c.ok("fleet host", format_args!("{} (this machine)", cfg.host)),
+        None => c.ok(
+            "fleet host",
+            format_args!("{} (registered by its first push)", cfg.host),
+        ),
+    }
+    let mine = crate::books::sync::caps_summary(&settings.policy);
+    for h in hosts
+        .iter()
+        .filter(|h| h.host != cfg.host && h.caps != mine)
+    {
+        c.warn(
+            "fleet caps",
+            format_args!(
+                "host {} has other caps ({}) than this one ({}); hosts should agree",
+                h.host,
+                if h.caps.is_empty() { "none" } else { &h.caps },
+                if mine.is_empty() { "none" } else { &mine }
+            ),
+        );
+    }
+    match f.stale_hosts(std::time::SystemTime::now()) {
+        Ok(stale) => {
+            for h in stale {
+                c.warn(
+                    "fleet host",
+                    format_args!("{h} holds reservations older than max_age: it stopped reaping"),
+                );
+            }
+        }
+        Err(e) => c.fail("fleet reservations", e),
+    }
 }
 
 pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
@@ -144,6 +218,7 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
         Err(e) => c.fail("run lock", format_args!("{}: {e}", lock.display())),
     }
     spending(&mut c, settings);
+    fleet(&mut c, settings);
     if c.failed > 0 {
         return Err(fail(Code::Other, format!("{} check(s) failed", c.failed)));
     }

@@ -80,9 +80,17 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
             "; kept {kept} entries of other projects and of requeued jobs"
         ));
     }
-    drop(books);
     drop(locks);
     println!("{line}");
+    // With a fleet: the rebuilt journal is pushed (entries already there
+    // count nothing twice).
+    if let Some(cfg) = &settings.fleet {
+        books.set_journal(true);
+        let mut fleet =
+            crate::books::fleet::Fleet::connect(cfg, settings.lock_timeout, settings.max_age)?;
+        let n = crate::books::sync::push(&mut books, &mut fleet, &settings.policy)?;
+        println!("pushed {n} new entries to {}", fleet.shown());
+    }
     Ok(Code::Ok)
 }
 

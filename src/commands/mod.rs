@@ -3,6 +3,7 @@
 mod cancel;
 mod decide;
 mod doctor;
+mod fleet;
 mod get;
 mod init;
 mod ledger;
@@ -44,6 +45,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Code> {
         Command::Doctor(a) => doctor::run(a, &settings),
         Command::Report(a) => report::run(a, &settings, ui),
         Command::Ledger(crate::cli::LedgerCommand::Rebuild(a)) => ledger::rebuild(a, &settings, ui),
+        Command::Fleet(c) => fleet::run(c, &settings),
     }
 }
 

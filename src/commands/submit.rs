@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 
+use crate::books::fleet::Fleet;
 use crate::books::{Books, Reservation};
 use crate::cli::SubmitArgs;
 use crate::config::Settings;
@@ -232,13 +233,16 @@ fn admit(settings: &Settings, queue: &Queue, m: &Marker, ui: Ui) -> anyhow::Resu
         started_at: m.started_at.clone(),
     };
     let now = std::time::SystemTime::now();
-    let decided = Books::open(&settings.state_dir, settings.lock_timeout).and_then(|mut b| {
-        let d = b.admit(&settings.policy, &job, p, None, now)?;
-        let probe = d == Decision::Admit
-            && !settings.policy.caps().is_empty()
-            && b.counts()?.get(p.as_str()).copied() == Some(1);
-        anyhow::Ok((d, probe))
-    });
+    let decided = match &settings.fleet {
+        None => Books::open(&settings.state_dir, settings.lock_timeout).and_then(|mut b| {
+            let d = b.admit(&settings.policy, &job, p, None, now)?;
+            let probe = d == Decision::Admit
+                && !settings.policy.caps().is_empty()
+                && b.counts()?.get(p.as_str()).copied() == Some(1);
+            anyhow::Ok((d, probe))
+        }),
+        Some(cfg) => fleet_admit(settings, cfg, &job, p, now, ui),
+    };
     let (decision, probe) = match decided {
         Ok(d) => d,
         Err(e) => {
@@ -247,7 +251,12 @@ fn admit(settings: &Settings, queue: &Queue, m: &Marker, ui: Ui) -> anyhow::Resu
             }
             // The cause, said even with -q: it is why nothing goes.
             ui.error(format_args!("{e:#}; nothing delegated"));
-            (Decision::BooksUnavailable { provider: p }, false)
+            let d = if settings.fleet.is_some() {
+                Decision::FleetUnreachable { provider: p }
+            } else {
+                Decision::BooksUnavailable { provider: p }
+            };
+            (d, false)
         }
     };
     if let Some(line) = decision.stderr_line() {
@@ -268,14 +277,46 @@ fn admit(settings: &Settings, queue: &Queue, m: &Marker, ui: Ui) -> anyhow::Resu
     })
 }
 
+/// Admission by the fleet's database (fleet.md), then this host's own copy
+/// of the reservation (a failure there only warns: the next reap
+/// reconciles).
+fn fleet_admit(
+    settings: &Settings,
+    cfg: &crate::books::fleet::FleetConfig,
+    job: &Reservation,
+    p: Provider,
+    now: std::time::SystemTime,
+    ui: Ui,
+) -> anyhow::Result<(Decision, bool)> {
+    let mut f = Fleet::connect(cfg, settings.lock_timeout, settings.max_age)?;
+    let d = f.admit(&settings.policy, job, p, None, now)?;
+    if d != Decision::Admit {
+        return Ok((d, false));
+    }
+    let probe =
+        !settings.policy.caps().is_empty() && f.counts(now)?.get(p.as_str()).copied() == Some(1);
+    let local =
+        Books::open(&settings.state_dir, settings.lock_timeout).and_then(|mut b| b.reserve(job));
+    if let Err(e) = local {
+        ui.warn(format_args!("{e:#}; the next reap reconciles"));
+    }
+    Ok((d, probe))
+}
+
 /// Takes back the reservation of a job that surely was not created. A
 /// failure is a warning: the next reap reconciles.
 fn release(settings: &Settings, reserved: Option<Reserved>, key: &str, ui: Ui) {
     if reserved.is_none() {
         return;
     }
-    let r =
+    let mut r =
         Books::open(&settings.state_dir, settings.lock_timeout).and_then(|mut b| b.release(key));
+    if let Some(cfg) = &settings.fleet {
+        r = r.and(
+            Fleet::connect(cfg, settings.lock_timeout, settings.max_age)
+                .and_then(|mut f| f.release(key)),
+        );
+    }
     if let Err(e) = r {
         ui.warn(format_args!(
             "{e:#}; the job counts as in flight until the next reap"
@@ -285,8 +326,12 @@ fn release(settings: &Settings, reserved: Option<Reserved>, key: &str, ui: Ui) {
 
 /// Names the job of a reservation, for the price rule's message.
 fn note_job(settings: &Settings, key: &str, job_id: &str, ui: Ui) {
-    let r = Books::open(&settings.state_dir, settings.lock_timeout)
-        .and_then(|mut b| b.set_job(key, job_id));
+    let r = match &settings.fleet {
+        None => Books::open(&settings.state_dir, settings.lock_timeout)
+            .and_then(|mut b| b.set_job(key, job_id)),
+        Some(cfg) => Fleet::connect(cfg, settings.lock_timeout, settings.max_age)
+            .and_then(|mut f| f.set_job(key, job_id)),
+    };
     if let Err(e) = r {
         ui.info(format_args!("cannot note job {job_id} in the books: {e:#}"));
     }

@@ -109,6 +109,11 @@ pub enum Decision {
     BooksUnavailable {
         provider: Provider,
     },
+    /// The fleet's database cannot be reached: nothing may be spent
+    /// without its admission (exit 75).
+    FleetUnreachable {
+        provider: Provider,
+    },
 }
 
 impl Decision {
@@ -126,6 +131,9 @@ impl Decision {
             )),
             Decision::BooksUnavailable { provider } => {
                 Some(format!("deferred {provider}: books unavailable"))
+            }
+            Decision::FleetUnreachable { provider } => {
+                Some(format!("deferred {provider}: fleet database unreachable"))
             }
         }
     }

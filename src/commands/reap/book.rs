@@ -161,7 +161,7 @@ impl Ctx<'_> {
         let books_there = self.books.lock().map(|g| g.is_some()).unwrap_or(false)
             || std::fs::symlink_metadata(crate::books::path(&self.settings.state_dir)).is_ok();
         // No markers and no books: nothing to reconcile (an idle reap stays
-        // a few stats).
+        // a few stats, and never connects to a fleet's database).
         if !any_markers && !books_there {
             return;
         }
@@ -172,6 +172,7 @@ impl Ctx<'_> {
                 return;
             }
         };
+        let reserved = self.push_to_fleet(any_markers, reserved);
         let mut todo: Vec<PathBuf> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (dir, had) in projects {
@@ -230,7 +231,49 @@ impl Ctx<'_> {
         if let Err(e) = self.with_books(|b| b.reconcile(&key, &markers)) {
             self.books_failed(&e);
         }
+        if self.settings.fleet.is_some()
+            && !self.fleet_said.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(Err(e)) = self.with_fleet(|f| f.reconcile(&key, &markers))
+        {
+            self.fleet_failed(&e);
+        }
         drop(lock);
+    }
+
+    /// With a fleet: pushes what the database lacks, when this run has
+    /// anything to tell it (markers seen, entries or released keys not
+    /// pushed, reservations of this host); an idle run never connects.
+    /// Answers the projects to reconcile: `reserved` and, from the
+    /// database, those this host holds reservations of there.
+    fn push_to_fleet(&self, any_markers: bool, mut reserved: Vec<String>) -> Vec<String> {
+        if self.settings.fleet.is_none() {
+            return reserved;
+        }
+        let needed = any_markers
+            || self.fleet.lock().map(|g| g.is_some()).unwrap_or(false)
+            || self
+                .with_books(|b| Ok(b.has_unpushed()? || b.has_reservations()?))
+                .unwrap_or(true);
+        if !needed {
+            return reserved;
+        }
+        let policy = &self.settings.policy;
+        let pushed = self.with_fleet(|f| {
+            self.with_books(|b| crate::books::sync::push(b, f, policy))?;
+            f.reserved_projects()
+        });
+        match pushed {
+            Some(Ok(theirs)) => {
+                for p in theirs {
+                    if !reserved.contains(&p) {
+                        reserved.push(p);
+                    }
+                }
+            }
+            Some(Err(e)) => self.fleet_failed(&e),
+            None => {}
+        }
+        reserved
     }
 }
 

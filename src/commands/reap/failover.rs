@@ -238,15 +238,31 @@ impl Ctx<'_> {
             job_id: None,
             started_at: m.started_at.clone(),
         };
-        let decided = self.with_books(|b| {
-            b.admit(
-                policy,
-                &job,
-                next,
-                Some((m.idempotency_key.as_str(), None)),
-                std::time::SystemTime::now(),
-            )
-        });
+        let now = std::time::SystemTime::now();
+        let leaving = m.idempotency_key.as_str();
+        let decided = match self.with_fleet(|f| f.admit(policy, &job, next, Some(leaving), now)) {
+            None => self.with_books(|b| b.admit(policy, &job, next, Some((leaving, None)), now)),
+            Some(Ok(d)) => {
+                // This host's own copy follows the fleet's decision.
+                if !matches!(d, Decision::Budget { .. }) {
+                    let mirrored = self.with_books(|b| {
+                        b.release(leaving)?;
+                        if d == Decision::Admit {
+                            b.reserve(&job)?;
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = mirrored {
+                        self.books_failed(&e);
+                    }
+                }
+                Ok(d)
+            }
+            Some(Err(e)) => {
+                self.fleet_failed(&e);
+                Err(e)
+            }
+        };
         match decided {
             Ok(Decision::Admit) => (
                 poll::Admission::Admit,
@@ -275,7 +291,9 @@ impl Ctx<'_> {
             // Admission cannot be asked: the step waits for a later reap,
             // as for a limit, and the run says why.
             Err(e) => {
-                self.books_failed(&e);
+                if self.settings.fleet.is_none() {
+                    self.books_failed(&e);
+                }
                 (
                     poll::Admission::Defer,
                     None,

@@ -77,6 +77,8 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         workers: AtomicUsize::new(0),
         books: Mutex::new(None),
         books_said: AtomicBool::new(false),
+        fleet: Mutex::new(None),
+        fleet_said: AtomicBool::new(false),
     };
     let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1) as usize;
 
@@ -224,6 +226,22 @@ fn budget_now(ctx: &Ctx) -> Vec<crate::policy::admit::CapState> {
         return Vec::new();
     }
     let now = std::time::SystemTime::now();
+    if ctx.settings.fleet.is_some() {
+        // The fleet's caps, when this run connected anyway: an idle run
+        // never connects, and then writes no budget gauges.
+        let connected = ctx.fleet.lock().map(|g| g.is_some()).unwrap_or(false);
+        if !connected {
+            return Vec::new();
+        }
+        return match ctx.with_fleet(|f| f.budget(&ctx.settings.policy, now)) {
+            Some(Ok(caps)) => caps,
+            Some(Err(e)) => {
+                ctx.fleet_failed(&e);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+    }
     match ctx.with_books(|b| b.budget(&ctx.settings.policy, now)) {
         Ok(caps) => caps,
         Err(e) => {
@@ -294,6 +312,11 @@ struct Ctx<'a> {
     books: Mutex<Option<crate::books::Books>>,
     /// Books that could not be used were said (once a run).
     books_said: AtomicBool,
+    /// The fleet's database (config `fleet`), connected on first need.
+    fleet: Mutex<Option<crate::books::fleet::Fleet>>,
+    /// The fleet's database could not be used (said once; the run exits
+    /// 75 unless something worse happened).
+    fleet_said: AtomicBool,
 }
 
 /// How a failed poll is said on stderr.
@@ -340,12 +363,59 @@ impl Ctx<'_> {
     ) -> anyhow::Result<T> {
         let mut g = self.books.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
-            *g = Some(crate::books::Books::open(
-                &self.settings.state_dir,
-                self.settings.lock_timeout,
-            )?);
+            let mut b =
+                crate::books::Books::open(&self.settings.state_dir, self.settings.lock_timeout)?;
+            b.set_journal(self.settings.fleet.is_some());
+            *g = Some(b);
         }
         f(g.as_mut().expect("just opened"))
+    }
+
+    /// Runs `f` on the fleet's database, connecting on first use; `None`
+    /// without a fleet. A connection that failed is not tried again this
+    /// run.
+    fn with_fleet<T>(
+        &self,
+        f: impl FnOnce(&mut crate::books::fleet::Fleet) -> anyhow::Result<T>,
+    ) -> Option<anyhow::Result<T>> {
+        let cfg = self.settings.fleet.as_ref()?;
+        if self.fleet_said.load(Ordering::Relaxed) {
+            return Some(Err(anyhow::anyhow!("the fleet database is unreachable")));
+        }
+        let mut g = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            match crate::books::fleet::Fleet::connect(
+                cfg,
+                self.settings.lock_timeout,
+                self.settings.max_age,
+            ) {
+                Ok(c) => *g = Some(c),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let r = f(g.as_mut().expect("just connected"));
+        if r.is_err() {
+            // A broken connection is dropped: the next use connects again.
+            *g = None;
+        }
+        Some(r)
+    }
+
+    /// The fleet's database could not be used: one line for the run, the
+    /// database named without its password; the run exits 75 and its
+    /// metrics say it failed. Tasks still move.
+    fn fleet_failed(&self, e: &anyhow::Error) {
+        if crate::error::code_of(e) == Code::Config {
+            self.local_error(format_args!("{e:#}"));
+            self.fleet_said.store(true, Ordering::Relaxed);
+            return;
+        }
+        if !self.fleet_said.swap(true, Ordering::Relaxed) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            self.error(format_args!(
+                "{e:#}; the tasks still move, and the next run pushes what this one could not"
+            ));
+        }
     }
 
     /// Books that could not be used: one error line for the run (it exits
