@@ -207,3 +207,246 @@ fn reaps_push_and_report_sums_the_fleet_by_host() {
         "0"
     );
 }
+
+/// fleet.md "When the database is away": submits defer with the
+/// contract's line, reaps still move tasks and exit 75 naming the database,
+/// an idle reap exits 0 at once; after a restart every job counts once.
+#[test]
+fn the_database_away_defers_submits_and_never_stops_reaps() {
+    let Some(pg) = pg::Pg::start() else { return };
+    let mock = Mock::start(&["--statuses", "queued,completed"]);
+    let h = host(&pg, "h0", "max_in_flight:\n  all: 10\n");
+    for i in 0..3 {
+        h.p.task(&format!("t{i}.md"), &fm("preferred_ai: gemini\n"));
+        h.p.submit_ok(&mock, &format!("t{i}.md"));
+    }
+    h.p.reap(&mock, &[]).expect(0); // queued: nothing finished yet
+    pg.stop();
+    h.p.task("late.md", &fm("preferred_ai: gemini\n"));
+    let out = h.submit(&mock, "late.md");
+    out.expect(75);
+    assert_eq!(out.stdout, "deferred gemini: fleet database unreachable\n");
+    assert!(out.stderr.contains("127.0.0.1"), "{}", out.stderr);
+    assert!(h.p.marker("late.md").is_none());
+    std::fs::remove_file(h.p.inbox().join("late.md")).unwrap();
+    // The jobs complete; the reap moves them all the same.
+    let metrics = h.p.tmp.path().join("reap.prom");
+    let out =
+        h.p.reap(&mock, &["-q", "--metrics-file", metrics.to_str().unwrap()]);
+    out.expect(75);
+    assert_eq!(h.p.names(&h.p.done()).len(), 3, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("fleet database"), "{}", out.stderr);
+    let m = std::fs::read_to_string(&metrics).unwrap();
+    assert!(m.contains("ccl_delegate_reap_success 0"), "{m}");
+    // Idle (nothing in flight, but the journal not pushed yet): the run
+    // still has something to push, so it says so again.
+    let out = h.p.reap(&mock, &["-q"]);
+    out.expect(75);
+    pg.restart();
+    h.p.reap(&mock, &[]).expect(0);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM ccl_delegate.ledger").trim(),
+        "3"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM ccl_delegate.reservation")
+            .trim(),
+        "0"
+    );
+    // Now truly idle, the database down: exit 0 at once, no connection.
+    pg.stop();
+    let t = std::time::Instant::now();
+    let out = h.p.reap(&mock, &["-q"]);
+    out.expect(0);
+    assert_eq!(out.stderr, "");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // decide and init never connect either.
+    let task = h.p.task("d.md", &fm("preferred_ai: claude\n"));
+    h.p.run(None, &["decide", task.to_str().unwrap()]).expect(0);
+    let fresh = h.p.tmp.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    h.p.run(None, &["init", fresh.to_str().unwrap()]).expect(0);
+    pg.restart();
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM ccl_delegate.ledger").trim(),
+        "3"
+    );
+}
+
+/// The password is a secret: never in output, errors, files or argv,
+/// also when written inside the URL (shown as `***`).
+#[test]
+fn the_password_never_shows() {
+    let Some(pg) = pg::Pg::start() else { return };
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let dir = p.home.join(".config/ccl-delegate");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "fleet:\n  url: {}\n  host: h-secret\nmax_in_flight:\n  all: 5\nmetrics_file: {}\n",
+            pg.url_with_password(),
+            p.tmp.path().join("m.prom").display()
+        ),
+    )
+    .unwrap();
+    let mut seen = String::new();
+    p.task("a.md", &fm("preferred_ai: gemini\n"));
+    p.submit_ok(&mock, "a.md");
+    for args in [
+        vec!["status"],
+        vec!["doctor"],
+        vec!["report"],
+        vec!["fleet", "push"],
+    ] {
+        let mut a = args.clone();
+        let d = p.dir.to_str().unwrap().to_string();
+        if args[0] == "status" {
+            a.extend(["--project", &d]);
+        }
+        let out = p.run(Some(&mock), &a);
+        seen += &out.stdout;
+        seen += &out.stderr;
+    }
+    let out = p.reap(&mock, &[]);
+    seen += &out.stdout;
+    seen += &out.stderr;
+    let doctor = p.run(Some(&mock), &["doctor"]);
+    assert!(
+        doctor
+            .stdout
+            .contains("ok    fleet database: postgres://ccl:***@"),
+        "{}",
+        doctor.stdout
+    );
+    // With the database away, the errors name it, masked.
+    pg.stop();
+    p.task("b.md", &fm("preferred_ai: gemini\n"));
+    let out = p.run(
+        Some(&mock),
+        &["submit", p.inbox().join("b.md").to_str().unwrap()],
+    );
+    out.expect(75);
+    assert!(out.stderr.contains("ccl:***@127.0.0.1"), "{}", out.stderr);
+    seen += &out.stderr;
+    let out = p.run(None, &["report"]);
+    seen += &out.stdout;
+    seen += &out.stderr;
+    assert!(!seen.contains(pg::PASSWORD), "{seen}");
+    for (path, bytes) in tree(p.tmp.path()) {
+        if path.ends_with("config.yaml") {
+            continue;
+        }
+        assert!(
+            !bytes
+                .windows(pg::PASSWORD.len())
+                .any(|w| w == pg::PASSWORD.as_bytes()),
+            "{} holds the password",
+            path.display()
+        );
+    }
+    pg.restart();
+}
+
+/// A database of a newer schema than the binary knows is refused, naming
+/// both versions; a host name taken by another machine is a doctor failure;
+/// hosts with other caps are a warning.
+#[test]
+fn doctor_checks_the_schema_the_host_name_and_the_caps() {
+    let Some(pg) = pg::Pg::start() else { return };
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let a = host(&pg, "alpha", "max_in_flight:\n  all: 5\n");
+    a.p.task("t.md", &fm("preferred_ai: gemini\n"));
+    a.p.submit_ok(&mock, "t.md");
+    a.p.reap(&mock, &[]).expect(0);
+    let b = host(&pg, "beta", "max_in_flight:\n  all: 9\n");
+    let out = b.p.run(Some(&mock), &["doctor"]);
+    assert!(
+        out.stdout.contains("ok    fleet database:"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("warn  fleet caps: host alpha has other caps (max_in_flight all 5)"),
+        "{}",
+        out.stdout
+    );
+    pg.psql("UPDATE ccl_delegate.hosts SET machine_id = 'another-machine' WHERE host = 'alpha'");
+    let out = a.p.run(Some(&mock), &["doctor"]);
+    assert!(
+        out.stdout
+            .contains("FAIL  fleet host: the name alpha is taken by another machine"),
+        "{}",
+        out.stdout
+    );
+    assert_ne!(out.code, 0);
+    pg.psql("UPDATE ccl_delegate.meta SET value = '9' WHERE key = 'schema_version'");
+    a.p.task("u.md", &fm("preferred_ai: gemini\n"));
+    let out = a.submit(&mock, "u.md");
+    out.expect(78);
+    assert!(
+        out.stderr.contains("schema version 9") && out.stderr.contains("version 1"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// SIGKILL of reaps at random instants while they book and push: after a
+/// clean run every job is once in the fleet's ledger, and none reserved.
+#[test]
+#[ignore = "kill test: run with --include-ignored (CCL_KILL_ROUNDS rounds)"]
+fn reaps_killed_while_pushing_count_every_job_once() {
+    let Some(pg) = pg::Pg::start() else { return };
+    let rounds: usize = std::env::var("CCL_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let mut rng = Rng::from_env("CCL_KILL_SEED");
+    let mock = Mock::start(&["--statuses", "completed", "--fail-rate", "0.2"]);
+    let h = host(&pg, "h0", "max_in_flight:\n  all: 1000\n");
+    let dir = h.p.dir.to_str().unwrap().to_string();
+    let mut jobs = 0;
+    for round in 0..rounds {
+        for i in 0..10 {
+            let name = format!("r{round}-{i}.md");
+            h.p.task(&name, &fm("preferred_ai: gemini\n"));
+            h.p.submit_ok(&mock, &name);
+            jobs += 1;
+        }
+        let mut c =
+            h.p.cmd(Some(&mock))
+                .args(["reap", "--project", &dir, "-q"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+        let delay = Duration::from_micros(rng.below(80_000));
+        std::thread::sleep(delay);
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGKILL) };
+        let _ = c.wait();
+    }
+    h.p.reap_until_settled(&mock, &[], 5);
+    h.p.run(None, &["fleet", "push"]).expect(0);
+    let n: u64 = pg
+        .psql("SELECT count(*) FROM ccl_delegate.ledger")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, jobs, "every job once in the fleet's ledger");
+    let distinct: u64 = pg
+        .psql("SELECT count(DISTINCT job_id) FROM ccl_delegate.ledger")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(distinct, jobs);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM ccl_delegate.reservation")
+            .trim(),
+        "0"
+    );
+    assert_eq!(mock.jobs_created(), jobs);
+    println!("{rounds} reaps killed, {jobs} jobs counted once");
+}
