@@ -25,6 +25,9 @@ _ccl__delegate() {
             ccl__delegate,doctor)
                 cmd="ccl__delegate__subcmd__doctor"
                 ;;
+            ccl__delegate,fleet)
+                cmd="ccl__delegate__subcmd__fleet"
+                ;;
             ccl__delegate,get)
                 cmd="ccl__delegate__subcmd__get"
                 ;;
@@ -55,6 +58,18 @@ _ccl__delegate() {
             ccl__delegate,submit)
                 cmd="ccl__delegate__subcmd__submit"
                 ;;
+            ccl__delegate__subcmd__fleet,help)
+                cmd="ccl__delegate__subcmd__fleet__subcmd__help"
+                ;;
+            ccl__delegate__subcmd__fleet,push)
+                cmd="ccl__delegate__subcmd__fleet__subcmd__push"
+                ;;
+            ccl__delegate__subcmd__fleet__subcmd__help,help)
+                cmd="ccl__delegate__subcmd__fleet__subcmd__help__subcmd__help"
+                ;;
+            ccl__delegate__subcmd__fleet__subcmd__help,push)
+                cmd="ccl__delegate__subcmd__fleet__subcmd__help__subcmd__push"
+                ;;
             ccl__delegate__subcmd__help,cancel)
                 cmd="ccl__delegate__subcmd__help__subcmd__cancel"
                 ;;
@@ -63,6 +78,9 @@ _ccl__delegate() {
                 ;;
             ccl__delegate__subcmd__help,doctor)
                 cmd="ccl__delegate__subcmd__help__subcmd__doctor"
+                ;;
+            ccl__delegate__subcmd__help,fleet)
+                cmd="ccl__delegate__subcmd__help__subcmd__fleet"
                 ;;
             ccl__delegate__subcmd__help,get)
                 cmd="ccl__delegate__subcmd__help__subcmd__get"
@@ -94,6 +112,9 @@ _ccl__delegate() {
             ccl__delegate__subcmd__help,submit)
                 cmd="ccl__delegate__subcmd__help__subcmd__submit"
                 ;;
+            ccl__delegate__subcmd__help__subcmd__fleet,push)
+                cmd="ccl__delegate__subcmd__help__subcmd__fleet__subcmd__push"
+                ;;
             ccl__delegate__subcmd__help__subcmd__ledger,rebuild)
                 cmd="ccl__delegate__subcmd__help__subcmd__ledger__subcmd__rebuild"
                 ;;
@@ -116,7 +137,7 @@ _ccl__delegate() {
 
     case "${cmd}" in
         ccl__delegate)
-            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version init decide submit reap get result status cancel requeue doctor report ledger help"
+            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version init decide submit reap get result status cancel requeue doctor report ledger fleet help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -243,6 +264,108 @@ _ccl__delegate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        ccl__delegate__subcmd__fleet)
+            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version push help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --http-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__fleet__subcmd__help)
+            opts="push help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__fleet__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__fleet__subcmd__help__subcmd__push)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__fleet__subcmd__push)
+            opts="-v -q -h -V --config --api-url --http-timeout --retries --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --http-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         ccl__delegate__subcmd__get)
             opts="-v -q -h -V --json --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -274,7 +397,7 @@ _ccl__delegate() {
             return 0
             ;;
         ccl__delegate__subcmd__help)
-            opts="init decide submit reap get result status cancel requeue doctor report ledger help"
+            opts="init decide submit reap get result status cancel requeue doctor report ledger fleet help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -318,6 +441,34 @@ _ccl__delegate() {
         ccl__delegate__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__help__subcmd__fleet)
+            opts="push"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ccl__delegate__subcmd__help__subcmd__fleet__subcmd__push)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -693,7 +844,7 @@ _ccl__delegate() {
                     return 0
                     ;;
                 --by)
-                    COMPREPLY=($(compgen -W "provider project model day" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "provider project model day host" -- "${cur}"))
                     return 0
                     ;;
                 --config)

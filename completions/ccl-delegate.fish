@@ -44,6 +44,7 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "requeue" 
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "doctor" -d 'Check the configuration, the key, the service and the queues'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "report" -d 'Jobs, failures, cost and turnaround from the ledger, and the budgets'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "ledger" -d 'Maintain the host\'s ledger of finished jobs'
+complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "fleet" -d 'Share this host\'s books with the fleet\'s database (config `fleet`)'
 complete -c ccl-delegate -n "__fish_ccl_delegate_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand init" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
@@ -148,10 +149,11 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand doctor" -s V -
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l project -d 'Only jobs of this project (repeatable) [default: all in the ledger]' -r -F
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l since -d 'From: a duration back from now (7d, 12h), a UTC date or an RFC 3339 time [default: 30d]' -r
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l until -d 'Until (a date means the end of that day) [default: now]' -r
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l by -d 'What a row is: one provider, project, model or UTC day' -r -f -a "provider\t''
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l by -d 'What a row is: one provider, project, model, UTC day, or fleet host' -r -f -a "provider\t''
 project\t''
 model\t''
-day\t''"
+day\t''
+host\t''"
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand report" -l http-timeout -d 'Timeout of one HTTP request, e.g. 30s (beats http_timeout)' -r
@@ -183,17 +185,39 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from rebuild" -s V -l version -d 'Print version'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from help" -f -a "rebuild" -d 'Rebuild the ledger from the done/ and failed/ records'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand ledger; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "init" -d 'Create a project\'s queue: DIR/.agent-queue/{inbox,done,failed}'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "decide" -d 'Print where a task would run (pure: no network, no writes)'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "submit" -d 'Hand an inbox task to secutools and mark it delegated'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "reap" -d 'Bring finished jobs back into done/ and failed/ (run from cron)'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "get" -d 'Show a job\'s status'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "result" -d 'Print a completed job\'s response'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "status" -d 'Show delegated tasks in flight and totals of done and failed tasks'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "cancel" -d 'Ask the service to cancel a job'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "requeue" -d 'Put a failed task back into the inbox'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "doctor" -d 'Check the configuration, the key, the service and the queues'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "report" -d 'Jobs, failures, cost and turnaround from the ledger, and the budgets'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "ledger" -d 'Maintain the host\'s ledger of finished jobs'
-complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -l http-timeout -d 'Timeout of one HTTP request, e.g. 30s (beats http_timeout)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -l retries -d 'Extra attempts after a transient HTTP failure (beats retries)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -s v -l verbose -d 'Say more on stderr (repeat for more)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -s q -l quiet -d 'Say only errors on stderr'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -s h -l help -d 'Print help'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -s V -l version -d 'Print version'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -f -a "push" -d 'Push this host\'s journal to the fleet\'s database now (what reap does at its end)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and not __fish_seen_subcommand_from push help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from push" -l config -d 'Config file [default: $XDG_CONFIG_HOME/ccl-delegate/config.yaml]' -r -F
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from push" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from push" -l http-timeout -d 'Timeout of one HTTP request, e.g. 30s (beats http_timeout)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from push" -l retries -d 'Extra attempts after a transient HTTP failure (beats retries)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from push" -s v -l verbose -d 'Say more on stderr (repeat for more)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from push" -s q -l quiet -d 'Say only errors on stderr'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from push" -s h -l help -d 'Print help'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from push" -s V -l version -d 'Print version'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from help" -f -a "push" -d 'Push this host\'s journal to the fleet\'s database now (what reap does at its end)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand fleet; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "init" -d 'Create a project\'s queue: DIR/.agent-queue/{inbox,done,failed}'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "decide" -d 'Print where a task would run (pure: no network, no writes)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "submit" -d 'Hand an inbox task to secutools and mark it delegated'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "reap" -d 'Bring finished jobs back into done/ and failed/ (run from cron)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "get" -d 'Show a job\'s status'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "result" -d 'Print a completed job\'s response'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "status" -d 'Show delegated tasks in flight and totals of done and failed tasks'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "cancel" -d 'Ask the service to cancel a job'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "requeue" -d 'Put a failed task back into the inbox'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "doctor" -d 'Check the configuration, the key, the service and the queues'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "report" -d 'Jobs, failures, cost and turnaround from the ledger, and the budgets'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "ledger" -d 'Maintain the host\'s ledger of finished jobs'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "fleet" -d 'Share this host\'s books with the fleet\'s database (config `fleet`)'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and not __fish_seen_subcommand_from init decide submit reap get result status cancel requeue doctor report ledger fleet help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and __fish_seen_subcommand_from ledger" -f -a "rebuild" -d 'Rebuild the ledger from the done/ and failed/ records'
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand help; and __fish_seen_subcommand_from fleet" -f -a "push" -d 'Push this host\'s journal to the fleet\'s database now (what reap does at its end)'

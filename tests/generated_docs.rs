@@ -63,8 +63,9 @@ const CODES: &[(&str, &[u8])] = &[
     ("cancel", &[0, 1, 64, 65, 66, 69, 75, 77, 78]),
     ("requeue", &[0, 1, 64, 65, 66, 78]),
     ("doctor", &[0, 1, 64, 78]),
-    ("report", &[0, 1, 64, 78]),
+    ("report", &[0, 1, 64, 75, 78]),
     ("ledger", &[0, 1, 64, 66, 75, 78]),
+    ("fleet", &[0, 1, 75, 78]),
 ];
 
 /// Commands that read no configuration, so need no URL or key.
