@@ -450,3 +450,54 @@ fn reaps_killed_while_pushing_count_every_job_once() {
     assert_eq!(mock.jobs_created(), jobs);
     println!("{rounds} reaps killed, {jobs} jobs counted once");
 }
+
+/// sslmode as libpq means it, over rustls: `require` encrypts without
+/// checking, `verify-ca` checks the chain, `verify-full` the name too.
+#[test]
+fn sslmodes_mean_what_they_mean_for_libpq() {
+    let Some(pg) = pg::Pg::start_tls() else {
+        return;
+    };
+    let connect = |query: &str| {
+        let cfg = FleetConfig {
+            url: format!(
+                "postgres://{}:{}@127.0.0.1:{}/postgres?{query}",
+                pg::USER,
+                pg::PASSWORD,
+                pg.port
+            ),
+            password_file: None,
+            host: "h".into(),
+        };
+        Fleet::connect(&cfg, Duration::from_secs(10), Duration::from_secs(86_400))
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    };
+    let ca = pg.ca().display().to_string();
+    let rows: Vec<(String, bool)> = vec![
+        ("sslmode=disable".into(), true),
+        ("sslmode=prefer".into(), true),
+        ("sslmode=require".into(), true),
+        (format!("sslmode=verify-ca&sslrootcert={ca}"), true),
+        // The certificate names db.example, not 127.0.0.1.
+        (format!("sslmode=verify-full&sslrootcert={ca}"), false),
+        // Not signed by a web PKI root.
+        ("sslmode=verify-ca".into(), false),
+        // With a root given, require checks the chain as verify-ca does.
+        (
+            format!(
+                "sslmode=require&sslrootcert={}",
+                pg.dir.path().join("server.pem").display()
+            ),
+            false,
+        ),
+    ];
+    for (q, ok) in rows {
+        let r = connect(&q);
+        assert_eq!(r.is_ok(), ok, "{q}: {r:?}");
+        if let Err(e) = r {
+            assert!(!e.contains(pg::PASSWORD), "{e}");
+            assert!(e.contains("***"), "{e}");
+        }
+    }
+}

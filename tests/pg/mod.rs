@@ -19,6 +19,7 @@ pub struct Pg {
     pub port: u16,
     bin: PathBuf,
     as_postgres: bool,
+    tls: std::sync::atomic::AtomicBool,
 }
 
 fn bin_dir() -> Option<PathBuf> {
@@ -44,6 +45,21 @@ impl Pg {
     /// Starts a server, or `None` (said on one line) when PostgreSQL is
     /// not installed outside CI.
     pub fn start() -> Option<Pg> {
+        Pg::start_with(false)
+    }
+
+    /// A server with TLS on: a CA of its own (`ca.pem` in its directory)
+    /// signed a certificate for the name `db.example` only, so a client
+    /// reaching it as 127.0.0.1 can check the chain but not the name.
+    pub fn start_tls() -> Option<Pg> {
+        Pg::start_with(true)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Option<Pg> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -71,6 +87,7 @@ impl Pg {
             port: free_port(),
             bin,
             as_postgres,
+            tls: std::sync::atomic::AtomicBool::new(false),
         };
         let out = pg
             .cmd("initdb")
@@ -85,8 +102,90 @@ impl Pg {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            pg.make_certs();
+        }
         pg.ctl_start();
         Some(pg)
+    }
+
+    fn make_certs(&self) {
+        let d = self.dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl (Debian package openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=db.example",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:db.example\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "server.pem",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        if self.as_postgres {
+            for f in ["server.key", "server.pem", "ca.pem"] {
+                chown_postgres(&d.join(f));
+            }
+        }
+        self.tls.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn cmd(&self, tool: &str) -> Command {
@@ -111,11 +210,17 @@ impl Pg {
     }
 
     fn ctl_start(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
             self.port,
             self.socket_dir().display()
         );
+        if self.tls.load(std::sync::atomic::Ordering::Relaxed) {
+            let d = self.dir.path().display();
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={d}/server.pem -c ssl_key_file={d}/server.key"
+            ));
+        }
         let out = self
             .cmd("pg_ctl")
             .arg("-D")
