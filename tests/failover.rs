@@ -32,24 +32,6 @@ fn write_config(p: &Project, yaml: &str) {
     std::fs::write(dir.join("config.yaml"), yaml).unwrap();
 }
 
-/// The project's state directory (made) and its key in the in-flight
-/// index, for tests that write the index by hand.
-fn index_of(p: &Project) -> (std::path::PathBuf, String) {
-    let state = p.home.join(".local/state/ccl-delegate");
-    std::fs::create_dir_all(&state).unwrap();
-    let key = serde_json::to_string(&p.dir.display().to_string()).unwrap();
-    (state, key)
-}
-
-fn ledger(p: &Project) -> Vec<serde_json::Value> {
-    let path = p.home.join(".local/state/ccl-delegate/ledger.jsonl");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn task_path(p: &Project, name: &str) -> String {
     p.inbox().join(name).display().to_string()
 }
@@ -142,7 +124,8 @@ fn a_task_fails_over_twice_and_lands_in_done_with_its_attempts() {
     );
     // One job per provider, each once; the ended ones in the ledger.
     assert_eq!(mock.jobs_created(), 3);
-    let ids: Vec<_> = ledger(&p)
+    let ids: Vec<_> = p
+        .ledger()
         .iter()
         .map(|e| {
             (
@@ -174,7 +157,8 @@ fn a_task_fails_over_twice_and_lands_in_done_with_its_attempts() {
         "{}",
         out.stdout
     );
-    let mut rebuilt: Vec<_> = ledger(&p)
+    let mut rebuilt: Vec<_> = p
+        .ledger()
         .iter()
         .map(|e| {
             (
@@ -250,7 +234,7 @@ fn a_budget_ends_the_chain() {
     let p = Project::new();
     write_config(&p, "budget:\n  providers:\n    claude: {daily_cad: 1.00}\n");
     // claude spent 1.00 today: its next job (estimated 1.00) would pass.
-    let state = p.home.join(".local/state/ccl-delegate");
+    let state = p.state_dir();
     std::fs::create_dir_all(&state).unwrap();
     let now = rfc3339_ago(60);
     std::fs::write(
@@ -266,10 +250,12 @@ fn a_budget_ends_the_chain() {
     let job = p.submit_ok(&mock, "b.md");
     let out = p.reap(&mock, &[]);
     out.expect(0);
+    // The line names the last job that ran (README "Failover"; policy.md: a
+    // failover step that a budget refuses ends the chain).
     assert_eq!(
         out.stdout,
         format!(
-            "failed {} (job {job}: budget)\n",
+            "failed {} (job {job} on gemini ended; its failover was refused by a budget)\n",
             p.failed().join("b.md").display()
         )
     );
@@ -283,18 +269,28 @@ fn a_budget_ends_the_chain() {
     assert_eq!(mock.jobs_created(), 1, "no job for claude");
 }
 
+/// The tasks of the jobs in flight the books hold, sorted.
+fn in_flight_tasks(p: &Project) -> Vec<String> {
+    let mut v: Vec<String> = p.reservations().into_iter().map(|r| r.task).collect();
+    v.sort();
+    v
+}
+
+/// Another project with a claude job in flight: submitted for real, so
+/// its marker holds the job until a reap of that project ends it.
+fn claude_in_flight_elsewhere(p: &Project, mock: &Mock) -> Project {
+    let other = p.sibling("other");
+    other.task("o.md", b"---\npreferred_ai: claude\n---\nx\n");
+    other.submit_ok(mock, "o.md");
+    other
+}
+
 #[test]
 fn a_limit_defers_the_step_and_a_later_reap_sends_it() {
     let mock = mock_failing();
     let p = Project::new();
     write_config(&p, "max_in_flight:\n  claude: 1\n");
-    let (state, key) = index_of(&p);
-    // Another claude job in flight in this project.
-    std::fs::write(
-        state.join("inflight.tsv"),
-        format!("1\t\"claude\"\t{key}\n"),
-    )
-    .unwrap();
+    let other = claude_in_flight_elsewhere(&p, &mock);
     p.task("l.md", CHAINED);
     let first = p.submit_ok(&mock, "l.md");
 
@@ -311,25 +307,20 @@ fn a_limit_defers_the_step_and_a_later_reap_sends_it() {
             &serde_json::Value::Null
         )
     );
-    assert_eq!(mock.jobs_created(), 1);
-    // Still over the limit: nothing is sent. (The other job is no marker
-    // here, so each reap's recount drops it: it is written again, beside
-    // this task's own deferred marker.)
-    std::fs::write(
-        state.join("inflight.tsv"),
-        format!("2\t\"claude\"\t{key}\n"),
-    )
-    .unwrap();
-    p.reap(&mock, &[]).expect(0);
-    assert_eq!(mock.jobs_created(), 1);
+    assert_eq!(mock.jobs_created(), 2);
+    // The deferred step holds no job: only the other one is in flight.
+    assert_eq!(in_flight_tasks(&p), ["o.md"]);
+    // Still over the limit: nothing is sent, however often reap runs.
+    for _ in 0..2 {
+        p.reap(&mock, &[]).expect(0);
+    }
+    assert_eq!(mock.jobs_created(), 2);
     assert_eq!(p.marker("l.md").unwrap()["deferred"], true);
 
-    // The other claude job finished: only this marker is in flight.
-    std::fs::write(
-        state.join("inflight.tsv"),
-        format!("1\t\"claude\"\t{key}\n"),
-    )
-    .unwrap();
+    // The other claude job ended: the limit is free.
+    other.reap(&mock, &[]).expect(0);
+    assert_eq!(other.names(&other.failed()), ["o.md"]);
+    assert_eq!(in_flight_tasks(&p), Vec::<String>::new());
     let out = p.reap(&mock, &[]);
     out.expect(0);
     let m = p.marker("l.md").unwrap();
@@ -342,7 +333,8 @@ fn a_limit_defers_the_step_and_a_later_reap_sends_it() {
         )
     );
     assert!(m.get("deferred").is_none());
-    assert_eq!(mock.jobs_created(), 2);
+    assert_eq!(mock.jobs_created(), 3);
+    assert_eq!(in_flight_tasks(&p), ["l.md"]);
 }
 
 #[test]
@@ -620,7 +612,7 @@ fn reaps_killed_mid_failover_never_double_a_job() {
             let per_step = jobs_per_step(mock);
             assert_eq!(per_step.len(), TASKS * 3, "{context}: three jobs per task");
             let mut counted: BTreeMap<String, usize> = BTreeMap::new();
-            for e in ledger(p) {
+            for e in p.ledger() {
                 *counted
                     .entry(e["job_id"].as_str().unwrap_or_default().to_string())
                     .or_default() += 1;
@@ -709,13 +701,15 @@ fn an_attempt_missing_from_the_ledger_is_counted_once() {
     p.write_marker("k.md", &m.to_string());
     for _ in 0..3 {
         p.reap(&mock, &[]).expect(0);
-        let n = ledger(&p)
+        let n = p
+            .ledger()
             .iter()
             .filter(|e| e["job_id"] == "j-gone-1")
             .count();
         assert_eq!(n, 1);
     }
-    let e = ledger(&p)
+    let e = p
+        .ledger()
         .into_iter()
         .find(|e| e["job_id"] == "j-gone-1")
         .unwrap();
@@ -726,8 +720,8 @@ fn an_attempt_missing_from_the_ledger_is_counted_once() {
 }
 
 /// A step deferred by a limit goes once the job that filled the limit has
-/// ended, with the index kept by real submits and reaps only: the reap's
-/// own count of the deferred step is never added twice by its recount.
+/// ended, with the books kept by real submits and reaps only: the deferred
+/// step holds no job, so reconciling never counts it against itself.
 #[test]
 fn a_deferred_step_goes_once_the_limit_frees_up_with_real_counts() {
     let mock = Mock::start(&[
@@ -774,12 +768,7 @@ fn a_deferred_step_whose_record_is_written_is_never_sent() {
     let mock = mock_failing();
     let p = Project::new();
     write_config(&p, "max_in_flight:\n  claude: 1\n");
-    let (state, key) = index_of(&p);
-    std::fs::write(
-        state.join("inflight.tsv"),
-        format!("1\t\"claude\"\t{key}\n"),
-    )
-    .unwrap();
+    let other = claude_in_flight_elsewhere(&p, &mock);
     p.task("l.md", CHAINED);
     p.submit_ok(&mock, "l.md");
     p.reap(&mock, &[]).expect(0);
@@ -802,8 +791,11 @@ fn a_deferred_step_whose_record_is_written_is_never_sent() {
     assert_eq!(p.names(&p.failed()), ["l.md"]);
     p.task("l.md", CHAINED);
     std::fs::write(p.marker_path("l.md"), &deferred).unwrap();
-    // The limit is free now: admission would let the step go.
-    std::fs::write(state.join("inflight.tsv"), "").unwrap();
+    // The limit is free now (the other job ended): admission would let
+    // the step go.
+    other.reap(&mock, &[]).expect(0);
+    assert_eq!(other.names(&other.failed()), ["o.md"]);
+    assert_eq!(in_flight_tasks(&p), Vec::<String>::new());
     let jobs = mock.jobs_created();
     let out = p.reap(&mock, &[]);
     out.expect(0);
@@ -832,11 +824,16 @@ fn a_refused_step_is_one_returned_line() {
     );
 }
 
-/// A chain's earlier job that cannot be counted now (the admission lock
-/// held by a stranger) keeps the marker for the next run: the chain never
-/// ends with an earlier job counted zero times.
+/// A chain's earlier job that cannot be booked now (the books' write lock
+/// held by a stranger past `lock_timeout`) never holds its task back: the
+/// task moves with a record naming every earlier job, the run exits 1 with
+/// one line naming the books, and the first run that can books each job
+/// once.
+// policy.md "When the books cannot be read or written": `reap` never stops
+// moving tasks; the entries it could not write are written by the first
+// run that can, once (a chain no longer waits for its earlier jobs).
 #[test]
-fn a_chain_waits_until_its_earlier_jobs_are_counted() {
+fn a_chain_whose_earlier_jobs_cannot_be_booked_ends_and_books_them_later() {
     let mock = Mock::start(&["--statuses", "completed"]);
     let p = Project::new();
     write_config(&p, "lock_timeout: 200ms\n");
@@ -849,19 +846,35 @@ fn a_chain_waits_until_its_earlier_jobs_are_counted() {
         {"provider": "gpu", "job_id": "j-early-1", "status": "failed", "error": "x"}
     ]);
     p.write_marker("w.md", &m.to_string());
-    let state = p.home.join(".local/state/ccl-delegate");
-    let held = ShellLock::hold(&state.join("admission.lock"));
+    let held = BooksLock::hold(&p.state_dir());
     let out = p.reap(&mock, &[]);
-    assert!(p.names(&p.done()).is_empty(), "{out:?}");
-    assert!(p.marker("w.md").is_some(), "{out:?}");
+    out.expect(1);
+    assert!(out.stdout.starts_with("done "), "{out:?}");
+    assert_eq!(p.names(&p.done()), ["w.md"], "{out:?}");
+    assert!(p.marker("w.md").is_none(), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&p.books_path().display().to_string())
+            && out.stderr.contains("lock_timeout"),
+        "{}",
+        out.stderr
+    );
+    let r = Record::read(&p.done().join("w.md"));
+    assert_eq!(r.str("job_id"), Some(job.as_str()));
+    assert_eq!(
+        r.get("attempts").unwrap()[0]["job_id"].as_str(),
+        Some("j-early-1")
+    );
     drop(held);
-    p.reap(&mock, &[]).expect(0);
-    assert_eq!(p.names(&p.done()), ["w.md"]);
-    let n = ledger(&p)
-        .iter()
-        .filter(|e| e["job_id"] == "j-early-1")
-        .count();
-    assert_eq!(n, 1);
+    assert_eq!(p.ledger(), Vec::<serde_json::Value>::new());
+    for _ in 0..2 {
+        p.reap(&mock, &[]).expect(0);
+    }
+    for id in ["j-early-1", job.as_str()] {
+        let n = p.ledger().iter().filter(|e| e["job_id"] == id).count();
+        assert_eq!(n, 1, "{id}: {:?}", p.ledger());
+    }
+    assert!(p.names(&p.queue().join(".ccl-delegate.owed")).is_empty());
 }
 
 /// The earlier jobs of a chain are ledger entries of their own, but status
@@ -875,7 +888,7 @@ fn status_after_a_failover_reads_the_ledger_without_a_warning() {
     p.submit_ok(&mock, "s.md");
     p.reap_until_settled(&mock, &[], 6);
     assert_eq!(p.names(&p.done()), ["s.md"]);
-    assert!(ledger(&p).len() >= 3, "one entry per job: {:?}", ledger(&p));
+    assert!(p.ledger().len() >= 3, "one entry per job: {:?}", p.ledger());
     let out = p.run(None, &["status", "--project", p.dir.to_str().unwrap()]);
     out.expect(0);
     assert_eq!(out.stderr, "", "{out:?}");

@@ -8,11 +8,8 @@ use common::{Mock, Out, Project};
 use serde_json::Value;
 
 impl Project {
-    fn state_dir(&self) -> std::path::PathBuf {
-        self.home.join(".local/state/ccl-delegate")
-    }
-
-    fn ledger(&self) -> std::path::PathBuf {
+    /// A ledger of an earlier version, which the first run imports.
+    fn old_ledger(&self) -> std::path::PathBuf {
         self.state_dir().join("ledger.jsonl")
     }
 
@@ -24,7 +21,7 @@ impl Project {
 
     fn write_ledger(&self, lines: &[String]) {
         std::fs::create_dir_all(self.state_dir()).unwrap();
-        std::fs::write(self.ledger(), lines.concat()).unwrap();
+        std::fs::write(self.old_ledger(), lines.concat()).unwrap();
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -34,7 +31,7 @@ impl Project {
     }
 }
 
-/// One ledger line as the tool writes it.
+/// One line of an earlier version's `ledger.jsonl`, as it wrote them.
 #[allow(clippy::too_many_arguments)]
 fn line(
     id: &str,
@@ -257,24 +254,18 @@ fn report_filters_by_window_and_project() {
 fn report_prints_one_line_per_budget_cap() {
     let p = Project::new();
     p.write_ledger(&sample(&p));
-    p.config("budget:\n  daily_cad: 20\n  monthly_cad: 300\n  providers:\n    claude: {daily_cad: 5.00}\n");
-    // two claude markers in flight in a configured project
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(p.home.join(".config/ccl-delegate/config.yaml"))
-        .and_then(|mut f| {
-            use std::io::Write;
-            writeln!(f, "projects: [{}]", p.dir.display())
-        })
-        .unwrap();
-    std::fs::write(
-        p.state_dir().join("inflight.tsv"),
-        format!(
-            "2\t\"claude\"\t{}\n",
-            serde_json::json!(p.dir.display().to_string())
-        ),
-    )
-    .unwrap();
+    // Two claude jobs in flight in a configured project: real markers,
+    // submitted before the budget was configured, counted by a reap.
+    let mock = Mock::start(&["--statuses", "running"]);
+    for t in ["f1.md", "f2.md"] {
+        p.task(t, b"---\npreferred_ai: claude\n---\nStill running.\n");
+        p.submit_ok(&mock, t);
+    }
+    p.reap(&mock, &[]).expect(0);
+    p.config(&format!(
+        "budget:\n  daily_cad: 20\n  monthly_cad: 300\n  providers:\n    claude: {{daily_cad: 5.00}}\nprojects: [{}]\n",
+        p.dir.display()
+    ));
     let out = p.run(None, &["report"]);
     out.expect(0);
     let tail: Vec<&str> = out.stdout.lines().rev().take(3).collect();
@@ -297,8 +288,11 @@ fn report_prints_one_line_per_budget_cap() {
     );
 }
 
+/// An earlier version's ledger is imported once by the first run: its
+/// whole entries count, a torn or corrupt line counts nothing, and the
+/// file is put aside, never read again.
 #[test]
-fn a_torn_or_corrupt_ledger_line_is_skipped_with_a_warning_naming_rebuild() {
+fn an_old_ledger_is_imported_once_without_its_torn_or_corrupt_lines() {
     let p = Project::new();
     let mut lines = sample(&p);
     lines.insert(2, "{not json\n".into());
@@ -308,33 +302,69 @@ fn a_torn_or_corrupt_ledger_line_is_skipped_with_a_warning_naming_rebuild() {
     out.expect(0);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["total"]["jobs"], 5);
-    assert!(out.stderr.contains("torn line"), "{}", out.stderr);
-    assert!(out.stderr.contains("corrupt line"), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("ccl-delegate ledger rebuild"),
-        "{}",
-        out.stderr
-    );
+    assert!(!p.old_ledger().exists());
+    assert!(p.state_dir().join("ledger.jsonl.imported").exists());
+    let ids: Vec<Value> = p.ledger().iter().map(|e| e["job_id"].clone()).collect();
+    assert_eq!(ids, ["j-old", "j-1", "j-2", "j-3", "j-4", "j-5"]);
+    // A ledger.jsonl written again beside the books is not read.
+    p.write_ledger(&lines);
+    let v = p.json(&["report", "--json"]);
+    assert_eq!(v["total"]["jobs"], 5);
 }
 
+/// Books that cannot be read make `report` an error naming them, never a
+/// report of zeros: a directory where the store goes says how to recover,
+/// and following that advice gives a report again.
+// policy.md "When the books cannot be read or written": `ledger rebuild`
+// makes the books again from `done/` and `failed/`.
 #[test]
-fn a_ledger_that_is_not_a_regular_file_is_skipped_with_a_warning() {
+fn books_that_cannot_be_read_make_report_an_error_naming_them() {
     let p = Project::new();
-    std::fs::create_dir_all(p.ledger()).unwrap();
+    std::fs::create_dir_all(p.books_path()).unwrap();
     let out = p.run(None, &["report", "--json"]);
-    out.expect(0);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(v["total"]["jobs"], 0);
+    out.expect(1);
+    assert_eq!(out.stdout, "");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(
-        out.stderr.contains("not a regular file") && out.stderr.contains("ledger rebuild"),
+        out.stderr.contains(&p.books_path().display().to_string())
+            && out.stderr.contains("not a regular file")
+            && out.stderr.contains("ledger rebuild"),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_dir(p.books_path()).unwrap();
+    p.run(
+        None,
+        &["ledger", "rebuild", "--project", p.dir.to_str().unwrap()],
+    )
+    .expect(0);
+    let v = p.json(&["report", "--json"]);
+    assert_eq!(v["total"]["jobs"], 0);
+
+    // A store that is no database.
+    std::fs::write(p.books_path(), vec![0x5a; 4096]).unwrap();
+    for f in ["books.sqlite-wal", "books.sqlite-shm"] {
+        let _ = std::fs::remove_file(p.state_dir().join(f));
+    }
+    let out = p.run(None, &["report"]);
+    out.expect(1);
+    assert_eq!(out.stdout, "");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&p.books_path().display().to_string())
+            && out.stderr.contains("cannot be used"),
         "{}",
         out.stderr
     );
 }
 
-/// Runs `task` of `p` through submit and reap against `mock`.
-fn cycle(p: &Project, mock: &Mock, task: &str) {
-    p.task(task, b"---\npreferred_ai: claude\n---\nDo it.\n");
+/// Runs `task` of `p`, for `provider`, through submit and reap against
+/// `mock`.
+fn cycle(p: &Project, mock: &Mock, task: &str, provider: &str) {
+    p.task(
+        task,
+        format!("---\npreferred_ai: {provider}\n---\nDo it.\n").as_bytes(),
+    );
     p.submit_ok(mock, task);
     let out = p.reap_until_settled(mock, &[], 5);
     out.expect(0);
@@ -342,20 +372,21 @@ fn cycle(p: &Project, mock: &Mock, task: &str) {
 
 #[test]
 fn ledger_rebuild_counts_each_record_once_and_report_reads_it() {
-    let ok = Mock::start(&["--statuses", "completed"]);
-    let bad = Mock::start(&["--statuses", "failed"]);
+    // One service: its job ids are unique, as a job counts by its id.
+    let mock = Mock::start(&[
+        "--statuses",
+        "completed",
+        "--provider-outcome",
+        "gemini=failed",
+    ]);
     let a = Project::new();
-    let b_dir = a.tmp.path().join("other");
-    std::fs::create_dir_all(b_dir.join(".agent-queue/inbox")).unwrap();
-    let b = Project {
-        tmp: tempfile::tempdir().unwrap(),
-        dir: b_dir.clone(),
-        home: a.home.clone(),
-    };
-    cycle(&a, &ok, "one.md");
-    cycle(&a, &ok, "two.md");
-    cycle(&b, &bad, "three.md");
+    let b = a.sibling("other");
+    cycle(&a, &mock, "one.md", "claude");
+    cycle(&a, &mock, "two.md", "claude");
+    cycle(&b, &mock, "three.md", "gemini");
     let (da, db) = (a.dir.to_str().unwrap(), b.dir.to_str().unwrap());
+    let booked = a.ledger();
+    assert_eq!(booked.len(), 3, "{booked:?}");
 
     let out = a.run(
         None,
@@ -365,19 +396,25 @@ fn ledger_rebuild_counts_each_record_once_and_report_reads_it() {
     assert!(
         out.stdout.starts_with(&format!(
             "rebuilt {}: 3 entries from 2 projects (2 done, 1 failed)",
-            a.ledger().display()
+            a.books_path().display()
         )),
         "{}",
         out.stdout
     );
-    // Twice gives the same ledger: a job counts once.
-    let first = std::fs::read(a.ledger()).unwrap();
+    // Twice gives the same ledger, the one reap kept: a job counts once.
+    let first = a.ledger();
+    let ids = |l: &[Value]| {
+        let mut v: Vec<String> = l.iter().map(|e| e["job_id"].to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&first), ids(&booked));
     a.run(
         None,
         &["ledger", "rebuild", "--project", da, "--project", db],
     )
     .expect(0);
-    assert_eq!(std::fs::read(a.ledger()).unwrap(), first);
+    assert_eq!(a.ledger(), first);
 
     let v = a.json(&["report", "--by", "project", "--json"]);
     let rows = v["rows"].as_array().unwrap();
@@ -388,18 +425,41 @@ fn ledger_rebuild_counts_each_record_once_and_report_reads_it() {
     assert_eq!(row(db)["failed"], 1);
 
     // Rebuilding one project keeps the other's entries.
+    let out = a.run(None, &["ledger", "rebuild", "--project", da]);
+    out.expect(0);
+    assert!(
+        out.stdout
+            .contains(": 2 entries from 1 project (2 done, 0 failed); kept 1 entries"),
+        "{}",
+        out.stdout
+    );
+    let v = a.json(&["report", "--json"]);
+    assert_eq!(
+        (&v["total"]["jobs"], &v["total"]["failed"]),
+        (&3.into(), &1.into())
+    );
+
+    // Records gone: their jobs still ended and cost, so they stay counted,
+    // once; the other project's entry stays too.
+    // policy.md "The ledger": every job that ends is one entry of the
+    // host's ledger, and a job counts once.
     std::fs::remove_dir_all(a.done()).unwrap();
     let out = a.run(None, &["ledger", "rebuild", "--project", da]);
     out.expect(0);
     assert!(
         out.stdout
-            .contains("0 entries from 1 project (0 done, 0 failed); kept 1 entries"),
+            .contains(": 0 entries from 1 project (0 done, 0 failed); kept "),
         "{}",
         out.stdout
     );
+    assert_eq!(ids(&a.ledger()), ids(&first));
+    let v = a.json(&["report", "--project", db, "--json"]);
+    assert_eq!(
+        (&v["total"]["jobs"], &v["total"]["failed"]),
+        (&1.into(), &1.into())
+    );
     let v = a.json(&["report", "--json"]);
-    assert_eq!(v["total"]["jobs"], 1);
-    assert_eq!(v["total"]["failed"], 1);
+    assert_eq!(v["total"]["jobs"], 3);
 }
 
 #[test]
@@ -411,7 +471,8 @@ fn ledger_rebuild_of_a_directory_without_a_queue_is_exit_66() {
     );
     out.expect(66);
     assert!(out.stderr.contains("no .agent-queue"), "{}", out.stderr);
-    assert!(!p.ledger().exists());
+    assert!(!p.books_path().exists());
+    assert!(!p.state_dir().exists());
 }
 
 #[test]

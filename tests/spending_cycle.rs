@@ -1,10 +1,9 @@
 //! Spending wired into the cycle (policy.md): `submit` under budgets and
 //! limits with real concurrent processes, `reap` writing the ledger and
-//! recounting jobs in flight, through the real binary and the real mock.
+//! reconciling the jobs in flight, through the real binary and the real mock.
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::{Mock, Out, Project};
@@ -13,27 +12,10 @@ use serde_json::Value;
 const CLAUDE_TASK: &[u8] = b"---\npreferred_ai: claude\n---\nSay hi.\n";
 
 impl Project {
-    fn state_dir(&self) -> PathBuf {
-        self.home.join(".local/state/ccl-delegate")
-    }
-
-    fn ledger_path(&self) -> PathBuf {
-        self.state_dir().join("ledger.jsonl")
-    }
-
     fn config(&self, yaml: &str) {
         let d = self.home.join(".config/ccl-delegate");
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("config.yaml"), yaml).unwrap();
-    }
-
-    /// The ledger's entries (every line must parse).
-    fn ledger(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.ledger_path())
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
     }
 
     /// The job ids of the records in done/ and failed/, sorted.
@@ -57,6 +39,16 @@ impl Project {
             .collect();
         ids.sort();
         ids
+    }
+
+    /// Each task through submit and reap before the next is submitted.
+    // policy.md "Budgets": under a budget, a provider whose price is not
+    // known has at most one job in flight until its first job ends.
+    fn one_by_one(&self, mock: &Mock, names: &[String]) {
+        for n in names {
+            self.submit_ok(mock, n);
+            self.reap_until_settled(mock, &[], 3).expect(0);
+        }
     }
 
     fn markers(&self) -> Vec<String> {
@@ -140,10 +132,22 @@ fn ten_simultaneous_submits_against_a_budget_delegate_what_fits() {
     let p = Project::new();
     let mock = Mock::start(&["--provider-cost", "claude=1.0", "--statuses", "completed"]);
     p.config("budget:\n  daily_cad: 5.00\n");
-    for n in p.tasks("seed", 2) {
-        p.submit_ok(&mock, &n);
-    }
+    let seeds = p.tasks("seed", 2);
+    // policy.md "Budgets": a price not yet known is learnt before buying in
+    // bulk; the second job waits until the first ends.
+    let first = p.submit_ok(&mock, &seeds[0]);
+    let out = p.run(
+        Some(&mock),
+        &["submit", p.inbox().join(&seeds[1]).to_str().unwrap()],
+    );
+    out.expect(75);
+    assert_eq!(
+        out.stdout,
+        format!("deferred claude: price unknown until job {first} ends\n")
+    );
+    assert!(!p.marker_path(&seeds[1]).exists());
     p.reap_until_settled(&mock, &[], 3).expect(0);
+    p.one_by_one(&mock, &seeds[1..]);
     assert_eq!(p.ledger().len(), 2);
     let names = p.tasks("t", 10);
     let outs = p.submit_all_at_once(&mock, &names);
@@ -221,7 +225,7 @@ fn a_marker_deleted_by_hand_stops_counting_at_the_next_reap() {
     out.expect(75);
     assert_eq!(out.stdout, "deferred claude: 1 in flight, limit 1\n");
     std::fs::remove_file(p.marker_path(&names[0])).unwrap();
-    // Without a reap the index still counts it.
+    // Without a reap the books still count it.
     p.run(Some(&mock), &["submit", second.to_str().unwrap()])
         .expect(75);
     p.reap(&mock, &[]).expect(0);
@@ -239,27 +243,61 @@ fn a_surely_failed_post_gives_its_count_back() {
     let out = p.run(Some(&mock), &["submit", path.to_str().unwrap()]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(p.markers().is_empty());
+    assert_eq!(p.reservations(), []);
     p.submit_ok(&mock, &names[0]);
 }
 
+/// Books that cannot be used (here a directory where the store goes) stop
+/// every submit under a budget and never stop a reap: the task moves, its
+/// entry is owed beside the queue and booked, once, by the first run that
+/// can.
+// policy.md "When the books cannot be read or written": fail closed for
+// submit (exit 75); reap moves tasks, exits 1 with one line, books later.
 #[test]
-fn a_ledger_that_is_not_a_file_never_stops_reap_or_submit() {
+fn books_that_are_not_a_file_stop_submit_and_never_stop_reap() {
     let p = Project::new();
     let mock = Mock::start(&["--statuses", "completed"]);
     p.config("budget:\n  daily_cad: 100\n");
-    std::fs::create_dir_all(p.ledger_path()).unwrap();
-    let names = p.tasks("t", 1);
-    let out = p.run(
-        Some(&mock),
-        &["submit", p.inbox().join(&names[0]).to_str().unwrap()],
+    let names = p.tasks("t", 2);
+    let job = p.submit_ok(&mock, &names[0]);
+    for f in ["books.sqlite", "books.sqlite-wal", "books.sqlite-shm"] {
+        let _ = std::fs::remove_file(p.state_dir().join(f));
+    }
+    std::fs::create_dir(p.books_path()).unwrap();
+    let books = p.books_path().display().to_string();
+
+    let second = p.inbox().join(&names[1]);
+    let out = p.run(Some(&mock), &["-q", "submit", second.to_str().unwrap()]);
+    out.expect(75);
+    assert_eq!(out.stdout, "deferred claude: books unavailable\n");
+    assert!(
+        out.stderr.contains(&books) && out.stderr.contains("not a regular file"),
+        "{}",
+        out.stderr
     );
-    out.expect(0);
-    assert!(out.stderr.contains("ledger rebuild"), "{}", out.stderr);
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
-    assert!(out.stderr.contains("ledger rebuild"), "{}", out.stderr);
-    assert_eq!(p.names(&p.done()).len(), 1);
-    assert!(p.names(&p.inbox()).is_empty());
+    assert!(!p.marker_path(&names[1]).exists());
+    assert_eq!(std::fs::read(&second).unwrap(), CLAUDE_TASK);
+    assert_eq!(mock.jobs_created(), 1);
+
+    let metrics = p.tmp.path().join("ccl.prom");
+    let out = p.reap(&mock, &["--metrics-file", metrics.to_str().unwrap()]);
+    out.expect(1);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains(&books), "{}", out.stderr);
+    assert_eq!(p.names(&p.done()), [names[0].as_str()]);
+    assert_eq!(p.names(&p.inbox()), [names[1].as_str()]);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("ccl_delegate_reap_success 0\n"), "{text}");
+    let owed = p.queue().join(".ccl-delegate.owed");
+    assert_eq!(p.names(&owed).len(), 1, "the entry owed");
+
+    // The store moved aside: the next run books what was owed, once.
+    std::fs::remove_dir(p.books_path()).unwrap();
+    p.reap(&mock, &[]).expect(0);
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(p.ledger_job_ids(), [job]);
+    assert!(p.names(&owed).is_empty(), "{:?}", p.names(&owed));
+    p.submit_ok(&mock, &names[1]);
 }
 
 #[test]
@@ -287,10 +325,7 @@ fn status_shows_the_budget_like_report() {
     p.config(&format!(
         "projects: [{dir}]\nbudget:\n  daily_cad: 20\n  providers:\n    claude: {{monthly_cad: 100}}\n"
     ));
-    for n in p.tasks("t", 2) {
-        p.submit_ok(&mock, &n);
-    }
-    p.reap_until_settled(&mock, &[], 3).expect(0);
+    p.one_by_one(&mock, &p.tasks("t", 2));
     let report = p.run(None, &["report"]);
     report.expect(0);
     let lines: Vec<&str> = report
@@ -349,9 +384,9 @@ fn the_metrics_file_has_a_limit_and_a_spent_gauge_per_cap() {
     let p = Project::new();
     let mock = Mock::start(&["--provider-cost", "claude=0.5", "--statuses", "completed"]);
     p.config("budget:\n  daily_cad: 20\n  providers:\n    claude: {monthly_cad: 100}\n");
-    for n in p.tasks("t", 2) {
-        p.submit_ok(&mock, &n);
-    }
+    let names = p.tasks("t", 2);
+    p.one_by_one(&mock, &names[..1]);
+    p.submit_ok(&mock, &names[1]);
     let metrics = p.tmp.path().join("ccl.prom");
     p.reap(&mock, &["--metrics-file", metrics.to_str().unwrap()])
         .expect(0);
@@ -407,10 +442,7 @@ fn doctor_shows_each_cap_and_limit_against_today() {
     let p = Project::new();
     let mock = Mock::start(&["--provider-cost", "claude=0.5", "--statuses", "completed"]);
     p.config("budget:\n  daily_cad: 20\nmax_in_flight:\n  all: 50\n  claude: 5\n");
-    for n in p.tasks("t", 2) {
-        p.submit_ok(&mock, &n);
-    }
-    p.reap(&mock, &[]).expect(0);
+    p.one_by_one(&mock, &p.tasks("t", 2));
     p.tasks("u", 1);
     p.submit_ok(&mock, "u00.md");
     let dir = p.dir.to_str().unwrap().to_string();
@@ -420,7 +452,11 @@ fn doctor_shows_each_cap_and_limit_against_today() {
         "ok    budget daily all: 1.0000 of 20.0000 CAD spent, 0.5000 reserved (1 in flight)\n",
         "ok    max_in_flight all: 1 in flight, limit 50\n",
         "ok    max_in_flight claude: 1 in flight, limit 5\n",
-        "ok    ledger: ",
+        format!(
+            "ok    books: {} (2 ledger entries)\n",
+            p.books_path().display()
+        )
+        .as_str(),
     ] {
         assert!(out.stdout.contains(line), "{line}\n{}", out.stdout);
     }

@@ -903,14 +903,10 @@ pub fn set(names: &[&str]) -> std::collections::BTreeSet<String> {
 /// sorted (a record without a job id, a submission never confirmed, is
 /// left out of both).
 pub fn ledger_and_record_ids(p: &Project) -> (Vec<String>, Vec<String>) {
-    let ledger = p.home.join(".local/state/ccl-delegate/ledger.jsonl");
-    let mut entries: Vec<String> = std::fs::read_to_string(ledger)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            v["job_id"].as_str().map(String::from)
-        })
+    let mut entries: Vec<String> = p
+        .ledger()
+        .iter()
+        .filter_map(|e| e["job_id"].as_str().map(String::from))
         .collect();
     entries.sort();
     let mut records = Vec::new();
@@ -937,5 +933,87 @@ pub fn check_one_job_per_key(mock: &Mock, context: &str) {
     }
     for (key, n) in &per_key {
         assert!(*n <= 1, "{context}: idempotency key {key} made {n} jobs");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The books (policy.md "The ledger"), read through the crate's library as
+// any run reads them: the ledger's entries and the jobs in flight.
+// ---------------------------------------------------------------------------
+
+impl Project {
+    /// The host's state directory (`$XDG_STATE_HOME/ccl-delegate`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.home.join(".local/state/ccl-delegate")
+    }
+
+    /// The books' store under the state directory.
+    pub fn books_path(&self) -> PathBuf {
+        ccl_delegate::books::path(&self.state_dir())
+    }
+
+    /// The books, opened as a run opens them (an old `ledger.jsonl` is
+    /// imported by the first opening); `None` when the host has none yet.
+    #[track_caller]
+    pub fn books(&self) -> Option<ccl_delegate::books::Books> {
+        ccl_delegate::books::open_if_present(&self.state_dir(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("the books cannot be opened: {e:#}"))
+    }
+
+    /// Every ledger entry, oldest first, as the JSON an entry serialises to
+    /// (`job_id`, `provider`, `status`, `cost_cad`, `tokens_in`, ...);
+    /// empty when there are no books.
+    #[track_caller]
+    pub fn ledger(&self) -> Vec<serde_json::Value> {
+        let Some(books) = self.books() else {
+            return Vec::new();
+        };
+        books
+            .entries()
+            .unwrap_or_else(|e| panic!("the ledger cannot be read: {e:#}"))
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect()
+    }
+
+    /// The jobs in flight the books hold (one per marker pending or
+    /// submitted), by idempotency key; empty when there are no books.
+    #[track_caller]
+    pub fn reservations(&self) -> Vec<ccl_delegate::books::Reservation> {
+        self.books().map_or_else(Vec::new, |b| {
+            b.reservations()
+                .unwrap_or_else(|e| panic!("the reservations cannot be read: {e:#}"))
+        })
+    }
+
+    /// Another project under the same temp directory, with its own queue,
+    /// sharing this one's home (config and books).
+    pub fn sibling(&self, name: &str) -> Project {
+        let dir = self.tmp.path().join(name);
+        for d in ["inbox", "done", "failed"] {
+            std::fs::create_dir_all(dir.join(".agent-queue").join(d)).unwrap();
+        }
+        Project {
+            tmp: tempfile::tempdir().unwrap(),
+            dir,
+            home: self.home.clone(),
+        }
+    }
+}
+
+/// The books' write lock held by a stranger: an open `BEGIN IMMEDIATE`
+/// transaction on the store, as a long writer holds it, until dropped.
+pub struct BooksLock(rusqlite::Connection);
+
+impl BooksLock {
+    /// Makes the books (as the first run would) and takes their write lock.
+    pub fn hold(state_dir: &Path) -> BooksLock {
+        drop(
+            ccl_delegate::books::Books::open(state_dir, Duration::from_secs(5))
+                .expect("the books open"),
+        );
+        let c = rusqlite::Connection::open(ccl_delegate::books::path(state_dir)).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        BooksLock(c)
     }
 }
