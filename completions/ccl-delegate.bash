@@ -771,7 +771,7 @@ _ccl__delegate() {
             return 0
             ;;
         ccl__delegate__subcmd__reap)
-            opts="-v -q -h -V --project --lock-file --concurrency --max-age --submit-grace --metrics-file --config --api-url --http-timeout --retries --verbose --quiet --help --version"
+            opts="-v -q -h -V --project --lock-file --concurrency --max-age --submit-grace --metrics-file --timestamps --config --api-url --http-timeout --retries --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

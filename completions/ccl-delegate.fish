@@ -86,6 +86,7 @@ complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand reap" -l confi
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand reap" -l api-url -d 'Base URL of the secutools job service (beats SECUTOOLS_URL and api_url)' -r
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand reap" -l http-timeout -d 'Timeout of one HTTP request, e.g. 30s (beats http_timeout)' -r
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand reap" -l retries -d 'Extra attempts after a transient HTTP failure (beats retries)' -r
+complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand reap" -l timestamps -d 'Begin every line on stdout and stderr with the time (RFC 3339, UTC), for a log file a person reads later'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand reap" -s v -l verbose -d 'Say more on stderr (repeat for more)'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand reap" -s q -l quiet -d 'Say only errors on stderr'
 complete -c ccl-delegate -n "__fish_ccl_delegate_using_subcommand reap" -s h -l help -d 'Print help'

@@ -151,6 +151,10 @@ pub struct ReapArgs {
     /// Write Prometheus textfile metrics here after the run (beats metrics_file)
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    /// Begin every line on stdout and stderr with the time (RFC 3339, UTC),
+    /// for a log file a person reads later
+    #[arg(long)]
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,8 @@ use crate::text::line;
 pub struct Ui {
     pub verbose: u8,
     pub quiet: bool,
+    /// Every line begins with the time (`reap --timestamps`).
+    pub stamp: bool,
 }
 
 impl Ui {
@@ -15,6 +17,16 @@ impl Ui {
         Ui {
             verbose: g.verbose,
             quiet: g.quiet,
+            stamp: false,
+        }
+    }
+
+    /// What begins a line: the time when asked for, else nothing.
+    pub fn stamp(&self) -> String {
+        if self.stamp {
+            format!("{} ", crate::timestamp::now())
+        } else {
+            String::new()
         }
     }
 
@@ -22,35 +34,35 @@ impl Ui {
     /// ([`crate::text::line`]), so it stays one line whatever they hold.
     pub fn warn(&self, msg: impl std::fmt::Display) {
         if !self.quiet {
-            eprintln!("ccl-delegate: warning: {}", line(&msg.to_string()));
+            eprintln!("{}ccl-delegate: warning: {}", self.stamp(), line(&msg.to_string()));
         }
     }
 
     /// An error line, said even with `-q` (cron mails it), escaped like
     /// [`Ui::warn`].
     pub fn error(&self, msg: impl std::fmt::Display) {
-        eprintln!("ccl-delegate: error: {}", line(&msg.to_string()));
+        eprintln!("{}ccl-delegate: error: {}", self.stamp(), line(&msg.to_string()));
     }
 
     /// A routine line for a person (not a warning), silenced by `-q`,
     /// escaped like [`Ui::warn`].
     pub fn note(&self, msg: impl std::fmt::Display) {
         if !self.quiet {
-            eprintln!("ccl-delegate: {}", line(&msg.to_string()));
+            eprintln!("{}ccl-delegate: {}", self.stamp(), line(&msg.to_string()));
         }
     }
 
     /// A `-v` detail line, escaped like [`Ui::warn`].
     pub fn info(&self, msg: impl std::fmt::Display) {
         if self.verbose > 0 {
-            eprintln!("ccl-delegate: {}", line(&msg.to_string()));
+            eprintln!("{}ccl-delegate: {}", self.stamp(), line(&msg.to_string()));
         }
     }
 
     /// A line on stderr that is neither a warning nor `-v` detail (e.g.
     /// "not ready yet"), escaped like [`Ui::warn`].
     pub fn say(&self, msg: impl std::fmt::Display) {
-        eprintln!("ccl-delegate: {}", line(&msg.to_string()));
+        eprintln!("{}ccl-delegate: {}", self.stamp(), line(&msg.to_string()));
     }
 
     /// The routing keys of a task, saying on stderr what is wrong with its

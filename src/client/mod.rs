@@ -55,6 +55,12 @@ use error::{attempt_maybe_delivered, config_error, is_local_error};
 use resolver::OnceResolver;
 use url::normalise_base_url;
 
+/// Whether a base URL is one the client takes (https, or http to a
+/// loopback address): the check `Client::new` makes, for `doctor`.
+pub fn check_base_url(url: &str) -> Result<(), ClientError> {
+    normalise_base_url(url).map(|_| ())
+}
+
 /// `ccl-delegate/<version>`: the User-Agent and the `source` of a submission.
 pub const USER_AGENT: &str = concat!("ccl-delegate/", env!("CARGO_PKG_VERSION"));
 

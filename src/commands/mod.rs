@@ -69,3 +69,27 @@ pub(crate) fn projects_for_person(
         "no projects: pass --project DIR, list `projects` in the config file, or run this in a project directory",
     ))
 }
+
+/// Every project named by hand (a flag, or a config entry that is no
+/// glob) must hold a queue: one that does not is a typo that would show
+/// nothing forever. Exit 66, the path, and the command that makes one.
+pub(crate) fn require_queues(projects: &[PathBuf], settings: &Settings) -> anyhow::Result<()> {
+    for dir in projects {
+        if settings.globbed.contains(dir) {
+            continue;
+        }
+        let q = crate::queue::Queue::at(dir);
+        if std::fs::symlink_metadata(&q.inbox).is_err() {
+            return Err(crate::error::fail(
+                Code::NoInput,
+                format!(
+                    "project {}: no queue ({} is missing); create it with: ccl-delegate init {}",
+                    crate::queue::shown(dir),
+                    crate::queue::shown(&q.inbox),
+                    crate::queue::shown(dir)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -36,6 +36,10 @@ mod poll;
 
 pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let started = Instant::now();
+    let ui = Ui {
+        stamp: args.timestamps,
+        ..ui
+    };
     let projects = if args.projects.is_empty() {
         settings.projects.clone()
     } else {
@@ -52,6 +56,13 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         .lock_file
         .clone()
         .unwrap_or_else(|| settings.lock_file.clone());
+    if args.projects.is_empty() {
+        for g in &settings.empty_globs {
+            ui.warn(format_args!(
+                "the projects entry `{g}` in the config matches no directory"
+            ));
+        }
+    }
     let Some(_run_lock) = take_run_lock(&lock_path)? else {
         ui.info(format_args!(
             "another reap holds {}; nothing to do",
@@ -69,6 +80,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         out: Mutex::new(()),
         local_errors: AtomicU32::new(0),
         skipped: AtomicU32::new(0),
+        no_queue: AtomicU32::new(0),
         auth_refusals: AtomicU32::new(0),
         service_failures: AtomicU32::new(0),
         auth_said: AtomicBool::new(false),
@@ -93,9 +105,20 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         let mut inline = false;
         for dir in &projects {
             let queue = Arc::new(Queue::at(dir).with_lock_timeout(settings.lock_timeout));
-            // A project (e.g. from a glob) without a queue has no markers.
+            // A project a glob matched without a queue has no markers; one
+            // named by hand is a typo that would never reap: an error.
             if !queue.inbox.exists() && !queue.inbox.is_symlink() {
-                ui.info(format_args!("{}: no queue, skipped", shown(&queue.inbox)));
+                if settings.globbed.contains(dir) {
+                    ui.info(format_args!("{}: no queue, skipped", shown(&queue.inbox)));
+                } else {
+                    ctx.no_queue.fetch_add(1, Ordering::Relaxed);
+                    ctx.error(format_args!(
+                        "project {}: no queue ({} is missing); create it with: ccl-delegate init {}",
+                        shown(dir),
+                        shown(&queue.inbox),
+                        shown(dir)
+                    ));
+                }
                 continue;
             }
             let tasks = match queue.check_dirs().and_then(|()| {
@@ -195,6 +218,7 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
             && ctx.service_failures.load(Ordering::Relaxed) == 0
             && ctx.auth_refusals.load(Ordering::Relaxed) == 0
             && ctx.skipped.load(Ordering::Relaxed) == 0
+            && ctx.no_queue.load(Ordering::Relaxed) == 0
             && !matches!(ctx.client.get(), Some(Err(_)));
         let mut tally = std::mem::take(&mut *ctx.tally.lock().unwrap_or_else(|p| p.into_inner()));
         tally.budget = budget;
@@ -213,6 +237,8 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         Code::Other
     } else if ctx.auth_refusals.load(Ordering::Relaxed) > 0 {
         Code::NoPerm
+    } else if ctx.no_queue.load(Ordering::Relaxed) > 0 {
+        Code::NoInput
     } else if ctx.skipped.load(Ordering::Relaxed) > 0 {
         Code::TempFail
     } else {
@@ -295,6 +321,8 @@ struct Ctx<'a> {
     local_errors: AtomicU32,
     /// Projects skipped for a queue lock held too long: the run exits 75.
     skipped: AtomicU32,
+    /// Projects named by hand that hold no queue: the run exits 66.
+    no_queue: AtomicU32,
     /// Calls the service refused with 401/403: the run exits 77.
     auth_refusals: AtomicU32,
     /// Calls that failed for the service: unreachable, 5xx after retries,
@@ -322,8 +350,9 @@ struct Ctx<'a> {
 /// How a failed poll is said on stderr.
 #[derive(Clone, Copy)]
 enum Say {
-    /// Always, -q or not.
-    Error,
+    /// The key refused: one error line for the run, with the fix, -q or
+    /// not.
+    KeyRefused,
     /// Unless -q.
     Warning,
     /// Only with -v.
@@ -442,7 +471,7 @@ impl Ctx<'_> {
     fn say(&self, line: std::fmt::Arguments) {
         let _g = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{}{line}", self.ui.stamp());
         let _ = out.flush();
     }
 
@@ -709,8 +738,10 @@ impl Ctx<'_> {
                         || facts.status == Call::Err(Failure::Auth)
                         || facts.result == auth;
                     let say = match (quiet, refused) {
-                        (_, true) if !self.auth_said.swap(true, Ordering::Relaxed) => Say::Error,
-                        (true, _) => Say::Verbose,
+                        // One line for the run, with the fix; the other
+                        // jobs' refusals only with -v.
+                        (_, true) if !self.auth_said.swap(true, Ordering::Relaxed) => Say::KeyRefused,
+                        (_, true) | (true, _) => Say::Verbose,
                         _ => Say::Warning,
                     };
                     let e = last_error.unwrap_or_default();
@@ -856,7 +887,10 @@ impl Ctx<'_> {
             shown(&q.task_path(task))
         );
         match say {
-            Say::Error => self.error(msg),
+            Say::KeyRefused => self.error(format_args!(
+                "the service refused the API key ({}): fix api_key_file or SECUTOOLS_API_KEY (`ccl-delegate doctor` checks it); nothing was moved",
+                clip(e, 200)
+            )),
             Say::Warning => self.ui.warn(msg),
             Say::Verbose => self.ui.info(msg),
         }
