@@ -3,7 +3,7 @@
 # binaries, then tests/bench/bench.py starts secutools-mock, builds the
 # queues, times each figure against its floor or peer and prints a table.
 #
-#   bash tests/bench/run.sh                  # everything (about three minutes)
+#   bash tests/bench/run.sh                  # everything (about seven minutes)
 #   bash tests/bench/run.sh --skip-baseline  # without the slow bash+curl+jq peer
 #   bash tests/bench/run.sh --help           # the other options
 #
