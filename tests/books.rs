@@ -675,3 +675,39 @@ fn jobs_finished_under_a_clock_ahead_never_hide_todays_spend() {
         "{by_day}"
     );
 }
+
+/// Books that are no database (garbage written over them) are made again
+/// by `ledger rebuild`, which the error names: the damaged file is moved
+/// aside, never deleted.
+#[test]
+fn ledger_rebuild_mends_books_that_are_no_database() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    for i in 0..2 {
+        p.task(&format!("t{i}.md"), &task_body("gemini", ""));
+        p.submit_ok(&mock, &format!("t{i}.md"));
+    }
+    p.reap(&mock, &[]).expect(0);
+    let books = state_dir(&p).join("books.sqlite");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", books.display()));
+    }
+    std::fs::write(&books, vec![0x5au8; 4096]).unwrap();
+    let out = p.run(None, &["report"]);
+    out.expect(1);
+    assert!(out.stderr.contains("ledger rebuild"), "{}", out.stderr);
+    let dir = p.dir.to_str().unwrap();
+    let out = p.run(None, &["ledger", "rebuild", "--project", dir]);
+    out.expect(0);
+    assert!(out.stderr.contains("moved it to"), "{}", out.stderr);
+    assert!(
+        std::fs::read_dir(state_dir(&p))
+            .unwrap()
+            .flatten()
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("books.sqlite.damaged-"))
+    );
+    assert_eq!(report_json(&p, "provider")["total"]["jobs"], 2);
+}

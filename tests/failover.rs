@@ -726,27 +726,37 @@ fn an_attempt_missing_from_the_ledger_is_counted_once() {
 fn a_deferred_step_goes_once_the_limit_frees_up_with_real_counts() {
     let mock = Mock::start(&[
         "--statuses",
-        "running,running,completed",
+        "completed",
         "--provider-outcome",
         "gemini=failed",
     ]);
     let p = Project::new();
     write_config(&p, "max_in_flight:\n  claude: 1\n");
     p.task("other.md", b"---\npreferred_ai: claude\n---\nx\n");
-    p.submit_ok(&mock, "other.md");
+    let other = p.submit_ok(&mock, "other.md");
+    // other.md's claude job runs until told otherwise.
+    mock.set(serde_json::json!({"status_of": {other.clone(): "running"}}));
     p.task(
         "l.md",
         b"---\npreferred_ai: gemini\nfallback: claude\n---\ny\n",
     );
     p.submit_ok(&mock, "l.md");
-    // Both jobs end on the third poll: other.md is done, l.md's gemini job
-    // failed while other.md still counted, so its step is deferred.
-    for _ in 0..3 {
-        p.reap(&mock, &[]).expect(0);
-    }
-    assert_eq!(p.names(&p.done()), ["other.md"]);
+    // l.md's gemini job failed while other.md fills the claude limit: its
+    // step is deferred, and holds no job.
+    p.reap(&mock, &[]).expect(0);
     assert_eq!(p.marker("l.md").unwrap()["deferred"], true);
-    // The limit is free now: a later reap sends the step.
+    assert_eq!(
+        p.reservations().len(),
+        1,
+        "only other.md's job is in flight"
+    );
+    // Each further reap while the limit is full keeps it deferred, and
+    // never counts it (no "2 in flight").
+    let out = p.reap(&mock, &["-v"]);
+    assert!(!out.stderr.contains("2 in flight"), "{}", out.stderr);
+    assert_eq!(p.marker("l.md").unwrap()["deferred"], true);
+    // other.md's job ends: the limit is free, a later reap sends the step.
+    mock.set(serde_json::json!({"status_of": {other.clone(): null}}));
     let mut sent = false;
     for _ in 0..3 {
         p.reap(&mock, &[]).expect(0);
@@ -756,6 +766,7 @@ fn a_deferred_step_goes_once_the_limit_frees_up_with_real_counts() {
         }
     }
     assert!(sent, "still deferred: {:?}", p.marker("l.md"));
+    assert_eq!(p.names(&p.done()), ["other.md"]);
     assert_eq!(mock.jobs_created(), 3);
 }
 

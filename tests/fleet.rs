@@ -69,7 +69,6 @@ use common::*;
 /// project, against the shared database.
 struct Host {
     p: Project,
-    name: String,
 }
 
 fn host(pg: &pg::Pg, name: &str, extra: &str) -> Host {
@@ -89,10 +88,7 @@ fn host(pg: &pg::Pg, name: &str, extra: &str) -> Host {
         ),
     )
     .unwrap();
-    Host {
-        p,
-        name: name.into(),
-    }
+    Host { p }
 }
 
 impl Host {

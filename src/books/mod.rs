@@ -29,14 +29,15 @@ mod store;
 pub mod sync;
 
 pub use entry::{Entry, counted_provider, entries_from_record, entry_from_record, sane_cost, utc};
-pub use store::{Books, Reservation, Row, open_if_present};
+pub use store::{
+    Books, RecordTotal, Rebuilt, Reservation, Row, Unpushed, move_aside, open_if_present,
+};
 
 /// The store's file name under the state directory.
 pub const BOOKS_FILE: &str = "books.sqlite";
 
 /// What a warning tells a person to run.
-pub const REBUILD_HINT: &str =
-    "run `ccl-delegate ledger rebuild` to rebuild the books from done/ and failed/";
+pub const REBUILD_HINT: &str = "run `ccl-delegate ledger rebuild` to make the books again from done/ and failed/ (it moves damaged books aside)";
 
 pub fn path(state_dir: &std::path::Path) -> std::path::PathBuf {
     state_dir.join(BOOKS_FILE)

@@ -47,6 +47,33 @@ pub struct Row {
     pub finished_at: String,
 }
 
+/// What waits for a push: entries (with their row ids) and released keys.
+#[derive(Debug, Default)]
+pub struct Unpushed {
+    pub entries: Vec<(i64, Entry)>,
+    pub keys: Vec<String>,
+}
+
+/// Jobs with a record of their own, per project, provider and outcome.
+#[derive(Debug)]
+pub struct RecordTotal {
+    pub project: String,
+    pub provider: String,
+    pub completed: bool,
+    pub cost_cad: f64,
+    pub jobs: u64,
+}
+
+/// What a rebuild kept besides the entries it made.
+#[derive(Debug, Default, PartialEq)]
+pub struct Rebuilt {
+    /// Entries of projects not rebuilt.
+    pub other: u64,
+    /// Entries of rebuilt projects whose job has no record now (requeued,
+    /// or its record deleted by hand): the jobs happened, they stay.
+    pub without_record: u64,
+}
+
 /// An open store.
 pub struct Books {
     conn: Connection,
@@ -161,7 +188,7 @@ impl Books {
 
     /// Up to `limit` entries not pushed yet (with their row ids), and the
     /// keys released but not pushed.
-    pub fn unpushed(&self, limit: i64) -> anyhow::Result<(Vec<(i64, Entry)>, Vec<String>)> {
+    pub fn unpushed(&self, limit: i64) -> anyhow::Result<Unpushed> {
         let mut q = self.conn.prepare_cached(
             "SELECT id, job_id, project, task, provider, said_provider, model, status, cost_cad,
                     tokens_in, tokens_out, delegated_at, finished_at, step
@@ -195,7 +222,7 @@ impl Books {
         let keys = q
             .query_map([limit], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        Ok((entries, keys))
+        Ok(Unpushed { entries, keys })
     }
 
     /// Notes what a push sent: the entries are in the fleet's database, the
@@ -470,7 +497,7 @@ impl Books {
     /// kept. A job that ended stays in the books even when its record is
     /// gone (requeued): only entries whose job a fresh one names, or
     /// jobless ones, are replaced.
-    pub fn rebuild(&mut self, projects: &[String], fresh: &[Entry]) -> anyhow::Result<u64> {
+    pub fn rebuild(&mut self, projects: &[String], fresh: &[Entry]) -> anyhow::Result<Rebuilt> {
         let tx = self.immediate()?;
         {
             let mut del = tx.prepare_cached(
@@ -482,9 +509,10 @@ impl Books {
                 del.execute(params![p, ids])?;
             }
         }
+        let mut inserted = 0i64;
         for e in fresh {
             // A job booked under another project key keeps its entry.
-            insert_entry(&tx, e)?;
+            inserted += insert_entry(&tx, e)? as i64;
         }
         let total: i64 = tx.query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))?;
         let mine: i64 = {
@@ -504,7 +532,10 @@ impl Books {
              INSERT INTO in_flight (provider, n) SELECT provider, count(*) FROM reservation GROUP BY 1;",
         )?;
         tx.commit()?;
-        Ok((total - mine).max(0) as u64)
+        Ok(Rebuilt {
+            other: (total - mine).max(0) as u64,
+            without_record: (mine - inserted).max(0) as u64,
+        })
     }
 
     /// Calls `each` with every entry that ended in `[since, until)`.
@@ -541,20 +572,20 @@ impl Books {
 
     /// Per project, provider and outcome: the jobs the records hold (the
     /// earlier jobs of chains left out) and their cost.
-    pub fn record_totals(&self) -> anyhow::Result<Vec<(String, String, bool, f64, u64)>> {
+    pub fn record_totals(&self) -> anyhow::Result<Vec<RecordTotal>> {
         let mut q = self.conn.prepare(
             "SELECT project, provider, status = 'completed', total(cost_cad), count(*)
              FROM ledger WHERE step = 0 GROUP BY 1, 2, 3",
         )?;
         let v = q
             .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get::<_, i64>(4)?.max(0) as u64,
-                ))
+                Ok(RecordTotal {
+                    project: r.get(0)?,
+                    provider: r.get(1)?,
+                    completed: r.get(2)?,
+                    cost_cad: r.get(3)?,
+                    jobs: r.get::<_, i64>(4)?.max(0) as u64,
+                })
             })?
             .collect::<Result<_, _>>()?;
         Ok(v)
@@ -644,8 +675,26 @@ fn unavailable(path: &str, cause: &str) -> anyhow::Error {
 
 fn not_a_file(path: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "the books {path} cannot be used: not a regular file; move it aside, then run `ccl-delegate ledger rebuild` to rebuild the books from done/ and failed/"
+        "the books {path} cannot be used: not a regular file; {}",
+        super::REBUILD_HINT
     )
+}
+
+/// Moves books that cannot be opened aside (with their -wal and -shm), so
+/// that `ledger rebuild` can make them again: answers where they went.
+pub fn move_aside(state_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = super::path(state_dir);
+    let stamp = crate::timestamp::now().replace(':', "");
+    let aside = state_dir.join(format!("{}.damaged-{stamp}", super::BOOKS_FILE));
+    std::fs::rename(&path, &aside)
+        .map_err(|e| anyhow::anyhow!("cannot move {} aside: {e}", path.display()))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = state_dir.join(format!("{}{suffix}", super::BOOKS_FILE));
+        if std::fs::symlink_metadata(&side).is_ok() {
+            let _ = std::fs::rename(&side, format!("{}{suffix}", aside.display()));
+        }
+    }
+    Ok(aside)
 }
 
 /// Inserts an entry unless its job (or, without one, its project, task and

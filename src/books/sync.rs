@@ -17,7 +17,7 @@ pub fn push(books: &mut Books, fleet: &mut Fleet, policy: &Policy) -> anyhow::Re
     let caps = caps_summary(policy);
     let mut total = 0;
     loop {
-        let (entries, keys) = books.unpushed(BATCH)?;
+        let super::Unpushed { entries, keys } = books.unpushed(BATCH)?;
         if entries.is_empty() && keys.is_empty() {
             return Ok(total);
         }

@@ -53,7 +53,24 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
         fresh.extend(found.entries);
     }
     let keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
-    let mut books = Books::open(&settings.state_dir, settings.lock_timeout)?;
+    let mut books = match Books::open(&settings.state_dir, settings.lock_timeout) {
+        Ok(b) => b,
+        // Locked too long, or a newer schema: not damaged, left as it is.
+        Err(e) if matches!(crate::error::code_of(&e), Code::TempFail | Code::Config) => {
+            return Err(e);
+        }
+        // Damaged (not a regular file, not a database): moved aside and
+        // made again. Entries of projects not rebuilt now are in the file
+        // moved aside only.
+        Err(e) => {
+            let aside = crate::books::move_aside(&settings.state_dir)?;
+            ui.warn(format_args!(
+                "{e:#}; moved it to {}: entries of projects not rebuilt now are only there",
+                aside.display()
+            ));
+            Books::open(&settings.state_dir, settings.lock_timeout)?
+        }
+    };
     let kept = books.rebuild(&keys, &fresh)?;
     // What runs owed these projects is in the records just read.
     for dir in &projects {
@@ -75,9 +92,13 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
             String::new()
         },
     );
-    if kept > 0 {
+    if kept.other > 0 {
+        line.push_str(&format!("; kept {} entries of other projects", kept.other));
+    }
+    if kept.without_record > 0 {
         line.push_str(&format!(
-            "; kept {kept} entries of other projects and of requeued jobs"
+            "; kept {} entries of jobs whose records are gone (requeued or deleted: the jobs happened)",
+            kept.without_record
         ));
     }
     drop(locks);

@@ -71,7 +71,14 @@ pub fn from_books(
     let mut n = 0u64;
     // Status totals tasks, as the records do: the earlier jobs of a
     // failover chain and requeued jobs are the report's, not the records'.
-    for (project, provider, completed, cost, count) in books.record_totals()? {
+    for crate::books::RecordTotal {
+        project,
+        provider,
+        completed,
+        cost_cad: cost,
+        jobs: count,
+    } in books.record_totals()?
+    {
         if !projects.contains(&project) {
             continue;
         }

@@ -91,8 +91,9 @@ impl Ctx<'_> {
         }
         let booked = self.with_books(|b| {
             #[cfg(feature = "failpoints")]
-            crate::failpoint::hit("ledger")
-                .map_err(|e| anyhow::anyhow!("cannot write the books: {e}"))?;
+            crate::failpoint::hit("ledger").map_err(|e| {
+                anyhow::anyhow!("cannot write the books {}: {e}", b.path().display())
+            })?;
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             b.book(&entries, &keys)
         });
