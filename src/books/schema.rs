@@ -51,6 +51,35 @@ CREATE TRIGGER IF NOT EXISTS ledger_spend_sub AFTER DELETE ON ledger BEGIN
         WHERE day = substr(OLD.finished_at, 1, 10) AND provider = OLD.provider;
 END;
 
+-- Jobs with a record of their own (not an earlier job of a chain, not
+-- requeued) per project, provider and outcome, for `status`: kept by the
+-- ledger's triggers.
+CREATE TABLE IF NOT EXISTS record_total (
+    project   TEXT NOT NULL,
+    provider  TEXT NOT NULL,
+    completed INTEGER NOT NULL,
+    jobs      INTEGER NOT NULL,
+    cost_cad  REAL NOT NULL,
+    PRIMARY KEY (project, provider, completed)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS ledger_record_add AFTER INSERT ON ledger WHEN NEW.step = 0 BEGIN
+    INSERT INTO record_total (project, provider, completed, jobs, cost_cad)
+        VALUES (NEW.project, NEW.provider, NEW.status = 'completed', 1, NEW.cost_cad)
+        ON CONFLICT (project, provider, completed)
+        DO UPDATE SET jobs = jobs + 1, cost_cad = cost_cad + excluded.cost_cad;
+END;
+CREATE TRIGGER IF NOT EXISTS ledger_record_sub AFTER DELETE ON ledger WHEN OLD.step = 0 BEGIN
+    UPDATE record_total SET jobs = max(0, jobs - 1), cost_cad = max(0, cost_cad - OLD.cost_cad)
+        WHERE project = OLD.project AND provider = OLD.provider
+          AND completed = (OLD.status = 'completed');
+END;
+CREATE TRIGGER IF NOT EXISTS ledger_record_gone AFTER UPDATE OF step ON ledger
+    WHEN OLD.step = 0 AND NEW.step = 1 BEGIN
+    UPDATE record_total SET jobs = max(0, jobs - 1), cost_cad = max(0, cost_cad - OLD.cost_cad)
+        WHERE project = OLD.project AND provider = OLD.provider
+          AND completed = (OLD.status = 'completed');
+END;
+
 -- A job in flight: one row per marker pending or submitted (a failover
 -- step a limit deferred holds no job and has none).
 CREATE TABLE IF NOT EXISTS reservation (

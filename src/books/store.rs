@@ -247,6 +247,18 @@ impl Books {
     /// ledger imported) on first use, refused when newer than this binary.
     fn prepare(&mut self, timeout: Duration) -> anyhow::Result<()> {
         self.conn.busy_timeout(timeout)?;
+        // The -wal and -shm files stay between runs, and closing does not
+        // checkpoint: a run that opens the books creates, fsyncs and
+        // deletes nothing (SQLite's own checkpoints, every 1000 pages,
+        // keep the log short).
+        self.conn.file_control(
+            Some(rusqlite::MAIN_DB),
+            rusqlite::FileControl::PersistWal(&mut 1),
+        )?;
+        self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
         // NORMAL in WAL mode: a commit survives any crash of the process
         // (SIGKILL included); a power loss may lose the last ones, which
         // the records and the next reap's reconcile make good.
@@ -529,7 +541,11 @@ impl Books {
              INSERT INTO spend_day (day, provider, cost_cad)
                  SELECT substr(finished_at, 1, 10), provider, sum(cost_cad) FROM ledger GROUP BY 1, 2;
              DELETE FROM in_flight;
-             INSERT INTO in_flight (provider, n) SELECT provider, count(*) FROM reservation GROUP BY 1;",
+             INSERT INTO in_flight (provider, n) SELECT provider, count(*) FROM reservation GROUP BY 1;
+             DELETE FROM record_total;
+             INSERT INTO record_total (project, provider, completed, jobs, cost_cad)
+                 SELECT project, provider, status = 'completed', count(*), total(cost_cad)
+                 FROM ledger WHERE step = 0 GROUP BY 1, 2, 3;",
         )?;
         tx.commit()?;
         Ok(Rebuilt {
@@ -574,8 +590,7 @@ impl Books {
     /// earlier jobs of chains left out) and their cost.
     pub fn record_totals(&self) -> anyhow::Result<Vec<RecordTotal>> {
         let mut q = self.conn.prepare(
-            "SELECT project, provider, status = 'completed', total(cost_cad), count(*)
-             FROM ledger WHERE step = 0 GROUP BY 1, 2, 3",
+            "SELECT project, provider, completed, cost_cad, jobs FROM record_total WHERE jobs > 0",
         )?;
         let v = q
             .query_map([], |r| {
