@@ -711,3 +711,71 @@ fn ledger_rebuild_mends_books_that_are_no_database() {
     );
     assert_eq!(report_json(&p, "provider")["total"]["jobs"], 2);
 }
+
+/// Only jobs the service made are jobs: a step a limit deferred and a
+/// budget then refused is no job, in the ledger, `report`, `status` and
+/// the metrics; the line names the last job that ran.
+#[test]
+fn a_step_that_never_became_a_job_is_booked_as_none() {
+    let mock = Mock::start(&[
+        "--statuses",
+        "completed",
+        "--provider-outcome",
+        "gpu=failed",
+        "--provider-cost",
+        "claude=0.80",
+    ]);
+    let p = Project::new();
+    write_config(
+        &p,
+        "max_in_flight:\n  claude: 1\nbudget:\n  daily_cad: 1.00\n  providers:\n    claude: {estimate_cad: 0.50}\n",
+    );
+    p.task("other.md", &task_body("claude", ""));
+    let other = p.submit_ok(&mock, "other.md");
+    mock.set(serde_json::json!({"status_of": {other.clone(): "running"}}));
+    p.task("a01.md", &task_body("gpu", "claude"));
+    let gpu_job = p.submit_ok(&mock, "a01.md");
+    let metrics = p.tmp.path().join("m.prom");
+    let m = ["--metrics-file", metrics.to_str().unwrap()];
+    p.reap(&mock, &m).expect(0);
+    assert_eq!(p.marker("a01.md").unwrap()["deferred"], true);
+    // other.md completes at 0.80: the step would pass the daily 1.00.
+    mock.set(serde_json::json!({"status_of": {other.clone(): null}}));
+    let mut lines = String::new();
+    for _ in 0..3 {
+        lines += &p.reap(&mock, &m).stdout;
+    }
+    assert!(
+        lines.contains(&format!(
+            "a01.md (job {gpu_job} failed on gpu; the failover to claude was refused by a budget)"
+        )),
+        "{lines}"
+    );
+    assert_eq!(mock.jobs_created(), 2);
+    let r = report_json(&p, "provider");
+    assert_eq!(r["total"]["jobs"], 2, "{r}");
+    assert_eq!(row(&r, "provider", "gpu").unwrap()["failed"], 1);
+    assert_eq!(row(&r, "provider", "claude").unwrap()["jobs"], 1);
+    assert_eq!(row(&r, "provider", "claude").unwrap()["failed"], 0);
+    let st = p.run(
+        None,
+        &["status", "--json", "--project", p.dir.to_str().unwrap()],
+    );
+    st.expect(0);
+    assert_eq!(st.stderr, "", "status agrees with the records");
+    let v: Value = serde_json::from_str(&st.stdout).unwrap();
+    let totals = v["totals"].as_array().unwrap();
+    let gpu = totals
+        .iter()
+        .find(|t| t["provider"] == "gpu")
+        .expect("a gpu row");
+    assert_eq!(gpu["failed"], 1);
+    assert!(
+        !totals
+            .iter()
+            .any(|t| t["provider"] == "claude" && t["failed"] != 0),
+        "{totals:?}"
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(!text.contains("from=\"gpu\",to=\"claude\""), "{text}");
+}

@@ -167,7 +167,14 @@ pub fn entries_from_record(
         .map(|a| Entry::of_attempt(a, project, task, &last.delegated_at, &last.finished_at))
         .collect();
     let never_a_job = last.job_id.is_none() && last.status == "budget" && !r.attempts.is_empty();
-    if !never_a_job {
+    if never_a_job {
+        // The record stands for the last job that ran: its entry is the
+        // record's own, so `status` (which totals records) and `report`
+        // count the same job.
+        if let Some(e) = out.last_mut() {
+            e.step = false;
+        }
+    } else {
         out.push(last);
     }
     Some(out)

@@ -80,6 +80,14 @@ CREATE TRIGGER IF NOT EXISTS ledger_record_gone AFTER UPDATE OF step ON ledger
           AND completed = (OLD.status = 'completed');
 END;
 
+CREATE TRIGGER IF NOT EXISTS ledger_record_back AFTER UPDATE OF step ON ledger
+    WHEN OLD.step = 1 AND NEW.step = 0 BEGIN
+    INSERT INTO record_total (project, provider, completed, jobs, cost_cad)
+        VALUES (NEW.project, NEW.provider, NEW.status = 'completed', 1, NEW.cost_cad)
+        ON CONFLICT (project, provider, completed)
+        DO UPDATE SET jobs = jobs + 1, cost_cad = cost_cad + excluded.cost_cad;
+END;
+
 -- A job in flight: one row per marker pending or submitted (a failover
 -- step a limit deferred holds no job and has none).
 CREATE TABLE IF NOT EXISTS reservation (

@@ -746,6 +746,12 @@ fn insert_entry(conn: &Connection, e: &Entry) -> anyhow::Result<usize> {
         turnaround,
         e.step,
     ])?;
+    if n == 0 && !e.step && e.job_id.is_some() {
+        // Booked first as an earlier job of its chain, it is now its
+        // record's own (a chain a budget ended after a deferred step).
+        conn.prepare_cached("UPDATE ledger SET step = 0 WHERE job_id = ?1 AND step = 1")?
+            .execute([&e.job_id])?;
+    }
     Ok(n)
 }
 
