@@ -358,9 +358,10 @@ fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
 }
 
 /// What is wrong with a config file, for a person: its line and the
-/// problem, and a key name only when it looks like one. Never a value or a
-/// line of the file: `--config` pointed at a key file, or at a symlink to
-/// /etc/shadow, must not print a secret.
+/// problem, and a key name only when it looks like one. Never a line of
+/// the file, and no value but the one a policy key refuses (under
+/// `budget`, `max_in_flight` or `fallback`, clipped): `--config` pointed at
+/// a key file, or at a symlink to /etc/shadow, must not print a secret.
 fn describe_yaml_error(e: &YamlError, text: &str) -> String {
     let e = match e {
         YamlError::TooComplex(why) => {
@@ -452,13 +453,6 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
             );
         }
     }
-    // The policy keys' own sentences (no value quoted): safe to show.
-    if rest.starts_with("a fallback chain has at most")
-        || rest.starts_with("expected a provider (gpu, gemini, claude, auto)")
-    {
-        let place = path.map(|p| format!("{p}: ")).unwrap_or_default();
-        return (format!("{place}{rest}"), line);
-    }
     if let Some(k) = quoted_after(rest, "duplicate field `") {
         return (
             format!("key `{k}` is given twice; keep one"),
@@ -499,6 +493,15 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
                 line,
             ),
         };
+    }
+    // Under a policy key, what serde did not say above is the policy
+    // module's own sentence: the rule broken and the value as read, clipped
+    // and escaped there (a number, the one value a config error shows).
+    if let Some(p) = path.filter(|p| {
+        let top = p.split(['.', '[']).next().unwrap_or("");
+        crate::policy::KEYS.contains(&top)
+    }) {
+        return (format!("{p}: {}", crate::text::clip(rest, 300)), line);
     }
     // libyaml's syntax errors are fixed sentences; anything quoting the
     // file is not shown.
@@ -695,6 +698,24 @@ mod tests {
             (
                 "max_age: secret\n",
                 "line 1: max_age is not a duration like 30s or 24h",
+            ),
+            // A number a policy key refuses is shown: the key, the value,
+            // the rule; never "not a string" for a number too large.
+            (
+                "retries: 3\nbudget:\n  daily_cad: 1e400\n",
+                "line 3: budget.daily_cad: 1e400 is not a finite amount of CAD (expected a number from 0 to 1000000000, like 20.00)",
+            ),
+            (
+                "max_in_flight: {all: 18446744073709551616}\n",
+                "line 1: max_in_flight.all: 18446744073709551616 is too large (at most 18446744073709551615 jobs)",
+            ),
+            (
+                "budget:\n  monthly_cad: 1e300\n",
+                "line 2: budget.monthly_cad: 1e300 is too large (at most 1000000000 CAD)",
+            ),
+            (
+                "fallback:\n  gemini: [claude, claude, claude, claude, claude]\n",
+                "line 2: fallback: a fallback chain has at most 4 entries, this one has 5",
             ),
         ];
         let dir = tempfile::tempdir().unwrap();

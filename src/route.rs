@@ -244,6 +244,11 @@ pub fn fallback(meta: &Meta) -> Fallback {
         ));
         out.chain.truncate(MAX_CHAIN);
     }
+    // Every entry dropped: the task meant to have a chain, so it gets the
+    // config's default, as without the key (`[]` or null means none).
+    if !items.is_empty() && out.chain.is_empty() {
+        out.given = false;
+    }
     out
 }
 
@@ -326,7 +331,9 @@ mod tests {
             ("fallback: []", true, &[], 0),
             ("fallback:", true, &[], 0),
             ("fallback: [claude-code, claude]", true, &[Claude], 1),
-            ("fallback: [openai]", true, &[], 1),
+            // every entry dropped: the config's default applies, as if absent
+            ("fallback: [openai]", false, &[], 1),
+            ("fallback: [claude-code, gpt4]", false, &[], 2),
             (
                 "fallback: [gpu, gpu, gpu, gpu, gpu, claude]",
                 true,

@@ -43,6 +43,34 @@ pub fn line(s: &str) -> String {
     clip(s, LINE_MAX)
 }
 
+/// Pretty JSON fit for a terminal: `serde_json` escapes the C0 controls
+/// inside strings but writes DEL, the C1 controls, the bidi characters and
+/// the line separators raw; here each of those becomes a `\uXXXX` escape
+/// too, so the JSON reads back the same and never rewrites a screen.
+pub fn json_pretty<T: serde::Serialize + ?Sized>(v: &T) -> serde_json::Result<String> {
+    Ok(json_escape_raw(serde_json::to_string_pretty(v)?))
+}
+
+/// Outside its strings, JSON text is ASCII with no control but the
+/// newlines of the pretty form; every unsafe character at or above DEL is
+/// thus inside a string, where `\uXXXX` means the same character (all of
+/// them lie in the Basic Multilingual Plane).
+fn json_escape_raw(s: String) -> String {
+    use std::fmt::Write;
+    if !s.chars().any(|c| c >= '\u{7f}' && is_unsafe_char(c)) {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if c >= '\u{7f}' && is_unsafe_char(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn escape_into(out: &mut String, c: char) {
     use std::fmt::Write;
     if !is_unsafe_char(c) {
@@ -93,5 +121,29 @@ mod tests {
             line(&"a".repeat(LINE_MAX + 1)).chars().count(),
             LINE_MAX + 1
         );
+    }
+
+    #[test]
+    fn json_escapes_what_serde_leaves_raw_and_reads_back_the_same() {
+        let rows = [
+            "a\x1bb\u{202e}c",
+            "\u{7f}\u{9b}2J",
+            "\u{2028}\u{2029}\u{2066}\u{061c}",
+            "line\none\ttab",
+            "ünïcödé ✓ 日本",
+            "",
+        ];
+        for s in rows {
+            let v = serde_json::json!({"k": s, "list": [s, 1.5]});
+            let got = json_pretty(&v).unwrap();
+            assert!(!got.contains('\u{1b}'), "{got:?}");
+            assert!(
+                !got.chars().any(|c| c != '\n' && is_unsafe_char(c)),
+                "{got:?}"
+            );
+            let back: serde_json::Value = serde_json::from_str(&got).unwrap();
+            assert_eq!(back, v, "{got}");
+        }
+        assert!(json_pretty(&"\u{202e}").unwrap() == "\"\\u202e\"");
     }
 }

@@ -905,3 +905,58 @@ fn status_after_a_failover_reads_the_ledger_without_a_warning() {
     assert_eq!(out.stderr, "", "{out:?}");
     assert!(out.stdout.contains("gpu"), "{out:?}");
 }
+
+/// A `fallback` whose every entry is dropped leaves the task the config's
+/// default chain (as without the key), and the warnings say what chain the
+/// task now has.
+#[test]
+fn a_fallback_of_only_unknown_names_says_the_chain_the_task_now_has() {
+    let mock = Mock::start(&["--statuses", "running"]);
+    let p = Project::new();
+    write_config(&p, "fallback:\n  gemini: [claude]\n");
+    p.task(
+        "t.md",
+        b"---\npreferred_ai: gemini\nfallback: [claude-code, gpt4]\n---\nx\n",
+    );
+    let out = p.run(
+        Some(&mock),
+        &["submit", p.inbox().join("t.md").to_str().unwrap()],
+    );
+    out.expect(0);
+    assert!(
+        out.stderr.contains("`claude-code` is not a provider"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("`gpt4` is not a provider"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("so the task has if its job fails: claude (the config's default)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        p.marker("t.md").unwrap()["fallback"],
+        serde_json::json!(["claude"])
+    );
+    // Without a default: said as no failover.
+    let q = Project::new();
+    q.task(
+        "u.md",
+        b"---\npreferred_ai: gemini\nfallback: gpt4\n---\nx\n",
+    );
+    let out = q.run(
+        Some(&mock),
+        &["submit", q.inbox().join("u.md").to_str().unwrap()],
+    );
+    out.expect(0);
+    assert!(
+        out.stderr.contains("so the task has no failover"),
+        "{}",
+        out.stderr
+    );
+}

@@ -506,7 +506,7 @@ fn policy_key_errors_say_what_is_wrong() {
     let rows = [
         (
             "budget:\n  daily_cad: -1\n",
-            "budget.daily_cad must be an amount of CAD at or above 0",
+            "budget.daily_cad: -1 is below 0 (expected a number from 0 to 1000000000",
         ),
         ("budget: 5\n", "budget must be a mapping of its keys"),
         (

@@ -472,3 +472,302 @@ fn a_setuid_task_yields_a_done_file_without_the_bit() {
     assert_eq!(p.names(&p.done()), ["a.md"]);
     assert_eq!(mode(&p.done().join("a.md")), 0o750);
 }
+
+// --- report and status: service strings in every format --------------------
+
+/// The host's state directory under the test's home.
+fn state_dir_of(p: &Project) -> std::path::PathBuf {
+    p.home.join(".local/state/ccl-delegate")
+}
+
+/// Writes the config file the runs find by default.
+fn write_default_config(p: &Project, yaml: &str) -> std::path::PathBuf {
+    let d = p.home.join(".config/ccl-delegate");
+    std::fs::create_dir_all(&d).unwrap();
+    let f = d.join("config.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    f
+}
+
+/// The first cell of a CSV line, as a spreadsheet reads it (quotes off).
+fn first_csv_cell(line: &str) -> String {
+    match line.strip_prefix('"') {
+        Some(rest) => {
+            let mut cell = String::new();
+            let mut chars = rest.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' if chars.peek() == Some(&'"') => {
+                        cell.push('"');
+                        chars.next();
+                    }
+                    '"' => break,
+                    c => cell.push(c),
+                }
+            }
+            cell
+        }
+        None => line.split(',').next().unwrap_or("").to_string(),
+    }
+}
+
+/// A ledger of an earlier version (`ledger.jsonl`), imported by the first
+/// run, whose model, provider and project strings are a hostile service's
+/// and a hostile directory's: `report` in CSV, table and JSON prints no
+/// raw control or bidi character, and no CSV cell is a formula.
+#[test]
+fn report_escapes_service_strings_and_disarms_formulas_in_every_format() {
+    let p = Project::new();
+    let evil_project = "/srv/evil\u{1b}[2J\u{202e}gpj.exe";
+    let rows: &[(&str, &str, &str)] = &[
+        // (project, provider, model)
+        (
+            evil_project,
+            "gpt\u{1b}[31m\u{202e}",
+            "\u{1b}]0;pwned\u{7}\u{1b}[2Jred\u{202e}gpj.exe",
+        ),
+        ("/p", "claude", "=HYPERLINK(\"http://evil.example\",\"ok\")"),
+        ("/p", "claude", "@SUM(1+1)*cmd|' /C calc'!A0"),
+        ("/p", "gemini", "+1+1"),
+        ("/p", "gemini", "-2+3"),
+        ("/p", "gpu", "-5"),
+        ("/p", "gpu", "\tx"),
+        ("=cmd|' /C calc'!A0", "gpu", "\u{9b}2Jc1"),
+    ];
+    let lines: String = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (project, provider, model))| {
+            json!({
+                "job_id": format!("j-{i}"), "project": project, "task": format!("t{i}.md"),
+                "provider": provider, "model": model, "status": "completed",
+                "cost_cad": 0.25, "tokens_in": 10, "tokens_out": 5,
+                "delegated_at": rfc3339_ago(600), "finished_at": rfc3339_ago(540),
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::create_dir_all(state_dir_of(&p)).unwrap();
+    std::fs::write(state_dir_of(&p).join("ledger.jsonl"), lines).unwrap();
+
+    for by in ["model", "provider", "project"] {
+        let csv = p.run(None, &["report", "--by", by, "--csv"]);
+        csv.expect(0);
+        assert_clean(&format!("report --by {by} --csv"), &csv.stdout);
+        assert_clean(&format!("report --by {by} --csv (stderr)"), &csv.stderr);
+        let keys: std::collections::BTreeSet<&str> = rows
+            .iter()
+            .map(|r| match by {
+                "model" => r.2,
+                "provider" => r.1,
+                _ => r.0,
+            })
+            .collect();
+        // The header, one line per key, the total.
+        assert_eq!(csv.stdout.lines().count(), keys.len() + 2, "{}", csv.stdout);
+        for line in csv.stdout.lines().skip(1) {
+            let cell = first_csv_cell(line);
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r'])
+                    || cell.parse::<f64>().is_ok_and(f64::is_finite),
+                "report --by {by} --csv: a formula cell {cell:?} in {line:?}"
+            );
+        }
+        let table = p.run(None, &["report", "--by", by]);
+        table.expect(0);
+        assert_clean(&format!("report --by {by}"), &table.stdout);
+        assert_clean(&format!("report --by {by} (stderr)"), &table.stderr);
+        let j = p.run(None, &["report", "--by", by, "--json"]);
+        j.expect(0);
+        assert_clean(&format!("report --by {by} --json"), &j.stdout);
+        let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+        assert_eq!(v["total"]["jobs"], rows.len());
+    }
+
+    let csv = p.run(None, &["report", "--by", "model", "--csv"]).stdout;
+    let has = |start: &str| csv.lines().any(|l| l.starts_with(start));
+    for start in [
+        "\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"ok\"\")\",1,",
+        "'@SUM(1+1)*cmd|' /C calc'!A0,1,",
+        "'+1+1,1,",
+        "'-2+3,1,",
+        "-5,1,",
+        // The books keep the tab escaped: no longer a tab at the start.
+        "\\tx,1,",
+        "\\x1b]0;pwned\\x07\\x1b[2Jred\\u{202e}gpj.exe,1,",
+        "\\x9b2Jc1,1,",
+    ] {
+        assert!(has(start), "no CSV line starts with {start:?}:\n{csv}");
+    }
+    let csv = p.run(None, &["report", "--by", "project", "--csv"]).stdout;
+    assert!(
+        csv.lines().any(|l| l.starts_with("'=cmd|' /C calc'!A0,1,")),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("/srv/evil\\x1b[2J\\u{202e}gpj.exe,1,")),
+        "{csv}"
+    );
+    // JSON keeps the project as it is, in escapes a terminal does not run.
+    let v: serde_json::Value =
+        serde_json::from_str(&p.run(None, &["report", "--by", "project", "--json"]).stdout)
+            .unwrap();
+    assert!(
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["project"] == evil_project),
+        "{v}"
+    );
+}
+
+/// A marker's error and a record's provider from a hostile service, in a
+/// project whose directory name holds ESC and a bidi override: `status`
+/// prints neither raw, in the table or in JSON, and JSON keeps them.
+#[test]
+fn status_escapes_marker_record_and_directory_strings_in_table_and_json() {
+    let p = Project::new();
+    let dir = p.tmp.path().join("evil\u{1b}[2J\u{202e}proj");
+    std::fs::create_dir_all(dir.join(".agent-queue/inbox")).unwrap();
+    std::fs::create_dir_all(dir.join(".agent-queue/done")).unwrap();
+    std::fs::write(dir.join(".agent-queue/inbox/t1.md"), "Do it.\n").unwrap();
+    let evil_error = "boom\u{1b}]0;pwned\u{7}\u{202e}\u{2066}txt";
+    let mut marker: serde_json::Value =
+        serde_json::from_str(&marker_json(false, Some("j-1"), "k-1", &rfc3339_ago(60))).unwrap();
+    marker["last_error"] = json!(evil_error);
+    marker["poll_errors"] = json!(1);
+    std::fs::write(
+        dir.join(".agent-queue/inbox/t1.md.delegated"),
+        marker.to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(".agent-queue/done/t0.md"),
+        "---\nstatus: completed\nprovider: \"gpt\\e[31m\\u202e\\u0085\"\ncost_cad: 0.5\n---\nDone.\n",
+    )
+    .unwrap();
+    let d = s(&dir);
+    let table = p.run(None, &["status", "--project", d]);
+    table.expect(0);
+    assert_clean("status", &table.stdout);
+    assert_clean("status (stderr)", &table.stderr);
+    assert!(table.stdout.contains("\\x1b"), "{}", table.stdout);
+    let j = p.run(None, &["status", "--project", d, "--json"]);
+    j.expect(0);
+    assert_clean("status --json", &j.stdout);
+    assert_clean("status --json (stderr)", &j.stderr);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(v["in_flight"][0]["last_error"], evil_error, "{v}");
+    assert!(
+        v["in_flight"][0]["project"]
+            .as_str()
+            .unwrap()
+            .ends_with("evil\u{1b}[2J\u{202e}proj"),
+        "{v}"
+    );
+}
+
+// --- config numbers are judged as numbers -----------------------------------
+
+/// A number a policy key refuses is named with its key, its value as
+/// written and the rule in words, exit 78, by `doctor` as by `status`; a
+/// number is never said to be of the wrong type.
+#[test]
+fn a_refused_config_number_names_the_key_the_value_and_the_rule() {
+    let rows = [
+        (
+            "budget:\n  daily_cad: 1e400\n",
+            "line 2: budget.daily_cad: 1e400 is not a finite amount of CAD (expected a number from 0 to 1000000000, like 20.00)",
+        ),
+        (
+            "max_in_flight: {all: 18446744073709551616}\n",
+            "line 1: max_in_flight.all: 18446744073709551616 is too large (at most 18446744073709551615 jobs)",
+        ),
+        (
+            "budget:\n  monthly_cad: 1e300\n",
+            "line 2: budget.monthly_cad: 1e300 is too large (at most 1000000000 CAD)",
+        ),
+        (
+            "budget:\n  providers:\n    claude: {estimate_cad: -0.5}\n",
+            "line 3: budget.providers.claude.estimate_cad: -0.5 is below 0 (expected a number from 0 to 1000000000, like 20.00)",
+        ),
+        (
+            "max_in_flight:\n  gpu: 2.5\n",
+            "line 2: max_in_flight.gpu: 2.5 is not a whole number (expected a whole number of jobs at or above 0, like 5)",
+        ),
+        (
+            "max_in_flight:\n  gpu: \"\\e[2J\\u202e7\"\n",
+            "line 2: max_in_flight.gpu: \\x1b[2J\\u{202e}7 is not a number",
+        ),
+    ];
+    for (yaml, want) in rows {
+        let p = Project::new();
+        let f = write_default_config(&p, yaml);
+        for cmd in [
+            vec!["doctor"],
+            vec!["status", "--project", s(&p.dir)],
+            vec!["report"],
+        ] {
+            let out = p.run(None, &cmd);
+            out.expect(78);
+            assert!(
+                out.stderr
+                    .contains(&format!("config file {}: {want}", s(&f))),
+                "{cmd:?} {yaml:?}: {}",
+                out.stderr
+            );
+            for bad in [
+                "not a string",
+                "not an integer",
+                "invalid type",
+                "not valid YAML",
+            ] {
+                assert!(!out.stderr.contains(bad), "{yaml:?}: {}", out.stderr);
+            }
+            assert_clean(&format!("{cmd:?} {yaml:?}"), &out.stderr);
+            assert_eq!(out.stdout, "", "{cmd:?} {yaml:?}");
+        }
+    }
+}
+
+/// `-0.0` is a cap of 0, shown as `0.0000` (never `-0.0000`), by `status`
+/// and `report`, in the table and in JSON.
+#[test]
+fn a_cap_of_minus_zero_is_zero() {
+    let p = Project::new();
+    write_default_config(
+        &p,
+        "budget:\n  daily_cad: -0.0\n  providers:\n    gpu: {monthly_cad: -0, estimate_cad: -0.0}\n",
+    );
+    for args in [
+        vec!["status", "--project", s(&p.dir)],
+        vec!["report"],
+        vec!["status", "--project", s(&p.dir), "--json"],
+        vec!["report", "--json"],
+    ] {
+        let out = p.run(None, &args);
+        out.expect(0);
+        assert!(!out.stdout.contains("-0"), "{args:?}: {}", out.stdout);
+        if args.contains(&"--json") {
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            let limits: Vec<f64> = v["budget"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["limit_cad"].as_f64().unwrap())
+                .collect();
+            assert_eq!(limits.len(), 2, "{v}");
+            assert!(limits.iter().all(|l| l.is_sign_positive()), "{v}");
+        } else {
+            for want in [
+                "budget daily all: 0.0000 of 0.0000 CAD spent, 0.0000 reserved (0 in flight)",
+                "budget monthly gpu: 0.0000 of 0.0000 CAD spent, 0.0000 reserved (0 in flight)",
+            ] {
+                assert!(out.stdout.contains(want), "{args:?}: {}", out.stdout);
+            }
+        }
+    }
+}

@@ -279,18 +279,21 @@ pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             "total": total.columns().json(None),
             "budget": budget.iter().map(CapState::json).collect::<Vec<_>>(),
         });
-        out = serde_json::to_string_pretty(&v)? + "\n";
+        out = crate::text::json_pretty(&v)? + "\n";
     } else if args.csv {
-        let _ = writeln!(out, "{},{}", q.by, HEADER.join(","));
+        csv_line(&mut out, std::iter::once(q.by.as_str()).chain(HEADER));
         for (k, g) in groups.iter_mut() {
-            let _ = writeln!(
-                out,
-                "{},{}",
-                csv_field(k),
-                g.columns().cells(false).join(",")
+            let cells = g.columns().cells(false);
+            csv_line(
+                &mut out,
+                std::iter::once(k.as_str()).chain(cells.iter().map(String::as_str)),
             );
         }
-        let _ = writeln!(out, "total,{}", total.columns().cells(false).join(","));
+        let cells = total.columns().cells(false);
+        csv_line(
+            &mut out,
+            std::iter::once("total").chain(cells.iter().map(String::as_str)),
+        );
     } else {
         let mut rows: Vec<Vec<String>> = vec![
             std::iter::once(q.by.clone())
@@ -344,15 +347,41 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// One CSV line: every cell through [`csv_field`], the key's as the
+/// numbers', so no cell escapes the rules.
+fn csv_line<'a>(out: &mut String, cells: impl Iterator<Item = &'a str>) {
+    for (i, c) in cells.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&csv_field(c));
+    }
+    out.push('\n');
+}
+
+/// One CSV cell (policy.md "Report"): control and bidi characters escaped
+/// as in every other output ([`crate::text::line`]), a cell a spreadsheet
+/// would run as a formula prefixed with `'`, then RFC 4180 quoting when
+/// the cell holds a comma or a quote.
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
+    let mut cell = crate::text::line(s);
+    if runs_as_formula(s) {
+        cell.insert(0, '\'');
+    }
+    if cell.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", cell.replace('"', "\"\""))
     } else {
-        s.to_string()
+        cell
     }
 }
 
-/// `budget daily all: 12.3400 of 20.0000 CAD spent, 0.6000 reserved (4 in flight)`.
+/// Whether a spreadsheet would take the cell for a formula: it starts with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return, and is not a number
+/// (`-1.5` is a number, `-1+2` and `-inf` are not).
+fn runs_as_formula(s: &str) -> bool {
+    s.starts_with(['=', '+', '-', '@', '\t', '\r']) && !s.parse::<f64>().is_ok_and(f64::is_finite)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,9 +441,51 @@ mod tests {
     }
 
     #[test]
-    fn csv_quotes_what_needs_it() {
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
-        assert_eq!(csv_field("plain"), "plain");
+    fn csv_quotes_escapes_and_disarms_formulas() {
+        // (service string, CSV cell)
+        let rows: &[(&str, &str)] = &[
+            ("plain", "plain"),
+            ("", ""),
+            ("a,b", "\"a,b\""),
+            ("say \"x\"", "\"say \"\"x\"\"\""),
+            ("a\x1b[31mb", "a\\x1b[31mb"),
+            ("\u{202e}lmth.exe", "\\u{202e}lmth.exe"),
+            ("two\nlines\r", "two\\nlines\\r"),
+            (
+                "=HYPERLINK(\"http://x\")",
+                "\"'=HYPERLINK(\"\"http://x\"\")\"",
+            ),
+            ("=1+2", "'=1+2"),
+            ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+            ("\t=1", "'\\t=1"),
+            ("\r=1", "'\\r=1"),
+            ("=a,b", "\"'=a,b\""),
+            ("-inf", "'-inf"),
+            ("-NaN", "'-NaN"),
+            // Numbers stay numbers.
+            ("-1.5", "-1.5"),
+            ("+7", "+7"),
+            ("-0.0000", "-0.0000"),
+            ("12.3400", "12.3400"),
+            ("1e5", "1e5"),
+            // Not at the start: no formula.
+            ("a=1", "a=1"),
+            (" =1", " =1"),
+        ];
+        for &(input, want) in rows {
+            let got = csv_field(input);
+            assert_eq!(got, want, "{input:?}");
+            assert!(
+                !got.chars().any(crate::text::is_unsafe_char),
+                "{input:?}: {got:?}"
+            );
+            assert!(
+                !got.starts_with(['=', '+', '-', '@', '\t', '\r'])
+                    || got.parse::<f64>().is_ok_and(f64::is_finite),
+                "{got:?}"
+            );
+        }
     }
 }

@@ -158,8 +158,7 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         .collect();
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
+        writeln!(out, "{}", crate::text::json_pretty(&report)?)?;
         return Ok(Code::Ok);
     }
     render_table(&mut out, &report, std::io::stdout().is_terminal())?;

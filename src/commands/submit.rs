@@ -358,11 +358,21 @@ fn chain_to_follow(
         let chain = first.map_or(&[][..], |p| settings.policy.chain_after(p));
         (chain.to_vec(), "the config's default")
     };
-    if !chain.is_empty() {
-        ui.info(format_args!(
-            "{shown}: if its job fails: {} ({from})",
+    let words = if chain.is_empty() {
+        "no failover".to_string()
+    } else {
+        format!(
+            "if its job fails: {} ({from})",
             route::Fallback::words(&chain)
-        ));
+        )
+    };
+    // When entries were dropped, what is left is said with the warnings.
+    if own.warnings.is_empty() {
+        if !chain.is_empty() {
+            ui.info(format_args!("{shown}: {words}"));
+        }
+    } else {
+        ui.warn(format_args!("{shown}: so the task has {words}"));
     }
     chain.iter().map(|p| p.as_str().to_string()).collect()
 }
