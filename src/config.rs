@@ -36,6 +36,16 @@ struct FileConfig {
     budget: Option<crate::policy::Budget>,
     max_in_flight: Option<crate::policy::Limits>,
     fallback: Option<crate::policy::Fallback>,
+    fleet: Option<FileFleet>,
+}
+
+/// `fleet:` as written (fleet.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFleet {
+    url: String,
+    password_file: Option<String>,
+    host: Option<String>,
 }
 
 /// Where the API key comes from; it is read only when a command needs it.
@@ -68,6 +78,13 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// `budget`, `max_in_flight`, `fallback` (policy.md); empty when unset.
     pub policy: crate::policy::Policy,
+    /// `fleet` (fleet.md): the books shared on PostgreSQL.
+    pub fleet: Option<crate::books::fleet::FleetConfig>,
+    /// The projects that came from a glob: one without a queue is skipped
+    /// quietly (the others are an error: a typo in a path).
+    pub globbed: std::collections::HashSet<PathBuf>,
+    /// `projects` patterns that match no directory (a warning).
+    pub empty_globs: Vec<String>,
 }
 
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -195,8 +212,17 @@ impl Settings {
         };
 
         let mut projects = Vec::new();
+        let mut globbed = std::collections::HashSet::new();
+        let mut empty_globs = Vec::new();
         for raw in &file.projects {
-            expand_project(&cfg_path, raw, base, &mut projects)?;
+            let before = projects.len();
+            let glob = expand_project(&cfg_path, raw, base, &mut projects)?;
+            if glob {
+                globbed.extend(projects[before..].iter().cloned());
+                if projects.len() == before {
+                    empty_globs.push(crate::text::clip(raw, 200));
+                }
+            }
         }
 
         Ok(Settings {
@@ -235,6 +261,12 @@ impl Settings {
                 max_in_flight: file.max_in_flight.unwrap_or_default(),
                 fallback: file.fallback.unwrap_or_default(),
             },
+            fleet: file
+                .fleet
+                .map(|f| fleet_config(&cfg_path, f, base))
+                .transpose()?,
+            globbed,
+            empty_globs,
             config_file,
         })
     }
@@ -551,17 +583,19 @@ fn key_line(text: &str, key: &str, nth: usize) -> Option<usize> {
         .map(|(i, _)| i + 1)
 }
 
+/// Adds a `projects` entry's directories to `out`; `true` when the entry
+/// was a glob.
 fn expand_project(
     cfg: &Path,
     raw: &str,
     base: Option<&Path>,
     out: &mut Vec<PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let p = expand(raw, base);
     let s = p.to_string_lossy();
     if !s.contains(['*', '?', '[']) {
         out.push(p);
-        return Ok(());
+        return Ok(false);
     }
     let paths = glob::glob(&s).map_err(|e| {
         fail(
@@ -578,7 +612,50 @@ fn expand_project(
             out.push(entry);
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// `fleet:` checked: a URL (never shown as written: it may hold a
+/// password), a password file, this host's name (default: the hostname).
+fn fleet_config(
+    cfg_path: &Path,
+    f: FileFleet,
+    base: Option<&Path>,
+) -> anyhow::Result<crate::books::fleet::FleetConfig> {
+    let bad = |what: &str| {
+        fail(
+            Code::Config,
+            format!("{}: fleet.{what}", cfg_path.display()),
+        )
+    };
+    if f.url.trim().is_empty() {
+        return Err(bad("url is empty; give a postgres:// URL or key=value words"));
+    }
+    if let Err(why) = crate::books::conninfo::parse(&f.url) {
+        return Err(bad(&format!(
+            "url {}: {why}",
+            crate::books::conninfo::masked(&f.url)
+        )));
+    }
+    let host = match f.host {
+        Some(h) => h.trim().to_string(),
+        None => crate::books::fleet::hostname(),
+    };
+    if host.is_empty()
+        || host.len() > 64
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(bad(
+            "host must be 1-64 letters, digits, `-`, `_` or `.` (this host's name in the fleet)",
+        ));
+    }
+    Ok(crate::books::fleet::FleetConfig {
+        url: f.url,
+        password_file: f.password_file.map(|p| expand(&p, base)),
+        host,
+    })
 }
 
 /// What is wrong with an API key, if anything: the rule the HTTP client

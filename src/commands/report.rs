@@ -186,22 +186,31 @@ pub struct Query {
 }
 
 impl Query {
-    /// The ledger's entries in the window, grouped.
+    /// The ledger's entries in the window, grouped: the fleet's when a
+    /// fleet is configured, else this host's (all under `host`).
     pub fn run(
         &self,
         books: Option<&crate::books::Books>,
+        fleet: Option<&mut crate::books::fleet::Fleet>,
+        host: &str,
     ) -> anyhow::Result<BTreeMap<String, Group>> {
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+        if let Some(f) = fleet {
+            f.rows_between(&self.since, self.until.as_deref(), |h, r| {
+                self.add(&mut groups, h, &r)
+            })?;
+            return Ok(groups);
+        }
         let Some(books) = books else {
             return Ok(groups);
         };
         books.rows_between(&self.since, self.until.as_deref(), |r| {
-            self.add(&mut groups, &r)
+            self.add(&mut groups, host, &r)
         })?;
         Ok(groups)
     }
 
-    fn add(&self, groups: &mut BTreeMap<String, Group>, r: &Row) {
+    fn add(&self, groups: &mut BTreeMap<String, Group>, host: &str, r: &Row) {
         if !self.projects.is_empty() && !self.projects.contains(&r.project) {
             return;
         }
@@ -209,6 +218,7 @@ impl Query {
             "project" => &r.project,
             "model" => r.model.as_deref().unwrap_or("unknown"),
             "day" => r.finished_at.get(..10).unwrap_or(&r.finished_at),
+            "host" => host,
             _ => &r.provider,
         };
         let g = match groups.get_mut(key) {
@@ -254,10 +264,23 @@ pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         projects: args.projects.iter().map(|p| project_key(p)).collect(),
     };
     let mut books = crate::books::open_if_present(&settings.state_dir, settings.lock_timeout)?;
-    let mut groups = q.run(books.as_ref())?;
-    let budget = match books.as_mut() {
-        Some(b) => b.budget(&settings.policy, now)?,
-        None => crate::policy::admit::budget_states(
+    let mut fleet = match &settings.fleet {
+        Some(cfg) => Some(crate::books::fleet::Fleet::connect(
+            cfg,
+            settings.lock_timeout,
+            settings.max_age,
+        )?),
+        None => None,
+    };
+    let host = match &settings.fleet {
+        Some(cfg) => cfg.host.clone(),
+        None => crate::books::fleet::hostname(),
+    };
+    let mut groups = q.run(books.as_ref(), fleet.as_mut(), &host)?;
+    let budget = match (fleet.as_mut(), books.as_mut()) {
+        (Some(f), _) => f.budget(&settings.policy, now)?,
+        (None, Some(b)) => b.budget(&settings.policy, now)?,
+        (None, None) => crate::policy::admit::budget_states(
             &settings.policy,
             &Default::default(),
             &Default::default(),

@@ -57,6 +57,7 @@ struct Report {
 
 pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let projects = super::projects_for_person(&args.projects, settings)?;
+    super::require_queues(&projects, settings)?;
     let mut report = Report {
         in_flight: Vec::new(),
         totals: Vec::new(),
@@ -125,12 +126,13 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         }
     }
     let now = std::time::SystemTime::now();
-    let budget = match books.as_mut() {
-        Some(b) => b.budget(&settings.policy, now).unwrap_or_else(|e| {
+    let budget = match (&settings.fleet, books.as_mut()) {
+        (Some(cfg), _) => fleet_budget(settings, cfg, now, ui),
+        (None, Some(b)) => b.budget(&settings.policy, now).unwrap_or_else(|e| {
             ui.warn(format_args!("{e:#}"));
             Vec::new()
         }),
-        None => crate::policy::admit::budget_states(
+        (None, None) => crate::policy::admit::budget_states(
             &settings.policy,
             &Default::default(),
             &Default::default(),
@@ -166,6 +168,36 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         writeln!(out, "{l}")?;
     }
     Ok(Code::Ok)
+}
+
+/// The fleet's budget lines (fleet.md: the caps count the whole fleet), and
+/// a warning naming each host whose reservations are past `max_age`.
+fn fleet_budget(
+    settings: &Settings,
+    cfg: &crate::books::fleet::FleetConfig,
+    now: std::time::SystemTime,
+    ui: Ui,
+) -> Vec<crate::policy::admit::CapState> {
+    let got = crate::books::fleet::Fleet::connect(cfg, settings.lock_timeout, settings.max_age)
+        .and_then(|mut f| {
+            let caps = f.budget(&settings.policy, now)?;
+            let stale = f.stale_hosts(now)?;
+            anyhow::Ok((caps, stale))
+        });
+    match got {
+        Ok((caps, stale)) => {
+            for h in stale {
+                ui.warn(format_args!(
+                    "fleet host {h} holds reservations older than max_age: it stopped reaping; they no longer count"
+                ));
+            }
+            caps
+        }
+        Err(e) => {
+            ui.warn(format_args!("{e:#}; no budget lines"));
+            Vec::new()
+        }
+    }
 }
 
 /// The totals from the ledger when it holds exactly these projects'
