@@ -477,10 +477,32 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
                 "(not shown)".to_string()
             };
             let place = path.map(|p| format!("{p}: ")).unwrap_or_default();
+            // `max_in_flight` takes `all` too; the nearest valid name is
+            // said when one is close.
+            let valid: &[&str] = if path.is_some_and(|p| p.starts_with("max_in_flight")) {
+                &["all", "gpu", "gemini", "claude", "auto"]
+            } else {
+                &["gpu", "gemini", "claude", "auto"]
+            };
+            let nearest = valid
+                .iter()
+                .map(|v| (strsim::levenshtein(&k.to_ascii_lowercase(), v), *v))
+                .min()
+                .filter(|(d, _)| *d <= 3 && shown != "(not shown)")
+                .map(|(_, v)| format!(" (did you mean `{v}`?)"))
+                .unwrap_or_default();
+            let what = if valid.contains(&"all") {
+                "the keys are all"
+            } else {
+                "the providers are"
+            };
+            let names = if valid.contains(&"all") {
+                ", gpu, gemini, claude, auto"
+            } else {
+                " gpu, gemini, claude, auto"
+            };
             return (
-                format!(
-                    "{place}unknown provider {shown}; the providers are gpu, gemini, claude, auto"
-                ),
+                format!("{place}unknown provider {shown}{nearest}; {what}{names}"),
                 key_line(text, k, 1).or(line),
             );
         }
@@ -629,7 +651,9 @@ fn fleet_config(
         )
     };
     if f.url.trim().is_empty() {
-        return Err(bad("url is empty; give a postgres:// URL or key=value words"));
+        return Err(bad(
+            "url is empty; give a postgres:// URL or key=value words",
+        ));
     }
     if let Err(why) = crate::books::conninfo::parse(&f.url) {
         return Err(bad(&format!(

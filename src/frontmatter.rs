@@ -98,6 +98,9 @@ pub struct Meta {
     /// Keys that are not routing keys but look like one (a typo, another
     /// case): ignored for routing, and worth a warning.
     pub near_misses: Vec<NearMiss>,
+    /// The frontmatter could not be read (said in a warning): no key
+    /// counts, the task routes as if it had none.
+    pub unreadable: bool,
 }
 
 /// A routing key's value as routing sees it: YAML's own types stay in this
@@ -220,6 +223,7 @@ impl Meta {
                     })
                 })
                 .collect(),
+            unreadable: false,
         }
     }
 
@@ -280,6 +284,13 @@ fn kind(v: &Value) -> &'static str {
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A file that begins with two byte order marks: the second hides a
+/// frontmatter that would otherwise open (one BOM is skipped, as the
+/// design says). Worth a warning: the task routes as if it had no keys.
+pub fn second_bom(input: &[u8]) -> bool {
+    input.starts_with(BOM) && input[BOM.len()..].starts_with(BOM)
+}
 
 /// Splits a task file. Never panics; `head` + `body` == `input` always.
 pub fn split(input: &[u8]) -> Split<'_> {
@@ -683,6 +694,7 @@ mod tests {
             priority: Some("off".into()),
             fallback: None,
             near_misses: Vec::new(),
+            unreadable: false,
         };
         let rows: Vec<(&str, &[u8], usize, M)> = vec![
             ("no frontmatter", b"# Task\nbody\n", 0, ok()),
@@ -1046,6 +1058,7 @@ mod tests {
                 priority: Some("high".into()),
                 fallback: None,
                 near_misses: Vec::new(),
+                unreadable: false,
             }
         );
         let meta = Meta::from_pairs(&[p("allow_delegation", "\"true\""), p("preferred_ai", "yes")])

@@ -75,6 +75,58 @@ impl Decision {
     pub fn explain(&self) -> &'static str {
         rule_in_words(self.rule)
     }
+
+    /// [`Decision::explain`] with what the task held: the unknown value of
+    /// rule 5, and for rule 7 whether the frontmatter could not be read
+    /// (then no key counted, whatever it held).
+    pub fn explain_for(&self, meta: &Meta) -> String {
+        match self.rule {
+            5 => match unknown_preferred(meta) {
+                Some(why) => format!("rule 5: {why}: runs locally (fail-safe)"),
+                None => rule_in_words(5).to_string(),
+            },
+            7 if meta.unreadable => "rule 7: the frontmatter could not be read (see the warning), so no routing key counts: runs locally".to_string(),
+            r => rule_in_words(r).to_string(),
+        }
+    }
+}
+
+/// The values `preferred_ai` takes.
+const PREFERRED: [&str; 5] = ["claude-code", "gpu", "gemini", "claude", "auto"];
+
+/// What is wrong with `preferred_ai` when rule 5 applies to it: the value
+/// and the nearest valid one.
+pub fn unknown_preferred(meta: &Meta) -> Option<String> {
+    let v = meta.preferred_ai.as_ref()?;
+    let Field::Str(s) = v else {
+        let what = match v {
+            Field::Null => "empty",
+            Field::Bool(_) => "a boolean",
+            Field::List(_) => "a list",
+            Field::Other(what) => what,
+            Field::Str(_) => unreachable!("matched above"),
+        };
+        return Some(format!(
+            "preferred_ai is {what}, not one of {}",
+            PREFERRED.join(", ")
+        ));
+    };
+    let t = s.trim().to_ascii_lowercase();
+    if PREFERRED.contains(&t.as_str()) {
+        return None;
+    }
+    let nearest = PREFERRED
+        .iter()
+        .map(|p| (strsim::levenshtein(&t, p), *p))
+        .min()
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, p)| format!(" (did you mean `{p}`?)"))
+        .unwrap_or_default();
+    Some(format!(
+        "preferred_ai `{}` is not one of {}{nearest}",
+        crate::text::clip(s, 40),
+        PREFERRED.join(", ")
+    ))
 }
 
 /// A routing rule in words: its number, what matched and where the task

@@ -34,14 +34,22 @@ impl Ui {
     /// ([`crate::text::line`]), so it stays one line whatever they hold.
     pub fn warn(&self, msg: impl std::fmt::Display) {
         if !self.quiet {
-            eprintln!("{}ccl-delegate: warning: {}", self.stamp(), line(&msg.to_string()));
+            eprintln!(
+                "{}ccl-delegate: warning: {}",
+                self.stamp(),
+                line(&msg.to_string())
+            );
         }
     }
 
     /// An error line, said even with `-q` (cron mails it), escaped like
     /// [`Ui::warn`].
     pub fn error(&self, msg: impl std::fmt::Display) {
-        eprintln!("{}ccl-delegate: error: {}", self.stamp(), line(&msg.to_string()));
+        eprintln!(
+            "{}ccl-delegate: error: {}",
+            self.stamp(),
+            line(&msg.to_string())
+        );
     }
 
     /// A routine line for a person (not a warning), silenced by `-q`,
@@ -74,7 +82,10 @@ impl Ui {
             self.warn(format_args!(
                 "{shown}: {problem}; routing the task locally (claude-code)"
             ));
-            Meta::default()
+            Meta {
+                unreadable: true,
+                ..Meta::default()
+            }
         });
         for near in &meta.near_misses {
             self.warn(format_args!("{shown}: {near}"));

@@ -61,7 +61,13 @@ pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
                 (shown, bytes)
             }
         };
-        ui.task_meta(&shown, frontmatter::split(&bytes).meta)
+        let meta = ui.task_meta(&shown, frontmatter::split(&bytes).meta);
+        if !meta.unreadable && frontmatter::second_bom(&bytes) {
+            ui.warn(format_args!(
+                "{shown}: starts with two byte order marks; the second hides any frontmatter, so the task routes as if it had none"
+            ));
+        }
+        meta
     };
     let d = route::route(&meta);
     let chain = route::fallback(&meta);
@@ -89,7 +95,7 @@ pub fn run(args: &DecideArgs, ui: Ui) -> anyhow::Result<Code> {
     } else {
         writeln!(out, "{}", d.provider.as_str())?;
         if args.explain {
-            writeln!(out, "{}", d.explain())?;
+            writeln!(out, "{}", d.explain_for(&meta))?;
             if d.provider.delegates() && chain.given {
                 writeln!(out, "fallback: {}", route::Fallback::words(&chain.chain))?;
             }

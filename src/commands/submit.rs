@@ -46,13 +46,15 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         .0;
     let split = frontmatter::split(&bytes);
     let meta = ui.task_meta(&shown.to_string(), split.meta);
+    if !meta.unreadable && frontmatter::second_bom(&bytes) {
+        ui.warn(format_args!(
+            "{shown}: starts with two byte order marks; the second hides any frontmatter, so the task routes as if it had none"
+        ));
+    }
     let decision = route::route(&meta);
     if !decision.provider.delegates() {
         println!("local {}", decision.rule);
-        ui.note(format_args!(
-            "{shown}: {}",
-            route::rule_in_words(decision.rule)
-        ));
+        ui.note(format_args!("{shown}: {}", decision.explain_for(&meta)));
         return Ok(Code::Local);
     }
     let priority = match &args.priority {
@@ -289,7 +291,12 @@ fn fleet_admit(
     ui: Ui,
 ) -> anyhow::Result<(Decision, bool)> {
     let mut f = Fleet::connect(cfg, settings.lock_timeout, settings.max_age)?;
+    let t = std::time::Instant::now();
     let d = f.admit(&settings.policy, job, p, None, now)?;
+    ui.info(format_args!(
+        "admission by the fleet database took {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    ));
     if d != Decision::Admit {
         return Ok((d, false));
     }
