@@ -118,7 +118,10 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
                 true
             }
             Err(e) => {
-                c.fail("api url", format_args!("{e} (from {})", settings.api_url_from));
+                c.fail(
+                    "api url",
+                    format_args!("{e} (from {})", settings.api_url_from),
+                );
                 false
             }
         },

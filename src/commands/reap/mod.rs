@@ -740,7 +740,9 @@ impl Ctx<'_> {
                     let say = match (quiet, refused) {
                         // One line for the run, with the fix; the other
                         // jobs' refusals only with -v.
-                        (_, true) if !self.auth_said.swap(true, Ordering::Relaxed) => Say::KeyRefused,
+                        (_, true) if !self.auth_said.swap(true, Ordering::Relaxed) => {
+                            Say::KeyRefused
+                        }
                         (_, true) | (true, _) => Say::Verbose,
                         _ => Say::Warning,
                     };
