@@ -192,3 +192,24 @@ fn doctor_says_one_verdict_per_check() {
     assert!(out.stdout.contains("skip  service:"), "{}", out.stdout);
     assert_eq!(out.stdout.matches("FAIL").count(), 1, "{}", out.stdout);
 }
+
+/// status gives the whole last error, never one clipped mid-word.
+#[test]
+fn status_shows_the_whole_last_error() {
+    let p = Project::new();
+    p.task("t.md", &fm("preferred_ai: gpu\n"));
+    let long = "service unavailable: the upstream model pool answered 503 for every retry within the http_timeout of 30s, last at the third attempt";
+    let mut m: serde_json::Value = serde_json::from_str(&marker_json(
+        false,
+        Some("j-1"),
+        "ccl-0123456789abcdef0123456789abcdef",
+        &rfc3339_ago(30),
+    ))
+    .unwrap();
+    m["last_error"] = long.into();
+    m["poll_errors"] = 3.into();
+    p.write_marker("t.md", &m.to_string());
+    let out = p.run(None, &["status", "--project", p.dir.to_str().unwrap()]);
+    out.expect(0);
+    assert!(out.stdout.contains(long), "{}", out.stdout);
+}

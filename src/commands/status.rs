@@ -37,6 +37,10 @@ struct InFlight {
     /// take (`2/3`); absent for a task without a chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     attempt: Option<String>,
+    /// A failover step a limit deferred: pending, never sent yet. Present
+    /// only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deferred: bool,
 }
 
 /// `2/3` for a marker with a failover chain, else `None`.
@@ -88,23 +92,27 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                     Err(e) => Err(format!("cannot read it: {e}")),
                 };
                 report.in_flight.push(match parsed {
-                    Ok(m) => InFlight {
-                        attempt: attempt_of(&m),
-                        project: project.clone(),
-                        task: name,
-                        started_in_future: m.started_in_future(),
-                        state: if m.state == State::Pending {
-                            "pending"
-                        } else {
-                            "submitted"
-                        },
-                        age_seconds: crate::timestamp::age(m.started()).as_secs(),
-                        provider: m.provider,
-                        job_id: m.job_id,
-                        started_at: m.started_at,
-                        poll_errors: m.poll_errors,
-                        last_error: m.last_error,
-                    },
+                    Ok(m) => {
+                        let deferred = m.deferred && m.job_id.is_none();
+                        InFlight {
+                            attempt: attempt_of(&m),
+                            project: project.clone(),
+                            task: name,
+                            started_in_future: m.started_in_future(),
+                            state: if m.state == State::Pending {
+                                "pending"
+                            } else {
+                                "submitted"
+                            },
+                            age_seconds: crate::timestamp::age(m.started()).as_secs(),
+                            provider: m.provider,
+                            job_id: m.job_id,
+                            started_at: m.started_at,
+                            poll_errors: m.poll_errors,
+                            last_error: m.last_error,
+                            deferred,
+                        }
+                    }
                     Err(why) => InFlight {
                         project: project.clone(),
                         task: name,
@@ -117,6 +125,7 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                         poll_errors: 0,
                         last_error: Some(format!("corrupt marker: {why}")),
                         attempt: None,
+                        deferred: false,
                     },
                 });
             }
@@ -283,16 +292,22 @@ fn render_table(out: &mut impl Write, r: &Report, _tty: bool) -> std::io::Result
                         Some(a) => format!("{} {a}", clip(&t.provider, 12)),
                         None => clip(&t.provider, 12),
                     },
-                    t.job_id.clone().unwrap_or_else(|| t.state.to_string()),
+                    // No job yet: the marker's state (`pending`, or
+                    // `deferred` for a failover step a limit holds back).
+                    t.job_id.clone().unwrap_or_else(|| {
+                        if t.deferred { "deferred" } else { t.state }.to_string()
+                    }),
                     if t.started_in_future {
                         "future".to_string()
                     } else {
                         humantime::format_duration(std::time::Duration::from_secs(t.age_seconds))
                             .to_string()
                     },
+                    // The whole cause, escaped, never clipped: it is the
+                    // last column, so its length moves no other.
                     t.last_error
                         .as_deref()
-                        .map(|e| clip(e, 60))
+                        .map(crate::text::line)
                         .unwrap_or_else(|| "-".into()),
                 ]
             })
