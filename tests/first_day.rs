@@ -213,3 +213,28 @@ fn status_shows_the_whole_last_error() {
     out.expect(0);
     assert!(out.stdout.contains(long), "{}", out.stdout);
 }
+
+/// What the README promises: the state directory is made 0700 (by the run
+/// lock too); the in-flight gauge says `0` in the run that finished a key's
+/// last job, and nothing after.
+#[test]
+fn the_readme_promises_hold() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    p.task("t.md", &fm("preferred_ai: gpu\n"));
+    p.submit_ok(&mock, "t.md");
+    let metrics = p.tmp.path().join("m.prom");
+    p.reap(&mock, &["--metrics-file", metrics.to_str().unwrap()])
+        .expect(0);
+    let state = p.home.join(".local/state/ccl-delegate");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{state:?}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("provider=\"gpu\"} 0\n"), "{text}");
+    assert!(text.contains("ccl_delegate_completed_total{"), "{text}");
+    p.reap(&mock, &["--metrics-file", metrics.to_str().unwrap()])
+        .expect(0);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(!text.contains("ccl_delegate_active_jobs{"), "{text}");
+}

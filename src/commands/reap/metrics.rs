@@ -142,6 +142,8 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
     // The gauge for the keys with jobs in flight this run, the counters
     // for the keys that ever finished one.
     type Pick = dyn Fn(&Counts) -> bool;
+    // The keys this run saw jobs in flight for: a key whose last job
+    // finished in the run says `0` once, then is no longer written.
     let tracked: &Pick = &|c| c.tracked;
     let counted: &Pick = &|c| c.completed + c.failed > 0;
     let mut family =

@@ -295,7 +295,12 @@ fn unique_projects(projects: Vec<PathBuf>) -> Vec<PathBuf> {
 /// The run lock: flock(2), never waited for, never deleted.
 fn take_run_lock(path: &Path) -> anyhow::Result<Option<fs::File>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)
+        // The state directory is the user's own (0700), whoever makes it.
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .with_context(|| format!("cannot create {} for the run lock", dir.display()))?;
     }
     let file = crate::queue::open_lock_file(path, 0)
