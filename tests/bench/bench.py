@@ -19,6 +19,15 @@ schema's triggers keep the sums), each matching a marker written beside its
 task, so that a reap's reconcile would find the books and the markers
 agreeing. The submit floor is a tiny program (tests/bench/floor.rs, built
 with rustc) doing only a submit's unavoidable system calls.
+
+The fleet's rows (fleet.md "Performance") run against a PostgreSQL server
+started here as tests/pg/mod.rs starts one (initdb, pg_ctl on a free
+loopback port; fsync left on), each host a HOME of its own with its config;
+the fleet ledger is seeded with one INSERT ... SELECT generate_series, and
+the floor of a fleet submit is tests/bench/pg_floor.rs (a `harness = false`
+test target built with cargo): one connection and one admission transaction
+made with the crate the tool uses. Without PostgreSQL those rows are
+skipped, on one line.
 """
 
 import argparse
@@ -28,6 +37,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -795,6 +805,508 @@ def fig_status(env, bins, work, plain, configured, records, runs):
                f"(no books, every head read: {ms(heads)})", "-", "< 0.5 s", med < 0.5)
 
 
+# ---------------------------------------------------------------------------
+# The fleet (fleet.md "Performance"): the books in PostgreSQL
+# ---------------------------------------------------------------------------
+
+PG_USER = "ccl"
+PG_PASSWORD = "bench-Pg-Secr3t"
+
+
+def pg_bin_dir():
+    """The newest /usr/lib/postgresql/<v>/bin holding initdb (Debian's
+    layout), else the directory of an initdb on PATH; None without."""
+    found = []
+    root = "/usr/lib/postgresql"
+    if os.path.isdir(root):
+        for v in os.listdir(root):
+            b = os.path.join(root, v, "bin")
+            if os.access(os.path.join(b, "initdb"), os.X_OK):
+                key = tuple(int(x) if x.isdigit() else 0 for x in v.split("."))
+                found.append((key, b))
+    if found:
+        return max(found)[1]
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+class Postgres:
+    """A throwaway PostgreSQL server, as tests/pg/mod.rs makes one: initdb
+    with a password for user `ccl` (scram-sha-256), pg_ctl start on a free
+    loopback port and a unix socket in its own directory. Durable as a
+    production server is (fsync and synchronous_commit left on: the
+    figures include the commits' flushes). As root, initdb and pg_ctl run
+    as `postgres` under runuser (initdb refuses root). stop() is
+    idempotent; close() also removes the directory."""
+
+    def __init__(self, bin_dir, parent):
+        self.bin = bin_dir
+        self.as_postgres = os.geteuid() == 0
+        try:
+            self.dir = tempfile.mkdtemp(prefix="ccl-delegate-bench-pg.", dir=parent)
+        except OSError:
+            self.dir = tempfile.mkdtemp(prefix="ccl-delegate-bench-pg.")
+        self.data = os.path.join(self.dir, "data")
+        self.log = os.path.join(self.dir, "log")
+        self.pwfile = os.path.join(self.dir, "pw")
+        self.running = False
+        with open(self.pwfile, "w") as f:
+            f.write(PG_PASSWORD)
+        os.chmod(self.pwfile, 0o600)
+        if self.as_postgres:
+            os.chmod(self.dir, 0o700)
+            shutil.chown(self.dir, "postgres", "postgres")
+            shutil.chown(self.pwfile, "postgres", "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"postgres://{PG_USER}@127.0.0.1:{self.port}/postgres?sslmode=disable"
+
+    def _tool(self, name, *args, check=True):
+        argv = [os.path.join(self.bin, name), *args]
+        if self.as_postgres:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+        r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, cwd=self.dir)
+        if check and r.returncode != 0:
+            log = ""
+            if os.path.exists(self.log):
+                with open(self.log, errors="replace") as f:
+                    log = f.read()[-2000:]
+            raise RuntimeError(f"{name} {' '.join(args)} exited {r.returncode}: "
+                               f"{r.stdout.decode(errors='replace')}{log}")
+        return r
+
+    def start(self):
+        self._tool("initdb", "-D", self.data, "-U", PG_USER, "--auth=scram-sha-256",
+                   f"--pwfile={self.pwfile}")
+        # max_connections: 200 clients at once in the burst, each a backend.
+        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                "-c max_connections=250")
+        self._tool("pg_ctl", "-D", self.data, "-o", opts, "-w", "-t", "60", "-l", self.log,
+                   "start")
+        self.running = True
+
+    def stop(self):
+        if self.running:
+            self._tool("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop", check=False)
+            self.running = False
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def psql(self, sql):
+        r = subprocess.run(
+            [os.path.join(self.bin, "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+             "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres",
+             "-c", sql],
+            env=dict(os.environ, PGPASSWORD=PG_PASSWORD), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            sys.exit(f"bench: psql {sql[:80]!r}: {r.stderr.decode(errors='replace')}")
+        return r.stdout.decode().strip()
+
+    def count(self, sql):
+        return int(self.psql(sql))
+
+
+def fleet_host(work, base_env, pg, name, extra="", state_dir=None):
+    """A host of the fleet: its own HOME, a password file (0600) and a
+    config at the XDG place with `fleet: {url, password_file, host}`, as
+    tests/fleet.rs writes them. `pg` None: a host without fleet. Answers
+    (env, state directory, config path)."""
+    home = os.path.join(work, "hosts", name)
+    cfg_dir = os.path.join(home, ".config", "ccl-delegate")
+    os.makedirs(cfg_dir, exist_ok=True)
+    state = state_dir or os.path.join(home, ".local", "state", "ccl-delegate")
+    text = ""
+    if pg is not None:
+        pw = os.path.join(cfg_dir, "pg-password")
+        with open(pw, "w") as f:
+            f.write(PG_PASSWORD + "\n")
+        os.chmod(pw, 0o600)
+        text += f"fleet:\n  url: {pg.url}\n  password_file: {pw}\n  host: {name}\n"
+    if state_dir:
+        text += f"state_dir: {state_dir}\n"
+    text += "lock_timeout: 30s\n" + extra
+    cfg = os.path.join(cfg_dir, "config.yaml")
+    with open(cfg, "w") as f:
+        f.write(text)
+    env = dict(base_env, HOME=home, XDG_CONFIG_HOME=os.path.join(home, ".config"),
+               XDG_STATE_HOME=os.path.join(home, ".local", "state"))
+    return env, state, cfg
+
+
+FLEET_BUDGET = "budget:\n  daily_cad: 100000\n  monthly_cad: 1000000\n"
+FLEET_HOSTS = 10
+
+
+def build_pg_floor():
+    """Builds tests/bench/pg_floor.rs (a `harness = false` test target) with
+    cargo; answers the executable's path."""
+    cargo = os.environ.get("CARGO") or shutil.which("cargo")
+    if not cargo:
+        sys.exit("bench: the fleet rows need cargo to build tests/bench/pg_floor.rs")
+    r = subprocess.run([cargo, "test", "--release", "--test", "pg_floor", "--no-run",
+                        "--message-format=json", "--quiet"], cwd=REPO,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        sys.exit(f"bench: cargo test --release --test pg_floor --no-run failed:\n"
+                 f"{r.stderr.decode(errors='replace')[-3000:]}")
+    for line in r.stdout.decode().splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+                and msg.get("target", {}).get("name") == "pg_floor":
+            return msg["executable"]
+    sys.exit("bench: cargo did not name the pg_floor executable")
+
+
+def seed_fleet_ledger(pg, n, t_end):
+    """n entries from FLEET_HOSTS hosts, ending over the last 29 days (the
+    same spread of providers, failures and costs as the books' rows), in
+    one INSERT ... SELECT generate_series: the ledger's triggers keep
+    spend_day as a push does. Then VACUUM ANALYZE and a CHECKPOINT, as a
+    database that has been running would be. Answers the seconds taken."""
+    sql = f"""
+INSERT INTO ccl_delegate.ledger (host, job_id, project, task, provider, model, status,
+    cost_cad, tokens_in, tokens_out, delegated_at, finished_at, turnaround, step)
+SELECT 'host-' || lpad((i % {FLEET_HOSTS})::text, 2, '0'),
+       'f-' || lpad(i::text, 8, '0'),
+       '/srv/host-' || lpad((i % {FLEET_HOSTS})::text, 2, '0') || '/p'
+           || lpad((i / {FLEET_HOSTS} % 100)::text, 3, '0'),
+       'task-' || lpad((i / 1000)::text, 5, '0') || '.md',
+       (ARRAY['gpu', 'gemini', 'claude'])[i % 3 + 1],
+       'm',
+       CASE WHEN failed THEN 'failed' ELSE 'completed' END,
+       CASE WHEN failed THEN 0 ELSE 0.001 + (i * 7919 % 191) / 10000.0 END,
+       100, 50,
+       to_char(to_timestamp(fin - 60 - i % 600) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+       to_char(to_timestamp(fin) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+       CASE WHEN failed THEN NULL ELSE 60 + i % 600 END,
+       false
+FROM (SELECT i, (i / 7) % 10 = 0 AS failed, {t_end} - ({n} - i) * {SPAN} / {n} AS fin
+      FROM generate_series(0::bigint, {n - 1}) AS i) AS s"""
+    t0 = time.perf_counter()
+    pg.psql(sql)
+    took = time.perf_counter() - t0
+    pg.psql("VACUUM ANALYZE ccl_delegate.ledger")
+    pg.psql("VACUUM ANALYZE ccl_delegate.spend_day")
+    pg.psql("CHECKPOINT")
+    got = pg.count("SELECT count(*) FROM ccl_delegate.ledger")
+    hosts = pg.count("SELECT count(DISTINCT host) FROM ccl_delegate.ledger")
+    if got != n or hosts != FLEET_HOSTS:
+        sys.exit(f"bench: the fleet ledger holds {got} entries of {hosts} hosts "
+                 f"(expected {n} of {FLEET_HOSTS})")
+    return took
+
+
+def fig_fleet_report(env, bins, n, runs):
+    out = subprocess.run([bins["ccl"], "report", "--json"], env=env, check=True,
+                         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL).stdout
+    jobs = json.loads(out)["total"]["jobs"]
+    if jobs != n:
+        sys.exit(f"bench: the fleet's report counted {jobs} jobs of the {n} in its window")
+    walls = [spawn_checked([bins["ccl"], "report"], env) for _ in range(runs)]
+    med = statistics.median(walls)
+    return Row(f"fleet: report over a fleet ledger of {n:,} entries from {FLEET_HOSTS} hosts, "
+               f"with a budget (median of {runs})", ms(med), "-", "-", "< 1 s", med < 1.0)
+
+
+def fig_fleet_submit(env_plain, env_fleet, pg, floor_bin, bins, work, runs, entries):
+    """Plain submit, submit with fleet and a budget, and the floor program
+    (one connection and one admission transaction, timed inside it), in
+    turn, so that the machine's load hits each the same. Answers the rows,
+    the fleet submit's median and the floor's transaction alone."""
+    project = os.path.join(work, "fleet-submit")
+    inbox = make_project(project)
+    task = task_bytes()
+    n = runs + 10
+    for i in range(2 * n):
+        with open(os.path.join(inbox, f"task-{i:04d}.md"), "wb") as f:
+            f.write(task)
+    floor_out = os.path.join(work, "pg-floor.out")
+    ffd = os.open(floor_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    floor_env = dict(env_fleet, CCL_PG_FLOOR_URL=pg.url, CCL_PG_FLOOR_RUNS="1",
+                     CCL_PG_FLOOR_TIMEOUT_MS="30000",
+                     CCL_PG_FLOOR_PASSWORD_FILE=os.path.join(
+                         env_fleet["XDG_CONFIG_HOME"], "ccl-delegate", "pg-password"))
+    plain, fleet = [], []
+    for i in range(n):
+        a = spawn_checked([bins["ccl"], "submit", os.path.join(inbox, f"task-{2 * i:04d}.md")],
+                          env_plain)
+        b = spawn_checked([bins["ccl"], "submit",
+                           os.path.join(inbox, f"task-{2 * i + 1:04d}.md")], env_fleet)
+        spawn_checked([floor_bin], floor_env, stdout_fd=ffd)
+        if i >= 10:  # the first few warm the caches (and make the local books)
+            plain.append(a)
+            fleet.append(b)
+    os.close(ffd)
+    with open(floor_out) as f:
+        lines = [tuple(int(x) / 1e6 for x in line.split()) for line in f if line.strip()]
+    if len(lines) != n:
+        sys.exit(f"bench: the floor program printed {len(lines)} lines of {n}")
+    floors = [t for t, _ in lines[10:]]
+    txs = [x for _, x in lines[10:]]
+    made = count_files(inbox, ".md.delegated")
+    reserved = pg.count("SELECT count(*) FROM ccl_delegate.reservation "
+                        f"WHERE project = '{os.path.realpath(project)}'")
+    left = pg.count("SELECT count(*) FROM ccl_delegate.reservation WHERE host = 'floor'")
+    if made != 2 * n or reserved != n or left:
+        sys.exit(f"bench: the submits left {made} markers and {reserved} fleet reservations, "
+                 f"the floor {left} (expected {2 * n}, {n} and 0)")
+    p, f_, fl, tx = (statistics.median(x) for x in (plain, fleet, floors, txs))
+    r = (f_ - p) / fl
+    return f_, tx, [
+        Row(f"fleet: submit with fleet and a budget, {entries:,}-entry fleet ledger, its own "
+            f"reservations accumulating (median of {runs})", ms(f_),
+            f"plain submit {ms(p)} + floor {ms(fl)}",
+            f"{r:.2f}x floor", "<= 1.2x floor", r <= 1.2),
+        Row("  its floor: one connection and one admission transaction, rust-postgres "
+            "(tests/bench/pg_floor.rs, one process a run, timed inside)", ms(fl),
+            f"(its transaction alone {ms(tx)})", "-", "-", None),
+    ]
+
+
+def fig_fleet_reap(env_fleet, env_plain, pg, host, bins, work, mock, count, concurrency,
+                   latency_ms, repeats):
+    """A reap of `count` completed jobs with fleet (its entries pushed, its
+    reservations reconciled), and the same without fleet, in turn."""
+    fleet_walls, plain_walls = [], []
+    for i in range(repeats):
+        for name, env, walls in (("fleet", env_fleet, fleet_walls),
+                                 ("plain", env_plain, plain_walls)):
+            project = os.path.join(work, f"fleet-reap-{name}-{i}")
+            delegate_tasks(mock, project, count)
+            out = os.path.join(work, f"fleet-reap-{name}-{i}.out")
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            walls.append(spawn_checked([bins["ccl"], "reap", "--project", project,
+                                        "--concurrency", str(concurrency)], env,
+                                       stdout_fd=fd))
+            os.close(fd)
+            check_reaped(project, count)
+        pushed = pg.count(f"SELECT count(*) FROM ccl_delegate.ledger WHERE host = '{host}'")
+        held = pg.count(f"SELECT count(*) FROM ccl_delegate.reservation WHERE host = '{host}'")
+        if pushed != count * (i + 1) or held:
+            sys.exit(f"bench: after {i + 1} fleet reaps the fleet ledger holds {pushed} entries "
+                     f"of {host} and {held} reservations (expected {count * (i + 1)} and 0)")
+    fw, pw = statistics.median(fleet_walls), statistics.median(plain_walls)
+    ideal = count * latency_ms / 1000 / concurrency
+    ideal2 = 2 * ideal
+    r = fw / ideal
+    return [
+        Row(f"fleet: reap {count} completed jobs with fleet, {latency_ms} ms latency, "
+            f"--concurrency {concurrency} (median of {repeats})", ms(fw),
+            f"ideal {ms(ideal)} ({count} x {latency_ms} ms / {concurrency})", f"{r:.3f}x",
+            "<= 1.15x", r <= 1.15),
+        Row("  the same against 2 requests per job (status, result), as the reap row above",
+            ms(fw), f"ideal {ms(ideal2)}", f"{fw / ideal2:.3f}x", "-", None),
+        Row("  the same reap without fleet, in turn with it", ms(pw), f"ideal {ms(ideal2)}",
+            f"{pw / ideal2:.3f}x", "-", None),
+    ]
+
+
+def fig_fleet_burst(base_env, pg, bins, work, mock, hosts, per_host, limit, alone, tx_alone):
+    """`hosts` hosts each start `per_host` submits at once against
+    `max_in_flight: all: limit`, none in flight: exactly `limit` delegate,
+    the others are deferred (exit 75). Each submit runs with -v, whose line
+    says how long its admission transaction took. Answers the rows."""
+    task = task_bytes()
+    envs, argvs = [], []
+    pg.psql("DELETE FROM ccl_delegate.reservation")  # the earlier rows' jobs in flight
+    for h in range(hosts):
+        name = f"burst-{h}"
+        env, _, _ = fleet_host(work, base_env, pg, name, f"max_in_flight:\n  all: {limit}\n")
+        env = dict(env, SECUTOOLS_URL=mock.url, SECUTOOLS_API_KEY=KEY)
+        # A host that has run before: its local books exist, its binary is
+        # in the page cache. Its warm-up reservation is deleted below.
+        warm = make_project(os.path.join(work, "burst-warm", name))
+        with open(os.path.join(warm, "warm.md"), "wb") as f:
+            f.write(task)
+        spawn_checked([bins["ccl"], "submit", os.path.join(warm, "warm.md")], env)
+        inbox = make_project(os.path.join(work, "burst", name))
+        for i in range(per_host):
+            path = os.path.join(inbox, f"task-{i:02d}.md")
+            with open(path, "wb") as f:
+                f.write(task)
+            argvs.append([bins["ccl"], "-v", "submit", path])
+            envs.append(env)
+    pg.psql("DELETE FROM ccl_delegate.reservation")
+    created_before = mock_stats(mock)["jobs_created"]
+    outs = os.path.join(work, "burst-out")
+    os.makedirs(outs)
+    os.sync()
+    pids = []
+    t0 = time.perf_counter()
+    for k, (argv, env) in enumerate(zip(argvs, envs)):
+        actions = [
+            (os.POSIX_SPAWN_DUP2, DEVNULL_FD, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.path.join(outs, f"{k}.out"),
+             os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+            (os.POSIX_SPAWN_OPEN, 2, os.path.join(outs, f"{k}.err"),
+             os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+        ]
+        pids.append(os.posix_spawn(argv[0], argv, env, file_actions=actions))
+    spawned = time.perf_counter() - t0
+    codes = {}
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        codes[pid] = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    admissions, sent, deferred, bad = [], 0, 0, []
+    for k, pid in enumerate(pids):
+        with open(os.path.join(outs, f"{k}.out")) as f:
+            out = f.read()
+        with open(os.path.join(outs, f"{k}.err")) as f:
+            err = f.read()
+        for line in err.splitlines():
+            m = line.split("admission by the fleet database took ", 1)
+            if len(m) == 2:
+                admissions.append(float(m[1].split()[0]) / 1000)
+        code = codes[pid]
+        if code == 0 and out.startswith("delegated "):
+            sent += 1
+        elif code == 75 and out.startswith(f"deferred gemini: {limit} in flight"):
+            deferred += 1
+        else:
+            bad.append((code, out.strip(), err.strip()[-300:]))
+    total = hosts * per_host
+    created = mock_stats(mock)["jobs_created"] - created_before
+    reserved = pg.count("SELECT count(*) FROM ccl_delegate.reservation")
+    if bad or sent != limit or created != limit or reserved != limit:
+        sys.exit(f"bench: the burst delegated {sent} (the mock made {created} jobs, the fleet "
+                 f"holds {reserved} reservations), deferred {deferred}, expected {limit} and "
+                 f"{total - limit}; unexpected: {bad[:3]}")
+    if len(admissions) != total:
+        sys.exit(f"bench: {len(admissions)} of the {total} submits said how long their "
+                 f"admission took (-v)")
+    admissions.sort()
+    p50 = statistics.median(admissions)
+    p99 = admissions[-(-99 * total // 100) - 1]  # nearest rank
+    return [
+        Row(f"fleet: {hosts} hosts x {per_host} simultaneous submits against max_in_flight "
+            f"all: {limit} ({sent} delegated, {deferred} deferred; all started within "
+            f"{ms(spawned)})", ms(wall), f"{total} x fleet submit alone {ms(total * alone)}",
+            f"{wall / (total * alone):.2f}x", "-", None),
+        Row(f"  its admission transactions under that contention, p50 (of {total}, from -v; "
+            f"the {deferred} deferred insert nothing)",
+            ms(p50), f"floor's transaction alone {ms(tx_alone)}", f"{p50 / tx_alone:.1f}x",
+            "-", None),
+        Row("  the same, p99", ms(p99),
+            f"floor's transaction alone {ms(tx_alone)}", f"{p99 / tx_alone:.1f}x", "-", None),
+    ]
+
+
+def mock_stats(mock):
+    conn = http.client.HTTPConnection(mock.host, mock.port, timeout=30)
+    try:
+        conn.request("GET", "/_mock/stats")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def fig_fleet_idle(env, state, bins, work, root, projects, runs):
+    """The idle cron reap of a fleet host whose journal is all pushed and
+    which holds no reservation, over idle projects, with the database
+    stopped: it must not connect (a run that tried would exit 75). In turn
+    with /bin/true and with the same reap, the same books, fleet removed
+    from the config."""
+    with open(os.path.join(env["XDG_CONFIG_HOME"], "ccl-delegate", "config.yaml")) as f:
+        own = f.read()
+    cmds = [(["/bin/true"], env)]
+    for name, text in (("fleet", own), ("local", "".join(
+            line for line in own.splitlines(keepends=True)
+            if not line.startswith(("fleet:", "  url:", "  password_file:", "  host:"))))):
+        cfg = os.path.join(work, f"idle-{name}.yaml")
+        with open(cfg, "w") as f:
+            f.write(text + f"state_dir: {state}\nprojects:\n  - {root}/*\n")
+        cmds.append(([bins["ccl"], "reap"], dict(env, CCL_DELEGATE_CONFIG=cfg)))
+    wal = os.path.join(state, BOOKS + "-wal")
+    wal_mb = os.path.getsize(wal) / 1e6 if os.path.exists(wal) else 0.0
+    true_med, idle_med, local_med = interleaved(cmds, runs, warmup=10)
+    r = subprocess.run(cmds[1][0], env=cmds[1][1], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    if r.returncode != 0 or r.stderr.strip():
+        sys.exit(f"bench: the idle fleet reap exited {r.returncode}: "
+                 f"{r.stderr.decode(errors='replace')}")
+    return [
+        Row(f"fleet: reap over {projects} projects, no markers, fleet configured and its "
+            f"database stopped, the host's books all pushed (median of {runs})",
+            ms(idle_med), f"(/bin/true {ms(true_med)})", "-", "< 5 ms", idle_med < 0.005),
+        Row(f"  the same reap and books ({wal_mb:.1f} MB of WAL), fleet removed from the config",
+            ms(local_med), "-", "-", "-", None),
+    ]
+
+
+def fleet_rows(args, base_env, bins, work, progress):
+    """The rows of fleet.md "Performance", against a PostgreSQL server
+    started here; (rows, None), or ([], why) when PostgreSQL is missing."""
+    bin_dir = pg_bin_dir()
+    if bin_dir is None:
+        return [], ("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb, no "
+                    "initdb on PATH; apt-get install postgresql)")
+    if os.geteuid() == 0 and not shutil.which("runuser"):
+        return [], "running as root, and runuser (util-linux) is missing to run initdb"
+    progress("the fleet: building tests/bench/pg_floor.rs")
+    floor_bin = build_pg_floor()
+    rows, mocks = [], []
+    # Beside the work directory (on its disk): the server runs as postgres
+    # when this runs as root, and the work directory is root's alone.
+    pg = Postgres(bin_dir, os.path.dirname(os.path.realpath(work)))
+    try:
+        progress(f"the fleet: PostgreSQL ({bin_dir}) on 127.0.0.1:{pg.port}, fsync on")
+        pg.start()
+        fast = Mock(args.bin_dir, "--statuses", "running")
+        mocks.append(fast)
+        api = {"SECUTOOLS_URL": fast.url, "SECUTOOLS_API_KEY": KEY}
+        env_submit, _, _ = fleet_host(work, base_env, pg, "h-submit", FLEET_BUDGET)
+        env_submit.update(api)
+        env_plain, _, _ = fleet_host(work, base_env, None, "plain")
+        env_plain.update(api)
+        # The schema, made by the tool's first connection.
+        subprocess.run([bins["ccl"], "report", "--since", "1s"], env=env_submit, check=True,
+                       stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        n = args.entries
+        progress(f"the fleet: seeding its ledger with {n:,} entries of {FLEET_HOSTS} hosts")
+        took = seed_fleet_ledger(pg, n, int(time.time()) - 60)
+        rows.append(Row(f"fleet: its ledger seeded, {n:,} entries of {FLEET_HOSTS} hosts in one "
+                        "INSERT ... SELECT (the triggers keep spend_day)", f"{took:.1f} s",
+                        "-", "-", "-", None))
+        progress("the fleet: report")
+        rows.append(fig_fleet_report(env_submit, bins, n, 7))
+        progress("the fleet: submit with fleet and a budget, plain submit, the floor")
+        alone, tx_alone, more = fig_fleet_submit(env_plain, env_submit, pg, floor_bin, bins,
+                                                 work, 200, n)
+        rows.extend(more)
+        slow = Mock(args.bin_dir, "--latency", "20ms", "--statuses", "completed")
+        mocks.append(slow)
+        api = {"SECUTOOLS_URL": slow.url, "SECUTOOLS_API_KEY": KEY}
+        env_reap, state_reap, _ = fleet_host(work, base_env, pg, "h-reap", FLEET_BUDGET)
+        env_reap.update(api)
+        env_reap_plain, _, _ = fleet_host(work, base_env, None, "reap-plain")
+        env_reap_plain.update(api)
+        progress("the fleet: reap of 1000 completed jobs, with and without fleet")
+        rows.extend(fig_fleet_reap(env_reap, env_reap_plain, pg, "h-reap", bins, work, slow,
+                                   1000, 32, 20, args.reap_repeats))
+        progress("the fleet: 8 hosts x 25 submits at once")
+        rows.extend(fig_fleet_burst(base_env, pg, bins, work, fast, 8, 25, 100, alone,
+                                    tx_alone))
+        idle_root = make_idle_projects(os.path.join(work, "fleet-idle"), 100, 20)
+        pg.stop()
+        progress("the fleet: idle reap with the database stopped")
+        rows.extend(fig_fleet_idle(env_reap, state_reap, bins, work, idle_root, 100, 100))
+    finally:
+        for m in mocks:
+            m.close()
+        pg.close()
+    return rows, None
+
+
 def print_table(rows):
     head = ["figure", "measured", "divided by", "ratio", "target", "met"]
     table = [head] + [r.cells for r in rows]
@@ -825,11 +1337,19 @@ def main():
                     help="measure only the rows of the books (their import, submit with "
                     "budgets, report, status, reap over idle projects with and without books)")
     ap.add_argument("--entries", type=int, default=1_000_000,
-                    help="ledger entries of the books' rows (default 1 000 000; a tenth of "
-                    "them are records of the configured projects)")
+                    help="ledger entries of the books' rows and of the fleet's (default "
+                    "1 000 000; a tenth of the books' are records of the configured projects)")
     ap.add_argument("--only-failover", action="store_true",
                     help="time only the reaps (completed jobs, then failing over)")
+    ap.add_argument("--only-fleet", action="store_true",
+                    help="measure only the rows of the fleet (fleet.md), against a PostgreSQL "
+                    "server started for the run (initdb, pg_ctl; fsync on)")
+    ap.add_argument("--skip-fleet", action="store_true",
+                    help="skip the rows of the fleet")
     args = ap.parse_args()
+    # A kill ends the run through the finally clauses: the mocks and the
+    # PostgreSQL server stopped, the work directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
 
     bins = {"ccl": os.path.join(args.bin_dir, "ccl-delegate")}
     for b in ("ccl-delegate", "secutools-mock"):
@@ -850,6 +1370,7 @@ def main():
 
     load_before = f"{os.getloadavg()[0]:.2f}"
     rows = []
+    fleet_skipped = None
     mocks = []
     try:
         def progress(what):
@@ -858,7 +1379,7 @@ def main():
         fast = Mock(args.bin_dir, "--statuses", "running")
         mocks.append(fast)
         fast_env = dict(base_env, SECUTOOLS_URL=fast.url, SECUTOOLS_API_KEY=KEY)
-        only = args.only_spending or args.only_failover
+        only = args.only_spending or args.only_failover or args.only_fleet
         if not only:
             progress("decide")
             rows.append(fig_decide(base_env, bins, work, args.decide_runs))
@@ -873,7 +1394,7 @@ def main():
                 progress("the bash+curl+jq baseline reaper (about two minutes)")
                 rows.append(fig_baseline(env, work, slow, 1000, reap_wall))
 
-        if not args.only_spending:
+        if not (args.only_spending or args.only_fleet):
             failing = Mock(args.bin_dir, "--latency", "20ms", "--statuses", "completed",
                            "--provider-outcome", "gemini=failed")
             mocks.append(failing)
@@ -888,7 +1409,7 @@ def main():
             progress("submit")
             rows.extend(fig_submit(fast_env, bins, work, fast, 200))
 
-        if not args.only_failover:
+        if not (args.only_failover or args.only_fleet):
             n = args.entries
             progress(f"the books: a {n:,}-entry ledger.jsonl of an earlier version, "
                      f"its records, idle projects")
@@ -915,6 +1436,10 @@ def main():
             rows.append(fig_status(base_env, bins, work, plain, configured, records, 7))
             progress("reap over 100 idle projects, without and with books")
             rows.extend(fig_idle(base_env, bins, work, idle_root, 100, state, n, 100, lock))
+
+        if not (only and not args.only_fleet) and not args.skip_fleet:
+            fleet, fleet_skipped = fleet_rows(args, base_env, bins, work, progress)
+            rows.extend(fleet)
     finally:
         for m in mocks:
             m.close()
@@ -925,6 +1450,8 @@ def main():
           f"and {os.getloadavg()[0]:.2f} after, work dir "
           f"{'in ' + os.path.dirname(work) if not args.work_dir else args.work_dir}")
     print_table(rows)
+    if fleet_skipped:
+        print(f"the fleet rows did not run: {fleet_skipped}")
 
 
 if __name__ == "__main__":

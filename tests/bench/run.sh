@@ -5,10 +5,13 @@
 #
 #   bash tests/bench/run.sh                  # everything (about seven minutes)
 #   bash tests/bench/run.sh --skip-baseline  # without the slow bash+curl+jq peer
+#   bash tests/bench/run.sh --only-fleet     # the fleet's rows alone (PostgreSQL)
 #   bash tests/bench/run.sh --help           # the other options
 #
-# Needs python3, and curl, jq, flock for the baseline reaper. Not a test:
-# cargo test never runs it and asserts no timing.
+# Needs python3, and curl, jq, flock for the baseline reaper; the fleet's
+# rows need PostgreSQL's initdb and pg_ctl (Debian: postgresql), else they
+# are skipped on one line. Not a test: cargo test never runs it and asserts
+# no timing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
