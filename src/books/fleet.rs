@@ -137,12 +137,20 @@ pub struct HostRow {
 
 /// The error of a database that cannot be reached or used: exit 75, the
 /// database named (masked), never the password.
-fn unreachable(shown: &str, e: &dyn std::fmt::Display) -> anyhow::Error {
+fn unreachable(shown: &str, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    // The crate's own text is terse ("db error"): the causes say what.
+    let mut why = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        why.push_str(": ");
+        why.push_str(&s.to_string());
+        src = s.source();
+    }
     fail(
         Code::TempFail,
         format!(
             "the fleet database {shown} is unreachable: {}",
-            crate::text::clip(&e.to_string(), 300)
+            crate::text::clip(&why, 300)
         ),
     )
 }
