@@ -13,60 +13,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn write_config(p: &Project, yaml: &str) {
-    let dir = p.home.join(".config/ccl-delegate");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.yaml"), yaml).unwrap();
-}
-
-fn state_dir(p: &Project) -> PathBuf {
-    p.home.join(".local/state/ccl-delegate")
-}
-
-/// The ledger's entries, read through the library.
-fn entries(p: &Project) -> Vec<ccl_delegate::books::Entry> {
-    match ccl_delegate::books::open_if_present(&state_dir(p), Duration::from_secs(10)).unwrap() {
-        Some(b) => b.entries().unwrap(),
-        None => Vec::new(),
-    }
-}
-
-fn reservations(p: &Project) -> usize {
-    match ccl_delegate::books::open_if_present(&state_dir(p), Duration::from_secs(10)).unwrap() {
-        Some(b) => b.reservations().unwrap().len(),
-        None => 0,
-    }
-}
-
-fn task_body(provider: &str, fallback: &str) -> Vec<u8> {
-    let fb = if fallback.is_empty() {
-        String::new()
-    } else {
-        format!("fallback: [{fallback}]\n")
-    };
-    fm(&format!("preferred_ai: {provider}\n{fb}"))
-}
-
 fn submit(p: &Project, mock: &Mock, task: &str, extra: &[&str]) -> Out {
     let path = p.inbox().join(task);
     let mut args = vec!["submit"];
     args.extend_from_slice(extra);
     args.push(path.to_str().unwrap());
     p.run(Some(mock), &args)
-}
-
-fn report_json(p: &Project, by: &str) -> Value {
-    let out = p.run(None, &["report", "--json", "--by", by]);
-    out.expect(0);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
-fn row<'a>(report: &'a Value, by: &str, key: &str) -> Option<&'a Value> {
-    report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r[by] == key)
 }
 
 fn markers(p: &Project) -> usize {
@@ -88,9 +40,9 @@ fn deferred_failover_steps_hold_no_job_and_go_in_turn() {
         "gemini=failed",
     ]);
     let p = Project::new();
-    write_config(&p, "max_in_flight:\n  claude: 1\n");
+    p.write_config("max_in_flight:\n  claude: 1\n");
     for i in 0..3 {
-        p.task(&format!("t{i}.md"), &task_body("gemini", "claude"));
+        p.task(&format!("t{i}.md"), &provider_task("gemini", "claude"));
         p.submit_ok(&mock, &format!("t{i}.md"));
     }
     let mut saw_two = false;
@@ -98,7 +50,7 @@ fn deferred_failover_steps_hold_no_job_and_go_in_turn() {
         let out = p.reap(&mock, &["-v"]);
         saw_two |= out.stderr.contains("2 in flight");
         assert!(
-            reservations(&p) <= 3,
+            p.reservations().len() <= 3,
             "never more reservations than markers"
         );
         if p.names(&p.done()).len() == 3 {
@@ -108,13 +60,13 @@ fn deferred_failover_steps_hold_no_job_and_go_in_turn() {
     assert!(!saw_two, "a deferred step counted as in flight");
     assert_eq!(p.names(&p.done()).len(), 3, "every chain reached done/");
     assert_eq!(markers(&p), 0);
-    assert_eq!(reservations(&p), 0, "nothing left reserved");
+    assert_eq!(p.reservations().len(), 0, "nothing left reserved");
     // A new claude task goes at once: no stale count holds it back.
-    p.task("new.md", &task_body("claude", ""));
+    p.task("new.md", &provider_task("claude", ""));
     p.submit_ok(&mock, "new.md");
     // 3 gemini jobs, 3 claude steps, 1 new claude job: each booked once.
     p.reap(&mock, &[]).expect(0);
-    let e = entries(&p);
+    let e = p.entries();
     assert_eq!(e.len(), 7, "{e:#?}");
     assert_eq!(mock.jobs_created(), 7);
 }
@@ -129,7 +81,7 @@ fn reaps_beside_submitters_never_let_two_jobs_fly_against_a_limit_of_one() {
         .unwrap_or(15);
     let mock = Mock::start(&["--statuses", "completed"]);
     let p = Project::new();
-    write_config(&p, "max_in_flight:\n  all: 1\nlock_timeout: 30s\n");
+    p.write_config("max_in_flight:\n  all: 1\nlock_timeout: 30s\n");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let (max_seen, samples) = std::thread::scope(|s| {
@@ -139,7 +91,7 @@ fn reaps_beside_submitters_never_let_two_jobs_fly_against_a_limit_of_one() {
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let name = format!("w{w}-{i}.md");
-                    p.task(&name, &task_body("gemini", ""));
+                    p.task(&name, &provider_task("gemini", ""));
                     let out = submit(p, mock, &name, &["-q"]);
                     match out.code {
                         0 => {}
@@ -188,7 +140,7 @@ fn reaps_beside_submitters_never_let_two_jobs_fly_against_a_limit_of_one() {
         done,
         "every job created was reaped once"
     );
-    assert_eq!(entries(&p).len() as u64, done, "and booked once");
+    assert_eq!(p.entries().len() as u64, done, "and booked once");
     println!("{done} jobs against all: 1 in {secs} s, {samples} samples, never two markers");
 }
 
@@ -198,9 +150,7 @@ fn reaps_beside_submitters_never_let_two_jobs_fly_against_a_limit_of_one() {
 fn spend_dated_ahead_never_hides_todays() {
     let mock = Mock::start(&["--statuses", "completed", "--provider-cost", "claude=1.00"]);
     let p = Project::new();
-    write_config(
-        &p,
-        "budget:\n  daily_cad: 3.00\n  monthly_cad: 1000\n  providers:\n    claude: {estimate_cad: 1.00}\n",
+    p.write_config("budget:\n  daily_cad: 3.00\n  monthly_cad: 1000\n  providers:\n    claude: {estimate_cad: 1.00}\n",
     );
     // Two jobs a clock 2 and 3 days ahead booked, as a ledger of an
     // earlier version held them (imported at the first run).
@@ -208,22 +158,25 @@ fn spend_dated_ahead_never_hides_todays() {
         let t = std::time::SystemTime::now() + Duration::from_secs(days * 86_400);
         ccl_delegate::timestamp::format(t)
     };
-    std::fs::create_dir_all(state_dir(&p)).unwrap();
-    let lines: Vec<String> = [(2, "j-ahead-2"), (3, "j-ahead-3")]
-        .iter()
-        .map(|(d, id)| {
-            serde_json::json!({"job_id": id, "project": "/elsewhere", "task": "x.md",
-                "provider": "claude", "status": "completed", "cost_cad": 1.0,
-                "delegated_at": ahead(*d), "finished_at": ahead(*d)})
-            .to_string()
-        })
-        .collect();
-    std::fs::write(state_dir(&p).join("ledger.jsonl"), lines.join("\n") + "\n").unwrap();
+    p.write_old_ledger(&[(2, "j-ahead-2"), (3, "j-ahead-3")].map(|(d, id)| {
+        let at = ahead(d);
+        ledger_line(
+            id,
+            "/elsewhere",
+            "claude",
+            "m",
+            "completed",
+            1.0,
+            (0, 0),
+            &at,
+            &at,
+        )
+    }));
     let mut delegated = 0;
     let mut local = 0;
     for i in 0..8 {
         let name = format!("t{i}.md");
-        p.task(&name, &task_body("claude", ""));
+        p.task(&name, &provider_task("claude", ""));
         let out = submit(&p, &mock, &name, &[]);
         match out.code {
             0 => delegated += 1,
@@ -248,7 +201,7 @@ fn spend_dated_ahead_never_hides_todays() {
         "{}",
         st.stdout
     );
-    let by_day = report_json(&p, "day");
+    let by_day = p.report_json("day");
     let today = ccl_delegate::timestamp::now()[..10].to_string();
     assert_eq!(row(&by_day, "day", &today).unwrap()["cost_cad"], 3.0);
     assert_eq!(row(&by_day, "day", &ahead(2)[..10]).unwrap()["jobs"], 1);
@@ -261,26 +214,23 @@ fn a_provider_named_in_another_case_counts_under_its_cap() {
     let mock = Mock::start(&["--statuses", "completed", "--provider-cost", "claude=0.50"]);
     mock.set(serde_json::json!({"provider": "Claude"}));
     let p = Project::new();
-    write_config(
-        &p,
-        "budget:\n  providers:\n    claude: {daily_cad: 1.00, estimate_cad: 0.50}\n",
-    );
+    p.write_config("budget:\n  providers:\n    claude: {daily_cad: 1.00, estimate_cad: 0.50}\n");
     let mut delegated = 0;
     for i in 0..6 {
         let name = format!("t{i}.md");
-        p.task(&name, &task_body("claude", ""));
+        p.task(&name, &provider_task("claude", ""));
         if submit(&p, &mock, &name, &[]).code == 0 {
             delegated += 1;
         }
         p.reap(&mock, &[]).expect(0);
     }
     assert_eq!(delegated, 2, "1.00 at 0.50 a job");
-    let r = report_json(&p, "provider");
+    let r = p.report_json("provider");
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{r}");
     assert_eq!(rows[0]["provider"], "claude");
     assert_eq!(rows[0]["jobs"], 2);
-    let e = entries(&p);
+    let e = p.entries();
     assert!(
         e.iter()
             .all(|e| e.said_provider.as_deref() == Some("Claude")),
@@ -302,7 +252,7 @@ fn two_reaps_at_once_book_every_job_once() {
     ]);
     let p = Project::new();
     for i in 0..20 {
-        p.task(&format!("t{i:02}.md"), &task_body("gemini", "claude"));
+        p.task(&format!("t{i:02}.md"), &provider_task("gemini", "claude"));
         p.submit_ok(&mock, &format!("t{i:02}.md"));
     }
     let locks: Vec<PathBuf> = (0..2)
@@ -325,9 +275,9 @@ fn two_reaps_at_once_book_every_job_once() {
     assert_eq!(p.names(&p.done()).len(), 20);
     let created = mock.jobs_created();
     assert_eq!(created, 40, "a gemini and a claude job per task");
-    let e = entries(&p);
+    let e = p.entries();
     assert_eq!(e.len() as u64, created, "each job booked once");
-    let r = report_json(&p, "provider");
+    let r = p.report_json("provider");
     assert_eq!(row(&r, "provider", "gemini").unwrap()["jobs"], 20);
     assert_eq!(row(&r, "provider", "claude").unwrap()["jobs"], 20);
 }
@@ -340,10 +290,10 @@ fn two_reaps_at_once_book_every_job_once() {
 fn damaged_books_fail_closed_and_reap_still_moves_tasks() {
     let mock = Mock::start(&["--statuses", "completed"]);
     let p = Project::new();
-    write_config(&p, "max_in_flight:\n  all: 1\n");
-    p.task("before.md", &task_body("gemini", ""));
+    p.write_config("max_in_flight:\n  all: 1\n");
+    p.task("before.md", &provider_task("gemini", ""));
     p.submit_ok(&mock, "before.md");
-    let books = state_dir(&p).join("books.sqlite");
+    let books = p.state_dir().join("books.sqlite");
     assert!(books.is_file());
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", books.display()));
@@ -352,7 +302,7 @@ fn damaged_books_fail_closed_and_reap_still_moves_tasks() {
     std::fs::create_dir(&books).unwrap();
     for i in 0..3 {
         let name = format!("t{i}.md");
-        p.task(&name, &task_body("gemini", ""));
+        p.task(&name, &provider_task("gemini", ""));
         let out = submit(&p, &mock, &name, &["-q"]);
         out.expect(75);
         assert_eq!(out.stdout, "deferred gemini: books unavailable\n");
@@ -381,11 +331,11 @@ fn damaged_books_fail_closed_and_reap_still_moves_tasks() {
             .unwrap()
             .contains("ccl_delegate_reap_success 1")
     );
-    let e = entries(&p);
+    let e = p.entries();
     assert_eq!(e.len(), 1, "{e:#?}");
     assert_eq!(e[0].task, "before.md");
     p.reap(&mock, &[]).expect(0);
-    assert_eq!(entries(&p).len(), 1, "booked once");
+    assert_eq!(p.entries().len(), 1, "booked once");
     assert!(
         !p.queue()
             .join(".ccl-delegate.owed")
@@ -411,7 +361,7 @@ fn a_full_disk_under_the_books_never_stops_tasks_and_is_said() {
         "gemini=failed",
     ]);
     let p = Project::new();
-    let state = state_dir(&p);
+    let state = p.state_dir();
     std::fs::create_dir_all(&state).unwrap();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs"])
@@ -430,7 +380,7 @@ fn a_full_disk_under_the_books_never_stops_tasks_and_is_said() {
     }
     let _guard = Unmount(state.clone());
     for i in 0..4 {
-        p.task(&format!("t{i}.md"), &task_body("gemini", "claude"));
+        p.task(&format!("t{i}.md"), &provider_task("gemini", "claude"));
         p.submit_ok(&mock, &format!("t{i}.md"));
     }
     // The books exist; then the disk fills up.
@@ -461,7 +411,7 @@ fn a_full_disk_under_the_books_never_stops_tasks_and_is_said() {
     assert_eq!(p.names(&p.done()).len(), 4, "the chains went on");
     std::fs::remove_file(&filler).unwrap();
     p.reap(&mock, &[]).expect(0);
-    let e = entries(&p);
+    let e = p.entries();
     assert_eq!(e.len() as u64, mock.jobs_created(), "{e:#?}");
 }
 
@@ -471,10 +421,10 @@ fn a_full_disk_under_the_books_never_stops_tasks_and_is_said() {
 fn a_burst_while_the_price_is_unknown_sends_one_job() {
     let mock = Mock::start(&["--statuses", "running"]);
     let p = Project::new();
-    write_config(&p, "budget:\n  daily_cad: 1.00\n");
+    p.write_config("budget:\n  daily_cad: 1.00\n");
     let burst = |n: usize| -> Vec<Out> {
         for i in 0..n {
-            p.task(&format!("b{i}.md"), &task_body("claude", ""));
+            p.task(&format!("b{i}.md"), &provider_task("claude", ""));
         }
         std::thread::scope(|s| {
             let hs: Vec<_> = (0..n)
@@ -509,13 +459,10 @@ fn a_burst_while_the_price_is_unknown_sends_one_job() {
 
     // With an estimate in the config, the budget itself holds the burst.
     let q = Project::new();
-    write_config(
-        &q,
-        "budget:\n  daily_cad: 1.00\n  providers:\n    claude: {estimate_cad: 0.40}\n",
-    );
+    q.write_config("budget:\n  daily_cad: 1.00\n  providers:\n    claude: {estimate_cad: 0.40}\n");
     let mock2 = Mock::start(&["--statuses", "running"]);
     for i in 0..20 {
-        q.task(&format!("b{i}.md"), &task_body("claude", ""));
+        q.task(&format!("b{i}.md"), &provider_task("claude", ""));
     }
     let codes: Vec<i32> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..20)
@@ -539,23 +486,23 @@ fn sums_saturate_and_a_negative_sum_is_no_credit() {
     mock.set(serde_json::json!({"tokens_in": u64::MAX}));
     let p = Project::new();
     for i in 0..3 {
-        p.task(&format!("t{i}.md"), &task_body("gpu", ""));
+        p.task(&format!("t{i}.md"), &provider_task("gpu", ""));
         p.submit_ok(&mock, &format!("t{i}.md"));
     }
     p.reap(&mock, &[]).expect(0);
-    let r = report_json(&p, "provider");
+    let r = p.report_json("provider");
     assert_eq!(r["total"]["tokens_in"], u64::MAX, "{r}");
     assert_eq!(r["total"]["jobs"], 3);
 
-    write_config(&p, "budget:\n  daily_cad: 2.00\n");
-    let c = rusqlite::Connection::open(state_dir(&p).join("books.sqlite")).unwrap();
+    p.write_config("budget:\n  daily_cad: 2.00\n");
+    let c = rusqlite::Connection::open(p.state_dir().join("books.sqlite")).unwrap();
     c.execute_batch("UPDATE spend_day SET cost_cad = -1000")
         .unwrap();
     drop(c);
     let mut delegated = 0;
     for i in 0..8 {
         let name = format!("n{i}.md");
-        p.task(&name, &task_body("gpu", ""));
+        p.task(&name, &provider_task("gpu", ""));
         if submit(&p, &mock, &name, &[]).code == 0 {
             delegated += 1;
         }
@@ -578,7 +525,7 @@ fn a_requeued_job_stays_in_the_books_without_a_warning() {
     ]);
     let p = Project::new();
     for i in 0..3 {
-        p.task(&format!("t{i}.md"), &task_body("gemini", ""));
+        p.task(&format!("t{i}.md"), &provider_task("gemini", ""));
         p.submit_ok(&mock, &format!("t{i}.md"));
     }
     p.reap(&mock, &[]).expect(0);
@@ -591,11 +538,7 @@ fn a_requeued_job_stays_in_the_books_without_a_warning() {
     assert_eq!(st.stderr, "", "no warning after a requeue");
     let out = p.run(None, &["ledger", "rebuild", "--project", dir]);
     out.expect(0);
-    assert_eq!(
-        report_json(&p, "provider")["total"]["jobs"],
-        3,
-        "no job lost"
-    );
+    assert_eq!(p.report_json("provider")["total"]["jobs"], 3, "no job lost");
     let st = p.run(None, &["status", "--project", dir]);
     assert_eq!(st.stderr, "");
 }
@@ -619,13 +562,10 @@ fn jobs_finished_under_a_clock_ahead_never_hide_todays_spend() {
     }
     let mock = Mock::start(&["--statuses", "completed", "--provider-cost", "claude=1.00"]);
     let p = Project::new();
-    write_config(
-        &p,
-        "budget:\n  daily_cad: 3.00\n  providers:\n    claude: {estimate_cad: 1.00}\n",
-    );
+    p.write_config("budget:\n  daily_cad: 3.00\n  providers:\n    claude: {estimate_cad: 1.00}\n");
     for (i, shift) in ["+2d", "+3d"].iter().enumerate() {
         let name = format!("ahead{i}.md");
-        p.task(&name, &task_body("claude", ""));
+        p.task(&name, &provider_task("claude", ""));
         let path = p.inbox().join(&name);
         let mut c = p.cmd(Some(&mock));
         c.arg("submit").arg(&path);
@@ -660,14 +600,14 @@ fn jobs_finished_under_a_clock_ahead_never_hide_todays_spend() {
     let mut delegated = 0;
     for i in 0..8 {
         let name = format!("t{i}.md");
-        p.task(&name, &task_body("claude", ""));
+        p.task(&name, &provider_task("claude", ""));
         if submit(&p, &mock, &name, &[]).code == 0 {
             delegated += 1;
         }
         p.reap(&mock, &[]).expect(0);
     }
     assert_eq!(delegated, 3);
-    let by_day = report_json(&p, "day");
+    let by_day = p.report_json("day");
     let today = ccl_delegate::timestamp::now()[..10].to_string();
     assert_eq!(
         row(&by_day, "day", &today).unwrap()["cost_cad"],
@@ -684,11 +624,11 @@ fn ledger_rebuild_mends_books_that_are_no_database() {
     let mock = Mock::start(&["--statuses", "completed"]);
     let p = Project::new();
     for i in 0..2 {
-        p.task(&format!("t{i}.md"), &task_body("gemini", ""));
+        p.task(&format!("t{i}.md"), &provider_task("gemini", ""));
         p.submit_ok(&mock, &format!("t{i}.md"));
     }
     p.reap(&mock, &[]).expect(0);
-    let books = state_dir(&p).join("books.sqlite");
+    let books = p.state_dir().join("books.sqlite");
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", books.display()));
     }
@@ -701,7 +641,7 @@ fn ledger_rebuild_mends_books_that_are_no_database() {
     out.expect(0);
     assert!(out.stderr.contains("moved it to"), "{}", out.stderr);
     assert!(
-        std::fs::read_dir(state_dir(&p))
+        std::fs::read_dir(p.state_dir())
             .unwrap()
             .flatten()
             .any(|e| e
@@ -709,7 +649,7 @@ fn ledger_rebuild_mends_books_that_are_no_database() {
                 .to_string_lossy()
                 .starts_with("books.sqlite.damaged-"))
     );
-    assert_eq!(report_json(&p, "provider")["total"]["jobs"], 2);
+    assert_eq!(p.report_json("provider")["total"]["jobs"], 2);
 }
 
 /// Only jobs the service made are jobs: a step a limit deferred and a
@@ -726,14 +666,12 @@ fn a_step_that_never_became_a_job_is_booked_as_none() {
         "claude=0.80",
     ]);
     let p = Project::new();
-    write_config(
-        &p,
-        "max_in_flight:\n  claude: 1\nbudget:\n  daily_cad: 1.00\n  providers:\n    claude: {estimate_cad: 0.50}\n",
+    p.write_config("max_in_flight:\n  claude: 1\nbudget:\n  daily_cad: 1.00\n  providers:\n    claude: {estimate_cad: 0.50}\n",
     );
-    p.task("other.md", &task_body("claude", ""));
+    p.task("other.md", &provider_task("claude", ""));
     let other = p.submit_ok(&mock, "other.md");
     mock.set(serde_json::json!({"status_of": {other.clone(): "running"}}));
-    p.task("a01.md", &task_body("gpu", "claude"));
+    p.task("a01.md", &provider_task("gpu", "claude"));
     let gpu_job = p.submit_ok(&mock, "a01.md");
     let metrics = p.tmp.path().join("m.prom");
     let m = ["--metrics-file", metrics.to_str().unwrap()];
@@ -752,7 +690,7 @@ fn a_step_that_never_became_a_job_is_booked_as_none() {
         "{lines}"
     );
     assert_eq!(mock.jobs_created(), 2);
-    let r = report_json(&p, "provider");
+    let r = p.report_json("provider");
     assert_eq!(r["total"]["jobs"], 2, "{r}");
     assert_eq!(row(&r, "provider", "gpu").unwrap()["failed"], 1);
     assert_eq!(row(&r, "provider", "claude").unwrap()["jobs"], 1);

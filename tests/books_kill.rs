@@ -20,20 +20,6 @@ fn rounds() -> usize {
         .unwrap_or(100)
 }
 
-fn write_config(p: &Project, yaml: &str) {
-    let dir = p.home.join(".config/ccl-delegate");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.yaml"), yaml).unwrap();
-}
-
-fn books(p: &Project) -> Option<ccl_delegate::books::Books> {
-    ccl_delegate::books::open_if_present(
-        &p.home.join(".local/state/ccl-delegate"),
-        Duration::from_secs(10),
-    )
-    .unwrap()
-}
-
 /// Waits up to `delay` for the child; kills it with SIGKILL if it still
 /// runs. `true` when it was killed.
 fn kill_after(child: &mut Child, delay: Duration) -> bool {
@@ -84,7 +70,7 @@ fn submits_killed_under_a_limit_never_pass_it_and_reservations_heal() {
         // so the service holds exactly the jobs admission let through.
         let mock = Mock::start(&["--statuses", "running", "--latency", "10ms"]);
         let p = Project::new();
-        write_config(&p, "max_in_flight:\n  all: 3\n");
+        p.write_config("max_in_flight:\n  all: 3\n");
         let names: Vec<String> = (0..6).map(|i| format!("t{i}.md")).collect();
         for n in &names {
             p.task(n, &fm("preferred_ai: claude\n"));
@@ -111,7 +97,8 @@ fn submits_killed_under_a_limit_never_pass_it_and_reservations_heal() {
         );
         let mut want = markers_in_flight(&p);
         want.sort();
-        let mut got: Vec<String> = books(&p)
+        let mut got: Vec<String> = p
+            .books()
             .map(|b| {
                 b.reservations()
                     .unwrap()
@@ -164,7 +151,7 @@ fn ledger_rebuild_killed_at_random_instants_counts_every_job_once() {
     p.reap_until_settled(&mock, &[], 5);
     let jobs = mock.jobs_created();
     assert_eq!(jobs, 200);
-    let count = || books(&p).map(|b| b.len().unwrap()).unwrap_or(0);
+    let count = || p.books().map(|b| b.len().unwrap()).unwrap_or(0);
     assert_eq!(count(), jobs);
     let dir = p.dir.to_str().unwrap().to_string();
     let mut killed = 0;

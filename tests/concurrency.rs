@@ -67,7 +67,7 @@ fn two_reaps_at_once_one_works_the_other_exits_0_at_once() {
     let mock = Mock::start(&["--statuses", "completed", "--latency", "100ms"]);
     let p = Project::new();
     let originals = delegated_tasks(&p, &mock, 12, "t");
-    let lock = p.home.join(".local/state/ccl-delegate/reap.lock");
+    let lock = p.reap_lock();
     let dir = p.dir.to_str().unwrap();
     let setup_requests = mock.requests();
     let first = p
@@ -318,4 +318,59 @@ fn a_dispatcher_running_a_delegated_task_is_reported_not_fatal() {
     // The other task went its way.
     assert!(p.done().join("b.md").exists() && !b.exists());
     assert!(p.names(&p.inbox()).is_empty(), "{:?}", p.names(&p.inbox()));
+}
+
+// A queue lock held by a stranger.
+
+/// Runs ccl-delegate with the config file holding `config`.
+fn with_config(p: &Project, mock: Option<&Mock>, config: &str, args: &[&str]) -> Out {
+    p.write_config(config);
+    p.run(mock, args)
+}
+
+#[test]
+fn submit_gives_up_on_a_stuck_queue_lock_after_lock_timeout() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    let task = p.task("a.md", GEMINI);
+    let lock = p.queue().join(".ccl-delegate.lock");
+    let _held = ShellLock::hold(&lock);
+    let t0 = Instant::now();
+    let out = with_config(&p, Some(&mock), "lock_timeout: 1s\n", &["submit", s(&task)]);
+    out.expect(75);
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    assert!(out.stderr.contains(".ccl-delegate.lock"), "{out:?}");
+    assert_eq!(out.stdout, "");
+    assert_eq!(p.names(&p.inbox()), vec!["a.md".to_string()]);
+    assert_eq!(mock.jobs_created(), 0);
+}
+
+#[test]
+fn reap_skips_a_project_whose_queue_lock_is_stuck_and_reaps_the_rest() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let stuck = Project::new();
+    let free = Project::new();
+    stuck.delegated(&mock, "a.md", &rfc3339_ago(60));
+    free.delegated(&mock, "b.md", &rfc3339_ago(60));
+    let _held = ShellLock::hold(&stuck.queue().join(".ccl-delegate.lock"));
+    let t0 = Instant::now();
+    let out = with_config(
+        &free,
+        Some(&mock),
+        "lock_timeout: 1s\n",
+        &[
+            "reap",
+            "--project",
+            s(&stuck.dir),
+            "--project",
+            s(&free.dir),
+        ],
+    );
+    out.expect(75);
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert!(out.stderr.contains(".ccl-delegate.lock"), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    assert!(free.done().join("b.md").exists(), "{out:?}");
+    assert!(stuck.marker("a.md").is_some(), "{out:?}");
+    assert!(!stuck.done().join("a.md").exists());
 }

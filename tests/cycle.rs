@@ -1109,7 +1109,7 @@ fn reap_exits_0_at_once_and_silently_when_another_holds_the_run_lock() {
     assert!(lock.exists(), "lock files are never deleted");
 
     // The default run lock: $XDG_STATE_HOME/ccl-delegate/reap.lock.
-    let default = p.home.join(".local/state/ccl-delegate/reap.lock");
+    let default = p.reap_lock();
     {
         let _held = ShellLock::hold(&default);
         p.task("b.md", &fm("preferred_ai: gemini"));

@@ -26,12 +26,6 @@ fn mock_failing() -> Mock {
     ])
 }
 
-fn write_config(p: &Project, yaml: &str) {
-    let dir = p.home.join(".config/ccl-delegate");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.yaml"), yaml).unwrap();
-}
-
 fn task_path(p: &Project, name: &str) -> String {
     p.inbox().join(name).display().to_string()
 }
@@ -232,20 +226,20 @@ fn cancelled_and_timeout_never_fail_over_and_max_age_bounds_the_chain() {
 fn a_budget_ends_the_chain() {
     let mock = mock_failing();
     let p = Project::new();
-    write_config(&p, "budget:\n  providers:\n    claude: {daily_cad: 1.00}\n");
+    p.write_config("budget:\n  providers:\n    claude: {daily_cad: 1.00}\n");
     // claude spent 1.00 today: its next job (estimated 1.00) would pass.
-    let state = p.state_dir();
-    std::fs::create_dir_all(&state).unwrap();
     let now = rfc3339_ago(60);
-    std::fs::write(
-        state.join("ledger.jsonl"),
-        serde_json::json!({"job_id": "j-x", "project": "/elsewhere", "task": "x.md",
-            "provider": "claude", "model": "m", "status": "completed", "cost_cad": 1.0,
-            "delegated_at": now, "finished_at": now})
-        .to_string()
-            + "\n",
-    )
-    .unwrap();
+    p.write_old_ledger(&[ledger_line(
+        "j-x",
+        "/elsewhere",
+        "claude",
+        "m",
+        "completed",
+        1.0,
+        (0, 0),
+        &now,
+        &now,
+    )]);
     p.task("b.md", CHAINED);
     let job = p.submit_ok(&mock, "b.md");
     let out = p.reap(&mock, &[]);
@@ -289,7 +283,7 @@ fn claude_in_flight_elsewhere(p: &Project, mock: &Mock) -> Project {
 fn a_limit_defers_the_step_and_a_later_reap_sends_it() {
     let mock = mock_failing();
     let p = Project::new();
-    write_config(&p, "max_in_flight:\n  claude: 1\n");
+    p.write_config("max_in_flight:\n  claude: 1\n");
     let other = claude_in_flight_elsewhere(&p, &mock);
     p.task("l.md", CHAINED);
     let first = p.submit_ok(&mock, "l.md");
@@ -433,7 +427,7 @@ fn decide_names_the_chain_and_submit_v_the_config_default() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["fallback"], serde_json::json!([]));
     // decide reads no config: its default chain is submit's to show.
-    write_config(&p, "fallback:\n  gemini: [claude]\n");
+    p.write_config("fallback:\n  gemini: [claude]\n");
     let out = p.run(None, &["decide", "--json", plain.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["fallback"], serde_json::json!([]));
@@ -469,7 +463,7 @@ fn markers_from_before_failover_reap_unchanged_and_bad_attempts_are_corrupt() {
         ),
     );
     // A config default chain does not reach a marker that has none.
-    write_config(&p, "fallback:\n  gemini: [claude]\n");
+    p.write_config("fallback:\n  gemini: [claude]\n");
     let out = p.reap(&mock, &[]);
     out.expect(0);
     assert_eq!(
@@ -731,7 +725,7 @@ fn a_deferred_step_goes_once_the_limit_frees_up_with_real_counts() {
         "gemini=failed",
     ]);
     let p = Project::new();
-    write_config(&p, "max_in_flight:\n  claude: 1\n");
+    p.write_config("max_in_flight:\n  claude: 1\n");
     p.task("other.md", b"---\npreferred_ai: claude\n---\nx\n");
     let other = p.submit_ok(&mock, "other.md");
     // other.md's claude job runs until told otherwise.
@@ -778,7 +772,7 @@ fn a_deferred_step_goes_once_the_limit_frees_up_with_real_counts() {
 fn a_deferred_step_whose_record_is_written_is_never_sent() {
     let mock = mock_failing();
     let p = Project::new();
-    write_config(&p, "max_in_flight:\n  claude: 1\n");
+    p.write_config("max_in_flight:\n  claude: 1\n");
     let other = claude_in_flight_elsewhere(&p, &mock);
     p.task("l.md", CHAINED);
     p.submit_ok(&mock, "l.md");
@@ -847,7 +841,7 @@ fn a_refused_step_is_one_returned_line() {
 fn a_chain_whose_earlier_jobs_cannot_be_booked_ends_and_books_them_later() {
     let mock = Mock::start(&["--statuses", "completed"]);
     let p = Project::new();
-    write_config(&p, "lock_timeout: 200ms\n");
+    p.write_config("lock_timeout: 200ms\n");
     p.task("w.md", b"task\n");
     let key = "ccl-ww-0123456789abcdef";
     let job = mock.post_job(key, "w.md");
@@ -913,7 +907,7 @@ fn status_after_a_failover_reads_the_ledger_without_a_warning() {
 fn a_fallback_of_only_unknown_names_says_the_chain_the_task_now_has() {
     let mock = Mock::start(&["--statuses", "running"]);
     let p = Project::new();
-    write_config(&p, "fallback:\n  gemini: [claude]\n");
+    p.write_config("fallback:\n  gemini: [claude]\n");
     p.task(
         "t.md",
         b"---\npreferred_ai: gemini\nfallback: [claude-code, gpt4]\n---\nx\n",

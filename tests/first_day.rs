@@ -5,12 +5,6 @@ mod common;
 
 use common::*;
 
-fn write_config(p: &Project, yaml: &str) {
-    let dir = p.home.join(".config/ccl-delegate");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.yaml"), yaml).unwrap();
-}
-
 /// Every refusal of a value names the value and the nearest valid one.
 #[test]
 fn refused_values_are_named_with_the_nearest_valid_one() {
@@ -61,7 +55,7 @@ fn refused_values_are_named_with_the_nearest_valid_one() {
     );
     assert!(!out.stdout.contains("no routing key:"), "{}", out.stdout);
     // A limit's unknown key names `all`.
-    write_config(&p, "max_in_flight:\n  al: 8\n");
+    p.write_config("max_in_flight:\n  al: 8\n");
     let out = p.run(None, &["status", "--project", p.dir.to_str().unwrap()]);
     out.expect(78);
     assert!(
@@ -112,15 +106,12 @@ fn a_project_without_a_queue_is_an_error_naming_init() {
     let empty = p.tmp.path().join("none-here-*");
     std::fs::create_dir_all(p.tmp.path().join("src/not-a-project")).unwrap();
     let src = p.tmp.path().join("src/*");
-    write_config(
-        &p,
-        &format!(
-            "projects:\n  - {}\n  - {}\n  - {}\n",
-            empty.display(),
-            src.display(),
-            p.dir.display()
-        ),
-    );
+    p.write_config(&format!(
+        "projects:\n  - {}\n  - {}\n  - {}\n",
+        empty.display(),
+        src.display(),
+        p.dir.display()
+    ));
     let out = p.run(Some(&mock), &["reap"]);
     out.expect(0);
     assert!(
@@ -227,7 +218,7 @@ fn the_readme_promises_hold() {
     let metrics = p.tmp.path().join("m.prom");
     p.reap(&mock, &["--metrics-file", metrics.to_str().unwrap()])
         .expect(0);
-    let state = p.home.join(".local/state/ccl-delegate");
+    let state = p.state_dir();
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "{state:?}");
     let text = std::fs::read_to_string(&metrics).unwrap();
@@ -237,4 +228,25 @@ fn the_readme_promises_hold() {
         .expect(0);
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(!text.contains("ccl_delegate_active_jobs{"), "{text}");
+}
+
+/// `local <rule>` stays the whole stdout; stderr says the rule in words for
+/// a newcomer, and `-q` silences it.
+#[test]
+fn submit_of_a_local_task_says_the_rule_in_words_on_stderr() {
+    let p = Project::new();
+    let task = p.task("plain.md", b"No frontmatter here.\n");
+    let out = p.run(None, &["submit", s(&task)]);
+    out.expect(10);
+    assert_eq!(out.stdout, "local 7\n");
+    assert!(
+        out.stderr
+            .contains("plain.md: rule 7: no routing key: runs locally"),
+        "{}",
+        out.stderr
+    );
+    let quiet = p.run(None, &["-q", "submit", s(&task)]);
+    quiet.expect(10);
+    assert_eq!(quiet.stdout, "local 7\n");
+    assert_eq!(quiet.stderr, "");
 }

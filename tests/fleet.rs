@@ -73,21 +73,17 @@ struct Host {
 
 fn host(pg: &pg::Pg, name: &str, extra: &str) -> Host {
     let p = Project::new();
-    let dir = p.home.join(".config/ccl-delegate");
+    let dir = p.config_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let pw = dir.join("pg-password");
     std::fs::write(&pw, format!("{}\n", pg::PASSWORD)).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(
-        dir.join("config.yaml"),
-        format!(
-            "fleet:\n  url: {}\n  password_file: {}\n  host: {name}\nlock_timeout: 20s\n{extra}",
-            pg.url(),
-            pw.display()
-        ),
-    )
-    .unwrap();
+    p.write_config(&format!(
+        "fleet:\n  url: {}\n  password_file: {}\n  host: {name}\nlock_timeout: 20s\n{extra}",
+        pg.url(),
+        pw.display()
+    ));
     Host { p }
 }
 
@@ -277,17 +273,11 @@ fn the_password_never_shows() {
     let Some(pg) = pg::Pg::start() else { return };
     let mock = Mock::start(&["--statuses", "completed"]);
     let p = Project::new();
-    let dir = p.home.join(".config/ccl-delegate");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("config.yaml"),
-        format!(
-            "fleet:\n  url: {}\n  host: h-secret\nmax_in_flight:\n  all: 5\nmetrics_file: {}\n",
-            pg.url_with_password(),
-            p.tmp.path().join("m.prom").display()
-        ),
-    )
-    .unwrap();
+    p.write_config(&format!(
+        "fleet:\n  url: {}\n  host: h-secret\nmax_in_flight:\n  all: 5\nmetrics_file: {}\n",
+        pg.url_with_password(),
+        p.tmp.path().join("m.prom").display()
+    ));
     let mut seen = String::new();
     p.task("a.md", &fm("preferred_ai: gemini\n"));
     p.submit_ok(&mock, "a.md");

@@ -355,7 +355,7 @@ fn doctor_reports_one_ok_line_per_check() {
     let p = Project::new();
     let out = p.run(Some(&mock), &["doctor", "--project", s(&p.dir)]);
     out.expect(0);
-    let lock = p.home.join(".local/state/ccl-delegate/reap.lock");
+    let lock = p.reap_lock();
     assert_eq!(
         out.stdout,
         format!(
@@ -593,17 +593,11 @@ fn config_file_projects_are_reaped_and_flags_beat_the_environment() {
     let key_file = p.home.join("key");
     std::fs::write(&key_file, KEY).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config_dir = p.home.join(".config/ccl-delegate");
-    std::fs::create_dir_all(&config_dir).unwrap();
-    std::fs::write(
-        config_dir.join("config.yaml"),
-        format!(
-            "api_url: http://127.0.0.1:1\napi_key_file: {}\nprojects: ['{}/pro*']\n",
-            key_file.display(),
-            p.tmp.path().display()
-        ),
-    )
-    .unwrap();
+    p.write_config(&format!(
+        "api_url: http://127.0.0.1:1\napi_key_file: {}\nprojects: ['{}/pro*']\n",
+        key_file.display(),
+        p.tmp.path().display()
+    ));
     // The environment beats the file's (dead) URL.
     let out = Out::of(p.cmd(None).env("SECUTOOLS_URL", &mock.url).args(["reap"]));
     out.expect(0);

@@ -4,55 +4,8 @@
 
 mod common;
 
-use common::{Mock, Out, Project};
+use common::{Mock, Out, Project, ledger_line};
 use serde_json::Value;
-
-impl Project {
-    /// A ledger of an earlier version, which the first run imports.
-    fn old_ledger(&self) -> std::path::PathBuf {
-        self.state_dir().join("ledger.jsonl")
-    }
-
-    fn config(&self, yaml: &str) {
-        let d = self.home.join(".config/ccl-delegate");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("config.yaml"), yaml).unwrap();
-    }
-
-    fn write_ledger(&self, lines: &[String]) {
-        std::fs::create_dir_all(self.state_dir()).unwrap();
-        std::fs::write(self.old_ledger(), lines.concat()).unwrap();
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.run(None, args);
-        out.expect(0);
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-    }
-}
-
-/// One line of an earlier version's `ledger.jsonl`, as it wrote them.
-#[allow(clippy::too_many_arguments)]
-fn line(
-    id: &str,
-    project: &str,
-    provider: &str,
-    model: &str,
-    status: &str,
-    cost: f64,
-    tokens: (u64, u64),
-    delegated_at: &str,
-    finished_at: &str,
-) -> String {
-    serde_json::json!({
-        "job_id": id, "project": project, "task": format!("{id}.md"),
-        "provider": provider, "model": model, "status": status, "cost_cad": cost,
-        "tokens_in": tokens.0, "tokens_out": tokens.1,
-        "delegated_at": delegated_at, "finished_at": finished_at,
-    })
-    .to_string()
-        + "\n"
-}
 
 fn ago(secs: u64) -> String {
     common::rfc3339_ago(secs)
@@ -63,7 +16,7 @@ fn ago(secs: u64) -> String {
 fn sample(p: &Project) -> Vec<String> {
     let proj = p.dir.display().to_string();
     vec![
-        line(
+        ledger_line(
             "j-old",
             &proj,
             "claude",
@@ -74,7 +27,7 @@ fn sample(p: &Project) -> Vec<String> {
             &ago(40 * 86400 + 60),
             &ago(40 * 86400),
         ),
-        line(
+        ledger_line(
             "j-1",
             &proj,
             "claude",
@@ -85,7 +38,7 @@ fn sample(p: &Project) -> Vec<String> {
             &ago(3600),
             &ago(3540),
         ),
-        line(
+        ledger_line(
             "j-2",
             &proj,
             "claude",
@@ -96,7 +49,7 @@ fn sample(p: &Project) -> Vec<String> {
             &ago(3000),
             &ago(2880),
         ),
-        line(
+        ledger_line(
             "j-3",
             &proj,
             "claude",
@@ -107,7 +60,7 @@ fn sample(p: &Project) -> Vec<String> {
             &ago(2000),
             &ago(1990),
         ),
-        line(
+        ledger_line(
             "j-4",
             "/elsewhere",
             "gemini",
@@ -118,7 +71,7 @@ fn sample(p: &Project) -> Vec<String> {
             &ago(1000),
             &ago(970),
         ),
-        line(
+        ledger_line(
             "j-5",
             "/elsewhere",
             "gpu",
@@ -135,7 +88,7 @@ fn sample(p: &Project) -> Vec<String> {
 #[test]
 fn report_shows_one_row_per_provider_then_the_total_over_the_last_30_days() {
     let p = Project::new();
-    p.write_ledger(&sample(&p));
+    p.write_old_ledger(&sample(&p));
     let out = p.run(None, &["report"]);
     out.expect(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -186,7 +139,7 @@ fn report_shows_one_row_per_provider_then_the_total_over_the_last_30_days() {
 #[test]
 fn report_json_and_csv_carry_the_key_named_after_by_and_seconds() {
     let p = Project::new();
-    p.write_ledger(&sample(&p));
+    p.write_old_ledger(&sample(&p));
     let v = p.json(&["report", "--by", "model", "--json"]);
     let rows = v["rows"].as_array().unwrap();
     let models: Vec<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
@@ -222,7 +175,7 @@ fn report_json_and_csv_carry_the_key_named_after_by_and_seconds() {
 #[test]
 fn report_filters_by_window_and_project() {
     let p = Project::new();
-    p.write_ledger(&sample(&p));
+    p.write_old_ledger(&sample(&p));
     let dir = p.dir.to_str().unwrap();
     let v = p.json(&["report", "--project", dir, "--json"]);
     assert_eq!(v["total"]["jobs"], 3);
@@ -253,7 +206,7 @@ fn report_filters_by_window_and_project() {
 #[test]
 fn report_prints_one_line_per_budget_cap() {
     let p = Project::new();
-    p.write_ledger(&sample(&p));
+    p.write_old_ledger(&sample(&p));
     // Two claude jobs in flight in a configured project: real markers,
     // submitted before the budget was configured, counted by a reap.
     let mock = Mock::start(&["--statuses", "running"]);
@@ -262,7 +215,7 @@ fn report_prints_one_line_per_budget_cap() {
         p.submit_ok(&mock, t);
     }
     p.reap(&mock, &[]).expect(0);
-    p.config(&format!(
+    p.write_config(&format!(
         "budget:\n  daily_cad: 20\n  monthly_cad: 300\n  providers:\n    claude: {{daily_cad: 5.00}}\nprojects: [{}]\n",
         p.dir.display()
     ));
@@ -297,7 +250,7 @@ fn an_old_ledger_is_imported_once_without_its_torn_or_corrupt_lines() {
     let mut lines = sample(&p);
     lines.insert(2, "{not json\n".into());
     lines.push("{\"job_id\":\"j-torn\",\"proj".into());
-    p.write_ledger(&lines);
+    p.write_old_ledger(&lines);
     let out = p.run(None, &["report", "--json"]);
     out.expect(0);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
@@ -307,7 +260,7 @@ fn an_old_ledger_is_imported_once_without_its_torn_or_corrupt_lines() {
     let ids: Vec<Value> = p.ledger().iter().map(|e| e["job_id"].clone()).collect();
     assert_eq!(ids, ["j-old", "j-1", "j-2", "j-3", "j-4", "j-5"]);
     // A ledger.jsonl written again beside the books is not read.
-    p.write_ledger(&lines);
+    p.write_old_ledger(&lines);
     let v = p.json(&["report", "--json"]);
     assert_eq!(v["total"]["jobs"], 5);
 }
@@ -491,7 +444,7 @@ fn bad_budget_limit_or_fallback_keys_are_config_errors_naming_key_and_line() {
     ];
     for (yaml, key) in rows {
         let p = Project::new();
-        p.config(yaml);
+        p.write_config(yaml);
         let out: Out = p.run(None, &["report"]);
         out.expect(78);
         assert!(out.stderr.contains(key), "{yaml:?}: {}", out.stderr);
@@ -520,7 +473,7 @@ fn policy_key_errors_say_what_is_wrong() {
     ];
     for (yaml, want) in rows {
         let p = Project::new();
-        p.config(yaml);
+        p.write_config(yaml);
         let out: Out = p.run(None, &["report"]);
         out.expect(78);
         assert!(out.stderr.contains(want), "{yaml:?}: {}", out.stderr);

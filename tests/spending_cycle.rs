@@ -12,12 +12,6 @@ use serde_json::Value;
 const CLAUDE_TASK: &[u8] = b"---\npreferred_ai: claude\n---\nSay hi.\n";
 
 impl Project {
-    fn config(&self, yaml: &str) {
-        let d = self.home.join(".config/ccl-delegate");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("config.yaml"), yaml).unwrap();
-    }
-
     /// The job ids of the records in done/ and failed/, sorted.
     fn record_job_ids(&self) -> Vec<String> {
         let mut ids = Vec::new();
@@ -103,7 +97,7 @@ impl Project {
 fn ten_simultaneous_submits_against_a_limit_of_three_delegate_exactly_three() {
     let p = Project::new();
     let mock = Mock::start(&[]);
-    p.config("max_in_flight:\n  all: 3\n");
+    p.write_config("max_in_flight:\n  all: 3\n");
     let names = p.tasks("t", 10);
     let outs = p.submit_all_at_once(&mock, &names);
     let delegated: Vec<_> = outs.iter().filter(|(_, o)| o.code == 0).collect();
@@ -131,7 +125,7 @@ fn ten_simultaneous_submits_against_a_limit_of_three_delegate_exactly_three() {
 fn ten_simultaneous_submits_against_a_budget_delegate_what_fits() {
     let p = Project::new();
     let mock = Mock::start(&["--provider-cost", "claude=1.0", "--statuses", "completed"]);
-    p.config("budget:\n  daily_cad: 5.00\n");
+    p.write_config("budget:\n  daily_cad: 5.00\n");
     let seeds = p.tasks("seed", 2);
     // policy.md "Budgets": a price not yet known is learnt before buying in
     // bulk; the second job waits until the first ends.
@@ -200,7 +194,7 @@ fn reap_writes_one_ledger_entry_per_record_with_its_tokens() {
 fn a_budget_never_stops_reap_resending_a_pending_submission() {
     let p = Project::new();
     let mock = Mock::start(&[]);
-    p.config("budget:\n  daily_cad: 0\n");
+    p.write_config("budget:\n  daily_cad: 0\n");
     p.task("t.md", b"---\npreferred_ai: gemini\n---\nhi\n");
     let key = "k-0123456789abcdef0123456789abcdef";
     p.write_marker(
@@ -217,7 +211,7 @@ fn a_budget_never_stops_reap_resending_a_pending_submission() {
 fn a_marker_deleted_by_hand_stops_counting_at_the_next_reap() {
     let p = Project::new();
     let mock = Mock::start(&["--statuses", "running"]);
-    p.config("max_in_flight:\n  claude: 1\n");
+    p.write_config("max_in_flight:\n  claude: 1\n");
     let names = p.tasks("t", 2);
     p.submit_ok(&mock, &names[0]);
     let second = p.inbox().join(&names[1]);
@@ -236,7 +230,7 @@ fn a_marker_deleted_by_hand_stops_counting_at_the_next_reap() {
 fn a_surely_failed_post_gives_its_count_back() {
     let p = Project::new();
     let mock = Mock::start(&[]);
-    p.config("max_in_flight:\n  all: 1\n");
+    p.write_config("max_in_flight:\n  all: 1\n");
     let names = p.tasks("t", 1);
     mock.faults(serde_json::json!({"next": ["400"], "method": "POST"}));
     let path = p.inbox().join(&names[0]);
@@ -257,7 +251,7 @@ fn a_surely_failed_post_gives_its_count_back() {
 fn books_that_are_not_a_file_stop_submit_and_never_stop_reap() {
     let p = Project::new();
     let mock = Mock::start(&["--statuses", "completed"]);
-    p.config("budget:\n  daily_cad: 100\n");
+    p.write_config("budget:\n  daily_cad: 100\n");
     let names = p.tasks("t", 2);
     let job = p.submit_ok(&mock, &names[0]);
     for f in ["books.sqlite", "books.sqlite-wal", "books.sqlite-shm"] {
@@ -322,7 +316,7 @@ fn status_shows_the_budget_like_report() {
     let p = Project::new();
     let mock = Mock::start(&["--provider-cost", "claude=0.5", "--statuses", "completed"]);
     let dir = p.dir.to_str().unwrap();
-    p.config(&format!(
+    p.write_config(&format!(
         "projects: [{dir}]\nbudget:\n  daily_cad: 20\n  providers:\n    claude: {{monthly_cad: 100}}\n"
     ));
     p.one_by_one(&mock, &p.tasks("t", 2));
@@ -383,7 +377,7 @@ fn status_totals_agree_with_the_records_ledger_or_not() {
 fn the_metrics_file_has_a_limit_and_a_spent_gauge_per_cap() {
     let p = Project::new();
     let mock = Mock::start(&["--provider-cost", "claude=0.5", "--statuses", "completed"]);
-    p.config("budget:\n  daily_cad: 20\n  providers:\n    claude: {monthly_cad: 100}\n");
+    p.write_config("budget:\n  daily_cad: 20\n  providers:\n    claude: {monthly_cad: 100}\n");
     let names = p.tasks("t", 2);
     p.one_by_one(&mock, &names[..1]);
     p.submit_ok(&mock, &names[1]);
@@ -441,7 +435,7 @@ fn a_metrics_path_that_is_a_fifo_is_an_error_not_a_hang() {
 fn doctor_shows_each_cap_and_limit_against_today() {
     let p = Project::new();
     let mock = Mock::start(&["--provider-cost", "claude=0.5", "--statuses", "completed"]);
-    p.config("budget:\n  daily_cad: 20\nmax_in_flight:\n  all: 50\n  claude: 5\n");
+    p.write_config("budget:\n  daily_cad: 20\nmax_in_flight:\n  all: 50\n  claude: 5\n");
     p.one_by_one(&mock, &p.tasks("t", 2));
     p.tasks("u", 1);
     p.submit_ok(&mock, "u00.md");
@@ -469,7 +463,7 @@ fn doctor_shows_each_cap_and_limit_against_today() {
 fn a_marker_deleted_by_hand_in_another_project_stops_counting_too() {
     let p = Project::new();
     let mock = Mock::start(&["--statuses", "running"]);
-    p.config("max_in_flight:\n  claude: 1\n");
+    p.write_config("max_in_flight:\n  claude: 1\n");
     let other = p.home.join("other");
     for d in ["inbox", "done", "failed"] {
         std::fs::create_dir_all(other.join(".agent-queue").join(d)).unwrap();

@@ -965,12 +965,7 @@ impl Project {
     /// empty when there are no books.
     #[track_caller]
     pub fn ledger(&self) -> Vec<serde_json::Value> {
-        let Some(books) = self.books() else {
-            return Vec::new();
-        };
-        books
-            .entries()
-            .unwrap_or_else(|e| panic!("the ledger cannot be read: {e:#}"))
+        self.entries()
             .iter()
             .map(|e| serde_json::to_value(e).unwrap())
             .collect()
@@ -1015,5 +1010,190 @@ impl BooksLock {
         let c = rusqlite::Connection::open(ccl_delegate::books::path(state_dir)).unwrap();
         c.execute_batch("BEGIN IMMEDIATE").unwrap();
         BooksLock(c)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shared fixtures: the config file, the state directory's files, the
+// ledger's entries and the `report --json` rows, and the checks on what a
+// run printed.
+// ---------------------------------------------------------------------------
+
+/// A task that routes to `gemini`.
+pub const GEMINI: &[u8] = b"---\npreferred_ai: gemini\n---\nDo it.\n";
+
+/// A task asking for `provider`, with `fallback: [<fallback>]` unless
+/// `fallback` is empty.
+pub fn provider_task(provider: &str, fallback: &str) -> Vec<u8> {
+    let fb = if fallback.is_empty() {
+        String::new()
+    } else {
+        format!("fallback: [{fallback}]\n")
+    };
+    fm(&format!("preferred_ai: {provider}\n{fb}"))
+}
+
+/// One line of an earlier version's `ledger.jsonl`, as it wrote them.
+#[allow(clippy::too_many_arguments)]
+pub fn ledger_line(
+    id: &str,
+    project: &str,
+    provider: &str,
+    model: &str,
+    status: &str,
+    cost: f64,
+    tokens: (u64, u64),
+    delegated_at: &str,
+    finished_at: &str,
+) -> String {
+    serde_json::json!({
+        "job_id": id, "project": project, "task": format!("{id}.md"),
+        "provider": provider, "model": model, "status": status, "cost_cad": cost,
+        "tokens_in": tokens.0, "tokens_out": tokens.1,
+        "delegated_at": delegated_at, "finished_at": finished_at,
+    })
+    .to_string()
+        + "\n"
+}
+
+impl Project {
+    /// The directory of the config file the runs find by default.
+    pub fn config_dir(&self) -> PathBuf {
+        self.home.join(".config/ccl-delegate")
+    }
+
+    /// Writes the config file the runs find by default; gives its path.
+    pub fn write_config(&self, yaml: &str) -> PathBuf {
+        let dir = self.config_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        file
+    }
+
+    /// The default run lock, under the state directory.
+    pub fn reap_lock(&self) -> PathBuf {
+        self.state_dir().join("reap.lock")
+    }
+
+    /// A ledger of an earlier version, which the first run imports.
+    pub fn old_ledger(&self) -> PathBuf {
+        self.state_dir().join("ledger.jsonl")
+    }
+
+    /// Writes [`Project::old_ledger`] from [`ledger_line`]s.
+    pub fn write_old_ledger(&self, lines: &[String]) {
+        std::fs::create_dir_all(self.state_dir()).unwrap();
+        std::fs::write(self.old_ledger(), lines.concat()).unwrap();
+    }
+
+    /// Every ledger entry, oldest first, as the library reads it.
+    #[track_caller]
+    pub fn entries(&self) -> Vec<ccl_delegate::books::Entry> {
+        self.books().map_or_else(Vec::new, |b| {
+            b.entries()
+                .unwrap_or_else(|e| panic!("the ledger cannot be read: {e:#}"))
+        })
+    }
+
+    /// A run's `--json` output (the run must exit 0).
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(None, args);
+        out.expect(0);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    }
+
+    /// `report --json --by <by>`.
+    #[track_caller]
+    pub fn report_json(&self, by: &str) -> serde_json::Value {
+        self.json(&["report", "--json", "--by", by])
+    }
+
+    /// Creates a job on the mock and a `submitted` marker for it beside
+    /// `inbox/<task>` (a task routed to gemini); gives the job id.
+    pub fn delegated(&self, mock: &Mock, task: &str, started_at: &str) -> String {
+        self.task(task, GEMINI);
+        let hash = task.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        let key = format!("ccl-test-{hash:016x}");
+        let job = mock.post_job(&key, task);
+        self.write_marker(task, &marker_json(false, Some(&job), &key, started_at));
+        job
+    }
+}
+
+/// The row of a `report --json` whose `<by>` is `key`.
+pub fn row<'a>(
+    report: &'a serde_json::Value,
+    by: &str,
+    key: &str,
+) -> Option<&'a serde_json::Value> {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[by] == key)
+}
+
+/// Makes a FIFO at `p`.
+pub fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(s(p)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// Runs `cmd` and fails the test if it has not ended within `limit`: a
+/// hang is the defect these tests look for.
+#[track_caller]
+pub fn run_within(cmd: &mut Command, limit: Duration) -> (Out, Duration) {
+    let start = std::time::Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ccl-delegate");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(o) => {
+            let o = o.unwrap();
+            let out = Out {
+                code: o.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            };
+            (out, start.elapsed())
+        }
+        Err(_) => {
+            // SAFETY: killing the child this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("still running after {limit:?}: {cmd:?}");
+        }
+    }
+}
+
+/// No raw control or bidi character in what a run printed.
+#[track_caller]
+pub fn assert_clean(what: &str, text: &str) {
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect();
+    assert!(bad.is_empty(), "{what} holds raw {bad:?}: {text:?}");
+}
+
+/// No ESC, CR, BEL or CSI on a run's stdout or stderr.
+#[track_caller]
+pub fn no_raw_controls(out: &Out) {
+    for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        for c in ['\x1b', '\r', '\x07', '\u{9b}'] {
+            assert!(!text.contains(c), "{name} holds {c:?}: {text:?}");
+        }
     }
 }

@@ -1,18 +1,23 @@
-//! Hostile input: task files of every malformed-frontmatter shape, markers
-//! that point outside the queue, symlinks in every place, server strings
-//! built to inject YAML, and the API key's secrecy.
+//! Hostile bytes on disk, through the real binary: task files of every
+//! malformed-frontmatter shape, keys that look like routing keys, markers
+//! that point outside the queue or are too large, symlinks in every place,
+//! files that are not files, YAML built to be slow, names with control
+//! characters or not UTF-8, and the bits a record keeps.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
 
 // ---------------------------------------------------------------------------
-// The hostile corpus
+// Task files
 // ---------------------------------------------------------------------------
 
 /// Task files of every malformed-frontmatter shape: BOMs, openers and
@@ -335,8 +340,67 @@ fn the_hostile_corpus_goes_through_submit_and_reap_byte_for_byte() {
     );
 }
 
+#[test]
+fn a_misspelt_routing_key_is_named_by_decide_and_submit() {
+    let p = Project::new();
+    let typo = p.task("typo.md", b"---\nallow_delegaton: true\n---\nDo it.\n");
+    let case = p.task("case.md", b"---\nAllow_Delegation: true\n---\nDo it.\n");
+    let other = p.task("other.md", b"---\ntitle: x\ntags: [a]\n---\nDo it.\n");
+
+    let out = p.run(None, &["decide", s(&typo)]);
+    out.expect(0);
+    assert_eq!(out.stdout, "claude-code\n");
+    assert!(
+        out.stderr.contains(s(&typo))
+            && out.stderr.contains("`allow_delegaton`")
+            && out.stderr.contains("`allow_delegation`"),
+        "{}",
+        out.stderr
+    );
+
+    let out = p.run(None, &["decide", s(&case)]);
+    assert!(
+        out.stderr.contains("`Allow_Delegation`") && out.stderr.contains("`allow_delegation`"),
+        "{}",
+        out.stderr
+    );
+
+    // Submit says the same, and its stdout stays `local <rule>`.
+    let mock = Mock::start(&[]);
+    let out = p.run(Some(&mock), &["submit", s(&typo)]);
+    out.expect(10);
+    assert_eq!(out.stdout, "local 7\n");
+    assert!(
+        out.stderr.contains(s(&typo)) && out.stderr.contains("`allow_delegation`"),
+        "{}",
+        out.stderr
+    );
+
+    // Keys that resemble no routing key stay silent.
+    let out = p.run(None, &["decide", s(&other)]);
+    out.expect(0);
+    assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn a_setuid_task_yields_a_done_file_without_the_bit() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let task = p.task("a.md", b"---\nallow_delegation: true\n---\nA.\n");
+    std::fs::set_permissions(&task, std::fs::Permissions::from_mode(0o4750)).unwrap();
+    assert_eq!(
+        mode(&task) & 0o4000,
+        0o4000,
+        "the test needs the setuid bit"
+    );
+    p.submit_ok(&mock, "a.md");
+    p.reap(&mock, &[]).expect(0);
+    assert_eq!(p.names(&p.done()), ["a.md"]);
+    assert_eq!(mode(&p.done().join("a.md")), 0o750);
+}
+
 // ---------------------------------------------------------------------------
-// Markers that point outside the queue
+// Markers
 // ---------------------------------------------------------------------------
 
 const SECRET: &str = "VICTIM-CONTENT-never-read";
@@ -476,8 +540,25 @@ fn marker_paths_outside_the_queue_are_never_read_or_deleted() {
     check_invariant(&p, &originals, true).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// A marker too large to be one can never be read: it is a corrupt marker
+/// (failed/, the task kept whole), not an error on every cron run.
+#[test]
+fn an_oversized_marker_is_a_corrupt_marker() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    p.task("fat.md", GEMINI);
+    p.write_marker("fat.md", &" ".repeat(100 * 1024));
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert!(out.stdout.contains("corrupt marker"), "{out:?}");
+    assert!(p.names(&p.inbox()).is_empty());
+    let rec = Record::read(&p.failed().join("fat.md"));
+    assert_eq!(rec.str("failed_reason"), Some("corrupt marker"));
+    assert_eq!(rec.original(), GEMINI);
+}
+
 // ---------------------------------------------------------------------------
-// Symlinks
+// Symlinks and files that are not files
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -694,329 +775,155 @@ fn a_symlinked_done_or_failed_dir_is_never_followed() {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Server strings
-// ---------------------------------------------------------------------------
-
-/// Strings built to break out of a YAML value or a Markdown line.
-fn evil_strings() -> Vec<String> {
-    let mut v: Vec<String> = [
-        "x\n---\ninjected: 1",
-        "x\n...\ninjected: 1",
-        "x\r\n---\r\ninjected: 1\r\n",
-        "x\r---\rinjected: 1",
-        "x\u{85}---\u{85}injected: 1",
-        "x\u{2028}---\u{2029}injected: 1",
-        "---",
-        "...",
-        "--- |",
-        "injected: 1",
-        "status: completed\ntask_bytes: 0",
-        "a: b\n  c: d",
-        "- x\n- y",
-        "{injected: 1}",
-        "[1, 2]",
-        "&anchor x",
-        "*alias",
-        "!!python/object:os.system x",
-        "? k\n: v",
-        "'",
-        "\"",
-        "# comment",
-        "%YAML 1.1",
-        "@x",
-        "`x`",
-        "| literal\n  ---",
-        "> folded",
-        "\t\ttabs\t",
-        "nul\0byte",
-        "\u{1b}[2J\u{1b}]0;title\u{7}",
-        "\u{feff}bom",
-        "\u{202e}rtl",
-        "   leading",
-        "trailing   ",
-        "",
-        "null",
-        "~",
-        "true",
-        "no",
-        "123",
-        "0x1F",
-        ".nan",
-        "2026-01-01",
-        "<<: *a",
-        "ünïcödé ✓ 日本",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push(format!("{}\n---\ninjected: 1", "--- ... ".repeat(2000)));
-    v
-}
-
-/// The mock reports token counts, so the record carries them (policy.md).
-const DONE_KEYS: [&str; 10] = [
-    "status",
-    "provider",
-    "model",
-    "cost_cad",
-    "job_id",
-    "delegated_at",
-    "completed_at",
-    "tokens_in",
-    "tokens_out",
-    "task_bytes",
-];
-const FAILED_KEYS: [&str; 7] = [
-    "status",
-    "provider",
-    "failed_reason",
-    "job_id",
-    "delegated_at",
-    "failed_at",
-    "task_bytes",
-];
-
 #[test]
-fn server_strings_cannot_add_a_frontmatter_key() {
-    let evil = evil_strings();
-    let mock = Mock::start(&["--statuses", "completed"]);
+fn status_skips_a_fifo_in_done_and_failed() {
     let p = Project::new();
-    let mut originals = BTreeMap::new();
-    let mut jobs = Vec::new();
-    for (i, s) in evil.iter().enumerate() {
-        let task = format!("e{i}.md");
-        let bytes = format!("---\nallow_delegation: true\n---\nEvil {i}.\n").into_bytes();
-        p.task(&task, &bytes);
-        originals.insert(format!("e{i}"), bytes);
-        let key = format!("ccl-evil-{i}-0123456789");
-        let job = mock.post_job(&key, &task);
-        // Even ones fail with the string as the error; odd ones complete
-        // with it as model, provider and response.
-        if i % 2 == 0 {
-            mock.set(json!({"job": job, "error": s}));
-            mock.set(json!({"status_of": {job.clone(): "failed"}}));
-        } else {
-            mock.set(json!({"job": job, "model": s, "provider": s, "response": s}));
-        }
-        p.write_marker(
-            &task,
-            &marker_json(false, Some(&job), &key, &rfc3339_ago(60)),
-        );
-        jobs.push(job);
+    for dir in [p.done(), p.failed()] {
+        std::fs::create_dir_all(&dir).unwrap();
+        mkfifo(&dir.join("x.md"));
     }
-    let out = p.reap(&mock, &[]);
-    out.expect(0);
+    let (out, _) = run_within(
+        p.cmd(None).args(["status", "--project", s(&p.dir)]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
     assert!(
-        !out.stdout.contains('\u{1b}') && !out.stderr.contains('\u{1b}'),
+        out.stdout.contains("No done or failed tasks yet."),
         "{out:?}"
     );
-    assert_eq!(
-        out.stdout.lines().count(),
-        evil.len(),
-        "one line per task: {out:?}"
-    );
-    check_invariant(&p, &originals, true).unwrap_or_else(|e| panic!("{e}"));
-    for (i, s) in evil.iter().enumerate() {
-        let (dir, keys) = if i % 2 == 0 {
-            (p.failed(), &FAILED_KEYS[..])
-        } else {
-            (p.done(), &DONE_KEYS[..])
-        };
-        let bytes = std::fs::read(dir.join(format!("e{i}.md"))).unwrap();
-        let rec = RecordFile::parse(&bytes).unwrap_or_else(|e| panic!("string {i} {s:?}: {e}"));
-        assert_eq!(rec.keys, keys, "string {i} {s:?} changed the keys");
-        assert_eq!(rec.job_id.as_deref(), Some(jobs[i].as_str()));
-        assert_eq!(
-            rec.original(&bytes),
-            originals[&format!("e{i}")],
-            "string {i}"
-        );
-        if i % 2 == 1 {
-            assert_eq!(
-                rec.map["model"].as_str(),
-                Some(s.as_str()),
-                "string {i}: the model is kept as data"
-            );
-            assert_eq!(rec.map["provider"].as_str(), Some(s.as_str()), "string {i}");
-            let text = Record::read(&dir.join(format!("e{i}.md"))).text();
-            assert!(
-                text.contains(s.as_str()),
-                "string {i}: the response is kept: {text:?}"
-            );
-        }
-        // The crate reads its own file back the same way.
-        let r = ccl_delegate::record::Record::parse(&bytes)
-            .unwrap_or_else(|| panic!("string {i} {s:?}: unreadable by the crate"));
-        assert_eq!(r.job_id.as_deref(), Some(jobs[i].as_str()), "string {i}");
-        assert_eq!(
-            r.original(&bytes),
-            originals[&format!("e{i}")],
-            "string {i}"
-        );
-    }
-    // status reads every record.
-    let st = p.run(
-        Some(&mock),
-        &["status", "--json", "--project", p.dir.to_str().unwrap()],
-    );
-    st.expect(0);
-    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
-    let text = v.to_string();
-    assert!(
-        text.contains(&format!("\"done\":{}", evil.len() / 2)) || text.contains("done"),
-        "{text}"
-    );
 }
 
-// ---------------------------------------------------------------------------
-// The API key
-// ---------------------------------------------------------------------------
-
-/// The key never appears on the command line, in a marker, a done/failed
-/// file, any file of the queue, or any message, even when the service
-/// echoes it back in an error or a result.
 #[test]
-fn the_api_key_never_appears_in_files_or_messages() {
-    let mock = Mock::start(&["--statuses", "completed"]);
+fn a_crafted_done_file_does_not_slow_status() {
     let p = Project::new();
-    let a = p.task("a.md", b"---\nallow_delegation: true\n---\nA.\n");
-    let b = p.task("b.md", b"---\npreferred_ai: gpu\n---\nB.\n");
-    let mut outs = vec![
-        p.run(Some(&mock), &["submit", a.to_str().unwrap()]),
-        p.run(Some(&mock), &["submit", b.to_str().unwrap()]),
-    ];
-    let ja = mock.jobs()[0]["job_id"].as_str().unwrap().to_string();
-    let jb = mock.jobs()[1]["job_id"].as_str().unwrap().to_string();
-    // A service that echoes the key: in a job's error, in a result, in a
-    // bad answer.
-    mock.set(json!({"job": ja, "error": format!("auth {KEY} expired")}));
-    mock.set(json!({"status_of": {ja.clone(): "failed"}}));
-    mock.set(json!({"job": jb, "response": format!("your key is {KEY}"), "model": KEY}));
-    outs.push(p.run(Some(&mock), &["get", &ja, "--json"]));
-    outs.push(p.run(Some(&mock), &["get", a.to_str().unwrap()]));
-    outs.push(p.run(Some(&mock), &["result", &jb]));
-    outs.push(p.run(Some(&mock), &["result", &jb, "--json"]));
-    outs.push(p.run(
-        Some(&mock),
-        &["status", "--project", p.dir.to_str().unwrap()],
-    ));
-    outs.push(p.reap(&mock, &[]));
-    let (pc, pd) = (Project::new(), Project::new());
-    pc.task("c.md", b"---\nallow_delegation: true\n---\nC.\n");
-    let jc = mock.post_job("ccl-key-echo-c-0123456789", "c.md");
-    pc.write_marker(
-        "c.md",
-        &marker_json(
-            false,
-            Some(&jc),
-            "ccl-key-echo-c-0123456789",
-            &rfc3339_ago(60),
-        ),
+    std::fs::create_dir_all(p.done()).unwrap();
+    let mut crafted = String::from("---\nstatus: completed\nprovider: gpu\nx: ");
+    crafted.push_str(&"[".repeat(40_000));
+    crafted.push_str("\n---\nbody\n");
+    std::fs::write(p.done().join("a.md"), crafted).unwrap();
+    let (out, took) = run_within(
+        p.cmd(None).args(["status", "--project", s(&p.dir)]),
+        Duration::from_secs(60),
     );
-    mock.set(json!({"job": jc, "status_raw": format!("{{\"job_id\": \"{jc}\", \"status\": \"{KEY}\"}}")}));
-    outs.push(pc.reap(&mock, &[]));
-    mock.set(json!({"job": jc, "status_raw": format!("not json {KEY}")}));
-    outs.push(pc.reap(&mock, &[]));
-    // A refused key never comes back in the message either.
-    let c = pd.task("d.md", b"---\nallow_delegation: true\n---\nD.\n");
-    let wrong = Out::of(
-        pd.cmd(Some(&mock))
-            .args(["submit", c.to_str().unwrap()])
-            .env("SECUTOOLS_API_KEY", "wrong-key-9876543210"),
-    );
-    assert_eq!(wrong.code, 77, "{wrong:?}");
-    assert!(!wrong.stderr.contains("wrong-key-9876543210"), "{wrong:?}");
-    for (n, out) in outs.iter().enumerate() {
-        assert!(
-            !out.stdout.contains(KEY) && !out.stderr.contains(KEY),
-            "run {n}: {out:?}"
-        );
-    }
-    assert!(p.failed().join("a.md").exists() && p.done().join("b.md").exists());
-    for project in [&p, &pc, &pd] {
-        for (path, bytes) in tree(project.tmp.path()) {
-            assert!(
-                !String::from_utf8_lossy(&bytes).contains(KEY),
-                "{} holds the key",
-                path.display()
-            );
-        }
-    }
-    // No flag takes the key: it can only come from the environment or a file.
-    let out = p.run(None, &["--api-key", KEY, "status"]);
-    assert_eq!(out.code, 64, "{out:?}");
-    for sub in [
-        "submit", "reap", "get", "result", "status", "cancel", "requeue", "doctor",
-    ] {
-        let help = p.run(None, &[sub, "--help"]);
-        assert!(
-            !help.stdout.to_lowercase().contains("api-key"),
-            "{sub}: {help:?}"
-        );
-    }
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(took < Duration::from_millis(1500), "status took {took:?}");
 }
 
+// ---------------------------------------------------------------------------
+// Names: control characters, not UTF-8
+// ---------------------------------------------------------------------------
+
 #[test]
-fn an_api_key_file_readable_by_group_or_others_is_refused() {
+fn task_names_with_control_characters_are_escaped_in_warnings_and_errors() {
+    let p = Project::new();
+    let name = "evil\u{1b}]0;pwned\u{7}\r.md";
+    let task = p.task(name, b"---\npreferred_ai: gpu\n");
+    let out = p.run(None, &["decide", s(&task)]);
+    out.expect(0);
+    assert_clean("decide stderr", &out.stderr);
+    assert!(
+        out.stderr.contains("evil\\x1b]0;pwned\\x07\\r.md"),
+        "{:?}",
+        out.stderr
+    );
+    // An error about the name goes through the same escaper.
+    let missing = p.inbox().join("gone\u{1b}[2J.md");
+    let out = p.run(None, &["decide", s(&missing)]);
+    out.expect(66);
+    assert_clean("decide error", &out.stderr);
+    assert!(out.stderr.contains("gone\\x1b[2J.md"), "{:?}", out.stderr);
+}
+
+/// The error lines of `reap` and the stdout line of `submit` carry names
+/// and marker text through the same escaper: a task nobody can read, named
+/// with escapes, and a marker whose provider holds a line break.
+#[test]
+fn reap_errors_and_submit_lines_escape_names_and_marker_text() {
     let mock = Mock::start(&[]);
     let p = Project::new();
-    let key_file = p.home.join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
-    let config = p.home.join("config.yaml");
+    let name = "locked\u{1b}[2J\n.md";
+    // A directory where the task should be: reap cannot read it and says
+    // so (an error, printed even with -q).
+    std::fs::create_dir(p.inbox().join(name)).unwrap();
+    p.write_marker(
+        name,
+        &marker_json(true, None, "ccl-lock-0123456789abcdef", &rfc3339_ago(600)),
+    );
+    let out = p.reap(&mock, &["-q"]);
+    assert!(
+        out.stderr.contains("locked\\x1b[2J\\n.md"),
+        "{:?}",
+        out.stderr
+    );
+    assert_clean("reap stderr", &out.stderr);
+    assert_clean("reap stdout", &out.stdout);
+
+    let other = p.task("two.md", b"---\npreferred_ai: gpu\n---\nx\n");
+    let marker = marker_json(
+        false,
+        Some("j-1"),
+        "ccl-two-0123456789abcdef",
+        &rfc3339_ago(1),
+    )
+    .replace("\"gemini\"", "\"gem\\nini\\u001b[2J\"");
+    p.write_marker("two.md", &marker);
+    let out = p.run(Some(&mock), &["submit", s(&other)]);
+    out.expect(0);
+    assert_eq!(out.stdout.lines().count(), 1, "{:?}", out.stdout);
+    assert_clean("submit stdout", &out.stdout);
+    assert!(
+        out.stdout.starts_with("delegated gem\\nini\\x1b[2J j-1"),
+        "{:?}",
+        out.stdout
+    );
+}
+
+// Names that are not UTF-8.
+
+#[test]
+fn reap_and_status_see_a_marker_whose_name_is_not_utf8() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let name = OsStr::from_bytes(b"caf\xe9.md");
+    std::fs::write(p.inbox().join(name), GEMINI).unwrap();
+    let key = "ccl-latin1-0123456789";
+    let job = mock.post_job(key, "cafe.md");
     std::fs::write(
-        &config,
-        format!(
-            "api_url: {}\napi_key_file: {}\n",
-            mock.url,
-            key_file.display()
-        ),
+        p.inbox().join(OsStr::from_bytes(b"caf\xe9.md.delegated")),
+        marker_json(false, Some(&job), key, &rfc3339_ago(60)),
     )
     .unwrap();
-    let path = p.task("a.md", b"---\nallow_delegation: true\n---\nA.\n");
-    let submit = |p: &Project| {
-        Out::of(p.cmd(None).args([
-            "--config",
-            config.to_str().unwrap(),
-            "submit",
-            path.to_str().unwrap(),
-        ]))
-    };
-    for mode in [
-        0o644, 0o640, 0o604, 0o660, 0o620, 0o602, 0o610, 0o601, 0o666,
-    ] {
-        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).unwrap();
-        let out = submit(&p);
-        assert_eq!(out.code, 78, "mode {mode:o}: {out:?}");
-        assert!(
-            out.stderr.contains("readable by group or others"),
-            "mode {mode:o}: {out:?}"
-        );
-        assert!(
-            out.stderr
-                .contains(&format!("chmod 600 {}", key_file.display())),
-            "{out:?}"
-        );
-        assert!(!out.stderr.contains(KEY));
-        assert!(!p.inbox().join("a.md.delegated").exists());
-    }
-    assert_eq!(mock.requests(), 0, "a refused key file sends nothing");
-    for mode in [0o600, 0o400] {
-        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).unwrap();
-        let out = submit(&p);
-        assert_eq!(out.code, 0, "mode {mode:o}: {out:?}");
-        assert!(out.stdout.starts_with("delegated auto "), "{out:?}");
-        std::fs::remove_file(p.inbox().join("a.md.delegated")).unwrap();
-    }
-    // A key file that is a link to a private file is not followed.
-    let link = p.home.join("key-link");
-    std::os::unix::fs::symlink(&key_file, &link).unwrap();
-    std::fs::write(
-        &config,
-        format!("api_url: {}\napi_key_file: {}\n", mock.url, link.display()),
-    )
-    .unwrap();
-    let out = submit(&p);
-    assert_eq!(out.code, 78, "{out:?}");
-    assert!(out.stderr.contains("key-link"), "{out:?}");
+
+    let st = p.run(None, &["status", "--project", s(&p.dir)]);
+    st.expect(0);
+    assert!(st.stdout.contains("caf\\xe9.md"), "{st:?}");
+
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    assert!(out.stdout.contains("caf\\xe9.md"), "{out:?}");
+    assert!(p.names(&p.inbox()).is_empty(), "{:?}", p.names(&p.inbox()));
+    let r = Record::read(&p.done().join(name));
+    assert_eq!(r.str("job_id"), Some(job.as_str()));
+    assert_eq!(r.original(), GEMINI);
+}
+
+// Hostile bytes in names and server strings.
+
+#[test]
+fn reap_prints_one_clean_line_per_finished_task_whatever_the_bytes() {
+    let mock = Mock::start(&["--statuses", "completed"]);
+    let p = Project::new();
+    let hostile = "e\x1b[31mvil\r\x07\x1b]0;title\x07\nz.md";
+    let job = p.delegated(&mock, hostile, &rfc3339_ago(60));
+    let other = p.delegated(&mock, "ok\x1b[2J.md", &rfc3339_ago(60));
+    mock.set(json!({"status_of": {job.clone(): "failed"}}));
+    mock.set(json!({"job": job, "error": "bad\x1b]8;;http://x\x07link\r\nline2\x07"}));
+    mock.set(json!({"job": other, "provider": "gem\x1b[31mini\r\n"}));
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+    no_raw_controls(&out);
+    assert!(p.failed().join(hostile).exists());
+    assert!(p.done().join("ok\x1b[2J.md").exists());
 }
