@@ -24,8 +24,71 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in the order the docs list them.
+    pub const ALL: [Code; 10] = [
+        Code::Ok,
+        Code::Local,
+        Code::Usage,
+        Code::DataErr,
+        Code::NoInput,
+        Code::Unavailable,
+        Code::TempFail,
+        Code::NoPerm,
+        Code::Config,
+        Code::Other,
+    ];
+
     pub fn as_u8(self) -> u8 {
         self as u8
+    }
+
+    /// The code's name in a few words, before a command's own reasons.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "ok",
+            Code::Other => "anything else",
+            Code::Local => "run it locally",
+            Code::Usage => "usage",
+            Code::DataErr => "bad data",
+            Code::NoInput => "no such input",
+            Code::Unavailable => "service unavailable",
+            Code::TempFail => "try again later",
+            Code::NoPerm => "refused by the service",
+            Code::Config => "configuration",
+        }
+    }
+
+    /// What the code means, whichever command gives it: the README's
+    /// "Exit codes" table and the man pages are made from these.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Code::Ok => "ok; also `reap` finding the run lock held (cron stays quiet)",
+            Code::Local => {
+                "`submit`: the task routes to claude-code, or a budget refused it (`local budget`); run it locally"
+            }
+            Code::Usage => {
+                "usage: bad arguments, a task path that is not a regular file in `.agent-queue/inbox/`, an `init` DIR that is not a directory"
+            }
+            Code::DataErr => {
+                "bad data: the service refused the request (4xx), a corrupt marker or record"
+            }
+            Code::NoInput => {
+                "no such input: a missing task or file, a project without a queue, a job the service does not know"
+            }
+            Code::Unavailable => {
+                "service unavailable (connection refused, 5xx or 429 after retries)"
+            }
+            Code::TempFail => {
+                "try again later: `result` not ready, a submission still pending, a queue lock or the books held past `lock_timeout`, the fleet's database unreachable, `submit` deferred by a limit on jobs in flight, by a price not known yet or by books that cannot be used (leave the task for the next pass)"
+            }
+            Code::NoPerm => "refused by the service: 401/403 (the key)",
+            Code::Config => {
+                "configuration: missing URL or key, bad config file, unsafe key file, no projects, books of a newer schema"
+            }
+            Code::Other => {
+                "anything else (e.g. a file that could not be written, a job that ended without a result, a failed `doctor` check)"
+            }
+        }
     }
 }
 
