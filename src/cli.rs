@@ -15,6 +15,15 @@ use crate::error::Code;
 /// 64 for arguments clap refuses and 1 for anything else.
 pub type ExitCodes = &'static [(Code, &'static str)];
 
+/// `--help`'s last line: every exit code and its name.
+fn exit_codes_help() -> String {
+    let codes: Vec<String> = Code::ALL
+        .iter()
+        .map(|c| format!("{} {}", c.as_u8(), c.name()))
+        .collect();
+    format!("Exit codes: {}.", codes.join(", "))
+}
+
 /// The exit codes of the subcommand called `name` (as clap names it).
 pub fn exit_codes(name: &str) -> Option<ExitCodes> {
     Some(match name {
@@ -43,11 +52,7 @@ pub fn exit_codes(name: &str) -> Option<ExitCodes> {
 /// done/ or failed/.
 #[derive(Debug, Parser)]
 #[command(name = "ccl-delegate", version, propagate_version = true)]
-#[command(
-    after_help = "Exit codes: 0 ok, 10 submit routed locally, 64 usage, 65 bad data, \
-66 no such input, 69 service unavailable, 75 not ready, 77 refused (auth), 78 configuration, \
-1 anything else."
-)]
+#[command(after_help = exit_codes_help())]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
