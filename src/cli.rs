@@ -6,6 +6,44 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::error::Code;
+
+/// The exit codes a command can give, each with the command's own reasons
+/// for it ("" when the code's meaning, [`Code::meaning`], says all). Each
+/// command's table stands beside its arguments; the man pages' EXIT STATUS
+/// and the README's command table are made from them. Every command gives
+/// 64 for arguments clap refuses and 1 for anything else.
+pub type ExitCodes = &'static [(Code, &'static str)];
+
+/// `--help`'s last line: every exit code and its name.
+fn exit_codes_help() -> String {
+    let codes: Vec<String> = Code::ALL
+        .iter()
+        .map(|c| format!("{} {}", c.as_u8(), c.name()))
+        .collect();
+    format!("Exit codes: {}.", codes.join(", "))
+}
+
+/// The exit codes of the subcommand called `name` (as clap names it).
+pub fn exit_codes(name: &str) -> Option<ExitCodes> {
+    Some(match name {
+        "init" => InitArgs::EXIT_CODES,
+        "decide" => DecideArgs::EXIT_CODES,
+        "submit" => SubmitArgs::EXIT_CODES,
+        "reap" => ReapArgs::EXIT_CODES,
+        "get" => GetArgs::EXIT_CODES,
+        "result" => ResultArgs::EXIT_CODES,
+        "status" => StatusArgs::EXIT_CODES,
+        "cancel" => CancelArgs::EXIT_CODES,
+        "requeue" => RequeueArgs::EXIT_CODES,
+        "doctor" => DoctorArgs::EXIT_CODES,
+        "report" => ReportArgs::EXIT_CODES,
+        "ledger" => LedgerCommand::EXIT_CODES,
+        "fleet" => FleetCommand::EXIT_CODES,
+        _ => return None,
+    })
+}
+
 /// Delegate agent-queue tasks to the secutools AI platform.
 ///
 /// A task in <project>/.agent-queue/inbox/ opts in through its YAML
@@ -14,11 +52,7 @@ use clap::{Args, Parser, Subcommand};
 /// done/ or failed/.
 #[derive(Debug, Parser)]
 #[command(name = "ccl-delegate", version, propagate_version = true)]
-#[command(
-    after_help = "Exit codes: 0 ok, 10 submit routed locally, 64 usage, 65 bad data, \
-66 no such input, 69 service unavailable, 75 not ready, 77 refused (auth), 78 configuration, \
-1 anything else."
-)]
+#[command(after_help = exit_codes_help())]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -94,11 +128,35 @@ pub enum FleetCommand {
     Push,
 }
 
+impl FleetCommand {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, ""),
+        (Code::Usage, ""),
+        (Code::TempFail, "the fleet's database unreachable"),
+        (
+            Code::Config,
+            "no `fleet` in the config, a bad config file, a newer schema",
+        ),
+    ];
+}
+
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// The project directory [default: the current directory]
     #[arg(value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub dir: Option<PathBuf>,
+}
+
+impl InitArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, "a directory could not be created"),
+        (
+            Code::Usage,
+            "DIR missing or not a directory; `.agent-queue` or one of its directories is a symlink or a file",
+        ),
+    ];
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +179,18 @@ pub struct DecideArgs {
     pub json: bool,
 }
 
+impl DecideArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, "stdout could not be written"),
+        (Code::Usage, "a bad `--set`"),
+        (
+            Code::NoInput,
+            "no such task file, or stdin could not be read",
+        ),
+    ];
+}
+
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// The task: <project>/.agent-queue/inbox/<id>.md
@@ -129,6 +199,33 @@ pub struct SubmitArgs {
     /// Priority sent to secutools (beats the task's `priority`)
     #[arg(long, value_name = "P", value_parser = ["low", "normal", "high"])]
     pub priority: Option<String>,
+}
+
+impl SubmitArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (
+            Code::Ok,
+            "delegated, or pending: the dispatcher skips the task",
+        ),
+        (Code::Other, "a marker could not be written or removed"),
+        (
+            Code::Local,
+            "the task routes to claude-code, or a budget refused it (`local budget`)",
+        ),
+        (
+            Code::Usage,
+            "not an inbox task, or a name too long for its marker",
+        ),
+        (Code::DataErr, "the service refused the task: 4xx"),
+        (Code::NoInput, "the task vanished while read"),
+        (Code::Unavailable, "no job was created"),
+        (
+            Code::TempFail,
+            "deferred by a limit on jobs in flight, a price not known yet, books unavailable or the fleet's database unreachable; a queue lock held past `lock_timeout`; the marker removed by another process meanwhile",
+        ),
+        (Code::NoPerm, ""),
+        (Code::Config, ""),
+    ];
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +254,27 @@ pub struct ReapArgs {
     pub timestamps: bool,
 }
 
+impl ReapArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (
+            Code::Ok,
+            "also when another reap runs, and when polls failed that the next run retries",
+        ),
+        (Code::Other, "a file could not be changed"),
+        (Code::Usage, ""),
+        (Code::NoInput, "a project named by hand has no queue"),
+        (
+            Code::TempFail,
+            "a project was skipped: its queue lock was held past `lock_timeout`; the fleet's database unreachable",
+        ),
+        (Code::NoPerm, "401/403; markers kept"),
+        (
+            Code::Config,
+            "no URL or key, no projects, a bad config file",
+        ),
+    ];
+}
+
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// A job id, or a delegated task's path
@@ -165,6 +283,26 @@ pub struct GetArgs {
     /// Print the service's status object as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+impl GetArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, ""),
+        (Code::Usage, "neither a job id nor an inbox task"),
+        (
+            Code::DataErr,
+            "a corrupt marker; the service refused the request",
+        ),
+        (Code::NoInput, "unknown job; a task with no marker"),
+        (Code::Unavailable, ""),
+        (
+            Code::TempFail,
+            "the submission is still pending; the service reports a conflict",
+        ),
+        (Code::NoPerm, ""),
+        (Code::Config, ""),
+    ];
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +316,23 @@ pub struct ResultArgs {
     /// Print the service's result object as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+impl ResultArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, "the job ended without a result"),
+        (Code::Usage, ""),
+        (Code::DataErr, ""),
+        (Code::NoInput, ""),
+        (Code::Unavailable, ""),
+        (
+            Code::TempFail,
+            "not ready yet; the submission is still pending",
+        ),
+        (Code::NoPerm, ""),
+        (Code::Config, ""),
+    ];
 }
 
 impl ResultArgs {
@@ -208,6 +363,16 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+impl StatusArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, ""),
+        (Code::Usage, ""),
+        (Code::NoInput, "a project named by hand has no queue"),
+        (Code::Config, "no projects, or a bad config"),
+    ];
+}
+
 #[derive(Debug, Args)]
 pub struct CancelArgs {
     /// A job id, or a delegated task's path
@@ -218,11 +383,37 @@ pub struct CancelArgs {
     pub json: bool,
 }
 
+impl CancelArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, "also when the job had already ended"),
+        (Code::Other, ""),
+        (Code::Usage, ""),
+        (Code::DataErr, ""),
+        (Code::NoInput, ""),
+        (Code::Unavailable, ""),
+        (Code::TempFail, "the submission is still pending"),
+        (Code::NoPerm, ""),
+        (Code::Config, ""),
+    ];
+}
+
 #[derive(Debug, Args)]
 pub struct RequeueArgs {
     /// The failed task: <project>/.agent-queue/failed/<id>.md
     #[arg(value_name = "FAILED_FILE")]
     pub failed: PathBuf,
+}
+
+impl RequeueArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, "an inbox task of that name exists"),
+        (Code::Usage, "not in a failed/ directory"),
+        (Code::DataErr, "not a record, or it holds no task"),
+        (Code::NoInput, "no such file"),
+        (Code::TempFail, "the queue lock held past `lock_timeout`"),
+        (Code::Config, "a bad config file"),
+    ];
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +424,15 @@ pub struct DoctorArgs {
     /// Skip the checks that need the network
     #[arg(long)]
     pub offline: bool,
+}
+
+impl DoctorArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, "a check failed"),
+        (Code::Usage, ""),
+        (Code::Config, "the config file cannot be read"),
+    ];
 }
 
 #[derive(Debug, Args)]
@@ -258,10 +458,40 @@ pub struct ReportArgs {
     pub csv: bool,
 }
 
+impl ReportArgs {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, "the ledger could not be read"),
+        (Code::Usage, "a bad `--since`/`--until`/`--by`"),
+        (
+            Code::TempFail,
+            "the books held past `lock_timeout`; the fleet's database unreachable",
+        ),
+        (Code::Config, "a bad config; books of a newer schema"),
+    ];
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
     /// Rebuild the ledger from the done/ and failed/ records
     Rebuild(LedgerRebuildArgs),
+}
+
+impl LedgerCommand {
+    pub const EXIT_CODES: ExitCodes = &[
+        (Code::Ok, ""),
+        (Code::Other, "a file could not be written"),
+        (Code::Usage, ""),
+        (Code::NoInput, "a directory without a queue"),
+        (
+            Code::TempFail,
+            "the books or a queue lock held past `lock_timeout`; the fleet's database unreachable",
+        ),
+        (
+            Code::Config,
+            "no projects, a bad config file, books of a newer schema",
+        ),
+    ];
 }
 
 #[derive(Debug, Args)]

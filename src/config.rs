@@ -89,9 +89,8 @@ pub struct Settings {
 
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_SUBMIT_GRACE: Duration = Duration::from_secs(120);
+pub use crate::client::{DEFAULT_HTTP_TIMEOUT, DEFAULT_RETRIES};
 pub use crate::queue::DEFAULT_LOCK_TIMEOUT;
-pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_CONCURRENCY: u32 = 8;
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -171,75 +170,32 @@ impl Settings {
     /// API key: that happens in [`Settings::client`], only for commands that
     /// talk to the service.
     pub fn load(g: &Global) -> anyhow::Result<Settings> {
-        let (path, explicit) = match &g.config {
-            Some(p) => (Some(p.clone()), true),
-            None => (default_config_path(), false),
-        };
-        let (file, text, config_file) = match &path {
-            Some(p) => match read_config(p)? {
-                Some((file, text)) => (file, text, Some(p.clone())),
-                None if !explicit => (FileConfig::default(), String::new(), None),
-                None => {
-                    return Err(fail(
-                        Code::Config,
-                        format!(
-                            "config file {} does not exist; check --config / CCL_DELEGATE_CONFIG",
-                            p.display()
-                        ),
-                    ));
-                }
-            },
-            None => (FileConfig::default(), String::new(), None),
-        };
+        let (file, text, config_file) = load_file(g)?;
         let cfg_path = config_file.clone().unwrap_or_default();
         let base = config_file.as_deref().and_then(Path::parent);
-
-        let (api_url, api_url_from) = if let Some(u) = &g.api_url {
-            (Some(u.clone()), "--api-url")
-        } else if let Some(u) = env_nonempty(ENV_URL) {
-            (Some(u), ENV_URL)
-        } else if let Some(u) = file.api_url.clone() {
-            (Some(u), "api_url in the config file")
-        } else {
-            (None, "")
+        let (api_url, api_url_from) = api_url_and_source(g, &file);
+        let key_source = key_source(&file, base);
+        let found = find_projects(&cfg_path, &file.projects, base)?;
+        let duration = |key: &str, v: &Option<String>| config_duration(&cfg_path, &text, key, v);
+        // In the order of the keys' checks: the first bad one is said.
+        let max_age = duration("max_age", &file.max_age)?.unwrap_or(DEFAULT_MAX_AGE);
+        let submit_grace =
+            duration("submit_grace", &file.submit_grace)?.unwrap_or(DEFAULT_SUBMIT_GRACE);
+        let lock_timeout =
+            duration("lock_timeout", &file.lock_timeout)?.unwrap_or(DEFAULT_LOCK_TIMEOUT);
+        let http_timeout = match g.http_timeout {
+            Some(d) => d,
+            None => duration("http_timeout", &file.http_timeout)?.unwrap_or(DEFAULT_HTTP_TIMEOUT),
         };
-        let key_source = if env_nonempty(ENV_KEY).is_some() {
-            KeySource::Env
-        } else if let Some(f) = &file.api_key_file {
-            KeySource::File(expand(f, base))
-        } else {
-            KeySource::Missing
-        };
-
-        let mut projects = Vec::new();
-        let mut globbed = std::collections::HashSet::new();
-        let mut empty_globs = Vec::new();
-        for raw in &file.projects {
-            let before = projects.len();
-            let glob = expand_project(&cfg_path, raw, base, &mut projects)?;
-            if glob {
-                globbed.extend(projects[before..].iter().cloned());
-                if projects.len() == before {
-                    empty_globs.push(crate::text::clip(raw, 200));
-                }
-            }
-        }
-
         Ok(Settings {
             api_url,
             api_url_from,
             key_source,
-            projects,
-            max_age: config_duration(&cfg_path, &text, "max_age", &file.max_age)?
-                .unwrap_or(DEFAULT_MAX_AGE),
-            submit_grace: config_duration(&cfg_path, &text, "submit_grace", &file.submit_grace)?
-                .unwrap_or(DEFAULT_SUBMIT_GRACE),
-            lock_timeout: config_duration(&cfg_path, &text, "lock_timeout", &file.lock_timeout)?
-                .unwrap_or(DEFAULT_LOCK_TIMEOUT),
-            http_timeout: g.http_timeout.map(Ok).unwrap_or_else(|| {
-                config_duration(&cfg_path, &text, "http_timeout", &file.http_timeout)
-                    .map(|d| d.unwrap_or(DEFAULT_HTTP_TIMEOUT))
-            })?,
+            projects: found.projects,
+            max_age,
+            submit_grace,
+            lock_timeout,
+            http_timeout,
             retries: g.retries.or(file.retries).unwrap_or(DEFAULT_RETRIES),
             concurrency: file
                 .concurrency
@@ -265,8 +221,8 @@ impl Settings {
                 .fleet
                 .map(|f| fleet_config(&cfg_path, f, base))
                 .transpose()?,
-            globbed,
-            empty_globs,
+            globbed: found.globbed,
+            empty_globs: found.empty_globs,
             config_file,
         })
     }
@@ -326,22 +282,104 @@ impl Settings {
         }
         let base_url = self.api_url()?.to_string();
         let api_key = self.api_key()?;
-        Client::new(ClientConfig {
+        let config = ClientConfig {
             base_url,
             api_key,
             timeout: self.http_timeout,
             retries: self.retries,
             ..ClientConfig::default()
-        })
-        .map_err(|e| match e {
+        };
+        // Coded here, with the client's own code: the caller needs no
+        // client to know how the run ends.
+        Client::new(config).map_err(|e| match e {
             // Name where the URL came from only when the URL is the problem.
             ClientError::Config {
                 field: ConfigField::Url,
                 ..
-            } => fail(Code::Config, format!("{e} (from {})", self.api_url_from)),
-            other => anyhow::Error::new(other),
+            } => fail(e.code(), format!("{e} (from {})", self.api_url_from)),
+            other => fail(other.code(), other.to_string()),
         })
     }
+}
+
+/// The config file named by `--config` (or the environment), else the
+/// default one if it exists: its settings, its text (for line numbers) and
+/// its path. A named file that does not exist is an error.
+fn load_file(g: &Global) -> anyhow::Result<(FileConfig, String, Option<PathBuf>)> {
+    let (path, explicit) = match &g.config {
+        Some(p) => (Some(p.clone()), true),
+        None => (default_config_path(), false),
+    };
+    let Some(p) = path else {
+        return Ok((FileConfig::default(), String::new(), None));
+    };
+    match read_config(&p)? {
+        Some((file, text)) => Ok((file, text, Some(p))),
+        None if !explicit => Ok((FileConfig::default(), String::new(), None)),
+        None => Err(fail(
+            Code::Config,
+            format!(
+                "config file {} does not exist; check --config / CCL_DELEGATE_CONFIG",
+                p.display()
+            ),
+        )),
+    }
+}
+
+/// The API URL and which of flag, env or file gave it.
+fn api_url_and_source(g: &Global, file: &FileConfig) -> (Option<String>, &'static str) {
+    if let Some(u) = &g.api_url {
+        (Some(u.clone()), "--api-url")
+    } else if let Some(u) = env_nonempty(ENV_URL) {
+        (Some(u), ENV_URL)
+    } else if let Some(u) = file.api_url.clone() {
+        (Some(u), "api_url in the config file")
+    } else {
+        (None, "")
+    }
+}
+
+/// Where the API key will come from (the environment beats the file).
+fn key_source(file: &FileConfig, base: Option<&Path>) -> KeySource {
+    if env_nonempty(ENV_KEY).is_some() {
+        KeySource::Env
+    } else if let Some(f) = &file.api_key_file {
+        KeySource::File(expand(f, base))
+    } else {
+        KeySource::Missing
+    }
+}
+
+/// The `projects` of the config file, expanded.
+struct FoundProjects {
+    projects: Vec<PathBuf>,
+    globbed: std::collections::HashSet<PathBuf>,
+    empty_globs: Vec<String>,
+}
+
+fn find_projects(
+    cfg_path: &Path,
+    raws: &[String],
+    base: Option<&Path>,
+) -> anyhow::Result<FoundProjects> {
+    let mut found = FoundProjects {
+        projects: Vec::new(),
+        globbed: std::collections::HashSet::new(),
+        empty_globs: Vec::new(),
+    };
+    for raw in raws {
+        let before = found.projects.len();
+        let glob = expand_project(cfg_path, raw, base, &mut found.projects)?;
+        if glob {
+            found
+                .globbed
+                .extend(found.projects[before..].iter().cloned());
+            if found.projects.len() == before {
+                found.empty_globs.push(crate::text::clip(raw, 200));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Reads and parses the config file through the one reader and the one
@@ -431,7 +469,8 @@ fn quoted_after<'a>(msg: &'a str, after: &str) -> Option<&'a str> {
 
 /// Turns serde_yaml's message (location removed) into the problem in words
 /// and the line it is on; the line is found in `text` when serde_yaml puts
-/// it at the mapping's start.
+/// it at the mapping's start. Each kind of message has its reader below;
+/// what none knows is shown only when it cannot quote the file.
 fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String, Option<usize>) {
     // `[path: ]MESSAGE`: the path is made of key names, safe to show.
     let (path, rest) = match msg.split_once(": ") {
@@ -443,119 +482,14 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
         }
         _ => (None, msg),
     };
-    if let Some(k) = quoted_after(rest, "unknown field `") {
-        // serde lists the struct's own fields after the key: safe to show.
-        let keys = rest
-            .split_once("expected one of ")
-            .map(|(_, ks)| format!("; the keys are {}", ks.replace('`', "")))
-            .unwrap_or_default();
-        return if looks_like_key(k) {
-            (
-                format!(
-                    "unknown key `{}{k}`{keys}",
-                    path.map(|p| format!("{p}.")).unwrap_or_default()
-                ),
-                key_line(text, k, 1).or(line),
-            )
-        } else {
-            (
-                format!("a key that is not a config key (not shown){keys}"),
-                key_line(text, k, 1).or(line),
-            )
-        };
-    }
-    // An unknown name where a provider (or `all`) is expected: serde's
-    // `unknown variant`, or the fallback chain's own `unknown provider`.
-    for prefix in ["unknown variant `", "unknown provider `"] {
-        if let Some(k) = quoted_after(rest, prefix) {
-            let shown = if looks_like_key(k)
-                || ((1..=40).contains(&k.len())
-                    && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
-            {
-                format!("`{k}`")
-            } else {
-                "(not shown)".to_string()
-            };
-            let place = path.map(|p| format!("{p}: ")).unwrap_or_default();
-            // `max_in_flight` takes `all` too; the nearest valid name is
-            // said when one is close.
-            let valid: &[&str] = if path.is_some_and(|p| p.starts_with("max_in_flight")) {
-                &["all", "gpu", "gemini", "claude", "auto"]
-            } else {
-                &["gpu", "gemini", "claude", "auto"]
-            };
-            let nearest = valid
-                .iter()
-                .map(|v| (strsim::levenshtein(&k.to_ascii_lowercase(), v), *v))
-                .min()
-                .filter(|(d, _)| *d <= 3 && shown != "(not shown)")
-                .map(|(_, v)| format!(" (did you mean `{v}`?)"))
-                .unwrap_or_default();
-            let what = if valid.contains(&"all") {
-                "the keys are all"
-            } else {
-                "the providers are"
-            };
-            let names = if valid.contains(&"all") {
-                ", gpu, gemini, claude, auto"
-            } else {
-                " gpu, gemini, claude, auto"
-            };
-            return (
-                format!("{place}unknown provider {shown}{nearest}; {what}{names}"),
-                key_line(text, k, 1).or(line),
-            );
-        }
-    }
-    if let Some(k) = quoted_after(rest, "duplicate field `") {
-        return (
-            format!("key `{k}` is given twice; keep one"),
-            key_line(text, k, 2).or(line),
-        );
-    }
-    // An invalid value is of the right type but out of range (a negative
-    // amount): "not an integer" would mislead, so only the rule is said.
-    let out_of_range = rest.starts_with("invalid value: ");
-    let typed = rest
-        .strip_prefix("invalid type: ")
-        .or_else(|| rest.strip_prefix("invalid value: "));
-    if let Some(typed) = typed {
-        let (found, wanted) = typed.split_once(", expected ").unwrap_or((typed, "?"));
-        let found = value_kind(found);
-        let wanted = match wanted {
-            "struct FileConfig" => "a mapping of config keys (`key: value` lines)",
-            w if w.starts_with("struct ") => "a mapping of its keys",
-            "u32" => "a whole number",
-            "a sequence" => "a list",
-            "a string" => "a string",
-            "a boolean" => "a boolean",
-            "f64" => "a number",
-            // The policy keys' own `expecting` sentences: ours, safe to show.
-            w if w
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b" ,.()[]_".contains(&b)) =>
-            {
-                w
-            }
-            _ => "another type",
-        };
-        return match path {
-            Some(p) if out_of_range => (format!("{p} must be {wanted}"), line),
-            Some(p) => (format!("{p} must be {wanted}, not {found}"), line),
-            None => (
-                format!("the file must be {wanted}, not {found}; is it the right file?"),
-                line,
-            ),
-        };
-    }
-    // Under a policy key, what serde did not say above is the policy
-    // module's own sentence: the rule broken and the value as read, clipped
-    // and escaped there (a number, the one value a config error shows).
-    if let Some(p) = path.filter(|p| {
-        let top = p.split(['.', '[']).next().unwrap_or("");
-        crate::policy::KEYS.contains(&top)
-    }) {
-        return (format!("{p}: {}", crate::text::clip(rest, 300)), line);
+    let said = unknown_key(path, rest)
+        .or_else(|| unknown_provider(path, rest))
+        .or_else(|| duplicate_key(rest))
+        .map(|(what, k, nth)| (what, key_line(text, k, nth).or(line)))
+        .or_else(|| wrong_type(path, rest).map(|what| (what, line)))
+        .or_else(|| policy_sentence(path, rest).map(|what| (what, line)));
+    if let Some(said) = said {
+        return said;
     }
     // libyaml's syntax errors are fixed sentences; anything quoting the
     // file is not shown.
@@ -567,6 +501,118 @@ fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String
     } else {
         ("not valid YAML".to_string(), line)
     }
+}
+
+/// serde's `unknown field`: the problem, the key to find the line of, and
+/// which of its lines.
+fn unknown_key<'a>(path: Option<&str>, rest: &'a str) -> Option<(String, &'a str, usize)> {
+    let k = quoted_after(rest, "unknown field `")?;
+    // serde lists the struct's own fields after the key: safe to show.
+    let keys = rest
+        .split_once("expected one of ")
+        .map(|(_, ks)| format!("; the keys are {}", ks.replace('`', "")))
+        .unwrap_or_default();
+    let what = if looks_like_key(k) {
+        format!(
+            "unknown key `{}{k}`{keys}",
+            path.map(|p| format!("{p}.")).unwrap_or_default()
+        )
+    } else {
+        format!("a key that is not a config key (not shown){keys}")
+    };
+    Some((what, k, 1))
+}
+
+/// An unknown name where a provider (or `all`) is expected: serde's
+/// `unknown variant`, or the fallback chain's own `unknown provider`.
+fn unknown_provider<'a>(path: Option<&str>, rest: &'a str) -> Option<(String, &'a str, usize)> {
+    let k = ["unknown variant `", "unknown provider `"]
+        .iter()
+        .find_map(|prefix| quoted_after(rest, prefix))?;
+    let shown = if looks_like_key(k)
+        || ((1..=40).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+    {
+        format!("`{k}`")
+    } else {
+        "(not shown)".to_string()
+    };
+    let place = path.map(|p| format!("{p}: ")).unwrap_or_default();
+    // `max_in_flight` takes `all` too; the nearest valid name is said when
+    // one is close.
+    let valid: &[&str] = if path.is_some_and(|p| p.starts_with("max_in_flight")) {
+        &["all", "gpu", "gemini", "claude", "auto"]
+    } else {
+        &["gpu", "gemini", "claude", "auto"]
+    };
+    let nearest = valid
+        .iter()
+        .map(|v| (strsim::levenshtein(&k.to_ascii_lowercase(), v), *v))
+        .min()
+        .filter(|(d, _)| *d <= 3 && shown != "(not shown)")
+        .map(|(_, v)| format!(" (did you mean `{v}`?)"))
+        .unwrap_or_default();
+    let (what, names) = if valid.contains(&"all") {
+        ("the keys are all", ", gpu, gemini, claude, auto")
+    } else {
+        ("the providers are", " gpu, gemini, claude, auto")
+    };
+    Some((
+        format!("{place}unknown provider {shown}{nearest}; {what}{names}"),
+        k,
+        1,
+    ))
+}
+
+/// serde's `duplicate field`: said at the key's second line.
+fn duplicate_key(rest: &str) -> Option<(String, &str, usize)> {
+    let k = quoted_after(rest, "duplicate field `")?;
+    Some((format!("key `{k}` is given twice; keep one"), k, 2))
+}
+
+/// serde's `invalid type` and `invalid value`: what was wanted, and the
+/// kind of what was found (never the value).
+fn wrong_type(path: Option<&str>, rest: &str) -> Option<String> {
+    // An invalid value is of the right type but out of range (a negative
+    // amount): "not an integer" would mislead, so only the rule is said.
+    let out_of_range = rest.starts_with("invalid value: ");
+    let typed = rest
+        .strip_prefix("invalid type: ")
+        .or_else(|| rest.strip_prefix("invalid value: "))?;
+    let (found, wanted) = typed.split_once(", expected ").unwrap_or((typed, "?"));
+    let found = value_kind(found);
+    let wanted = match wanted {
+        "struct FileConfig" => "a mapping of config keys (`key: value` lines)",
+        w if w.starts_with("struct ") => "a mapping of its keys",
+        "u32" => "a whole number",
+        "a sequence" => "a list",
+        "a string" => "a string",
+        "a boolean" => "a boolean",
+        "f64" => "a number",
+        // The policy keys' own `expecting` sentences: ours, safe to show.
+        w if w
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" ,.()[]_".contains(&b)) =>
+        {
+            w
+        }
+        _ => "another type",
+    };
+    Some(match path {
+        Some(p) if out_of_range => format!("{p} must be {wanted}"),
+        Some(p) => format!("{p} must be {wanted}, not {found}"),
+        None => format!("the file must be {wanted}, not {found}; is it the right file?"),
+    })
+}
+
+/// Under a policy key, what serde did not say above is the policy
+/// module's own sentence: the rule broken and the value as read, clipped
+/// and escaped there (a number, the one value a config error shows).
+fn policy_sentence(path: Option<&str>, rest: &str) -> Option<String> {
+    let p = path.filter(|p| {
+        let top = p.split(['.', '[']).next().unwrap_or("");
+        crate::policy::KEYS.contains(&top)
+    })?;
+    Some(format!("{p}: {}", crate::text::clip(rest, 300)))
 }
 
 /// `string "secret"` → `a string`: the kind of a value serde names, never

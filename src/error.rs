@@ -1,9 +1,10 @@
 //! The exit codes of the design and the one error type that carries them.
 //!
 //! Commands use `anyhow` for context; an error that deserves a specific exit
-//! code is created with [`fail`] (or converted from a client error), and
-//! `main` finds the code by walking the error chain, in one place: the code
-//! comes from the error's type, never from its text.
+//! code is created with [`fail`], or is of a lower layer's type that knows
+//! its own code ([`HasCode`]: the client's errors), and `main` finds the
+//! code by walking the error chain, in one place: the code comes from the
+//! error's type, never from its text. This module knows no other module.
 
 use std::fmt;
 
@@ -23,8 +24,71 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in the order the docs list them.
+    pub const ALL: [Code; 10] = [
+        Code::Ok,
+        Code::Local,
+        Code::Usage,
+        Code::DataErr,
+        Code::NoInput,
+        Code::Unavailable,
+        Code::TempFail,
+        Code::NoPerm,
+        Code::Config,
+        Code::Other,
+    ];
+
     pub fn as_u8(self) -> u8 {
         self as u8
+    }
+
+    /// The code's name in a few words, before a command's own reasons.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "ok",
+            Code::Other => "anything else",
+            Code::Local => "run it locally",
+            Code::Usage => "usage",
+            Code::DataErr => "bad data",
+            Code::NoInput => "no such input",
+            Code::Unavailable => "service unavailable",
+            Code::TempFail => "try again later",
+            Code::NoPerm => "refused by the service",
+            Code::Config => "configuration",
+        }
+    }
+
+    /// What the code means, whichever command gives it: the README's
+    /// "Exit codes" table and the man pages are made from these.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Code::Ok => "ok; also `reap` finding the run lock held (cron stays quiet)",
+            Code::Local => {
+                "`submit`: the task routes to claude-code, or a budget refused it (`local budget`); run it locally"
+            }
+            Code::Usage => {
+                "usage: bad arguments, a task path that is not a regular file in `.agent-queue/inbox/`, an `init` DIR that is not a directory"
+            }
+            Code::DataErr => {
+                "bad data: the service refused the request (4xx), a corrupt marker or record"
+            }
+            Code::NoInput => {
+                "no such input: a missing task or file, a project without a queue, a job the service does not know"
+            }
+            Code::Unavailable => {
+                "service unavailable (connection refused, 5xx or 429 after retries)"
+            }
+            Code::TempFail => {
+                "try again later: `result` not ready, a submission still pending, a queue lock or the books held past `lock_timeout`, the fleet's database unreachable, `submit` deferred by a limit on jobs in flight, by a price not known yet or by books that cannot be used (leave the task for the next pass)"
+            }
+            Code::NoPerm => "refused by the service: 401/403 (the key)",
+            Code::Config => {
+                "configuration: missing URL or key, bad config file, unsafe key file, no projects, books of a newer schema"
+            }
+            Code::Other => {
+                "anything else (e.g. a file that could not be written, a job that ended without a result, a failed `doctor` check)"
+            }
+        }
     }
 }
 
@@ -51,137 +115,53 @@ pub fn fail(code: Code, message: impl Into<String>) -> anyhow::Error {
     })
 }
 
-/// The exit code an error ends the run with: the first coded error in its
-/// chain, else a client error's code, else 1.
+/// An error type of another layer that knows the exit code it ends a run
+/// with (the client's `ClientError`).
+pub trait HasCode {
+    fn code(&self) -> Code;
+}
+
+/// The exit code an error ends the run with: the first cause in its chain
+/// that has one (a [`Coded`], or a cause `other` knows: `main` passes the
+/// client's), else 1.
+pub fn code_in(
+    err: &anyhow::Error,
+    other: impl Fn(&(dyn std::error::Error + 'static)) -> Option<Code>,
+) -> Code {
+    err.chain()
+        .find_map(|cause| match cause.downcast_ref::<Coded>() {
+            Some(c) => Some(c.code),
+            None => other(cause),
+        })
+        .unwrap_or(Code::Other)
+}
+
+/// The code of the first error made with [`fail`] in the chain, else 1.
+/// Commands ask it of errors of their own layers; `main` asks [`code_in`],
+/// which knows the client's errors too.
 pub fn code_of(err: &anyhow::Error) -> Code {
-    for cause in err.chain() {
-        if let Some(c) = cause.downcast_ref::<Coded>() {
-            return c.code;
-        }
-        if let Some(c) = cause.downcast_ref::<crate::client::ClientError>() {
-            return client_code(c);
-        }
-    }
-    Code::Other
+    code_in(err, |_| None)
 }
 
 /// The exit code of a job creation the service refused for sure: 69, 77,
 /// or 65 for any other 4xx (a 404 on the POST is a wrong URL, not a job).
-pub fn submit_code(e: &crate::client::ClientError) -> Code {
-    match client_code(e) {
+pub fn submit_code(e: &impl HasCode) -> Code {
+    match e.code() {
         Code::NoInput => Code::DataErr,
         c => c,
-    }
-}
-
-/// The exit code of a failed call to the service.
-pub fn client_code(e: &crate::client::ClientError) -> Code {
-    use crate::client::ClientError as E;
-    match e {
-        E::NotFound { .. } => Code::NoInput,
-        E::Conflict { .. } => Code::TempFail,
-        E::InvalidJobId { .. } | E::InvalidIdempotencyKey { .. } => Code::DataErr,
-        E::Auth { .. } => Code::NoPerm,
-        E::Rejected { .. } | E::TooLarge { .. } => Code::DataErr,
-        E::Unavailable { .. } | E::Unknown { .. } | E::BadAnswer { .. } => Code::Unavailable,
-        E::Config { .. } => Code::Config,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{ClientError as E, ConfigField, Endpoint};
 
     #[test]
-    fn each_client_error_has_the_design_exit_code() {
-        let r = || "GET http://127.0.0.1:1/api/v1/jobs/j".to_string();
-        let m = || "m".to_string();
-        for (e, code) in [
-            (
-                E::NotFound {
-                    request: r(),
-                    message: m(),
-                    endpoint: Endpoint::Status,
-                },
-                66,
-            ),
-            (
-                E::Conflict {
-                    request: r(),
-                    message: m(),
-                },
-                75,
-            ),
-            (
-                E::Auth {
-                    request: r(),
-                    status: 403,
-                    message: m(),
-                },
-                77,
-            ),
-            (
-                E::Rejected {
-                    request: r(),
-                    status: 400,
-                    message: m(),
-                },
-                65,
-            ),
-            (
-                E::TooLarge {
-                    bytes: 40 << 20,
-                    limit: 32 << 20,
-                },
-                65,
-            ),
-            (
-                E::Unavailable {
-                    request: r(),
-                    attempts: 4,
-                    message: m(),
-                },
-                69,
-            ),
-            (
-                E::Unknown {
-                    request: r(),
-                    attempts: 4,
-                    message: m(),
-                },
-                69,
-            ),
-            (
-                E::BadAnswer {
-                    request: r(),
-                    message: m(),
-                },
-                69,
-            ),
-            (E::InvalidJobId { id: "..".into() }, 65),
-            (E::InvalidIdempotencyKey { key: "k".into() }, 65),
-            (
-                E::Config {
-                    field: ConfigField::Url,
-                    message: m(),
-                },
-                78,
-            ),
-            (
-                E::Config {
-                    field: ConfigField::Key,
-                    message: m(),
-                },
-                78,
-            ),
-        ] {
-            assert_eq!(client_code(&e).as_u8(), code, "{e:?}");
-            // Wrapped in context, the code is the same.
-            let wrapped = anyhow::Error::new(e).context("while doing x");
-            assert_eq!(code_of(&wrapped).as_u8(), code);
-        }
-        assert_eq!(code_of(&fail(Code::Config, "no API URL")), Code::Config);
+    fn the_first_coded_error_in_the_chain_gives_the_code() {
+        let wrapped = fail(Code::Config, "no API URL").context("while doing x");
+        assert_eq!(code_of(&wrapped), Code::Config);
         assert_eq!(code_of(&anyhow::anyhow!("plain")), Code::Other);
+        let found = code_in(&anyhow::anyhow!("plain"), |_| Some(Code::NoPerm));
+        assert_eq!(found, Code::NoPerm);
     }
 }

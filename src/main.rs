@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use ccl_delegate::{cli::Cli, commands, error};
+use ccl_delegate::{cli::Cli, client, commands, error};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
                 "ccl-delegate: error: {}",
                 ccl_delegate::text::line(&format!("{e:#}"))
             );
-            ExitCode::from(error::code_of(&e).as_u8())
+            ExitCode::from(error::code_in(&e, client::code_of_cause).as_u8())
         }
     }
 }

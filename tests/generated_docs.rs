@@ -1,72 +1,19 @@
 //! `completions/` and `man/` are generated from the same clap definition the
 //! binary parses. This test regenerates them in memory and fails on any
 //! difference; `UPDATE_GENERATED=1 cargo test --test generated_docs`
-//! rewrites them. The exit codes each man page lists live here too, and the
-//! README's command table is checked against them.
+//! rewrites them. The exit codes come from the code: each code's meaning
+//! from `error::Code::meaning`, each command's codes and reasons from its
+//! table in `cli.rs`; the man pages' EXIT STATUS, the README's command table
+//! (its exit column) and its "Exit codes" section are made from them.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use ccl_delegate::cli::{ExitCodes, exit_codes};
+use ccl_delegate::error::Code;
 use clap_complete::Shell;
 
 const BIN: &str = "ccl-delegate";
-
-/// What each exit code means, as the design gives them.
-const MEANINGS: &[(u8, &str)] = &[
-    (
-        0,
-        "ok; also reap finding the run lock held (cron stays quiet)",
-    ),
-    (
-        1,
-        "anything else: a file that could not be read or written, a job that ended without a result, a failed doctor check",
-    ),
-    (10, "submit: the task routes to claude-code; run it locally"),
-    (
-        64,
-        "usage: bad arguments, or a path that is not what the command takes",
-    ),
-    (
-        65,
-        "bad data: the service refused the request (4xx), a corrupt marker or record",
-    ),
-    (
-        66,
-        "no such input: a missing file, marker or task, a job the service does not know",
-    ),
-    (
-        69,
-        "service unavailable: connection refused, 5xx or 429 after the retries",
-    ),
-    (
-        75,
-        "try again later: a result not ready, a submission still pending",
-    ),
-    (77, "refused by the service: 401 or 403 (the key)"),
-    (
-        78,
-        "configuration: a missing URL or key, a bad config file, an unsafe key file, no projects",
-    ),
-];
-
-/// The exit codes each command can give, read from `src/commands/`. Every
-/// command gives 64 for arguments clap refuses; every command but `decide`
-/// and `init` reads the config, so gives 78 for a bad one.
-const CODES: &[(&str, &[u8])] = &[
-    ("init", &[0, 1, 64]),
-    ("decide", &[0, 1, 64, 66]),
-    ("submit", &[0, 1, 10, 64, 65, 66, 69, 75, 77, 78]),
-    ("reap", &[0, 1, 64, 75, 77, 78]),
-    ("get", &[0, 1, 64, 65, 66, 69, 75, 77, 78]),
-    ("result", &[0, 1, 64, 65, 66, 69, 75, 77, 78]),
-    ("status", &[0, 1, 64, 78]),
-    ("cancel", &[0, 1, 64, 65, 66, 69, 75, 77, 78]),
-    ("requeue", &[0, 1, 64, 65, 66, 78]),
-    ("doctor", &[0, 1, 64, 78]),
-    ("report", &[0, 1, 64, 75, 78]),
-    ("ledger", &[0, 1, 64, 66, 75, 78]),
-    ("fleet", &[0, 1, 75, 78]),
-];
 
 /// Commands that read no configuration, so need no URL or key.
 const NO_CONFIG: &[&str] = &["init", "decide"];
@@ -86,8 +33,9 @@ fn fix_bash_state_names(script: &str) -> String {
     script.replace(&wrong, &right)
 }
 
+/// Roff text from the README's words: `code` marks dropped.
 fn roff_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('-', "\\-")
+    s.replace('\\', "\\\\").replace('-', "\\-").replace('`', "")
 }
 
 /// A man page section from plain paragraphs; `("TAG", "text")` items make
@@ -111,20 +59,30 @@ fn roff_section(title: &str, intro: &[&str], items: &[(String, String)]) -> Stri
     out
 }
 
-fn meaning(code: u8) -> &'static str {
-    MEANINGS
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map(|(_, m)| *m)
-        .unwrap_or_else(|| panic!("exit code {code} has no meaning in MEANINGS"))
+/// The text of a code in a command's EXIT STATUS: its meaning, or its name
+/// and the command's own reasons.
+fn code_text(code: Code, why: &str) -> String {
+    if why.is_empty() {
+        code.meaning().to_string()
+    } else {
+        format!("{}: {why}", code.name())
+    }
 }
 
-fn exit_status(codes: &[u8]) -> String {
+fn exit_status(codes: &[(Code, String)]) -> String {
     let items: Vec<(String, String)> = codes
         .iter()
-        .map(|c| (c.to_string(), meaning(*c).to_string()))
+        .map(|(c, text)| (c.as_u8().to_string(), text.clone()))
         .collect();
     roff_section("EXIT STATUS", &[], &items)
+}
+
+fn command_exit_status(codes: ExitCodes) -> String {
+    let items: Vec<(Code, String)> = codes
+        .iter()
+        .map(|(c, why)| (*c, code_text(*c, why)))
+        .collect();
+    exit_status(&items)
 }
 
 fn environment() -> String {
@@ -202,12 +160,8 @@ fn man_page(cmd: clap::Command, extra: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn codes_of(name: &str) -> &'static [u8] {
-    CODES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, c)| *c)
-        .unwrap_or_else(|| panic!("no exit codes listed for `{name}` in CODES"))
+fn codes_of(name: &str) -> ExitCodes {
+    exit_codes(name).unwrap_or_else(|| panic!("no exit codes for `{name}` in cli::exit_codes"))
 }
 
 fn generated() -> Vec<(PathBuf, Vec<u8>)> {
@@ -232,7 +186,10 @@ fn generated() -> Vec<(PathBuf, Vec<u8>)> {
         .get_subcommands()
         .map(|s| format!("{BIN}-{}", s.get_name()))
         .collect();
-    let all_codes: Vec<u8> = MEANINGS.iter().map(|(c, _)| *c).collect();
+    let all_codes: Vec<(Code, String)> = Code::ALL
+        .iter()
+        .map(|c| (*c, c.meaning().to_string()))
+        .collect();
     let top = cmd.clone().after_help(None::<&str>);
     let extra = format!(
         "{}{}{}{}",
@@ -265,7 +222,7 @@ fn generated() -> Vec<(PathBuf, Vec<u8>)> {
         };
         let extra = format!(
             "{config}{}{}",
-            exit_status(codes_of(sub.get_name())),
+            command_exit_status(codes_of(sub.get_name())),
             see_also(&[BIN.to_string()])
         );
         files.push((
@@ -294,6 +251,72 @@ fn generated() -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
+/// The exit cell of a command in the README's table: `0, 1 (why), 64`.
+fn readme_exit_cell(codes: ExitCodes) -> String {
+    let items: Vec<String> = codes
+        .iter()
+        .map(|(c, why)| match *why {
+            "" => c.as_u8().to_string(),
+            why => format!("{} ({why})", c.as_u8()),
+        })
+        .collect();
+    items.join(", ")
+}
+
+/// The command a row of the README's command table is about, if any.
+fn readme_row_command(line: &str) -> Option<&str> {
+    let first = line.strip_prefix("| `")?;
+    let name = first.split([' ', '`']).next()?;
+    exit_codes(name).map(|_| name)
+}
+
+/// The README with its exit codes made from the code: the exit column of
+/// the command table, and the table under "## Exit codes". Panics when a
+/// command has no row.
+fn readme_regenerated(readme: &str) -> String {
+    let mut out = String::with_capacity(readme.len());
+    let mut seen = BTreeSet::new();
+    let mut in_codes = false;
+    let mut codes_written = false;
+    for line in readme.lines() {
+        if line.starts_with("## ") {
+            in_codes = line == "## Exit codes";
+        }
+        if in_codes && line.starts_with('|') {
+            if !codes_written {
+                out.push_str("| code | meaning |\n|---|---|\n");
+                for c in Code::ALL {
+                    out.push_str(&format!("| {} | {} |\n", c.as_u8(), c.meaning()));
+                }
+                codes_written = true;
+            }
+            continue;
+        }
+        match readme_row_command(line) {
+            Some(name) => {
+                let body = line.strip_suffix(" |").expect("a table row ends with ` |`");
+                let at = body.rfind(" | ").expect("a row of three cells");
+                out.push_str(&format!(
+                    "{} | {} |",
+                    &body[..at],
+                    readme_exit_cell(codes_of(name))
+                ));
+                seen.insert(name.to_string());
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    assert!(codes_written, "README has no table under `## Exit codes`");
+    let cmd = ccl_delegate::cli::command();
+    let all: BTreeSet<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    assert_eq!(seen, all, "README's command table must have every command");
+    out
+}
+
 #[test]
 fn completions_and_man_pages_match_the_cli_definition() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -317,13 +340,17 @@ fn completions_and_man_pages_match_the_cli_definition() {
 #[test]
 fn every_command_has_its_exit_codes_listed() {
     let cmd = ccl_delegate::cli::command();
-    let names: BTreeSet<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
-    let listed: BTreeSet<&str> = CODES.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, listed, "CODES must list every subcommand, no more");
-    for (_, codes) in CODES {
-        for c in *codes {
-            meaning(*c);
+    for sub in cmd.get_subcommands() {
+        let codes = codes_of(sub.get_name());
+        // Every command gives these three; each code once, in order.
+        for must in [Code::Ok, Code::Other, Code::Usage] {
+            assert!(codes.iter().any(|(c, _)| *c == must), "{}", sub.get_name());
         }
+        assert!(
+            codes.windows(2).all(|w| w[0].0.as_u8() < w[1].0.as_u8()),
+            "{}",
+            sub.get_name()
+        );
     }
 }
 
@@ -350,31 +377,30 @@ fn codes_in_cell(cell: &str) -> BTreeSet<u8> {
 }
 
 #[test]
-fn readme_command_table_lists_the_exit_codes_of_each_command() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let mut seen = BTreeSet::new();
-    for line in readme.lines().filter(|l| l.starts_with("| `")) {
-        let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
-        let Some(name) = cells[0]
-            .trim()
-            .trim_start_matches('`')
-            .split([' ', '`'])
-            .next()
-            .filter(|n| CODES.iter().any(|(c, _)| c == n))
-        else {
-            continue;
-        };
-        let want: BTreeSet<u8> = codes_of(name).iter().copied().collect();
-        assert_eq!(
-            codes_in_cell(cells.last().unwrap()),
-            want,
-            "README's exit codes for `{name}`"
-        );
-        seen.insert(name);
+fn readme_exit_codes_are_made_from_the_code() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let want = readme_regenerated(&readme);
+    if std::env::var_os("UPDATE_GENERATED").is_some() {
+        std::fs::write(&path, &want).unwrap();
+        return;
     }
-    let all: BTreeSet<&str> = CODES.iter().map(|(n, _)| *n).collect();
-    assert_eq!(seen, all, "README's command table must have every command");
+    assert!(
+        readme == want,
+        "README's exit codes differ from error::Code and cli's tables\nregenerate with: UPDATE_GENERATED=1 cargo test --test generated_docs"
+    );
+    // Read back as a person reads them: each row lists its command's codes.
+    for line in readme.lines() {
+        if let Some(name) = readme_row_command(line) {
+            let cell = line.trim_end_matches(" |").rsplit(" | ").next().unwrap();
+            let listed: BTreeSet<u8> = codes_of(name).iter().map(|(c, _)| c.as_u8()).collect();
+            assert_eq!(
+                codes_in_cell(cell),
+                listed,
+                "README's exit codes for `{name}`"
+            );
+        }
+    }
 }
 
 #[test]

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::io;
 
+use crate::error::{Code, HasCode};
+
 /// Which call of the API an error came from, so that a caller holding only
 /// the error (a 404 on `GET .../result` versus one on the status) can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +110,37 @@ impl ClientError {
             | ClientError::BadAnswer { .. } => false,
         }
     }
+}
+
+impl ClientError {
+    /// The exit code of a failed call to the service.
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::NotFound { .. } => Code::NoInput,
+            ClientError::Conflict { .. } => Code::TempFail,
+            ClientError::InvalidJobId { .. } | ClientError::InvalidIdempotencyKey { .. } => {
+                Code::DataErr
+            }
+            ClientError::Auth { .. } => Code::NoPerm,
+            ClientError::Rejected { .. } | ClientError::TooLarge { .. } => Code::DataErr,
+            ClientError::Unavailable { .. }
+            | ClientError::Unknown { .. }
+            | ClientError::BadAnswer { .. } => Code::Unavailable,
+            ClientError::Config { .. } => Code::Config,
+        }
+    }
+}
+
+impl HasCode for ClientError {
+    fn code(&self) -> Code {
+        ClientError::code(self)
+    }
+}
+
+/// A cause's exit code when it is a client error, for
+/// [`crate::error::code_in`].
+pub fn code_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
+    cause.downcast_ref::<ClientError>().map(ClientError::code)
 }
 
 fn plural(n: u32) -> &'static str {
@@ -369,6 +402,98 @@ mod tests {
             (config_error(ConfigField::Url, "u"), true),
         ] {
             assert_eq!(e.nothing_created(), want, "{e:?}");
+        }
+    }
+
+    use super::ClientError as E;
+
+    #[test]
+    fn each_client_error_has_the_design_exit_code() {
+        let r = || "GET http://127.0.0.1:1/api/v1/jobs/j".to_string();
+        let m = || "m".to_string();
+        for (e, code) in [
+            (
+                E::NotFound {
+                    request: r(),
+                    message: m(),
+                    endpoint: Endpoint::Status,
+                },
+                66,
+            ),
+            (
+                E::Conflict {
+                    request: r(),
+                    message: m(),
+                },
+                75,
+            ),
+            (
+                E::Auth {
+                    request: r(),
+                    status: 403,
+                    message: m(),
+                },
+                77,
+            ),
+            (
+                E::Rejected {
+                    request: r(),
+                    status: 400,
+                    message: m(),
+                },
+                65,
+            ),
+            (
+                E::TooLarge {
+                    bytes: 40 << 20,
+                    limit: 32 << 20,
+                },
+                65,
+            ),
+            (
+                E::Unavailable {
+                    request: r(),
+                    attempts: 4,
+                    message: m(),
+                },
+                69,
+            ),
+            (
+                E::Unknown {
+                    request: r(),
+                    attempts: 4,
+                    message: m(),
+                },
+                69,
+            ),
+            (
+                E::BadAnswer {
+                    request: r(),
+                    message: m(),
+                },
+                69,
+            ),
+            (E::InvalidJobId { id: "..".into() }, 65),
+            (E::InvalidIdempotencyKey { key: "k".into() }, 65),
+            (
+                E::Config {
+                    field: ConfigField::Url,
+                    message: m(),
+                },
+                78,
+            ),
+            (
+                E::Config {
+                    field: ConfigField::Key,
+                    message: m(),
+                },
+                78,
+            ),
+        ] {
+            assert_eq!(e.code().as_u8(), code, "{e:?}");
+            // Wrapped in context, the code is the same.
+            let wrapped = anyhow::Error::new(e).context("while doing x");
+            assert_eq!(crate::error::code_in(&wrapped, code_of_cause).as_u8(), code);
         }
     }
 }

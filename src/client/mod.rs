@@ -45,7 +45,7 @@ use serde::Deserialize;
 
 use crate::text::{clip, is_unsafe_char};
 
-pub use error::{ClientError, ConfigField, Endpoint};
+pub use error::{ClientError, ConfigField, Endpoint, code_of_cause};
 pub use wire::{
     JobResult, JobStatus, MAX_COST_CAD, MAX_REQUEST_BODY_BYTES, Status, SubmitMetadata,
     SubmitRequest, Submitted, check_body_size, valid_idempotency_key, valid_job_id,
@@ -97,6 +97,12 @@ const MAX_RESPONSE_HEADER_BYTES: usize = 16 * 1024;
 
 const JOBS_PATH: &str = "/api/v1/jobs";
 
+/// `http_timeout` when neither flag nor file sets it.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `retries` when neither flag nor file sets it.
+pub const DEFAULT_RETRIES: u32 = 3;
+
 /// How to reach the service.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -121,8 +127,8 @@ impl Default for ClientConfig {
         ClientConfig {
             base_url: String::new(),
             api_key: String::new(),
-            timeout: crate::config::DEFAULT_HTTP_TIMEOUT,
-            retries: crate::config::DEFAULT_RETRIES,
+            timeout: DEFAULT_HTTP_TIMEOUT,
+            retries: DEFAULT_RETRIES,
             max_retry_wait: Duration::from_secs(30),
             backoff_base: Duration::from_millis(200),
         }
@@ -215,6 +221,16 @@ enum Attempt {
     /// No (complete) answer.
     Transport {
         error: ureq::Error,
+        maybe_delivered: bool,
+    },
+}
+
+/// What one attempt leaves the call with: its end, or another try.
+enum Step {
+    Done(Result<(u16, Vec<u8>), ClientError>),
+    Retry {
+        after: Option<Duration>,
+        why: String,
         maybe_delivered: bool,
     },
 }
@@ -439,80 +455,16 @@ impl Client {
         let mut maybe_delivered = false;
         let mut last = String::new();
         for attempt in 0..attempts {
-            let retry_after = match self.attempt(call) {
-                Attempt::Answer {
-                    status,
-                    body,
-                    retry_after,
-                    location,
-                } => {
-                    // An answer that is not 429/5xx shows the service works.
-                    if !matches!(status, 429 | 500..=599) {
-                        self.failing.store(false, Ordering::Relaxed);
-                    }
-                    if (200..300).contains(&status) {
-                        return Ok((status, body));
-                    }
-                    let message = self.error_text(status, &body);
-                    let request = call.request.clone();
-                    match status {
-                        401 | 403 => {
-                            return Err(ClientError::Auth {
-                                request,
-                                status,
-                                message,
-                            });
-                        }
-                        404 => {
-                            return Err(ClientError::NotFound {
-                                request,
-                                message,
-                                endpoint: call.endpoint,
-                            });
-                        }
-                        409 => return Err(ClientError::Conflict { request, message }),
-                        429 | 500..=599 => {
-                            last = format!("{status} {message}");
-                            retry_after
-                        }
-                        300..=399 => {
-                            let to = location
-                                .map(|l| format!(" to {:?}", self.clean(&l)))
-                                .unwrap_or_default();
-                            return Err(ClientError::Rejected {
-                                request,
-                                status,
-                                message: format!("redirect{to} not followed: check the API URL"),
-                            });
-                        }
-                        _ => {
-                            return Err(ClientError::Rejected {
-                                request,
-                                status,
-                                message,
-                            });
-                        }
-                    }
-                }
-                Attempt::TooLarge => {
-                    return Err(ClientError::BadAnswer {
-                        request: call.request.clone(),
-                        message: "response body over 32 MiB".to_string(),
-                    });
-                }
-                Attempt::Transport {
-                    error,
+            let retry_after = match self.judge(call, self.attempt(call)) {
+                Step::Done(result) => return result,
+                Step::Retry {
+                    after,
+                    why,
                     maybe_delivered: delivered,
                 } => {
-                    if is_local_error(&error) {
-                        return Err(config_error(
-                            ConfigField::Request,
-                            &format!("{}: {}", call.request, self.clean(&error.to_string())),
-                        ));
-                    }
                     maybe_delivered |= delivered;
-                    last = self.describe_transport(&error);
-                    None
+                    last = why;
+                    after
                 }
             };
             if attempt + 1 < attempts {
@@ -541,6 +493,94 @@ impl Client {
         })
     }
 
+    /// Whether one attempt ends the call or asks for another.
+    fn judge(&self, call: &Call, attempt: Attempt) -> Step {
+        match attempt {
+            Attempt::Answer {
+                status,
+                body,
+                retry_after,
+                location,
+            } => {
+                // An answer that is not 429/5xx shows the service works.
+                if !matches!(status, 429 | 500..=599) {
+                    self.failing.store(false, Ordering::Relaxed);
+                }
+                if (200..300).contains(&status) {
+                    return Step::Done(Ok((status, body)));
+                }
+                let message = self.error_text(status, &body);
+                if matches!(status, 429 | 500..=599) {
+                    return Step::Retry {
+                        after: retry_after,
+                        why: format!("{status} {message}"),
+                        maybe_delivered: false,
+                    };
+                }
+                Step::Done(Err(self.refusal(call, status, message, location)))
+            }
+            Attempt::TooLarge => Step::Done(Err(ClientError::BadAnswer {
+                request: call.request.clone(),
+                message: "response body over 32 MiB".to_string(),
+            })),
+            Attempt::Transport {
+                error,
+                maybe_delivered,
+            } => {
+                if is_local_error(&error) {
+                    return Step::Done(Err(config_error(
+                        ConfigField::Request,
+                        &format!("{}: {}", call.request, self.clean(&error.to_string())),
+                    )));
+                }
+                Step::Retry {
+                    after: None,
+                    why: self.describe_transport(&error),
+                    maybe_delivered,
+                }
+            }
+        }
+    }
+
+    /// The error of an answer that is neither 2xx nor retried.
+    fn refusal(
+        &self,
+        call: &Call,
+        status: u16,
+        message: String,
+        location: Option<String>,
+    ) -> ClientError {
+        let request = call.request.clone();
+        match status {
+            401 | 403 => ClientError::Auth {
+                request,
+                status,
+                message,
+            },
+            404 => ClientError::NotFound {
+                request,
+                message,
+                endpoint: call.endpoint,
+            },
+            409 => ClientError::Conflict { request, message },
+            300..=399 => {
+                let to = location
+                    .map(|l| format!(" to {:?}", self.clean(&l)))
+                    .unwrap_or_default();
+                ClientError::Rejected {
+                    request,
+                    status,
+                    message: format!("redirect{to} not followed: check the API URL"),
+                }
+            }
+            _ => ClientError::Rejected {
+                request,
+                status,
+                message,
+            },
+        }
+    }
+
     /// One request, its answer read whole.
     fn attempt(&self, call: &Call) -> Attempt {
         // What ureq has taken of the body: a failure before it took it all
@@ -549,7 +589,22 @@ impl Client {
             data: call.body.unwrap_or_default(),
             taken: 0,
         };
-        let sent = match call.method {
+        match self.send(call, &mut body) {
+            Ok(response) => read_answer(response),
+            Err(error) => Attempt::Transport {
+                maybe_delivered: attempt_maybe_delivered(&error, body.whole()),
+                error,
+            },
+        }
+    }
+
+    /// Sends the request; `body` counts what ureq takes of the body.
+    fn send(
+        &self,
+        call: &Call,
+        body: &mut Progress<'_>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        match call.method {
             Method::Get => self
                 .agent
                 .get(&call.url)
@@ -572,67 +627,10 @@ impl Client {
                         // reader's body.
                         b.content_type("application/json")
                             .header("Content-Length", data.len())
-                            .send(ureq::SendBody::from_reader(&mut body))
+                            .send(ureq::SendBody::from_reader(body))
                     }
                     None => b.send_empty(),
                 }
-            }
-        };
-        let mut response = match sent {
-            Ok(r) => r,
-            Err(error) => {
-                return Attempt::Transport {
-                    maybe_delivered: attempt_maybe_delivered(&error, body.whole()),
-                    error,
-                };
-            }
-        };
-        let status = response.status().as_u16();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let retry_after =
-            header("retry-after").and_then(|v| retry::parse_retry_after(&v, SystemTime::now()));
-        let location = header("location");
-
-        if (200..300).contains(&status) {
-            match response
-                .body_mut()
-                .with_config()
-                .limit(MAX_BODY_BYTES)
-                .read_to_vec()
-            {
-                Ok(body) => Attempt::Answer {
-                    status,
-                    body,
-                    retry_after,
-                    location,
-                },
-                Err(ureq::Error::BodyExceedsLimit(_)) => Attempt::TooLarge,
-                // The status came, the body did not: the request was
-                // delivered, the answer is lost.
-                Err(error) => Attempt::Transport {
-                    error,
-                    maybe_delivered: true,
-                },
-            }
-        } else {
-            // The status is the answer; the body only adds words.
-            let body = response
-                .body_mut()
-                .with_config()
-                .limit(MAX_ERROR_BODY_BYTES)
-                .read_to_vec()
-                .unwrap_or_default();
-            Attempt::Answer {
-                status,
-                body,
-                retry_after,
-                location,
             }
         }
     }
@@ -755,6 +753,59 @@ impl Client {
 /// Keys shorter than this (test keys like `k`) are not redacted: replacing
 /// them would mangle ordinary server text.
 const MIN_REDACTED_KEY: usize = 8;
+
+/// Reads an answer whole: a 2xx body up to [`MAX_BODY_BYTES`], an error
+/// body up to [`MAX_ERROR_BODY_BYTES`].
+fn read_answer(mut response: ureq::http::Response<ureq::Body>) -> Attempt {
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let retry_after =
+        header("retry-after").and_then(|v| retry::parse_retry_after(&v, SystemTime::now()));
+    let location = header("location");
+
+    if (200..300).contains(&status) {
+        match response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY_BYTES)
+            .read_to_vec()
+        {
+            Ok(body) => Attempt::Answer {
+                status,
+                body,
+                retry_after,
+                location,
+            },
+            Err(ureq::Error::BodyExceedsLimit(_)) => Attempt::TooLarge,
+            // The status came, the body did not: the request was
+            // delivered, the answer is lost.
+            Err(error) => Attempt::Transport {
+                error,
+                maybe_delivered: true,
+            },
+        }
+    } else {
+        // The status is the answer; the body only adds words.
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ERROR_BODY_BYTES)
+            .read_to_vec()
+            .unwrap_or_default();
+        Attempt::Answer {
+            status,
+            body,
+            retry_after,
+            location,
+        }
+    }
+}
 
 /// Replaces the API key in every string of an answer.
 fn redact(v: &mut serde_json::Value, key: &str) {
