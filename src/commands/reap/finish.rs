@@ -237,7 +237,7 @@ impl Ctx<'_> {
 
     /// Writes the records of finished jobs and removes their tasks and
     /// markers: per project, under one hold of the queue lock, with one
-    /// fsync of each directory for the whole batch (`Queue::finish_many`),
+    /// fsync of each directory for the whole batch (`Queue::finish_many_then`),
     /// while every record still gets its own fsync before its task goes.
     fn finish_batch(&self, batch: Vec<Finished>) {
         let mut by_project: Vec<Vec<Finished>> = Vec::new();
