@@ -207,18 +207,8 @@ impl Ctx<'_> {
         if !policy.admission_applies() {
             return (poll::Admission::Admit, None, none());
         }
-        let key = if submitted {
-            match crate::job::new_idempotency_key() {
-                Ok(k) => k,
-                Err(e) => {
-                    self.ui.warn(format_args!(
-                        "cannot read /dev/urandom for an idempotency key: {e}"
-                    ));
-                    return (poll::Admission::Defer, None, none());
-                }
-            }
-        } else {
-            m.idempotency_key.clone()
+        let Some(key) = self.next_key(m, submitted) else {
+            return (poll::Admission::Defer, None, none());
         };
         let lock = match q.lock() {
             Ok(l) => l,
@@ -238,17 +228,66 @@ impl Ctx<'_> {
             job_id: None,
             started_at: m.started_at.clone(),
         };
+        let decided = self.admit(&job, next, m.idempotency_key.as_str());
+        let held = Admitted {
+            lock: Some(lock),
+            key: Some(key),
+        };
+        match decided {
+            Ok(Decision::Admit) => (poll::Admission::Admit, None, held),
+            Ok(d @ Decision::Budget { .. }) => (poll::Admission::Budget, d.stderr_line(), none()),
+            Ok(d) => {
+                self.ui.info(format_args!(
+                    "{}: failover to {next} {}",
+                    shown(&q.task_path(task)),
+                    d.stdout_line().unwrap_or_default()
+                ));
+                (poll::Admission::Defer, None, held)
+            }
+            // Admission cannot be asked: the step waits for a later reap,
+            // as for a limit, and the run says why.
+            Err(e) => {
+                if self.settings.fleet.is_none() {
+                    self.books_failed(&e);
+                }
+                (poll::Admission::Defer, None, held)
+            }
+        }
+    }
+
+    /// The idempotency key of the next job: a new one for the chain's next
+    /// step, the deferred marker's own otherwise; `None` (said) when no
+    /// key can be made, and the step waits.
+    fn next_key(&self, m: &Marker, submitted: bool) -> Option<String> {
+        if !submitted {
+            return Some(m.idempotency_key.clone());
+        }
+        match crate::job::new_idempotency_key() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.ui.warn(format_args!(
+                    "cannot read /dev/urandom for an idempotency key: {e}"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Asks the fleet's database (or, without a fleet, the books) whether
+    /// `job` may go to `next`, the job keyed `leaving` no longer counting.
+    /// With a fleet, this host's own copy follows the fleet's decision.
+    fn admit(&self, job: &Reservation, next: Provider, leaving: &str) -> anyhow::Result<Decision> {
+        let policy = &self.settings.policy;
         let now = std::time::SystemTime::now();
-        let leaving = m.idempotency_key.as_str();
-        let decided = match self.with_fleet(|f| f.admit(policy, &job, next, Some(leaving), now)) {
-            None => self.with_books(|b| b.admit(policy, &job, next, Some((leaving, None)), now)),
+        match self.with_fleet(|f| f.admit(policy, job, next, Some(leaving), now)) {
+            None => self.with_books(|b| b.admit(policy, job, next, Some((leaving, None)), now)),
             Some(Ok(d)) => {
                 // This host's own copy follows the fleet's decision.
                 if !matches!(d, Decision::Budget { .. }) {
                     let mirrored = self.with_books(|b| {
                         b.release(leaving)?;
                         if d == Decision::Admit {
-                            b.reserve(&job)?;
+                            b.reserve(job)?;
                         }
                         Ok(())
                     });
@@ -261,47 +300,6 @@ impl Ctx<'_> {
             Some(Err(e)) => {
                 self.fleet_failed(&e);
                 Err(e)
-            }
-        };
-        match decided {
-            Ok(Decision::Admit) => (
-                poll::Admission::Admit,
-                None,
-                Admitted {
-                    lock: Some(lock),
-                    key: Some(key),
-                },
-            ),
-            Ok(d @ Decision::Budget { .. }) => (poll::Admission::Budget, d.stderr_line(), none()),
-            Ok(d) => {
-                self.ui.info(format_args!(
-                    "{}: failover to {next} {}",
-                    shown(&q.task_path(task)),
-                    d.stdout_line().unwrap_or_default()
-                ));
-                (
-                    poll::Admission::Defer,
-                    None,
-                    Admitted {
-                        lock: Some(lock),
-                        key: Some(key),
-                    },
-                )
-            }
-            // Admission cannot be asked: the step waits for a later reap,
-            // as for a limit, and the run says why.
-            Err(e) => {
-                if self.settings.fleet.is_none() {
-                    self.books_failed(&e);
-                }
-                (
-                    poll::Admission::Defer,
-                    None,
-                    Admitted {
-                        lock: Some(lock),
-                        key: Some(key),
-                    },
-                )
             }
         }
     }

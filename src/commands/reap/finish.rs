@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use super::{Ctx, book, metrics};
-use crate::queue::{Finishing, Outcome, Prepared, Queue, TaskNote, shown};
+use crate::queue::{Finishing, Outcome, Prepared, Queue, QueueLock, TaskNote, shown};
 use crate::record::{self, Completed, Failure};
 use crate::text::clip;
 use crate::timestamp;
@@ -195,6 +195,24 @@ impl Finished {
 /// run wrote.
 type Rendered = Result<(Vec<u8>, u32), std::path::PathBuf>;
 
+/// The finished jobs of a batch, grouped by project. The same task twice
+/// (a queue named twice) is kept once: twice would write two records for
+/// one job.
+fn by_project(batch: Vec<Finished>) -> Vec<Vec<Finished>> {
+    let mut by_project: Vec<Vec<Finished>> = Vec::new();
+    for f in batch {
+        match by_project
+            .iter_mut()
+            .find(|g| g[0].queue.root == f.queue.root)
+        {
+            Some(g) if g.iter().any(|o| o.task == f.task) => {}
+            Some(g) => g.push(f),
+            None => by_project.push(vec![f]),
+        }
+    }
+    by_project
+}
+
 /// At most this many records are written under one hold of a queue lock.
 const MAX_BATCH: usize = 64;
 
@@ -237,105 +255,107 @@ impl Ctx<'_> {
 
     /// Writes the records of finished jobs and removes their tasks and
     /// markers: per project, under one hold of the queue lock, with one
-    /// fsync of each directory for the whole batch (`Queue::finish_many`),
+    /// fsync of each directory for the whole batch (`Queue::finish_many_then`),
     /// while every record still gets its own fsync before its task goes.
     fn finish_batch(&self, batch: Vec<Finished>) {
-        let mut by_project: Vec<Vec<Finished>> = Vec::new();
-        for f in batch {
-            match by_project
-                .iter_mut()
-                .find(|g| g[0].queue.root == f.queue.root)
-            {
-                // The same task twice (a queue named twice): once is enough,
-                // and twice would write two records for one job.
-                Some(g) if g.iter().any(|o| o.task == f.task) => {}
-                Some(g) => g.push(f),
-                None => by_project.push(vec![f]),
-            }
+        for group in by_project(batch) {
+            self.finish_group(group);
         }
-        for group in by_project {
-            let q = group[0].queue.clone();
-            let report = |task: &OsStr, e: &anyhow::Error| {
-                self.local_error(format_args!("{}: {e:#}", shown(&q.task_path(task))));
-            };
-            let lock = match q.lock() {
-                Ok(lock) => lock,
-                Err(e) => {
-                    group.iter().for_each(|f| report(&f.task, &e));
+    }
+
+    /// One project's finished jobs, under one hold of its queue lock.
+    fn finish_group(&self, group: Vec<Finished>) {
+        let q = group[0].queue.clone();
+        let lock = match q.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                group.iter().for_each(|f| self.task_failed(&q, &f.task, &e));
+                return;
+            }
+        };
+        // Each job re-checked, and its record rendered (or found already
+        // written by an interrupted run).
+        let jobs: Vec<(Finished, Rendered)> = group
+            .into_iter()
+            .filter_map(|f| {
+                let record = self.recheck(&q, &lock, &f)?;
+                Some((f, record))
+            })
+            .collect();
+        let items: Vec<Finishing> = jobs
+            .iter()
+            .map(|(f, record)| Finishing {
+                task: &f.task,
+                record: record
+                    .as_ref()
+                    .ok()
+                    .map(|(bytes, mode)| (f.outcome(), bytes.as_slice(), *mode)),
+            })
+            .collect();
+        // The ledger entries, once the records are durable and before
+        // any task goes ("a job counts once", ledger/mod.rs).
+        let (results, inbox_sync) = q.finish_many_then(&lock, &items, |results| {
+            self.book(&q, &jobs, results);
+        });
+        drop(items);
+        drop(lock);
+        for ((f, record), result) in jobs.into_iter().zip(results) {
+            let path = match (result, record) {
+                (Ok(Some(written)), _) => written,
+                (Ok(None), Err(existing)) => existing,
+                (Ok(None), Ok(_)) => continue,
+                (Err(e), _) => {
+                    self.task_failed(&q, &f.task, &e);
                     continue;
                 }
             };
-            // Each job re-checked, and its record rendered (or found
-            // already written by an interrupted run).
-            let mut jobs = Vec::with_capacity(group.len());
-            for f in group {
-                let (task, job_id) = (&f.task, f.job_id.as_deref());
-                // Ok: the record to write and its mode; Err: the record
-                // an interrupted run wrote.
-                let record = match q.prepare(&lock, task, &f.seen, job_id) {
-                    Ok(Prepared::Changed) => continue,
-                    Ok(Prepared::Stale(existing)) => {
-                        match q.remove_marker(&lock, task) {
-                            Ok(()) => self.say(format_args!(
-                                "returned {} to the dispatcher: job {} already finished into {}",
-                                shown(&q.task_path(task)),
-                                job_id.unwrap_or("none"),
-                                shown(&existing)
-                            )),
-                            Err(e) => report(task, &e),
-                        }
-                        continue;
-                    }
-                    Ok(Prepared::Recorded(path)) => Err(path),
-                    Ok(Prepared::Write {
-                        original,
-                        mode,
-                        note,
-                    }) => {
-                        self.task_note(&q, task, job_id, note);
-                        Ok((f.render(original.as_deref()), mode))
-                    }
-                    Err(e) => {
-                        report(task, &e);
-                        continue;
-                    }
-                };
-                jobs.push((f, record));
+            f.tally(&mut self.tally.lock().unwrap_or_else(|p| p.into_inner()));
+            self.say(format_args!("{}", f.line(&path)));
+        }
+        if let Some(e) = inbox_sync {
+            self.local_error(format_args!("{e:#}"));
+        }
+    }
+
+    /// One finished job re-checked under the queue lock: `Ok` the record
+    /// to write and its mode, `Err` the record an interrupted run wrote;
+    /// `None` when there is nothing to write (the marker changed, a stale
+    /// marker was removed, or an error, said).
+    fn recheck(&self, q: &Queue, lock: &QueueLock, f: &Finished) -> Option<Rendered> {
+        let (task, job_id) = (&f.task, f.job_id.as_deref());
+        match q.prepare(lock, task, &f.seen, job_id) {
+            Ok(Prepared::Changed) => None,
+            Ok(Prepared::Stale(existing)) => {
+                match q.remove_marker(lock, task) {
+                    Ok(()) => self.say(format_args!(
+                        "returned {} to the dispatcher: job {} already finished into {}",
+                        shown(&q.task_path(task)),
+                        job_id.unwrap_or("none"),
+                        shown(&existing)
+                    )),
+                    Err(e) => self.task_failed(q, task, &e),
+                }
+                None
             }
-            let items: Vec<Finishing> = jobs
-                .iter()
-                .map(|(f, record)| Finishing {
-                    task: &f.task,
-                    record: record
-                        .as_ref()
-                        .ok()
-                        .map(|(bytes, mode)| (f.outcome(), bytes.as_slice(), *mode)),
-                })
-                .collect();
-            // The ledger entries, once the records are durable and before
-            // any task goes ("a job counts once", ledger/mod.rs).
-            let (results, inbox_sync) = q.finish_many_then(&lock, &items, |results| {
-                self.book(&q, &jobs, results);
-            });
-            drop(items);
-            drop(lock);
-            for ((f, record), result) in jobs.into_iter().zip(results) {
-                let path = match (result, record) {
-                    (Ok(Some(written)), _) => written,
-                    (Ok(None), Err(existing)) => existing,
-                    (Ok(None), Ok(_)) => continue,
-                    (Err(e), _) => {
-                        report(&f.task, &e);
-                        continue;
-                    }
-                };
-                f.tally(&mut self.tally.lock().unwrap_or_else(|p| p.into_inner()));
-                self.say(format_args!("{}", f.line(&path)));
+            Ok(Prepared::Recorded(path)) => Some(Err(path)),
+            Ok(Prepared::Write {
+                original,
+                mode,
+                note,
+            }) => {
+                self.task_note(q, task, job_id, note);
+                Some(Ok((f.render(original.as_deref()), mode)))
             }
-            if let Some(e) = inbox_sync {
-                self.local_error(format_args!("{e:#}"));
+            Err(e) => {
+                self.task_failed(q, task, &e);
+                None
             }
         }
+    }
+
+    /// A task that could not be finished: a local error naming it.
+    fn task_failed(&self, q: &Queue, task: &OsStr, e: &anyhow::Error) {
+        self.local_error(format_args!("{}: {e:#}", shown(&q.task_path(task))));
     }
 
     /// Books the entries of the records now durable: those this batch

@@ -6,14 +6,11 @@
 //! are carried from the previous file: each run adds what it finished.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-
 use crate::policy::admit::CapState;
-use crate::queue::Queue;
+use crate::queue::{AtomicWriter, Queue};
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
@@ -95,20 +92,61 @@ const COUNTERS: [&str; 3] = [
     "ccl_delegate_cost_cad_total",
 ];
 
-/// Writes the metrics file atomically (temporary file + rename).
+/// The samples of one run, with what the previous file carried.
+type ByKey = BTreeMap<(String, String), Counts>;
+
+/// Failover steps, per (from, to) provider.
+type Failovers = BTreeMap<(String, String), u64>;
+
+/// The file's temporary name begins so, beside it.
+const TMP_PREFIX: &str = ".ccl-delegate-metrics-";
+
+/// Writes the metrics file atomically (temporary file + rename) through
+/// the queue's one writer; not fsynced: a file a crash loses is whole
+/// again after the next run.
 pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyhow::Result<()> {
-    // Through the checks every file read gets: a FIFO or a device there
-    // is an error, never a read that hangs the reap; the file is then left
-    // alone.
-    let previous = match crate::fsread::read(path, crate::fsread::Kind::Metrics) {
-        Ok(c) => c
-            .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
-            .unwrap_or_default(),
-        Err(e) => anyhow::bail!("cannot read it to carry its counters: {e}; remove or rename it"),
+    let previous = read_previous(path)?;
+    let (mut by, mut failovers) = (tally.by.clone(), tally.failovers.clone());
+    let mut last_success = carry(&previous, &mut by, &mut failovers);
+    if success {
+        last_success = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+    }
+    let mut out = counter_families(&by);
+    out.push_str(&budget_families(&tally.budget));
+    out.push_str(&failover_family(&failovers));
+    out.push_str(&run_gauges(took, success, last_success));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let writer = AtomicWriter {
+        dir,
+        prefix: TMP_PREFIX,
+        durable: false,
     };
-    let mut by = tally.by.clone();
+    writer.write(path, out.as_bytes(), 0o644, true)?;
+    Ok(())
+}
+
+/// The previous file's text, read through the checks every file read
+/// gets: a FIFO or a device there is an error, never a read that hangs the
+/// reap; the file is then left alone.
+fn read_previous(path: &Path) -> anyhow::Result<String> {
+    match crate::fsread::read(path, crate::fsread::Kind::Metrics) {
+        Ok(c) => Ok(c
+            .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
+            .unwrap_or_default()),
+        Err(e) => anyhow::bail!("cannot read it to carry its counters: {e}; remove or rename it"),
+    }
+}
+
+/// Adds the previous file's counters to this run's; gives the last
+/// success it said.
+fn carry(previous: &str, by: &mut ByKey, failovers: &mut Failovers) -> f64 {
     let mut last_success = 0.0f64;
-    let mut failovers = tally.failovers.clone();
     for line in previous.lines() {
         if let Some((from, to, n)) = parse_failover(line) {
             *failovers.entry((from, to)).or_default() += n;
@@ -131,16 +169,13 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
             _ => c.cost_cad += value,
         }
     }
-    if success {
-        last_success = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-    }
+    last_success
+}
 
+/// The gauge for the keys with jobs in flight this run, the counters for
+/// the keys that ever finished one.
+fn counter_families(by: &ByKey) -> String {
     let mut out = String::new();
-    // The gauge for the keys with jobs in flight this run, the counters
-    // for the keys that ever finished one.
     type Pick = dyn Fn(&Counts) -> bool;
     // The keys this run saw jobs in flight for: a key whose last job
     // finished in the run says `0` once, then is no longer written.
@@ -186,12 +221,18 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
         counted,
         &|c| format!("{:.4}", c.cost_cad),
     );
-    out.push_str(&budget_families(&tally.budget));
+    out
+}
+
+/// `ccl_delegate_failover_total`, by from and to; nothing before the
+/// first step.
+fn failover_family(failovers: &Failovers) -> String {
+    let mut out = String::new();
     if !failovers.is_empty() {
         out.push_str(&format!(
             "# HELP {FAILOVER} Failover steps taken by reap, from the provider whose job ended to the next.\n# TYPE {FAILOVER} counter\n"
         ));
-        for ((from, to), n) in &failovers {
+        for ((from, to), n) in failovers {
             out.push_str(&format!(
                 "{FAILOVER}{{from=\"{}\",to=\"{}\"}} {n}\n",
                 escape(from),
@@ -199,6 +240,13 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
             ));
         }
     }
+    out
+}
+
+/// The gauges of the run itself: its wall time, whether it succeeded, and
+/// when one last did.
+fn run_gauges(took: Duration, success: bool, last_success: f64) -> String {
+    let mut out = String::new();
     out.push_str(&format!(
         "# HELP ccl_delegate_reap_duration_seconds Wall time of the last reap.\n# TYPE ccl_delegate_reap_duration_seconds gauge\nccl_delegate_reap_duration_seconds {:.6}\n",
         took.as_secs_f64()
@@ -210,23 +258,7 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
     out.push_str(&format!(
         "# HELP ccl_delegate_last_success_timestamp_seconds When a reap last finished without an error.\n# TYPE ccl_delegate_last_success_timestamp_seconds gauge\nccl_delegate_last_success_timestamp_seconds {last_success:.3}\n"
     ));
-
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ccl-delegate-metrics-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    tmp.write_all(out.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    out
 }
 
 /// `ccl_delegate_budget_limit_cad` and `ccl_delegate_budget_spent_cad`, one

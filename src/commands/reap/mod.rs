@@ -17,22 +17,21 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::cli::ReapArgs;
-use crate::client::{Client, ClientError, JobResult, Status};
+use crate::client::Client;
 use crate::config::Settings;
 use crate::error::{Code, code_of, fail};
-use crate::marker::{Marker, State};
 use crate::queue::{Queue, shown};
-use crate::text::clip;
-use crate::timestamp;
 use crate::ui::Ui;
-use finish::{Finished, Verdict};
-use poll::{Action, Call, Facts, Failure, Reason};
+use finish::Finished;
 
 mod book;
+mod fail;
 mod failover;
 mod finish;
+mod handle;
 pub mod metrics;
 mod poll;
+mod send;
 
 pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let started = Instant::now();
@@ -40,6 +39,36 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
         stamp: args.timestamps,
         ..ui
     };
+    let projects = projects_of(args, settings, ui)?;
+    let lock_path = args
+        .lock_file
+        .clone()
+        .unwrap_or_else(|| settings.lock_file.clone());
+    let Some(_run_lock) = take_run_lock(&lock_path)? else {
+        ui.info(format_args!(
+            "another reap holds {}; nothing to do",
+            shown(&lock_path)
+        ));
+        return Ok(Code::Ok);
+    };
+    let ctx = Ctx::new(args, settings, ui);
+    let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1) as usize;
+    let recount = ctx.walk(&projects, concurrency);
+    ctx.reconcile(&recount);
+    let metrics_file = args
+        .metrics_file
+        .clone()
+        .or_else(|| settings.metrics_file.clone());
+    if let Some(path) = metrics_file {
+        ctx.write_metrics(&path, started);
+    }
+    ctx.exit_code()
+}
+
+/// The projects to reap: those given with --project, else the config's,
+/// each once; none is a config error. A config glob that matches nothing
+/// is said.
+fn projects_of(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Vec<PathBuf>> {
     let projects = if args.projects.is_empty() {
         settings.projects.clone()
     } else {
@@ -52,10 +81,6 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
             "no projects to reap: pass --project DIR or list `projects` in the config file",
         ));
     }
-    let lock_path = args
-        .lock_file
-        .clone()
-        .unwrap_or_else(|| settings.lock_file.clone());
     if args.projects.is_empty() {
         for g in &settings.empty_globs {
             ui.warn(format_args!(
@@ -63,187 +88,224 @@ pub fn run(args: &ReapArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code>
             ));
         }
     }
-    let Some(_run_lock) = take_run_lock(&lock_path)? else {
-        ui.info(format_args!(
-            "another reap holds {}; nothing to do",
-            shown(&lock_path)
-        ));
-        return Ok(Code::Ok);
-    };
+    Ok(projects)
+}
 
-    let ctx = Ctx {
-        settings,
-        ui,
-        max_age: args.max_age.unwrap_or(settings.max_age),
-        submit_grace: args.submit_grace.unwrap_or(settings.submit_grace),
-        client: OnceLock::new(),
-        out: Mutex::new(()),
-        local_errors: AtomicU32::new(0),
-        skipped: AtomicU32::new(0),
-        no_queue: AtomicU32::new(0),
-        auth_refusals: AtomicU32::new(0),
-        service_failures: AtomicU32::new(0),
-        auth_said: AtomicBool::new(false),
-        tally: Mutex::new(metrics::Tally::default()),
-        finisher: OnceLock::new(),
-        workers: AtomicUsize::new(0),
-        books: Mutex::new(None),
-        books_said: AtomicBool::new(false),
-        fleet: Mutex::new(None),
-        fleet_said: AtomicBool::new(false),
-    };
-    let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1) as usize;
+/// What the pollers take: a project's queue and one marked task.
+type Job = (Arc<Queue>, OsString);
 
-    let (tx, rx) = mpsc::sync_channel::<(Arc<Queue>, OsString)>(concurrency * 4);
-    let rx = Mutex::new(rx);
-    let mut recount = Vec::new();
-    std::thread::scope(|scope| {
-        let (ctx, rx) = (&ctx, &rx);
-        let mut pool_started = false;
-        // No thread could be started (the system is out of them): the
-        // markers are handled here, one by one.
-        let mut inline = false;
-        for dir in &projects {
-            let queue = Arc::new(Queue::at(dir).with_lock_timeout(settings.lock_timeout));
-            // A project a glob matched without a queue has no markers; one
-            // named by hand is a typo that would never reap: an error.
-            if !queue.inbox.exists() && !queue.inbox.is_symlink() {
-                if settings.globbed.contains(dir) {
-                    ui.info(format_args!("{}: no queue, skipped", shown(&queue.inbox)));
-                } else {
-                    ctx.no_queue.fetch_add(1, Ordering::Relaxed);
-                    ctx.error(format_args!(
-                        "project {}: no queue ({} is missing); create it with: ccl-delegate init {}",
-                        shown(dir),
-                        shown(&queue.inbox),
-                        shown(dir)
-                    ));
-                }
-                continue;
-            }
-            let tasks = match queue.check_dirs().and_then(|()| {
-                queue
-                    .marked_tasks()
-                    .with_context(|| format!("cannot list {}", shown(&queue.inbox)))
-            }) {
-                Ok(t) => t,
-                Err(e) => {
-                    ctx.local_error(format_args!("project {}: {e:#}", shown(dir)));
+impl<'a> Ctx<'a> {
+    fn new(args: &ReapArgs, settings: &'a Settings, ui: Ui) -> Ctx<'a> {
+        Ctx {
+            settings,
+            ui,
+            max_age: args.max_age.unwrap_or(settings.max_age),
+            submit_grace: args.submit_grace.unwrap_or(settings.submit_grace),
+            client: OnceLock::new(),
+            out: Mutex::new(()),
+            local_errors: AtomicU32::new(0),
+            skipped: AtomicU32::new(0),
+            no_queue: AtomicU32::new(0),
+            auth_refusals: AtomicU32::new(0),
+            service_failures: AtomicU32::new(0),
+            auth_said: AtomicBool::new(false),
+            tally: Mutex::new(metrics::Tally::default()),
+            finisher: OnceLock::new(),
+            workers: AtomicUsize::new(0),
+            books: Mutex::new(None),
+            books_said: AtomicBool::new(false),
+            fleet: Mutex::new(None),
+            fleet_said: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// Streams every project's markers to a pool of `concurrency` pollers,
+    /// started on the first marker. Gives the projects to recount, each
+    /// with whether it had markers.
+    fn walk(&self, projects: &[PathBuf], concurrency: usize) -> Vec<(PathBuf, bool)> {
+        let (tx, rx) = mpsc::sync_channel::<Job>(concurrency * 4);
+        let rx = Mutex::new(rx);
+        let mut recount = Vec::new();
+        std::thread::scope(|scope| {
+            let rx = &rx;
+            let mut pool_started = false;
+            // No thread could be started (the system is out of them): the
+            // markers are handled here, one by one.
+            let mut inline = false;
+            for dir in projects {
+                let Some((queue, mut tasks)) = self.open_project(dir) else {
                     continue;
-                }
-            };
-            // A queue lock held too long (by hand, or by a hung process)
-            // skips the project and the others are still reaped. It is
-            // probed once, before the first marker, so that a stuck queue
-            // costs one wait, not one per marker.
-            let mut tasks = tasks.peekable();
-            let debris = queue.has_debris();
-            if debris || tasks.peek().is_some() {
-                match queue.lock() {
-                    Ok(lock) if debris => queue.sweep_debris(&lock),
-                    Ok(_) => {}
-                    Err(e) => {
-                        ctx.skipped.fetch_add(1, Ordering::Relaxed);
-                        ctx.error(format_args!("project {} skipped: {e:#}", shown(dir)));
-                        continue;
+                };
+                // Only a queue that passed the checks is recounted; one
+                // without markers now counts none, without another listing.
+                recount.push((dir.clone(), tasks.peek().is_some()));
+                for task in tasks {
+                    if !pool_started {
+                        pool_started = true;
+                        inline = !self.start_pool(scope, rx, concurrency);
+                    }
+                    if inline {
+                        self.handle_or_say(&queue, &task);
+                    } else if tx.send((queue.clone(), task)).is_err() {
+                        break;
                     }
                 }
             }
-            ctx.tally
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .project(&queue);
-            // Only a queue that passed the checks above is recounted; one
-            // without markers now counts none, without another listing.
-            recount.push((dir.clone(), tasks.peek().is_some()));
-            for task in tasks {
-                if !pool_started {
-                    pool_started = true;
-                    // Records are written by one thread, in batches under
-                    // one queue lock and one directory fsync, so that the
-                    // pollers never wait for the disk (see `finish_batch`).
-                    let (finish_tx, finish_rx) = mpsc::sync_channel(concurrency * 2);
-                    let _ = ctx.finisher.set(finish_tx);
-                    ctx.workers.store(concurrency, Ordering::Release);
-                    // Without the finishing thread, workers finish their
-                    // own jobs (`hand_over`).
-                    let _ = std::thread::Builder::new()
-                        .spawn_scoped(scope, move || ctx.finish_loop(finish_rx));
-                    let mut spawned = 0;
-                    for _ in 0..concurrency {
-                        let worker = std::thread::Builder::new().spawn_scoped(scope, move || {
-                            let _exit = WorkerExit(ctx);
-                            loop {
-                                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                                let Ok((queue, task)) = next else { break };
-                                if let Err(e) = ctx.handle(&queue, &task) {
-                                    ctx.local_error(format_args!(
-                                        "{}: {e:#}",
-                                        shown(&queue.task_path(&task))
-                                    ));
-                                }
-                            }
-                        });
-                        match worker {
-                            Ok(_) => spawned += 1,
-                            // Counted out as if it had ended.
-                            Err(_) => drop(WorkerExit(ctx)),
-                        }
-                    }
-                    inline = spawned == 0;
-                }
-                if inline {
-                    if let Err(e) = ctx.handle(&queue, &task) {
-                        ctx.local_error(format_args!("{}: {e:#}", shown(&queue.task_path(&task))));
-                    }
-                } else if tx.send((queue.clone(), task)).is_err() {
-                    break;
+            drop(tx);
+        });
+        recount
+    }
+
+    /// A project's queue and its marked tasks, or `None` when it is
+    /// skipped (said): no queue, a queue that fails its checks, or a queue
+    /// lock held too long. Sweeps the debris of a killed run.
+    fn open_project(
+        &self,
+        dir: &PathBuf,
+    ) -> Option<(
+        Arc<Queue>,
+        std::iter::Peekable<impl Iterator<Item = OsString> + use<>>,
+    )> {
+        let queue = Arc::new(Queue::at(dir).with_lock_timeout(self.settings.lock_timeout));
+        // A project a glob matched without a queue has no markers; one
+        // named by hand is a typo that would never reap: an error.
+        if !queue.inbox.exists() && !queue.inbox.is_symlink() {
+            if self.settings.globbed.contains(dir) {
+                self.ui
+                    .info(format_args!("{}: no queue, skipped", shown(&queue.inbox)));
+            } else {
+                self.no_queue.fetch_add(1, Ordering::Relaxed);
+                self.error(format_args!(
+                    "project {}: no queue ({} is missing); create it with: ccl-delegate init {}",
+                    shown(dir),
+                    shown(&queue.inbox),
+                    shown(dir)
+                ));
+            }
+            return None;
+        }
+        let tasks = match queue.check_dirs().and_then(|()| {
+            queue
+                .marked_tasks()
+                .with_context(|| format!("cannot list {}", shown(&queue.inbox)))
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                self.local_error(format_args!("project {}: {e:#}", shown(dir)));
+                return None;
+            }
+        };
+        // A queue lock held too long (by hand, or by a hung process)
+        // skips the project and the others are still reaped. It is
+        // probed once, before the first marker, so that a stuck queue
+        // costs one wait, not one per marker.
+        let mut tasks = tasks.peekable();
+        let debris = queue.has_debris();
+        if debris || tasks.peek().is_some() {
+            match queue.lock() {
+                Ok(lock) if debris => queue.sweep_debris(&lock),
+                Ok(_) => {}
+                Err(e) => {
+                    self.skipped.fetch_add(1, Ordering::Relaxed);
+                    self.error(format_args!("project {} skipped: {e:#}", shown(dir)));
+                    return None;
                 }
             }
         }
-        drop(tx);
-    });
+        self.tally
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .project(&queue);
+        Some((queue, tasks))
+    }
 
-    ctx.reconcile(&recount);
+    /// Starts the finishing thread and `concurrency` pollers taking jobs
+    /// from `rx`; whether any poller started.
+    fn start_pool<'s, 'e>(
+        &'s self,
+        scope: &'s std::thread::Scope<'s, 'e>,
+        rx: &'s Mutex<mpsc::Receiver<Job>>,
+        concurrency: usize,
+    ) -> bool {
+        // Records are written by one thread, in batches under one queue
+        // lock and one directory fsync, so that the pollers never wait for
+        // the disk (see `finish_batch`).
+        let (finish_tx, finish_rx) = mpsc::sync_channel(concurrency * 2);
+        let _ = self.finisher.set(finish_tx);
+        self.workers.store(concurrency, Ordering::Release);
+        // Without the finishing thread, workers finish their own jobs
+        // (`hand_over`).
+        let _ =
+            std::thread::Builder::new().spawn_scoped(scope, move || self.finish_loop(finish_rx));
+        let mut spawned = 0;
+        for _ in 0..concurrency {
+            let worker = std::thread::Builder::new().spawn_scoped(scope, move || {
+                let _exit = WorkerExit(self);
+                loop {
+                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((queue, task)) = next else { break };
+                    self.handle_or_say(&queue, &task);
+                }
+            });
+            match worker {
+                Ok(_) => spawned += 1,
+                // Counted out as if it had ended.
+                Err(_) => drop(WorkerExit(self)),
+            }
+        }
+        spawned > 0
+    }
 
-    let metrics_file = args
-        .metrics_file
-        .clone()
-        .or_else(|| settings.metrics_file.clone());
-    if let Some(path) = metrics_file {
-        let budget = budget_now(&ctx);
+    /// Handles one marker; an error is said and counted.
+    fn handle_or_say(&self, queue: &Queue, task: &OsStr) {
+        if let Err(e) = self.handle(queue, task) {
+            self.local_error(format_args!("{}: {e:#}", shown(&queue.task_path(task))));
+        }
+    }
+
+    /// Writes the metrics file; a failure to is a local error.
+    fn write_metrics(&self, path: &Path, started: Instant) {
+        let budget = budget_now(self);
         // A run is a success only when nothing failed: no local error, no
         // call that failed for the service or the key, no project skipped.
-        let success = ctx.local_errors.load(Ordering::Relaxed) == 0
-            && ctx.service_failures.load(Ordering::Relaxed) == 0
-            && ctx.auth_refusals.load(Ordering::Relaxed) == 0
-            && ctx.skipped.load(Ordering::Relaxed) == 0
-            && ctx.no_queue.load(Ordering::Relaxed) == 0
-            && !matches!(ctx.client.get(), Some(Err(_)));
-        let mut tally = std::mem::take(&mut *ctx.tally.lock().unwrap_or_else(|p| p.into_inner()));
+        let success = self.local_errors.load(Ordering::Relaxed) == 0
+            && self.service_failures.load(Ordering::Relaxed) == 0
+            && self.auth_refusals.load(Ordering::Relaxed) == 0
+            && self.skipped.load(Ordering::Relaxed) == 0
+            && self.no_queue.load(Ordering::Relaxed) == 0
+            && !matches!(self.client.get(), Some(Err(_)));
+        let mut tally = std::mem::take(&mut *self.tally.lock().unwrap_or_else(|p| p.into_inner()));
         tally.budget = budget;
-        if let Err(e) = metrics::write(&path, &tally, started.elapsed(), success) {
-            ctx.local_error(format_args!(
+        if let Err(e) = metrics::write(path, &tally, started.elapsed(), success) {
+            self.local_error(format_args!(
                 "cannot write the metrics file {}: {e:#}",
-                shown(&path)
+                shown(path)
             ));
         }
     }
-    let failed_run = ctx.local_errors.load(Ordering::Relaxed) > 0;
-    if let Some(Err((code, msg))) = ctx.client.get() {
-        return Err(fail(*code, msg.clone()));
+
+    /// The run's exit code: a client that could not be built is its own
+    /// error; then a local error (1), a refused key (77), a project with no
+    /// queue (66), a project skipped (75).
+    fn exit_code(&self) -> anyhow::Result<Code> {
+        let failed_run = self.local_errors.load(Ordering::Relaxed) > 0;
+        if let Some(Err((code, msg))) = self.client.get() {
+            return Err(fail(*code, msg.clone()));
+        }
+        Ok(if failed_run {
+            Code::Other
+        } else if self.auth_refusals.load(Ordering::Relaxed) > 0 {
+            Code::NoPerm
+        } else if self.no_queue.load(Ordering::Relaxed) > 0 {
+            Code::NoInput
+        } else if self.skipped.load(Ordering::Relaxed) > 0 {
+            Code::TempFail
+        } else {
+            Code::Ok
+        })
     }
-    Ok(if failed_run {
-        Code::Other
-    } else if ctx.auth_refusals.load(Ordering::Relaxed) > 0 {
-        Code::NoPerm
-    } else if ctx.no_queue.load(Ordering::Relaxed) > 0 {
-        Code::NoInput
-    } else if ctx.skipped.load(Ordering::Relaxed) > 0 {
-        Code::TempFail
-    } else {
-        Code::Ok
-    })
 }
 
 /// Each configured cap now, for the metrics file.
@@ -478,572 +540,5 @@ impl Ctx<'_> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}{line}", self.ui.stamp());
         let _ = out.flush();
-    }
-
-    /// One marker: `poll::decide` is asked after every step, each step's
-    /// network part is done without any lock, and files change only under
-    /// the queue lock, after a re-check.
-    fn handle(&self, q: &Queue, task: &OsStr) -> anyhow::Result<()> {
-        let (mut seen, parsed) = match q.read_marker(task) {
-            Ok(Some(bytes)) => {
-                let parsed = Marker::parse(&bytes);
-                (bytes, parsed)
-            }
-            Ok(None) => return Ok(()),
-            // A symlink (never followed) or a non-file can never be read: a
-            // corrupt marker, whose bytes count as none (see `prepare`).
-            Err(e) if fs::symlink_metadata(q.marker_path(task)).is_ok_and(|m| !m.is_file()) => {
-                (Vec::new(), Err(format!("cannot read it: {e}")))
-            }
-            // A marker too large to be one, or one this user may not read,
-            // will never be read either: corrupt, not an error every minute.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::PermissionDenied
-                ) =>
-            {
-                (Vec::new(), Err(format!("cannot read it: {e}")))
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("cannot read its marker")),
-        };
-        let (mut m, corrupt) = match parsed {
-            Ok(m) => (m, None),
-            Err(why) => (self.stand_in(q, task), Some(why)),
-        };
-        if corrupt.is_none() {
-            self.tally
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .active(q, &m.provider);
-            self.count_attempts(q, task, &m);
-        }
-        let job_id = m.job_id.clone().filter(|_| m.state == State::Submitted);
-        // A record an interrupted run already wrote for this marker: only
-        // the removals are left. A deferred failover step has no job, but a
-        // budget may have ended its chain in failed/: never send it then.
-        let deferred = corrupt.is_none() && m.deferred && job_id.is_none();
-        if (job_id.is_some() || deferred)
-            && let Some(path) = q.finish_recorded_then(task, &seen, job_id.as_deref(), |path| {
-                self.book_recorded(q, task, &m, path)
-            })?
-        {
-            let shown_id = job_id.as_deref().unwrap_or("none");
-            self.say(format_args!("{}", finish::recorded_line(&path, shown_id)));
-            return Ok(());
-        }
-        let kind = match (&corrupt, &job_id) {
-            (Some(_), _) => poll::Marker::Corrupt,
-            (None, Some(_)) => poll::Marker::Submitted,
-            (None, None) => poll::Marker::Pending,
-        };
-        let age = timestamp::age(m.started());
-        let mut facts = Facts::new(kind, age, self.submit_grace, self.max_age);
-        facts.future = m.started_in_future();
-        if corrupt.is_none() {
-            facts.chain_left = !m.fallback.is_empty();
-            facts.deferred = m.deferred && job_id.is_none();
-            if let Some(t) = m.sent_at.as_deref().and_then(timestamp::parse) {
-                facts.job_age = timestamp::age(t).min(age);
-            }
-        }
-        // What the steps learned, for the records and messages.
-        let mut task_bytes = None;
-        let mut task_error = None;
-        let mut last_error: Option<String> = None;
-        let mut accepted = None;
-        let mut status = None;
-        let mut result = None;
-        // The cap a budget refusal named, for the record it ends in.
-        let mut budget_line: Option<String> = None;
-        // What admission gave a step: the queue lock held until its marker
-        // is written, and the admitted job's key.
-        let mut admitted = failover::Admitted {
-            lock: None,
-            key: None,
-        };
-        loop {
-            match poll::decide(&facts) {
-                Action::ResetClock => {
-                    let mut fresh = m.clone();
-                    fresh.started_at = timestamp::now();
-                    let lock = q.lock()?;
-                    if !q.update_marker_if(&lock, task, &seen, &fresh)? {
-                        return Ok(());
-                    }
-                    drop(lock);
-                    self.ui.warn(format_args!(
-                        "{}: started_at {} is in the future; reset to now, so that submit_grace and max_age apply",
-                        shown(&q.marker_path(task)),
-                        clip(&m.started_at, 40)
-                    ));
-                    seen = fresh.to_bytes();
-                    m = fresh;
-                    facts.future = false;
-                    facts.age = Duration::ZERO;
-                }
-                Action::ReadTask => {
-                    facts.task = match q.read_task(task) {
-                        Ok(Some((bytes, _))) => {
-                            task_bytes = Some(bytes);
-                            poll::Task::Present
-                        }
-                        Ok(None) => poll::Task::Missing,
-                        Err(e) => {
-                            task_error = Some(e);
-                            poll::Task::Unreadable
-                        }
-                    }
-                }
-                Action::Resend => {
-                    let Some(client) = self.client() else {
-                        return Ok(());
-                    };
-                    let bytes = task_bytes.as_deref().unwrap_or_default();
-                    let req = crate::job::request(
-                        &q.project_name(),
-                        &task.to_string_lossy(),
-                        bytes,
-                        &m.provider,
-                        &m.priority,
-                    );
-                    facts.sent = match client.submit(&req, &m.idempotency_key) {
-                        Ok(s) => {
-                            accepted = Some(s.job_id);
-                            Call::Ok(())
-                        }
-                        Err(e) => Call::Err(self.failure(&e, &mut last_error)),
-                    };
-                }
-                Action::RecordJobId => {
-                    let job = accepted.as_deref().unwrap_or_default();
-                    let lock = q.lock()?;
-                    if q.record_job_id(&lock, task, &m.idempotency_key, job)? {
-                        self.ui.info(format_args!(
-                            "{}: re-sent, job {job}",
-                            shown(&q.task_path(task))
-                        ));
-                    }
-                    return Ok(());
-                }
-                Action::ReturnTask => {
-                    let lock = q.lock()?;
-                    q.remove_if_ours(&lock, task, &m.idempotency_key)?;
-                    drop(lock);
-                    self.say(format_args!(
-                        "returned {} to the dispatcher: the service refused it: {}",
-                        shown(&q.task_path(task)),
-                        last_error.unwrap_or_default()
-                    ));
-                    return Ok(());
-                }
-                Action::PollStatus => {
-                    let Some(client) = self.client() else {
-                        return Ok(());
-                    };
-                    let job = job_id.as_deref().unwrap_or_default();
-                    facts.status = match client.status(job) {
-                        Ok(st) => {
-                            let j = self.job_state(q, task, job, &st.status);
-                            status = Some(st);
-                            Call::Ok(j)
-                        }
-                        Err(e) => Call::Err(self.failure(&e, &mut last_error)),
-                    };
-                }
-                Action::FetchResult => {
-                    let Some(client) = self.client() else {
-                        return Ok(());
-                    };
-                    facts.result = match client.result(job_id.as_deref().unwrap_or_default()) {
-                        Ok(r) => {
-                            result = Some(r);
-                            Call::Ok(())
-                        }
-                        Err(e) => Call::Err(self.failure(&e, &mut last_error)),
-                    };
-                }
-                Action::CheckAdmission => {
-                    let (said, line, a) = self.check_admission(q, task, &m, job_id.is_some());
-                    facts.admission = said;
-                    budget_line = line;
-                    admitted = a;
-                }
-                Action::FailOver { reason, deferred } => {
-                    let step = failover::Step {
-                        reason,
-                        error: failover::error_of(reason, status.as_ref(), last_error.as_deref()),
-                        provider: status
-                            .as_ref()
-                            .and_then(|s| s.provider.clone())
-                            .filter(|p| !p.is_empty()),
-                    };
-                    let a = std::mem::replace(
-                        &mut admitted,
-                        failover::Admitted {
-                            lock: None,
-                            key: None,
-                        },
-                    );
-                    let Some(next) = self.fail_over(q, task, &seen, &m, step, deferred, a)? else {
-                        return Ok(());
-                    };
-                    if deferred {
-                        return Ok(());
-                    }
-                    seen = next.to_bytes();
-                    m = next;
-                    facts = self.fresh_pending(age);
-                    facts.task = poll::Task::Present;
-                    facts.sent = self.send_step(
-                        q,
-                        task,
-                        &m,
-                        task_bytes.as_deref(),
-                        &mut accepted,
-                        &mut last_error,
-                    );
-                }
-                Action::SendDeferred => {
-                    let mut fresh = m.clone();
-                    fresh.deferred = false;
-                    fresh.sent_at = Some(timestamp::now());
-                    let lock = match admitted.lock.take() {
-                        Some(l) => l,
-                        None => q.lock()?,
-                    };
-                    if !q.update_marker_if(&lock, task, &seen, &fresh)? {
-                        return Ok(());
-                    }
-                    drop(lock);
-                    if let Some(last) = fresh.attempts.last() {
-                        self.tally
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .failover(&last.provider, &fresh.provider);
-                    }
-                    seen = fresh.to_bytes();
-                    m = fresh;
-                    facts.deferred = false;
-                    facts.sent = self.send_step(
-                        q,
-                        task,
-                        &m,
-                        task_bytes.as_deref(),
-                        &mut accepted,
-                        &mut last_error,
-                    );
-                }
-                Action::Leave => return Ok(()),
-                Action::NoteFailedPoll { quiet } => {
-                    // A refused key is an error, said even with -q (once a
-                    // run: it is the same for every job).
-                    let auth = Call::Err(Failure::Auth);
-                    let refused = facts.sent == auth
-                        || facts.status == Call::Err(Failure::Auth)
-                        || facts.result == auth;
-                    let say = match (quiet, refused) {
-                        // One line for the run, with the fix; the other
-                        // jobs' refusals only with -v.
-                        (_, true) if !self.auth_said.swap(true, Ordering::Relaxed) => {
-                            Say::KeyRefused
-                        }
-                        (_, true) | (true, _) => Say::Verbose,
-                        _ => Say::Warning,
-                    };
-                    let e = last_error.unwrap_or_default();
-                    return self.poll_failed(q, task, &seen, m, say, &e);
-                }
-                Action::WriteDone => {
-                    let Some(r) = result else {
-                        anyhow::bail!("no result to write (a bug in reap)");
-                    };
-                    return self.done(q, task, &seen, &m, r);
-                }
-                Action::CancelThenFail => return self.timeout(q, task, &seen, &m),
-                Action::Fail(reason) => {
-                    let job = job_id.as_deref().unwrap_or("none");
-                    let details = match reason {
-                        Reason::Unconfirmed => format!(
-                            "The submission was never confirmed by secutools within {}.\n",
-                            humantime::format_duration(self.max_age)
-                        ),
-                        Reason::Failed | Reason::Cancelled | Reason::Expired => {
-                            match status.as_ref().and_then(|s| s.error.as_ref()) {
-                                Some(err) => format!(
-                                    "The job ended `{}` on secutools: {err}\n",
-                                    reason.as_str()
-                                ),
-                                None => {
-                                    format!("The job ended `{}` on secutools.\n", reason.as_str())
-                                }
-                            }
-                        }
-                        Reason::NotFound if facts.result == Call::Err(Failure::NotFound) => {
-                            format!(
-                                "secutools answered 404 to the result of job {job}: it does not know the job.\n"
-                            )
-                        }
-                        Reason::NotFound => {
-                            format!("secutools answered 404: it does not know job {job}.\n")
-                        }
-                        Reason::TaskMissing => {
-                            "The task file vanished before it was submitted.\n".to_string()
-                        }
-                        Reason::TaskUnreadable => format!(
-                            "{}\n",
-                            task_error
-                                .as_ref()
-                                .map(|e| e.to_string())
-                                .unwrap_or_default()
-                        ),
-                        Reason::Budget => failover::budget_details(
-                            &m,
-                            job_id.as_deref(),
-                            status.as_ref(),
-                            budget_line.take(),
-                        ),
-                        Reason::CorruptMarker => {
-                            let why = corrupt.as_deref().unwrap_or_default();
-                            return self.corrupt(q, task, &seen, &m, why);
-                        }
-                    };
-                    return self.failed(q, task, &seen, &m, reason.as_str(), details.as_bytes());
-                }
-            }
-        }
-    }
-
-    /// The entries of a record an interrupted run wrote, once: an error
-    /// (the books unavailable and the entries not kept either) keeps the
-    /// task and marker for the next run.
-    fn book_recorded(
-        &self,
-        q: &Queue,
-        task: &OsStr,
-        m: &Marker,
-        path: &Path,
-    ) -> anyhow::Result<()> {
-        let entries = crate::queue::read_nofollow(path, crate::fsread::Kind::Record)
-            .ok()
-            .flatten()
-            .and_then(|(bytes, _)| book::entries(q, task, &bytes, Some(&m.provider)))
-            .unwrap_or_default();
-        self.book_records(q, entries, vec![m.idempotency_key.clone()])
-    }
-
-    /// What a failed call means for the decision; the error is kept for
-    /// the messages, and a refused key is counted (the run exits 77).
-    fn failure(&self, e: &ClientError, keep: &mut Option<String>) -> Failure {
-        let f = match e {
-            ClientError::NotFound { .. } => Failure::NotFound,
-            ClientError::Auth { .. } => {
-                self.auth_refusals.fetch_add(1, Ordering::Relaxed);
-                Failure::Auth
-            }
-            // A request too large to send is refused for sure: nothing was created.
-            ClientError::Rejected { .. } | ClientError::TooLarge { .. } => Failure::Rejected,
-            ClientError::Unavailable { .. }
-            | ClientError::Unknown { .. }
-            | ClientError::BadAnswer { .. } => {
-                self.service_failures.fetch_add(1, Ordering::Relaxed);
-                Failure::Other
-            }
-            _ => Failure::Other,
-        };
-        *keep = Some(e.to_string());
-        f
-    }
-
-    /// A job's status as the decision sees it; an unknown one is said and
-    /// taken as not finished.
-    fn job_state(&self, q: &Queue, task: &OsStr, job: &str, s: &Status) -> poll::Job {
-        match s {
-            Status::Completed => poll::Job::Completed,
-            Status::Failed => poll::Job::Failed,
-            Status::Cancelled => poll::Job::Cancelled,
-            Status::Expired => poll::Job::Expired,
-            Status::Queued | Status::Running => poll::Job::Running,
-            Status::Unknown(s) => {
-                self.ui.warn(format_args!(
-                    "job {job} ({}): unknown status {:?}, taken as not finished",
-                    shown(&q.task_path(task)),
-                    clip(s, 40)
-                ));
-                poll::Job::Running
-            }
-        }
-    }
-
-    /// Remembers a failed call in the marker, if it is still the one acted
-    /// on, and says it on stderr (unless `quiet`: a 404 right after a
-    /// create is the service's known lag, said only with -v, so cron stays
-    /// quiet).
-    fn poll_failed(
-        &self,
-        q: &Queue,
-        task: &OsStr,
-        seen: &[u8],
-        mut m: Marker,
-        say: Say,
-        e: &str,
-    ) -> anyhow::Result<()> {
-        let job = m.job_id.as_deref().unwrap_or("(pending)");
-        let msg = format!(
-            "job {job} ({}): {e}; will try again on the next run",
-            shown(&q.task_path(task))
-        );
-        match say {
-            Say::KeyRefused => self.error(format_args!(
-                "the service refused the API key ({}): fix api_key_file or SECUTOOLS_API_KEY (`ccl-delegate doctor` checks it); nothing was moved",
-                clip(e, 200)
-            )),
-            Say::Warning => self.ui.warn(msg),
-            Say::Verbose => self.ui.info(msg),
-        }
-        m.poll_errors = m.poll_errors.saturating_add(1);
-        m.last_error = Some(clip(e, 500));
-        let lock = q.lock()?;
-        q.update_marker_if(&lock, task, seen, &m)?;
-        Ok(())
-    }
-
-    fn timeout(&self, q: &Queue, task: &OsStr, seen: &[u8], m: &Marker) -> anyhow::Result<()> {
-        let mut details = format!(
-            "The job did not finish within max_age ({}).",
-            humantime::format_duration(self.max_age)
-        );
-        if let (Some(job), Some(client)) = (&m.job_id, self.client()) {
-            match client.cancel(job) {
-                Ok(_) => details.push_str(" It was cancelled on secutools."),
-                Err(e) => details.push_str(&format!(" Cancelling it failed: {e}.")),
-            }
-        }
-        details.push('\n');
-        self.failed(q, task, seen, m, "timeout", details.as_bytes())
-    }
-
-    /// The record of a corrupt marker keeps its bytes.
-    fn corrupt(
-        &self,
-        q: &Queue,
-        task: &OsStr,
-        seen: &[u8],
-        m: &Marker,
-        why: &str,
-    ) -> anyhow::Result<()> {
-        let mut details = format!(
-            "The marker {} could not be read: {}.\nIts bytes, as found:\n\n",
-            shown(Path::new(
-                &q.marker_path(task).file_name().unwrap_or_default()
-            )),
-            clip(why, 300)
-        )
-        .into_bytes();
-        details.extend_from_slice(seen);
-        self.failed(q, task, seen, m, "corrupt marker", &details)
-    }
-
-    /// What stands for a marker that cannot be read: dated by the file.
-    fn stand_in(&self, q: &Queue, task: &OsStr) -> Marker {
-        let delegated_at = fs::symlink_metadata(q.marker_path(task))
-            .and_then(|m| m.modified())
-            .map(timestamp::format)
-            .unwrap_or_else(|_| timestamp::now());
-        Marker {
-            version: 1,
-            state: State::Pending,
-            project: String::new(),
-            task_file: task.to_string_lossy().into_owned(),
-            job_id: None,
-            provider: "unknown".into(),
-            priority: "normal".into(),
-            idempotency_key: String::new(),
-            started_at: delegated_at,
-            poll_errors: 0,
-            last_error: None,
-            attempts: Vec::new(),
-            fallback: Vec::new(),
-            deferred: false,
-            sent_at: None,
-        }
-    }
-
-    fn done(
-        &self,
-        q: &Queue,
-        task: &OsStr,
-        seen: &[u8],
-        m: &Marker,
-        r: JobResult,
-    ) -> anyhow::Result<()> {
-        if let Some(note) = &r.cost_note {
-            self.ui.warn(format_args!(
-                "job {} ({}): the service gave no usable cost ({note}); recorded as 0",
-                r.job_id,
-                shown(&q.task_path(task))
-            ));
-        }
-        let provider = if r.provider.is_empty() {
-            m.provider.clone()
-        } else {
-            r.provider
-        };
-        self.hand_over(finished(
-            q,
-            task,
-            seen,
-            m,
-            Verdict::Done {
-                provider,
-                model: r.model,
-                cost_cad: r.cost_cad,
-                tokens: crate::record::Tokens {
-                    tokens_in: r.tokens_in,
-                    tokens_out: r.tokens_out,
-                },
-                response: r.response,
-            },
-        ));
-        Ok(())
-    }
-
-    fn failed(
-        &self,
-        q: &Queue,
-        task: &OsStr,
-        seen: &[u8],
-        m: &Marker,
-        reason: &str,
-        details: &[u8],
-    ) -> anyhow::Result<()> {
-        self.hand_over(finished(
-            q,
-            task,
-            seen,
-            m,
-            Verdict::Failed {
-                provider: m.provider.clone(),
-                reason: reason.to_string(),
-                details: details.to_vec(),
-            },
-        ));
-        Ok(())
-    }
-}
-
-/// A finished job for the finishing thread: the marker as acted on, and
-/// the verdict.
-fn finished(q: &Queue, task: &OsStr, seen: &[u8], m: &Marker, verdict: Verdict) -> Finished {
-    Finished {
-        queue: q.clone(),
-        task: task.to_os_string(),
-        seen: seen.to_vec(),
-        job_id: m.job_id.clone(),
-        requested: m.provider.clone(),
-        key: m.idempotency_key.clone(),
-        delegated_at: m.started_at.clone(),
-        attempts: m.attempts.clone(),
-        verdict,
     }
 }
