@@ -20,6 +20,8 @@ pub mod policy;
 pub mod queue;
 pub mod record;
 pub mod route;
+pub mod target;
 pub mod text;
 pub mod timestamp;
+pub mod totals;
 pub mod ui;

@@ -4,11 +4,11 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use super::target;
 use crate::cli::ResultArgs;
 use crate::client::{ClientError, Status};
 use crate::config::Settings;
 use crate::error::{Code, fail};
+use crate::target;
 use crate::text::clip;
 use crate::ui::Ui;
 

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::totals::{self, Source, Total, Totals};
 use crate::cli::StatusArgs;
 use crate::config::Settings;
 use crate::error::Code;
@@ -15,6 +14,7 @@ use crate::marker::{Marker, State};
 use crate::queue::{self, Queue};
 use crate::record::Record;
 use crate::text::clip;
+use crate::totals::{self, Source, Total, Totals};
 use crate::ui::Ui;
 
 #[derive(Serialize)]
