@@ -20,6 +20,7 @@ pub mod policy;
 pub mod queue;
 pub mod record;
 pub mod route;
+pub mod table;
 pub mod target;
 pub mod text;
 pub mod timestamp;

@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::error::{Code, fail};
 use crate::names::project_key;
 use crate::policy::admit::CapState;
+use crate::table::Align;
 use crate::ui::Ui;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -335,39 +336,16 @@ pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
                 .chain(total.columns().cells(true))
                 .collect(),
         );
-        out = table(&rows);
+        // The key column left-aligned, the numbers right-aligned.
+        let mut align = vec![Align::Right; rows[0].len()];
+        align[0] = Align::Left;
+        out = crate::table::render(&rows, &align);
         for b in &budget {
             let _ = writeln!(out, "{}", b.line());
         }
     }
     std::io::stdout().lock().write_all(out.as_bytes())?;
     Ok(Code::Ok)
-}
-
-/// The key column left-aligned, the others right-aligned.
-fn table(rows: &[Vec<String>]) -> String {
-    let n = rows[0].len();
-    let widths: Vec<usize> = (0..n)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            let pad = widths[i] - c.chars().count();
-            if i == 0 {
-                line.push_str(c);
-                line.push_str(&" ".repeat(pad));
-            } else {
-                line.push_str("  ");
-                line.push_str(&" ".repeat(pad));
-                line.push_str(c);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// One CSV line: every cell through [`csv_field`], the key's as the

@@ -339,32 +339,13 @@ fn render_table(out: &mut impl Write, r: &Report, _tty: bool) -> std::io::Result
     Ok(())
 }
 
+/// The head, then the rows, every column left-aligned.
 fn table<const N: usize>(
     out: &mut impl Write,
     head: &[&str; N],
     rows: &[[String; N]],
 ) -> std::io::Result<()> {
-    let mut width = head.map(|h| h.chars().count());
-    for row in rows {
-        for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |out: &mut dyn Write, cells: &[&str]| -> std::io::Result<()> {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  ", w = width[i]));
-            }
-        }
-        writeln!(out, "{}", s.trim_end())
-    };
-    line(out, head)?;
-    for row in rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        line(out, &cells)?;
-    }
-    Ok(())
+    let mut all: Vec<[&str; N]> = vec![*head];
+    all.extend(rows.iter().map(|r| r.each_ref().map(String::as_str)));
+    out.write_all(crate::table::render(&all, &[]).as_bytes())
 }

@@ -84,23 +84,14 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     let client = settings.client()?;
     let key = job::new_idempotency_key()
         .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for an idempotency key: {e}"))?;
-    let marker = Marker {
-        version: 1,
-        state: State::Pending,
-        project: queue.project.display().to_string(),
-        task_file: task.clone(),
-        job_id: None,
-        provider: provider.to_string(),
-        priority: priority.clone(),
-        idempotency_key: key.clone(),
-        started_at: crate::timestamp::now(),
-        poll_errors: 0,
-        last_error: None,
-        attempts: Vec::new(),
+    let marker = Marker::pending(
+        queue.project.display().to_string(),
+        task.clone(),
+        provider.to_string(),
+        priority.clone(),
+        key.clone(),
         fallback,
-        deferred: false,
-        sent_at: None,
-    };
+    );
     let sent = (|| {
         let reserved = {
             let lock = queue.lock()?;
@@ -264,7 +255,7 @@ fn admit(settings: &Settings, queue: &Queue, m: &Marker, ui: Ui) -> anyhow::Resu
     if let Some(line) = decision.stderr_line() {
         // The contract's one line, as it words it (no prefix), said even
         // with -q: it is why the task runs locally.
-        eprintln!("{}", crate::text::line(&line));
+        ui.plain(line);
     }
     Ok(match (&decision, decision.stdout_line()) {
         (Decision::Admit, _) | (_, None) => Admitted::Yes(Some(Reserved { probe })),
