@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::frontmatter::{Field, Meta, Problem};
+use crate::frontmatter::{Field, Meta};
 
 /// Where a task runs. `ClaudeCode` means "run locally"; the others are
 /// secutools providers.
@@ -195,7 +195,8 @@ pub fn route(meta: &Meta) -> Decision {
 /// Routes the `meta` of a [`crate::frontmatter::Split`]: a task whose
 /// frontmatter is invalid (or that is not UTF-8) routes as if it had no keys,
 /// which is rule 7; the caller prints the problem as a warning.
-pub fn route_parsed(meta: &Result<Meta, Problem>) -> Decision {
+#[cfg(test)]
+pub fn route_parsed(meta: &Result<Meta, crate::frontmatter::Problem>) -> Decision {
     match meta {
         Ok(meta) => route(meta),
         Err(_) => route(&Meta::default()),
