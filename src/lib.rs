@@ -17,6 +17,7 @@ pub mod job;
 pub mod marker;
 pub mod names;
 pub mod policy;
+pub mod provider;
 pub mod queue;
 pub mod record;
 pub mod route;

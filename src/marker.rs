@@ -237,7 +237,7 @@ fn parse_chain(v: serde_json::Value) -> Result<Vec<String>, String> {
     if list.len() > crate::policy::MAX_CHAIN
         || list
             .iter()
-            .any(|p| crate::policy::Provider::parse(p).is_none_or(|q| q.as_str() != p))
+            .any(|p| crate::provider::Provider::parse(p).is_none_or(|q| q.as_str() != p))
     {
         return Err(bad());
     }

@@ -43,9 +43,9 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     }
     let priority = priority_of(args, &meta, &shown, ui);
     let project = queue.project_name();
-    let provider = decision.provider.as_str();
+    let provider = decision.provider;
     let fallback = chain_to_follow(&meta, provider, settings, ui, &shown);
-    let req = job::request(&project, &task, &bytes, provider, &priority);
+    let req = job::request_to(&project, &task, &bytes, provider, &priority);
     // The service refuses a body over its limit: said before anything is
     // sent or written, with the size, so a person can split the task.
     if let Err(e) = crate::client::check_body_size(&req) {
@@ -61,13 +61,14 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     let marker = Marker::pending(
         queue.project.display().to_string(),
         task.clone(),
-        provider.to_string(),
+        provider.as_str().to_string(),
         priority,
         key,
         fallback,
     );
     let s = Submission {
         settings,
+        provider,
         queue: &queue,
         task: &task,
         shown: &shown,
@@ -148,6 +149,7 @@ fn priority_of(args: &SubmitArgs, meta: &frontmatter::Meta, shown: &str, ui: Ui)
 /// written) and what the run was given.
 struct Submission<'a> {
     settings: &'a Settings,
+    provider: Provider,
     queue: &'a Queue,
     task: &'a str,
     shown: &'a str,
@@ -166,7 +168,7 @@ impl Submission<'_> {
         // Lock order: the queue lock, then the admission lock. Decided
         // while the queue lock is held, so that a reap reconciling this
         // project sees the count and the marker together.
-        let reserved = match admit(self.settings, queue, self.marker, ui)? {
+        let reserved = match admit(self.settings, queue, self.marker, self.provider, ui)? {
             Admitted::Yes(reserved) => reserved,
             Admitted::No(code) => return Ok(ControlFlow::Break(code)),
         };
@@ -258,25 +260,22 @@ struct Reserved {
     probe: bool,
 }
 
-/// The provider admission counts, when budgets or limits are configured.
-fn provider_of(settings: &Settings, provider: &str) -> Option<Provider> {
-    settings
-        .policy
-        .admission_applies()
-        .then(|| Provider::parse(provider))
-        .flatten()
-}
-
 /// Budgets and limits (policy.md), one transaction of the books, under the
 /// queue lock the caller holds until the marker is durable. With none
 /// configured the books are not opened: every `reap` reconciles them with
 /// the markers, so a limit configured later counts them from its first
 /// reap. Books that cannot be used fail closed: nothing is spent without
 /// them.
-fn admit(settings: &Settings, queue: &Queue, m: &Marker, ui: Ui) -> anyhow::Result<Admitted> {
-    let Some(p) = provider_of(settings, &m.provider) else {
+fn admit(
+    settings: &Settings,
+    queue: &Queue,
+    m: &Marker,
+    p: Provider,
+    ui: Ui,
+) -> anyhow::Result<Admitted> {
+    if !settings.policy.admission_applies() {
         return Ok(Admitted::Yes(None));
-    };
+    }
     let job = Reservation {
         key: m.idempotency_key.clone(),
         project: crate::names::project_key(&queue.project),
@@ -400,7 +399,7 @@ fn note_job(settings: &Settings, key: &str, job_id: &str, ui: Ui) {
 /// later does not alter a job in flight; `-v` names it.
 fn chain_to_follow(
     meta: &frontmatter::Meta,
-    provider: &str,
+    provider: Provider,
     settings: &Settings,
     ui: Ui,
     shown: &str,
@@ -412,8 +411,7 @@ fn chain_to_follow(
     let (chain, from) = if own.given {
         (own.chain, "the task's fallback")
     } else {
-        let first = crate::policy::Provider::parse(provider);
-        let chain = first.map_or(&[][..], |p| settings.policy.chain_after(p));
+        let chain = settings.policy.chain_after(provider);
         (chain.to_vec(), "the config's default")
     };
     let words = if chain.is_empty() {
