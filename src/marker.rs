@@ -160,7 +160,7 @@ impl Marker {
     pub fn pending(
         project: String,
         task_file: String,
-        provider: String,
+        provider: crate::provider::Provider,
         priority: String,
         idempotency_key: String,
         fallback: Vec<String>,
@@ -171,7 +171,7 @@ impl Marker {
             project,
             task_file,
             job_id: None,
-            provider,
+            provider: provider.as_str().to_string(),
             priority,
             idempotency_key,
             started_at: crate::timestamp::now(),

@@ -61,7 +61,7 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     let marker = Marker::pending(
         queue.project.display().to_string(),
         task.clone(),
-        provider.as_str().to_string(),
+        provider,
         priority,
         key,
         fallback,
@@ -80,13 +80,18 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         Ok(ControlFlow::Break(code)) => Ok(code),
         Err(e) => Err(e),
     };
+    settle(sent, &queue, &task, ui)
+}
+
+/// The outcome of a submission whose marker was or may have been written.
+fn settle(sent: anyhow::Result<Code>, queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Code> {
     // Exit 0 means exactly that a marker exists. A write or removal that
     // failed may leave one (renamed into place before a directory sync
     // failed, a pending marker whose job id could not be recorded, one that
     // could not be removed): then the dispatcher must skip the task, and the
     // next reap finishes the submission with the same idempotency key.
     match sent {
-        Err(e) => match existing(&queue, &task, ui) {
+        Err(e) => match existing(queue, task, ui) {
             Ok(Some(line)) => {
                 // Said even with --quiet: a write failed.
                 ui.error(format_args!(
