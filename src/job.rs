@@ -21,12 +21,12 @@ pub fn prompt(task_name: &str, body: &[u8]) -> String {
     format!("Task: {task_name}\n\n{body}\n\nProvide a complete, self-contained answer.")
 }
 
-/// The request for a task's bytes.
-pub fn request(
+/// The request for a task's bytes, to `provider`.
+pub fn request_to(
     project: &str,
     task_name: &str,
     task: &[u8],
-    provider: &str,
+    provider: Provider,
     priority: &str,
 ) -> SubmitRequest {
     let split = frontmatter::split(task);
@@ -35,17 +35,27 @@ pub fn request(
         .as_ref()
         .ok()
         .and_then(|m| m.complexity_hint.clone());
-    let preferred_ai = Provider::parse(provider)
-        .and_then(Provider::api_name)
-        .map(str::to_string);
     SubmitRequest::new(
         priority.to_string(),
         prompt(task_name, split.body),
-        preferred_ai,
+        provider.api_name().map(str::to_string),
         hint,
         project.to_string(),
         task_name.to_string(),
     )
+}
+
+/// The request for a task's bytes, to the provider a marker names (one
+/// this tool does not know is sent as `auto`: no `preferred_ai`).
+pub fn request(
+    project: &str,
+    task_name: &str,
+    task: &[u8],
+    provider: &str,
+    priority: &str,
+) -> SubmitRequest {
+    let provider = Provider::named(provider).unwrap_or(Provider::Auto);
+    request_to(project, task_name, task, provider, priority)
 }
 
 /// A fresh idempotency key: `ccl-` and 32 hex digits from the OS's

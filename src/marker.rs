@@ -155,6 +155,35 @@ impl Marker {
         })
     }
 
+    /// The marker a submit writes before its POST: pending, no job id yet,
+    /// started now.
+    pub fn pending(
+        project: String,
+        task_file: String,
+        provider: crate::provider::Provider,
+        priority: String,
+        idempotency_key: String,
+        fallback: Vec<String>,
+    ) -> Marker {
+        Marker {
+            version: 1,
+            state: State::Pending,
+            project,
+            task_file,
+            job_id: None,
+            provider: provider.as_str().to_string(),
+            priority,
+            idempotency_key,
+            started_at: crate::timestamp::now(),
+            poll_errors: 0,
+            last_error: None,
+            attempts: Vec::new(),
+            fallback,
+            deferred: false,
+            sent_at: None,
+        }
+    }
+
     /// The attempt in flight and the most the chain can take (`2/3`).
     pub fn attempt_of(&self) -> (usize, usize) {
         let n = self.attempts.len() + 1;
@@ -208,7 +237,7 @@ fn parse_chain(v: serde_json::Value) -> Result<Vec<String>, String> {
     if list.len() > crate::policy::MAX_CHAIN
         || list
             .iter()
-            .any(|p| crate::policy::Provider::parse(p).is_none_or(|q| q.as_str() != p))
+            .any(|p| crate::provider::Provider::parse(p).is_none_or(|q| q.as_str() != p))
     {
         return Err(bad());
     }

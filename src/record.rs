@@ -96,11 +96,13 @@ fn original(out: &mut Vec<u8>, task_name: &str, task: Option<&[u8]>) {
 }
 
 /// `done/<id>.md`. `task` is `None` when the task had vanished.
+#[cfg(test)]
 pub fn render_done(c: &Completed, task_name: &str, task: Option<&[u8]>) -> Vec<u8> {
     render_done_with_tokens(c, Tokens::default(), task_name, task)
 }
 
 /// `done/<id>.md` with the tokens the service reported.
+#[cfg(test)]
 pub fn render_done_with_tokens(
     c: &Completed,
     tokens: Tokens,
@@ -152,6 +154,7 @@ pub fn render_done_after(
 }
 
 /// `failed/<id>.md`.
+#[cfg(test)]
 pub fn render_failed(f: &Failure, task_name: &str, task: Option<&[u8]>) -> Vec<u8> {
     render_failed_after(f, &[], task_name, task)
 }

@@ -3,65 +3,9 @@
 
 use std::fmt;
 
-use crate::frontmatter::{Field, Meta, Problem};
+use crate::frontmatter::{Field, Meta};
 
-/// Where a task runs. `ClaudeCode` means "run locally"; the others are
-/// secutools providers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Provider {
-    ClaudeCode,
-    Gpu,
-    Gemini,
-    Claude,
-    Auto,
-}
-
-impl Provider {
-    /// The name printed by `decide` and written in markers.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::ClaudeCode => "claude-code",
-            Provider::Gpu => "gpu",
-            Provider::Gemini => "gemini",
-            Provider::Claude => "claude",
-            Provider::Auto => "auto",
-        }
-    }
-
-    /// Whether the task goes to secutools (everything but `claude-code`).
-    pub fn delegates(self) -> bool {
-        self != Provider::ClaudeCode
-    }
-
-    /// The `preferred_ai` to send to secutools: `None` for `auto` (let the
-    /// service choose) and for `claude-code` (nothing is sent).
-    pub fn api_name(self) -> Option<&'static str> {
-        match self {
-            Provider::Gpu | Provider::Gemini | Provider::Claude => Some(self.as_str()),
-            Provider::Auto | Provider::ClaudeCode => None,
-        }
-    }
-
-    /// Parses a provider name: case and surrounding white space ignored.
-    pub fn parse(name: &str) -> Option<Provider> {
-        let name = name.trim();
-        [
-            Provider::ClaudeCode,
-            Provider::Gpu,
-            Provider::Gemini,
-            Provider::Claude,
-            Provider::Auto,
-        ]
-        .into_iter()
-        .find(|p| p.as_str().eq_ignore_ascii_case(name))
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::provider::Provider;
 
 /// The provider and the number (1..=7) of the rule that chose it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +108,7 @@ pub fn rule_in_words(rule: u8) -> &'static str {
 pub fn route(meta: &Meta) -> Decision {
     let decide = |rule, provider| Decision { provider, rule };
     let preferred = meta.preferred_ai.as_ref().map(|v| match v {
-        Field::Str(s) => Provider::parse(s),
+        Field::Str(s) => Provider::named(s),
         _ => None,
     });
     if meta
@@ -195,7 +139,8 @@ pub fn route(meta: &Meta) -> Decision {
 /// Routes the `meta` of a [`crate::frontmatter::Split`]: a task whose
 /// frontmatter is invalid (or that is not UTF-8) routes as if it had no keys,
 /// which is rule 7; the caller prints the problem as a warning.
-pub fn route_parsed(meta: &Result<Meta, Problem>) -> Decision {
+#[cfg(test)]
+pub fn route_parsed(meta: &Result<Meta, crate::frontmatter::Problem>) -> Decision {
     match meta {
         Ok(meta) => route(meta),
         Err(_) => route(&Meta::default()),
@@ -576,11 +521,11 @@ mod tests {
         );
         for p in all {
             assert_eq!(
-                Provider::parse(&format!(" {} ", p.as_str().to_uppercase())),
+                Provider::named(&format!(" {} ", p.as_str().to_uppercase())),
                 Some(p)
             );
         }
-        assert_eq!(Provider::parse("openai"), None);
+        assert_eq!(Provider::named("openai"), None);
         let explained: Vec<_> = (1..=7)
             .map(|rule| {
                 Decision {

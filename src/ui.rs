@@ -73,6 +73,12 @@ impl Ui {
         eprintln!("{}ccl-delegate: {}", self.stamp(), line(&msg.to_string()));
     }
 
+    /// A line a contract words in full (no prefix), said even with `-q`,
+    /// escaped like [`Ui::warn`].
+    pub fn plain(&self, msg: impl std::fmt::Display) {
+        eprintln!("{}{}", self.stamp(), line(&msg.to_string()));
+    }
+
     /// The routing keys of a task, saying on stderr what is wrong with its
     /// frontmatter (`shown` names the file): a problem routes the task as
     /// if it had no keys; a key that looks like a routing key is named.

@@ -1,11 +1,11 @@
 //! `cancel`: ask the service to cancel a job; the next `reap` moves its task
 //! to failed/ with reason `cancelled`.
 
-use super::target;
 use crate::cli::CancelArgs;
 use crate::client::ClientError;
 use crate::config::Settings;
 use crate::error::Code;
+use crate::target;
 use crate::ui::Ui;
 
 pub fn run(args: &CancelArgs, settings: &Settings) -> anyhow::Result<Code> {

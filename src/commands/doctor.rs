@@ -4,7 +4,7 @@
 //! so doctor passes exactly what they accept.
 
 use crate::cli::DoctorArgs;
-use crate::client::ClientError;
+use crate::client::{Client, ClientError};
 use crate::config::{KeySource, Settings};
 use crate::error::{Code, fail};
 use crate::queue::Queue;
@@ -107,8 +107,41 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
             "no config file; using flags, environment and defaults",
         ),
     }
-    // One verdict per check: the URL is judged by the client's own rule.
-    let url_ok = match settings.api_url() {
+    let url_ok = api_url(&mut c, settings);
+    let key_ok = api_key(&mut c, settings);
+    // The client every command builds: its URL, key and timeout rules.
+    let client = if url_ok && key_ok {
+        match settings.client() {
+            Ok(client) => Some(client),
+            Err(e) => {
+                c.fail("settings", e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match (args.offline, client) {
+        (true, _) => println!("skip  service: --offline"),
+        (false, Some(client)) => service(&mut c, &client),
+        // A check not run is no second failure.
+        (false, None) => println!(
+            "skip  service: not tried until the failed check above is fixed; then run doctor again"
+        ),
+    }
+    projects(&mut c, args, settings);
+    run_lock(&mut c, settings);
+    spending(&mut c, settings);
+    fleet(&mut c, settings);
+    if c.failed > 0 {
+        return Err(fail(Code::Other, format!("{} check(s) failed", c.failed)));
+    }
+    Ok(Code::Ok)
+}
+
+/// The API URL, judged by the client's own rule (one verdict per check).
+fn api_url(c: &mut Checks, settings: &Settings) -> bool {
+    match settings.api_url() {
         Ok(u) => match crate::client::check_base_url(u) {
             Ok(()) => {
                 c.ok(
@@ -129,8 +162,12 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
             c.fail("api url", e);
             false
         }
-    };
-    let key_ok = match (&settings.key_source, settings.api_key()) {
+    }
+}
+
+/// The API key, read as every command reads it, and where it came from.
+fn api_key(c: &mut Checks, settings: &Settings) -> bool {
+    match (&settings.key_source, settings.api_key()) {
         (KeySource::Env, Ok(_)) => {
             c.ok("api key", "from SECUTOOLS_API_KEY");
             true
@@ -147,39 +184,23 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
             c.fail("api key", e);
             false
         }
-    };
-    // The client every command builds: its URL, key and timeout rules.
-    let client = if url_ok && key_ok {
-        match settings.client() {
-            Ok(client) => Some(client),
-            Err(e) => {
-                c.fail("settings", e);
-                None
-            }
-        }
-    } else {
-        None
-    };
-    match (args.offline, client) {
-        (true, _) => println!("skip  service: --offline"),
-        (false, Some(client)) => {
-            // A job id that cannot exist: 404 proves the service answers and
-            // accepted the key.
-            match client.status("ccl-delegate-doctor-probe") {
-                Err(ClientError::NotFound { .. }) | Ok(_) => {
-                    c.ok("service", "reachable, key accepted")
-                }
-                Err(e @ ClientError::Auth { .. }) => {
-                    c.fail("service", format_args!("the key was refused: {e}"))
-                }
-                Err(e) => c.fail("service", e),
-            }
-        }
-        // A check not run is no second failure.
-        (false, None) => println!(
-            "skip  service: not tried until the failed check above is fixed; then run doctor again"
-        ),
     }
+}
+
+/// The service answers and accepts the key: a job id that cannot exist
+/// gets a 404.
+fn service(c: &mut Checks, client: &Client) {
+    match client.status("ccl-delegate-doctor-probe") {
+        Err(ClientError::NotFound { .. }) | Ok(_) => c.ok("service", "reachable, key accepted"),
+        Err(e @ ClientError::Auth { .. }) => {
+            c.fail("service", format_args!("the key was refused: {e}"))
+        }
+        Err(e) => c.fail("service", e),
+    }
+}
+
+/// Each project's queue directories: present, real and writable.
+fn projects(c: &mut Checks, args: &DoctorArgs, settings: &Settings) {
     let projects = super::projects_for_person(&args.projects, settings).unwrap_or_default();
     if projects.is_empty() {
         c.fail(
@@ -211,6 +232,10 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
             Err(e) => c.fail(&what, format_args!("{e:#}")),
         }
     }
+}
+
+/// The run lock's file can be made and opened; whether a reap holds it.
+fn run_lock(c: &mut Checks, settings: &Settings) {
     let lock = &settings.lock_file;
     let verdict = lock
         .parent()
@@ -227,12 +252,6 @@ pub fn run(args: &DoctorArgs, settings: &Settings) -> anyhow::Result<Code> {
         },
         Err(e) => c.fail("run lock", format_args!("{}: {e}", lock.display())),
     }
-    spending(&mut c, settings);
-    fleet(&mut c, settings);
-    if c.failed > 0 {
-        return Err(fail(Code::Other, format!("{} check(s) failed", c.failed)));
-    }
-    Ok(Code::Ok)
 }
 
 /// With budgets, limits or a ledger: the state directory, the ledger, and

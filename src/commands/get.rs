@@ -1,9 +1,9 @@
 //! `get`: a job's status, from the service.
 
-use super::target;
 use crate::cli::GetArgs;
 use crate::config::Settings;
 use crate::error::Code;
+use crate::target;
 use crate::text::clip;
 
 pub fn run(args: &GetArgs, settings: &Settings) -> anyhow::Result<Code> {

@@ -9,14 +9,14 @@
 //! meanwhile.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::books::{Books, Entry};
+use crate::books::{Books, Entry, Rebuilt};
 use crate::cli::LedgerRebuildArgs;
 use crate::config::Settings;
 use crate::error::{Code, fail};
 use crate::names::project_key;
-use crate::queue::{self, Queue};
+use crate::queue::{self, Queue, QueueLock};
 use crate::record::Record;
 use crate::ui::Ui;
 
@@ -24,8 +24,37 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
     let mut projects = super::projects_for_person(&args.projects, settings)?;
     projects.sort_by_key(|p| project_key(p));
     projects.dedup_by_key(|p| project_key(p));
-    let mut locks = Vec::new();
+    let locks = lock_all(&projects)?;
+    let found = read_all(&projects, ui)?;
+    let keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
+    let mut books = open_or_renew(settings, ui)?;
+    let kept = books.rebuild(&keys, &found.entries)?;
+    // What runs owed these projects is in the records just read.
     for dir in &projects {
+        let owed = Queue::at(dir).root.join(".ccl-delegate.owed");
+        if owed.is_dir() {
+            let _ = fs::remove_dir_all(&owed);
+        }
+    }
+    drop(locks);
+    println!("{}", rebuilt_line(&books, projects.len(), &found, &kept));
+    // With a fleet: the rebuilt journal is pushed (entries already there
+    // count nothing twice).
+    if let Some(cfg) = &settings.fleet {
+        books.set_journal(true);
+        let mut fleet =
+            crate::books::fleet::Fleet::connect(cfg, settings.lock_timeout, settings.max_age)?;
+        let n = crate::books::sync::push(&mut books, &mut fleet, &settings.policy)?;
+        println!("pushed {n} new entries to {}", fleet.shown());
+    }
+    Ok(Code::Ok)
+}
+
+/// The queue locks of the projects, in their order; a project without a
+/// queue ends the run before anything is read.
+fn lock_all(projects: &[PathBuf]) -> anyhow::Result<Vec<QueueLock>> {
+    let mut locks = Vec::new();
+    for dir in projects {
         let q = Queue::at(dir);
         if !q.root.is_dir() {
             return Err(fail(
@@ -38,9 +67,14 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
         }
         locks.push(q.lock()?);
     }
-    let mut fresh = Vec::new();
-    let (mut done, mut failed) = (0, 0);
-    for dir in &projects {
+    Ok(locks)
+}
+
+/// The entries of every project's records, warning of the files that are
+/// not records.
+fn read_all(projects: &[PathBuf], ui: Ui) -> anyhow::Result<Found> {
+    let mut all = Found::default();
+    for dir in projects {
         let found = from_records(dir)?;
         for s in &found.skipped {
             ui.warn(format!(
@@ -48,17 +82,19 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
                 crate::text::clip(s, 300)
             ));
         }
-        done += found.done;
-        failed += found.failed;
-        fresh.extend(found.entries);
+        all.done += found.done;
+        all.failed += found.failed;
+        all.entries.extend(found.entries);
     }
-    let keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
-    let mut books = match Books::open(&settings.state_dir, settings.lock_timeout) {
-        Ok(b) => b,
+    Ok(all)
+}
+
+/// The books, opened; damaged ones moved aside and made again.
+fn open_or_renew(settings: &Settings, ui: Ui) -> anyhow::Result<Books> {
+    match Books::open(&settings.state_dir, settings.lock_timeout) {
+        Ok(b) => Ok(b),
         // Locked too long, or a newer schema: not damaged, left as it is.
-        Err(e) if matches!(crate::error::code_of(&e), Code::TempFail | Code::Config) => {
-            return Err(e);
-        }
+        Err(e) if matches!(crate::error::code_of(&e), Code::TempFail | Code::Config) => Err(e),
         // Damaged (not a regular file, not a database): moved aside and
         // made again. Entries of projects not rebuilt now are in the file
         // moved aside only.
@@ -68,24 +104,21 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
                 "{e:#}; moved it to {}: entries of projects not rebuilt now are only there",
                 aside.display()
             ));
-            Books::open(&settings.state_dir, settings.lock_timeout)?
-        }
-    };
-    let kept = books.rebuild(&keys, &fresh)?;
-    // What runs owed these projects is in the records just read.
-    for dir in &projects {
-        let owed = Queue::at(dir).root.join(".ccl-delegate.owed");
-        if owed.is_dir() {
-            let _ = fs::remove_dir_all(&owed);
+            Books::open(&settings.state_dir, settings.lock_timeout)
         }
     }
-    let entries = fresh.len();
+}
+
+/// `rebuilt <path>: N entries from P projects (...)`, and what was kept.
+fn rebuilt_line(books: &Books, projects: usize, found: &Found, kept: &Rebuilt) -> String {
+    let (done, failed) = (found.done, found.failed);
+    let entries = found.entries.len();
     let steps = entries.saturating_sub(done + failed);
     let mut line = format!(
         "rebuilt {}: {entries} entries from {} project{} ({done} done, {failed} failed{})",
         books.path().display(),
-        projects.len(),
-        if projects.len() == 1 { "" } else { "s" },
+        projects,
+        if projects == 1 { "" } else { "s" },
         if steps > 0 {
             format!(", {steps} earlier jobs of failover chains")
         } else {
@@ -101,18 +134,7 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
             kept.without_record
         ));
     }
-    drop(locks);
-    println!("{line}");
-    // With a fleet: the rebuilt journal is pushed (entries already there
-    // count nothing twice).
-    if let Some(cfg) = &settings.fleet {
-        books.set_journal(true);
-        let mut fleet =
-            crate::books::fleet::Fleet::connect(cfg, settings.lock_timeout, settings.max_age)?;
-        let n = crate::books::sync::push(&mut books, &mut fleet, &settings.policy)?;
-        println!("pushed {n} new entries to {}", fleet.shown());
-    }
-    Ok(Code::Ok)
+    line
 }
 
 /// What one project's records gave.

@@ -13,8 +13,6 @@ mod requeue;
 mod result;
 mod status;
 mod submit;
-mod target;
-mod totals;
 
 use std::path::{Path, PathBuf};
 

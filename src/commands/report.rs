@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::error::{Code, fail};
 use crate::names::project_key;
 use crate::policy::admit::CapState;
+use crate::table::Align;
 use crate::ui::Ui;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -237,30 +238,11 @@ impl Query {
 
 pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let now = SystemTime::now();
-    let when = |flag: &str, v: &str, end: bool| {
-        parse_when(v, now, end).ok_or_else(|| {
-            fail(
-                Code::Usage,
-                format!(
-                    "{flag} `{}`: expected a duration back from now (7d, 12h), a UTC date (2026-11-24) or an RFC 3339 time",
-                    crate::text::clip(v, 60)
-                ),
-            )
-        })
-    };
-    let since = match &args.since {
-        Some(v) => when("--since", v, false)?,
-        None => now - DEFAULT_SINCE,
-    };
-    let until = args
-        .until
-        .as_deref()
-        .map(|v| when("--until", v, true))
-        .transpose()?;
+    let (since, until) = window(args, now)?;
     let q = Query {
         by: args.by.clone(),
-        since: crate::timestamp::format(since),
-        until: until.map(crate::timestamp::format),
+        since,
+        until,
         projects: args.projects.iter().map(|p| project_key(p)).collect(),
     };
     let mut books = crate::books::open_if_present(&settings.state_dir, settings.lock_timeout)?;
@@ -291,81 +273,115 @@ pub fn run(args: &ReportArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     for g in groups.values() {
         total.merge(g);
     }
-    let mut out = String::new();
-    if args.json {
-        let rows: Vec<Value> = groups
-            .iter_mut()
-            .map(|(k, g)| g.columns().json(Some((&q.by, k))))
-            .collect();
-        let v = json!({
-            "rows": rows,
-            "total": total.columns().json(None),
-            "budget": budget.iter().map(CapState::json).collect::<Vec<_>>(),
-        });
-        out = crate::text::json_pretty(&v)? + "\n";
+    let out = if args.json {
+        as_json(&q.by, &mut groups, &mut total, &budget)?
     } else if args.csv {
-        csv_line(&mut out, std::iter::once(q.by.as_str()).chain(HEADER));
-        for (k, g) in groups.iter_mut() {
-            let cells = g.columns().cells(false);
-            csv_line(
-                &mut out,
-                std::iter::once(k.as_str()).chain(cells.iter().map(String::as_str)),
-            );
-        }
-        let cells = total.columns().cells(false);
-        csv_line(
-            &mut out,
-            std::iter::once("total").chain(cells.iter().map(String::as_str)),
-        );
+        as_csv(&q.by, &mut groups, &mut total)
     } else {
-        let mut rows: Vec<Vec<String>> = vec![
-            std::iter::once(q.by.clone())
-                .chain(HEADER.iter().map(|h| h.to_string()))
-                .collect(),
-        ];
-        for (k, g) in groups.iter_mut() {
-            rows.push(
-                std::iter::once(crate::text::clip(k, 120))
-                    .chain(g.columns().cells(true))
-                    .collect(),
-            );
-        }
-        rows.push(
-            std::iter::once("total".to_string())
-                .chain(total.columns().cells(true))
-                .collect(),
-        );
-        out = table(&rows);
-        for b in &budget {
-            let _ = writeln!(out, "{}", b.line());
-        }
-    }
+        as_table(&q.by, &mut groups, &mut total, &budget)
+    };
     std::io::stdout().lock().write_all(out.as_bytes())?;
     Ok(Code::Ok)
 }
 
-/// The key column left-aligned, the others right-aligned.
-fn table(rows: &[Vec<String>]) -> String {
-    let n = rows[0].len();
-    let widths: Vec<usize> = (0..n)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+/// `--since` (default: [`DEFAULT_SINCE`] back) and `--until`, as stored
+/// times.
+fn window(args: &ReportArgs, now: SystemTime) -> anyhow::Result<(String, Option<String>)> {
+    let when = |flag: &str, v: &str, end: bool| {
+        parse_when(v, now, end).ok_or_else(|| {
+            fail(
+                Code::Usage,
+                format!(
+                    "{flag} `{}`: expected a duration back from now (7d, 12h), a UTC date (2026-11-24) or an RFC 3339 time",
+                    crate::text::clip(v, 60)
+                ),
+            )
+        })
+    };
+    let since = match &args.since {
+        Some(v) => when("--since", v, false)?,
+        None => now - DEFAULT_SINCE,
+    };
+    let until = args
+        .until
+        .as_deref()
+        .map(|v| when("--until", v, true))
+        .transpose()?;
+    Ok((
+        crate::timestamp::format(since),
+        until.map(crate::timestamp::format),
+    ))
+}
+
+/// `--json`: the rows, the total and the budget.
+fn as_json(
+    by: &str,
+    groups: &mut BTreeMap<String, Group>,
+    total: &mut Group,
+    budget: &[CapState],
+) -> anyhow::Result<String> {
+    let rows: Vec<Value> = groups
+        .iter_mut()
+        .map(|(k, g)| g.columns().json(Some((by, k))))
         .collect();
+    let v = json!({
+        "rows": rows,
+        "total": total.columns().json(None),
+        "budget": budget.iter().map(CapState::json).collect::<Vec<_>>(),
+    });
+    Ok(crate::text::json_pretty(&v)? + "\n")
+}
+
+/// `--csv`: a head, a line per group, the total; no budget.
+fn as_csv(by: &str, groups: &mut BTreeMap<String, Group>, total: &mut Group) -> String {
     let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            let pad = widths[i] - c.chars().count();
-            if i == 0 {
-                line.push_str(c);
-                line.push_str(&" ".repeat(pad));
-            } else {
-                line.push_str("  ");
-                line.push_str(&" ".repeat(pad));
-                line.push_str(c);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
+    csv_line(&mut out, std::iter::once(by).chain(HEADER));
+    for (k, g) in groups.iter_mut() {
+        let cells = g.columns().cells(false);
+        csv_line(
+            &mut out,
+            std::iter::once(k.as_str()).chain(cells.iter().map(String::as_str)),
+        );
+    }
+    let cells = total.columns().cells(false);
+    csv_line(
+        &mut out,
+        std::iter::once("total").chain(cells.iter().map(String::as_str)),
+    );
+    out
+}
+
+/// The table for a person: a head, a line per group, the total, then the
+/// budget's lines.
+fn as_table(
+    by: &str,
+    groups: &mut BTreeMap<String, Group>,
+    total: &mut Group,
+    budget: &[CapState],
+) -> String {
+    let mut rows: Vec<Vec<String>> = vec![
+        std::iter::once(by.to_string())
+            .chain(HEADER.iter().map(|h| h.to_string()))
+            .collect(),
+    ];
+    for (k, g) in groups.iter_mut() {
+        rows.push(
+            std::iter::once(crate::text::clip(k, 120))
+                .chain(g.columns().cells(true))
+                .collect(),
+        );
+    }
+    rows.push(
+        std::iter::once("total".to_string())
+            .chain(total.columns().cells(true))
+            .collect(),
+    );
+    // The key column left-aligned, the numbers right-aligned.
+    let mut align = vec![Align::Right; rows[0].len()];
+    align[0] = Align::Left;
+    let mut out = crate::table::render(&rows, &align);
+    for b in budget {
+        let _ = writeln!(out, "{}", b.line());
     }
     out
 }

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::totals::{self, Source, Total, Totals};
 use crate::cli::StatusArgs;
 use crate::config::Settings;
 use crate::error::Code;
@@ -15,6 +14,7 @@ use crate::marker::{Marker, State};
 use crate::queue::{self, Queue};
 use crate::record::Record;
 use crate::text::clip;
+use crate::totals::{self, Source, Total, Totals};
 use crate::ui::Ui;
 
 #[derive(Serialize)]
@@ -62,11 +62,6 @@ struct Report {
 pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let projects = super::projects_for_person(&args.projects, settings)?;
     super::require_queues(&projects, settings)?;
-    let mut report = Report {
-        in_flight: Vec::new(),
-        totals: Vec::new(),
-        budget: Vec::new(),
-    };
     let queues: Vec<Queue> = projects.iter().map(|d| Queue::at(d)).collect();
     let mut books = crate::books::open_if_present(&settings.state_dir, settings.lock_timeout)
         .unwrap_or_else(|e| {
@@ -74,68 +69,118 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             None
         });
     let (mut totals, from_records) = ledger_totals(books.as_ref(), &queues, ui);
+    let mut in_flight = Vec::new();
     for dir in &projects {
         let q = Queue::at(dir);
-        let project = std::fs::canonicalize(&q.project)
-            .unwrap_or_else(|_| q.project.clone())
-            .display()
-            .to_string();
-        if let Ok(tasks) = q.marked_tasks() {
-            for task in tasks {
-                // Names that are not UTF-8 are shown escaped.
-                let name = queue::shown(Path::new(&task));
-                // An unreadable marker (a symlink) still holds its task back
-                // from the dispatcher: show it, as reap will move it.
-                let parsed = match q.read_marker(&task) {
-                    Ok(Some(bytes)) => Marker::parse(&bytes),
-                    Ok(None) => continue,
-                    Err(e) => Err(format!("cannot read it: {e}")),
-                };
-                report.in_flight.push(match parsed {
-                    Ok(m) => {
-                        let deferred = m.deferred && m.job_id.is_none();
-                        InFlight {
-                            attempt: attempt_of(&m),
-                            project: project.clone(),
-                            task: name,
-                            started_in_future: m.started_in_future(),
-                            state: if m.state == State::Pending {
-                                "pending"
-                            } else {
-                                "submitted"
-                            },
-                            age_seconds: crate::timestamp::age(m.started()).as_secs(),
-                            provider: m.provider,
-                            job_id: m.job_id,
-                            started_at: m.started_at,
-                            poll_errors: m.poll_errors,
-                            last_error: m.last_error,
-                            deferred,
-                        }
-                    }
-                    Err(why) => InFlight {
-                        project: project.clone(),
-                        task: name,
-                        started_in_future: false,
-                        state: "corrupt",
-                        provider: "unknown".into(),
-                        job_id: None,
-                        started_at: String::new(),
-                        age_seconds: 0,
-                        poll_errors: 0,
-                        last_error: Some(format!("corrupt marker: {why}")),
-                        attempt: None,
-                        deferred: false,
-                    },
-                });
-            }
-        }
+        in_flight.extend(in_flight_of(&q));
         if from_records {
             totals_from_heads(&q, &mut totals);
         }
     }
+    let budget = budget_of(settings, books.as_mut(), ui);
+    in_flight.sort_by(|a, b| (&a.project, &a.task).cmp(&(&b.project, &b.task)));
+    let report = Report {
+        in_flight,
+        totals: totals
+            .into_values()
+            .map(|mut t| {
+                // Sums of decimal costs, shown as the files hold them.
+                t.cost_cad = (t.cost_cad * 10_000.0).round() / 10_000.0;
+                t
+            })
+            .collect(),
+        budget: budget
+            .iter()
+            .map(crate::policy::admit::CapState::json)
+            .collect(),
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", crate::text::json_pretty(&report)?)?;
+        return Ok(Code::Ok);
+    }
+    render_table(&mut out, &report, std::io::stdout().is_terminal())?;
+    for cap in &budget {
+        writeln!(out, "{}", cap.line())?;
+    }
+    Ok(Code::Ok)
+}
+
+/// The tasks of one project whose markers hold them back from the
+/// dispatcher, unsorted.
+fn in_flight_of(q: &Queue) -> Vec<InFlight> {
+    let project = std::fs::canonicalize(&q.project)
+        .unwrap_or_else(|_| q.project.clone())
+        .display()
+        .to_string();
+    let Ok(tasks) = q.marked_tasks() else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for task in tasks {
+        // An unreadable marker (a symlink) still holds its task back
+        // from the dispatcher: show it, as reap will move it.
+        let parsed = match q.read_marker(&task) {
+            Ok(Some(bytes)) => Marker::parse(&bytes),
+            Ok(None) => continue,
+            Err(e) => Err(format!("cannot read it: {e}")),
+        };
+        // Names that are not UTF-8 are shown escaped.
+        let name = queue::shown(Path::new(&task));
+        found.push(InFlight::of(project.clone(), name, parsed));
+    }
+    found
+}
+
+impl InFlight {
+    /// The line of one marker, or of one that is corrupt.
+    fn of(project: String, task: String, parsed: Result<Marker, String>) -> InFlight {
+        match parsed {
+            Ok(m) => InFlight {
+                attempt: attempt_of(&m),
+                project,
+                task,
+                started_in_future: m.started_in_future(),
+                state: if m.state == State::Pending {
+                    "pending"
+                } else {
+                    "submitted"
+                },
+                age_seconds: crate::timestamp::age(m.started()).as_secs(),
+                deferred: m.deferred && m.job_id.is_none(),
+                provider: m.provider,
+                job_id: m.job_id,
+                started_at: m.started_at,
+                poll_errors: m.poll_errors,
+                last_error: m.last_error,
+            },
+            Err(why) => InFlight {
+                project,
+                task,
+                started_in_future: false,
+                state: "corrupt",
+                provider: "unknown".into(),
+                job_id: None,
+                started_at: String::new(),
+                age_seconds: 0,
+                poll_errors: 0,
+                last_error: Some(format!("corrupt marker: {why}")),
+                attempt: None,
+                deferred: false,
+            },
+        }
+    }
+}
+
+/// One state per cap: the fleet's, else this host's books', else (no
+/// books yet) nothing spent.
+fn budget_of(
+    settings: &Settings,
+    books: Option<&mut crate::books::Books>,
+    ui: Ui,
+) -> Vec<crate::policy::admit::CapState> {
     let now = std::time::SystemTime::now();
-    let budget = match (&settings.fleet, books.as_mut()) {
+    match (&settings.fleet, books) {
         (Some(cfg), _) => fleet_budget(settings, cfg, now, ui),
         (None, Some(b)) => b.budget(&settings.policy, now).unwrap_or_else(|e| {
             ui.warn(format_args!("{e:#}"));
@@ -146,37 +191,7 @@ pub fn run(args: &StatusArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             &Default::default(),
             &Default::default(),
         ),
-    };
-    report
-        .in_flight
-        .sort_by(|a, b| (&a.project, &a.task).cmp(&(&b.project, &b.task)));
-    report.totals = totals
-        .into_values()
-        .map(|mut t| {
-            // Sums of decimal costs, shown as the files hold them.
-            t.cost_cad = (t.cost_cad * 10_000.0).round() / 10_000.0;
-            t
-        })
-        .collect();
-
-    report.budget = budget
-        .iter()
-        .map(crate::policy::admit::CapState::json)
-        .collect();
-    let lines: Vec<String> = budget
-        .iter()
-        .map(crate::policy::admit::CapState::line)
-        .collect();
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", crate::text::json_pretty(&report)?)?;
-        return Ok(Code::Ok);
     }
-    render_table(&mut out, &report, std::io::stdout().is_terminal())?;
-    for l in &lines {
-        writeln!(out, "{l}")?;
-    }
-    Ok(Code::Ok)
 }
 
 /// The fleet's budget lines (fleet.md: the caps count the whole fleet), and
@@ -339,32 +354,13 @@ fn render_table(out: &mut impl Write, r: &Report, _tty: bool) -> std::io::Result
     Ok(())
 }
 
+/// The head, then the rows, every column left-aligned.
 fn table<const N: usize>(
     out: &mut impl Write,
     head: &[&str; N],
     rows: &[[String; N]],
 ) -> std::io::Result<()> {
-    let mut width = head.map(|h| h.chars().count());
-    for row in rows {
-        for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |out: &mut dyn Write, cells: &[&str]| -> std::io::Result<()> {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  ", w = width[i]));
-            }
-        }
-        writeln!(out, "{}", s.trim_end())
-    };
-    line(out, head)?;
-    for row in rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        line(out, &cells)?;
-    }
-    Ok(())
+    let mut all: Vec<[&str; N]> = vec![*head];
+    all.extend(rows.iter().map(|r| r.each_ref().map(String::as_str)));
+    out.write_all(crate::table::render(&all, &[]).as_bytes())
 }

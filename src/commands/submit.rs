@@ -1,11 +1,14 @@
 //! `submit`: hand one inbox task to secutools, leaving a marker first so
 //! that the dispatcher skips it and a killed run loses nothing.
 
+use std::ops::ControlFlow;
+
 use anyhow::Context;
 
 use crate::books::fleet::Fleet;
 use crate::books::{Books, Reservation};
 use crate::cli::SubmitArgs;
+use crate::client::{Client, SubmitRequest};
 use crate::config::Settings;
 use crate::error::{Code, fail};
 use crate::frontmatter;
@@ -19,21 +22,8 @@ use crate::ui::Ui;
 pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Code> {
     let (queue, task) = Queue::of_task(&args.task)?;
     let queue = queue.with_lock_timeout(settings.lock_timeout);
-    let shown = args.task.display();
-    // A marker that cannot exist can never hold the task back: refused
-    // before anything is written.
-    let max = name_max(&queue.inbox);
-    if task.len() + crate::marker::SUFFIX.len() > max {
-        return Err(fail(
-            Code::Usage,
-            format!(
-                "{shown}: the task's name is too long for its marker ({} bytes with `{}`, over this file system's {max}); rename the task; nothing was written",
-                task.len() + crate::marker::SUFFIX.len(),
-                crate::marker::SUFFIX
-            ),
-        ));
-    }
-
+    let shown = args.task.display().to_string();
+    marker_name_fits(&queue, &task, &shown)?;
     if let Some(line) = existing(&queue, &task, ui)? {
         println!("{line}");
         return Ok(Code::Ok);
@@ -44,34 +34,18 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
         .map_err(|e| fail(Code::NoInput, format!("{shown}: {e}")))?
         .ok_or_else(|| fail(Code::NoInput, format!("{shown}: no such task file")))?
         .0;
-    let split = frontmatter::split(&bytes);
-    let meta = ui.task_meta(&shown.to_string(), split.meta);
-    if !meta.unreadable && frontmatter::second_bom(&bytes) {
-        ui.warn(format_args!(
-            "{shown}: starts with two byte order marks; the second hides any frontmatter, so the task routes as if it had none"
-        ));
-    }
+    let meta = routing_keys(&bytes, &shown, ui);
     let decision = route::route(&meta);
     if !decision.provider.delegates() {
         println!("local {}", decision.rule);
         ui.note(format_args!("{shown}: {}", decision.explain_for(&meta)));
         return Ok(Code::Local);
     }
-    let priority = match &args.priority {
-        Some(p) => p.clone(),
-        None => route::priority(&meta)
-            .unwrap_or_else(|why| {
-                ui.warn(format_args!("{shown}: {why}; using priority normal"));
-                Priority::Normal
-            })
-            .as_str()
-            .to_string(),
-    };
-
+    let priority = priority_of(args, &meta, &shown, ui);
     let project = queue.project_name();
-    let provider = decision.provider.as_str();
-    let fallback = chain_to_follow(&meta, provider, settings, ui, &shown.to_string());
-    let req = job::request(&project, &task, &bytes, provider, &priority);
+    let provider = decision.provider;
+    let fallback = chain_to_follow(&meta, provider, settings, ui, &shown);
+    let req = job::request_to(&project, &task, &bytes, provider, &priority);
     // The service refuses a body over its limit: said before anything is
     // sent or written, with the size, so a person can split the task.
     if let Err(e) = crate::client::check_body_size(&req) {
@@ -84,98 +58,40 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
     let client = settings.client()?;
     let key = job::new_idempotency_key()
         .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for an idempotency key: {e}"))?;
-    let marker = Marker {
-        version: 1,
-        state: State::Pending,
-        project: queue.project.display().to_string(),
-        task_file: task.clone(),
-        job_id: None,
-        provider: provider.to_string(),
-        priority: priority.clone(),
-        idempotency_key: key.clone(),
-        started_at: crate::timestamp::now(),
-        poll_errors: 0,
-        last_error: None,
-        attempts: Vec::new(),
+    let marker = Marker::pending(
+        queue.project.display().to_string(),
+        task.clone(),
+        provider,
+        priority,
+        key,
         fallback,
-        deferred: false,
-        sent_at: None,
+    );
+    let s = Submission {
+        settings,
+        provider,
+        queue: &queue,
+        task: &task,
+        shown: &shown,
+        marker: &marker,
+        ui,
     };
-    let sent = (|| {
-        let reserved = {
-            let lock = queue.lock()?;
-            // Lock order: the queue lock, then the admission lock. Decided
-            // while the queue lock is held, so that a reap reconciling this
-            // project sees the count and the marker together.
-            let reserved = match admit(settings, &queue, &marker, ui)? {
-                Admitted::Yes(reserved) => reserved,
-                Admitted::No(code) => return Ok(code),
-            };
-            let created = queue
-                .create_marker(&lock, &task, &marker)
-                .with_context(|| format!("{shown}: cannot write its marker"));
-            if !matches!(created, Ok(true)) {
-                // Nothing of ours went out: the count is taken back.
-                release(settings, reserved, &key, ui);
-            }
-            if !created? {
-                drop(lock);
-                // Another submit won the race: report its marker.
-                return confirm(&queue, &task, ui, format!("pending {provider}"));
-            }
-            reserved
-        };
+    let sent = match s.write_marker() {
+        Ok(ControlFlow::Continue(reserved)) => s.post(&client, &req, reserved),
+        Ok(ControlFlow::Break(code)) => Ok(code),
+        Err(e) => Err(e),
+    };
+    settle(sent, &queue, &task, ui)
+}
 
-        match client.submit(&req, &key) {
-            Ok(s) => {
-                let lock = queue.lock()?;
-                queue
-                    .record_job_id(&lock, &task, &key, &s.job_id)
-                    .with_context(|| {
-                        format!(
-                            "{shown}: job {} was created; cannot record it in the marker",
-                            s.job_id
-                        )
-                    })?;
-                drop(lock);
-                if reserved.is_some_and(|r| r.probe) {
-                    note_job(settings, &key, &s.job_id, ui);
-                }
-                confirm(
-                    &queue,
-                    &task,
-                    ui,
-                    format!("delegated {provider} {}", s.job_id),
-                )
-            }
-            Err(e) if !e.nothing_created() => {
-                ui.warn(format_args!(
-                    "{shown}: the outcome of the submission is unknown ({e}); the marker stays pending and the next reap re-sends it with the same idempotency key"
-                ));
-                confirm(&queue, &task, ui, format!("pending {provider}"))
-            }
-            Err(e) => {
-                let lock = queue.lock()?;
-                queue.remove_if_ours(&lock, &task, &key).with_context(|| {
-                    format!("{shown}: not delegated ({e}); cannot remove its pending marker")
-                })?;
-                release(settings, reserved, &key, ui);
-                Err(fail(
-                    crate::error::submit_code(&e),
-                    format!(
-                        "{shown}: not delegated: {e}; the task is untouched and may run locally"
-                    ),
-                ))
-            }
-        }
-    })();
+/// The outcome of a submission whose marker was or may have been written.
+fn settle(sent: anyhow::Result<Code>, queue: &Queue, task: &str, ui: Ui) -> anyhow::Result<Code> {
     // Exit 0 means exactly that a marker exists. A write or removal that
     // failed may leave one (renamed into place before a directory sync
     // failed, a pending marker whose job id could not be recorded, one that
     // could not be removed): then the dispatcher must skip the task, and the
     // next reap finishes the submission with the same idempotency key.
     match sent {
-        Err(e) => match existing(&queue, &task, ui) {
+        Err(e) => match existing(queue, task, ui) {
             Ok(Some(line)) => {
                 // Said even with --quiet: a write failed.
                 ui.error(format_args!(
@@ -187,6 +103,148 @@ pub fn run(args: &SubmitArgs, settings: &Settings, ui: Ui) -> anyhow::Result<Cod
             _ => Err(e),
         },
         ok => ok,
+    }
+}
+
+/// A marker that cannot exist can never hold the task back: refused
+/// before anything is written.
+fn marker_name_fits(queue: &Queue, task: &str, shown: &str) -> anyhow::Result<()> {
+    let max = name_max(&queue.inbox);
+    let len = task.len() + crate::marker::SUFFIX.len();
+    if len > max {
+        return Err(fail(
+            Code::Usage,
+            format!(
+                "{shown}: the task's name is too long for its marker ({len} bytes with `{}`, over this file system's {max}); rename the task; nothing was written",
+                crate::marker::SUFFIX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The task's routing keys, warning of what is wrong with its frontmatter.
+fn routing_keys(bytes: &[u8], shown: &str, ui: Ui) -> frontmatter::Meta {
+    let split = frontmatter::split(bytes);
+    let meta = ui.task_meta(shown, split.meta);
+    if !meta.unreadable && frontmatter::second_bom(bytes) {
+        ui.warn(format_args!(
+            "{shown}: starts with two byte order marks; the second hides any frontmatter, so the task routes as if it had none"
+        ));
+    }
+    meta
+}
+
+/// `--priority`, else the task's, else normal (with a warning when the
+/// task's cannot be read).
+fn priority_of(args: &SubmitArgs, meta: &frontmatter::Meta, shown: &str, ui: Ui) -> String {
+    match &args.priority {
+        Some(p) => p.clone(),
+        None => route::priority(meta)
+            .unwrap_or_else(|why| {
+                ui.warn(format_args!("{shown}: {why}; using priority normal"));
+                Priority::Normal
+            })
+            .as_str()
+            .to_string(),
+    }
+}
+
+/// One submission under way: the task, its pending marker (not yet
+/// written) and what the run was given.
+struct Submission<'a> {
+    settings: &'a Settings,
+    provider: Provider,
+    queue: &'a Queue,
+    task: &'a str,
+    shown: &'a str,
+    marker: &'a Marker,
+    ui: Ui,
+}
+
+impl Submission<'_> {
+    /// Admission, then the pending marker, both under the queue lock.
+    /// `Continue` with the reservation made, if any; `Break` with the exit
+    /// code when the run ends here (refused, deferred, or another submit
+    /// won the race).
+    fn write_marker(&self) -> anyhow::Result<ControlFlow<Code, Option<Reserved>>> {
+        let (queue, task, ui) = (self.queue, self.task, self.ui);
+        let lock = queue.lock()?;
+        // Lock order: the queue lock, then the admission lock. Decided
+        // while the queue lock is held, so that a reap reconciling this
+        // project sees the count and the marker together.
+        let reserved = match admit(self.settings, queue, self.marker, self.provider, ui)? {
+            Admitted::Yes(reserved) => reserved,
+            Admitted::No(code) => return Ok(ControlFlow::Break(code)),
+        };
+        let created = queue
+            .create_marker(&lock, task, self.marker)
+            .with_context(|| format!("{}: cannot write its marker", self.shown));
+        if !matches!(created, Ok(true)) {
+            // Nothing of ours went out: the count is taken back.
+            release(self.settings, reserved, &self.marker.idempotency_key, ui);
+        }
+        if !created? {
+            drop(lock);
+            // Another submit won the race: report its marker.
+            let known = format!("pending {}", self.marker.provider);
+            return confirm(queue, task, ui, known).map(ControlFlow::Break);
+        }
+        Ok(ControlFlow::Continue(reserved))
+    }
+
+    /// The POST, and what its answer makes of the marker.
+    fn post(
+        &self,
+        client: &Client,
+        req: &SubmitRequest,
+        reserved: Option<Reserved>,
+    ) -> anyhow::Result<Code> {
+        let (queue, task, shown, ui) = (self.queue, self.task, self.shown, self.ui);
+        let key = &self.marker.idempotency_key;
+        let provider = &self.marker.provider;
+        match client.submit(req, key) {
+            Ok(s) => {
+                let lock = queue.lock()?;
+                queue
+                    .record_job_id(&lock, task, key, &s.job_id)
+                    .with_context(|| {
+                        format!(
+                            "{shown}: job {} was created; cannot record it in the marker",
+                            s.job_id
+                        )
+                    })?;
+                drop(lock);
+                if reserved.is_some_and(|r| r.probe) {
+                    note_job(self.settings, key, &s.job_id, ui);
+                }
+                confirm(
+                    queue,
+                    task,
+                    ui,
+                    format!("delegated {provider} {}", s.job_id),
+                )
+            }
+            Err(e) if !e.nothing_created() => {
+                ui.warn(format_args!(
+                    "{shown}: the outcome of the submission is unknown ({e}); the marker stays pending and the next reap re-sends it with the same idempotency key"
+                ));
+                confirm(queue, task, ui, format!("pending {provider}"))
+            }
+            Err(e) => {
+                let lock = queue.lock()?;
+                queue.remove_if_ours(&lock, task, key).with_context(|| {
+                    format!("{shown}: not delegated ({e}); cannot remove its pending marker")
+                })?;
+                release(self.settings, reserved, key, ui);
+                Err(fail(
+                    crate::error::submit_code(&e),
+                    format!(
+                        "{shown}: not delegated: {e}; the task is untouched and may run locally"
+                    ),
+                ))
+            }
+        }
     }
 }
 
@@ -207,25 +265,22 @@ struct Reserved {
     probe: bool,
 }
 
-/// The provider admission counts, when budgets or limits are configured.
-fn provider_of(settings: &Settings, provider: &str) -> Option<Provider> {
-    settings
-        .policy
-        .admission_applies()
-        .then(|| Provider::parse(provider))
-        .flatten()
-}
-
 /// Budgets and limits (policy.md), one transaction of the books, under the
 /// queue lock the caller holds until the marker is durable. With none
 /// configured the books are not opened: every `reap` reconciles them with
 /// the markers, so a limit configured later counts them from its first
 /// reap. Books that cannot be used fail closed: nothing is spent without
 /// them.
-fn admit(settings: &Settings, queue: &Queue, m: &Marker, ui: Ui) -> anyhow::Result<Admitted> {
-    let Some(p) = provider_of(settings, &m.provider) else {
+fn admit(
+    settings: &Settings,
+    queue: &Queue,
+    m: &Marker,
+    p: Provider,
+    ui: Ui,
+) -> anyhow::Result<Admitted> {
+    if !settings.policy.admission_applies() {
         return Ok(Admitted::Yes(None));
-    };
+    }
     let job = Reservation {
         key: m.idempotency_key.clone(),
         project: crate::names::project_key(&queue.project),
@@ -264,7 +319,7 @@ fn admit(settings: &Settings, queue: &Queue, m: &Marker, ui: Ui) -> anyhow::Resu
     if let Some(line) = decision.stderr_line() {
         // The contract's one line, as it words it (no prefix), said even
         // with -q: it is why the task runs locally.
-        eprintln!("{}", crate::text::line(&line));
+        ui.plain(line);
     }
     Ok(match (&decision, decision.stdout_line()) {
         (Decision::Admit, _) | (_, None) => Admitted::Yes(Some(Reserved { probe })),
@@ -349,7 +404,7 @@ fn note_job(settings: &Settings, key: &str, job_id: &str, ui: Ui) {
 /// later does not alter a job in flight; `-v` names it.
 fn chain_to_follow(
     meta: &frontmatter::Meta,
-    provider: &str,
+    provider: Provider,
     settings: &Settings,
     ui: Ui,
     shown: &str,
@@ -361,8 +416,7 @@ fn chain_to_follow(
     let (chain, from) = if own.given {
         (own.chain, "the task's fallback")
     } else {
-        let first = crate::policy::Provider::parse(provider);
-        let chain = first.map_or(&[][..], |p| settings.policy.chain_after(p));
+        let chain = settings.policy.chain_after(provider);
         (chain.to_vec(), "the config's default")
     };
     let words = if chain.is_empty() {

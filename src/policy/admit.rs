@@ -242,14 +242,17 @@ pub fn admit(
                 .unwrap_or_else(|| "in flight".into()),
         };
     }
+    // `claude-code` runs locally: it is never admitted and has no limit.
     let own = match provider {
-        Provider::Gpu => LimitKey::Gpu,
-        Provider::Gemini => LimitKey::Gemini,
-        Provider::Claude => LimitKey::Claude,
-        Provider::Auto => LimitKey::Auto,
+        Provider::Gpu => Some(LimitKey::Gpu),
+        Provider::Gemini => Some(LimitKey::Gemini),
+        Provider::Claude => Some(LimitKey::Claude),
+        Provider::Auto => Some(LimitKey::Auto),
+        Provider::ClaudeCode => None,
     };
     let n_all: u64 = in_flight.values().fold(0u64, |a, n| a.saturating_add(*n));
-    for (key, n) in [(own, n_own), (LimitKey::All, n_all)] {
+    let limits = own.map(|k| (k, n_own)).into_iter();
+    for (key, n) in limits.chain([(LimitKey::All, n_all)]) {
         if let Some(max) = policy.max_in_flight.get(&key)
             && n >= max.0
         {

@@ -15,46 +15,7 @@ use serde::de::{self, Deserializer, Visitor};
 
 pub use admit::{Counts, Decision, Spending, admit};
 
-/// A provider a job can be sent to (`claude-code` never is).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Gpu,
-    Gemini,
-    Claude,
-    Auto,
-}
-
-impl Provider {
-    pub const ALL: [Provider; 4] = [
-        Provider::Gpu,
-        Provider::Gemini,
-        Provider::Claude,
-        Provider::Auto,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Gpu => "gpu",
-            Provider::Gemini => "gemini",
-            Provider::Claude => "claude",
-            Provider::Auto => "auto",
-        }
-    }
-
-    /// Case and surrounding space ignored, as for `preferred_ai`.
-    pub fn parse(s: &str) -> Option<Provider> {
-        Provider::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::provider::Provider;
 
 /// The largest amount a cap or an estimate takes, in CAD: far above any
 /// real budget, and small enough that every amount prints in a few digits.
