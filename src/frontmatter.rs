@@ -386,6 +386,12 @@ fn parse_block(yaml: &str, opener_len: usize) -> Result<Meta, Problem> {
         return Ok(Meta::default());
     }
     match parse_value(yaml) {
+        // The text parsed (the guard walked it) but its `Value` was
+        // refused: a key given twice.
+        Err(YamlError::Yaml(e)) => {
+            Err(duplicate_key(yaml)
+                .map_or_else(|| Problem::Yaml(e.to_string()), Problem::DuplicateKey))
+        }
         // A document of comments only, or a lone `~`, is Null to serde_yaml:
         // tell the two apart by asking for a mapping, which accepts the
         // former (an empty plain scalar) and refuses the latter.
@@ -425,10 +431,7 @@ impl std::error::Error for YamlError {}
 impl YamlError {
     fn into_problem(self) -> Problem {
         match self {
-            YamlError::Yaml(e) => match duplicate_key(&e) {
-                Some(key) => Problem::DuplicateKey(key),
-                None => Problem::Yaml(e.to_string()),
-            },
+            YamlError::Yaml(e) => Problem::Yaml(e.to_string()),
             YamlError::TooComplex(why) => Problem::TooComplex(why),
         }
     }
@@ -522,30 +525,28 @@ fn guard(yaml: &str) -> Result<(), YamlError> {
     Ok(())
 }
 
-/// serde_yaml 0.9 reports a duplicate key (at any depth) as a custom message
-/// `[path: ]duplicate entry with key "k"[ at line L column C]`, where the key
-/// part is `with key "s"` (strings), `with key 5`, `` with key `true` ``,
-/// `with null key` or `in YAML map` (list or mapping keys). Returns the key
-/// (and its path, when nested) for [`Problem::DuplicateKey`].
-fn duplicate_key(e: &serde_yaml::Error) -> Option<String> {
-    let msg = e.to_string();
-    let msg = match e.location() {
-        Some(at) => msg
-            .strip_suffix(&format!(" at line {} column {}", at.line(), at.column()))
-            .unwrap_or(&msg),
-        None => &msg,
+/// A key given twice, as [`Problem::DuplicateKey`] shows it: `"k"` (a
+/// string, quoted), `5`, `true`, `null`, or a list or mapping used as a
+/// key; `KEY in PATH` when nested. Found in the document's tree, once
+/// serde_yaml has refused to build its `Value` of a text that parsed.
+fn duplicate_key(yaml: &str) -> Option<String> {
+    use crate::yaml_tree::Tree;
+    let d = serde_yaml::from_str::<Tree>(yaml).ok()?.duplicate_key()?;
+    let key = match &d.key {
+        Tree::Str(s) => format!("{s:?}"),
+        Tree::Null => "null".to_owned(),
+        Tree::Bool(b) => format!("`{b}`"),
+        Tree::U64(n) => n.to_string(),
+        Tree::I64(n) => n.to_string(),
+        Tree::U128(n) => n.to_string(),
+        Tree::I128(n) => n.to_string(),
+        Tree::F64(n) => n.to_string(),
+        Tree::Seq(_) | Tree::Map(_) => "(a list or mapping used as a key)".to_owned(),
     };
-    let (path, what) = msg.split_once("duplicate entry ")?;
-    let key = if let Some(key) = what.strip_prefix("with key ") {
-        key.to_owned()
-    } else if what == "with null key" {
-        "null".to_owned()
+    if d.path.is_empty() {
+        Some(key)
     } else {
-        "(a list or mapping used as a key)".to_owned()
-    };
-    match path.strip_suffix(": ") {
-        Some(path) if !path.is_empty() && path != "." => Some(format!("{key} in {path}")),
-        _ => Some(key),
+        Some(format!("{key} in {}", d.path.join(".")))
     }
 }
 

@@ -30,3 +30,4 @@ pub mod text;
 pub mod timestamp;
 pub mod totals;
 pub mod ui;
+pub mod yaml_tree;

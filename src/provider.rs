@@ -5,20 +5,48 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde::de::{self, Deserialize, Deserializer};
 
 /// Where a task runs. `ClaudeCode` means "run locally"; the others are
 /// secutools providers, the only ones a policy key or a chain may name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Provider {
     /// Never read from the config: no key names it.
-    #[serde(skip)]
     ClaudeCode,
     Gpu,
     Gemini,
     Claude,
     Auto,
+}
+
+/// The names of [`Provider::ALL`], as a config key or a chain names them.
+pub const NAMES: [&str; 4] = ["gpu", "gemini", "claude", "auto"];
+
+/// One of `table`'s names, exactly as written, else serde's "unknown
+/// variant" with `names`. Read as a string so that a refused name keeps
+/// its place in the error's path (a config key: `max_in_flight.al`).
+pub fn deserialize_named<'de, D, T: Copy>(
+    d: D,
+    table: &[(&str, T)],
+    names: &'static [&'static str],
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let s = String::deserialize(d)?;
+    table
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|&(_, v)| v)
+        .ok_or_else(|| de::Error::unknown_variant(&crate::text::clip(&s, 40), names))
+}
+
+/// A config's provider name: one of [`NAMES`], lower case.
+impl<'de> Deserialize<'de> for Provider {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Provider, D::Error> {
+        let table = Provider::ALL.map(|p| (p.as_str(), p));
+        deserialize_named(d, &table, &NAMES)
+    }
 }
 
 impl Provider {
@@ -100,7 +128,9 @@ mod tests {
         let read: Result<Provider, _> = serde_yaml::from_str("claude-code");
         let why = read.unwrap_err().to_string();
         assert!(
-            why.contains("expected one of `gpu`, `gemini`, `claude`, `auto`"),
+            why.contains(
+                "unknown variant `claude-code`, expected one of `gpu`, `gemini`, `claude`, `auto`"
+            ),
             "{why}"
         );
         let read: Result<Provider, _> = serde_yaml::from_str("claudecode");

@@ -464,7 +464,7 @@ fn policy_key_errors_say_what_is_wrong() {
         ("budget: 5\n", "budget must be a mapping of its keys"),
         (
             "fallback:\n  gemini: [[claude]]\n",
-            "fallback: expected a provider",
+            "fallback.gemini: expected a provider",
         ),
         (
             "max_in_flight:\n  claude-code: 3\n",

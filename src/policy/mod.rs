@@ -213,14 +213,28 @@ pub struct Budget {
 }
 
 /// The keys of `max_in_flight:`: `all` or a provider.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LimitKey {
     All,
     Gpu,
     Gemini,
     Claude,
     Auto,
+}
+
+impl<'de> Deserialize<'de> for LimitKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LimitKey, D::Error> {
+        use LimitKey as L;
+        const NAMES: [&str; 5] = ["all", "gpu", "gemini", "claude", "auto"];
+        let table = [
+            ("all", L::All),
+            ("gpu", L::Gpu),
+            ("gemini", L::Gemini),
+            ("claude", L::Claude),
+            ("auto", L::Auto),
+        ];
+        crate::provider::deserialize_named(d, &table, &NAMES)
+    }
 }
 
 /// `max_in_flight:` in the config.
@@ -253,10 +267,7 @@ impl<'de> Deserialize<'de> for Chain {
             .iter()
             .map(|n| {
                 Provider::parse(n).ok_or_else(|| {
-                    de::Error::custom(format!(
-                        "unknown provider `{}` (expected gpu, gemini, claude or auto)",
-                        crate::text::clip(n, 40)
-                    ))
+                    de::Error::unknown_variant(&crate::text::clip(n, 40), &crate::provider::NAMES)
                 })
             })
             .collect::<Result<Vec<_>, D::Error>>()?;

@@ -9,8 +9,11 @@ use serde::Deserialize;
 use crate::cli::Global;
 use crate::client::{Client, ClientConfig, ClientError, ConfigField};
 use crate::error::{Code, fail};
-use crate::frontmatter::YamlError;
+use crate::yaml_tree::Tree;
+
+mod refusal;
 use crate::fsread::{self, Kind};
+use refusal::{Refusal, line_prefix};
 
 pub const ENV_URL: &str = "SECUTOOLS_URL";
 pub const ENV_KEY: &str = "SECUTOOLS_API_KEY";
@@ -158,7 +161,7 @@ fn config_duration(
                 format!(
                     "config file {}: {}{key} is not a duration like 30s or 24h; fix the value or remove the key",
                     file.display(),
-                    line_prefix(key_line(text, key, 1)),
+                    line_prefix(refusal::path_line(text, &[key])),
                 ),
             )
         }),
@@ -410,245 +413,23 @@ fn read_config(path: &Path) -> anyhow::Result<Option<(FileConfig, String)>> {
 }
 
 fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
+    let refused = |what: String| {
+        fail(
+            Code::Config,
+            format!("config file {}: {what}", path.display()),
+        )
+    };
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    crate::frontmatter::from_yaml::<Option<FileConfig>>(text)
+    let tree: Tree =
+        crate::frontmatter::from_yaml(text).map_err(|e| refused(refusal::describe_syntax(&e)))?;
+    if let Some(d) = tree.duplicate_key() {
+        return Err(refused(refusal::describe_duplicate(&d, text)));
+    }
+    tree.read::<Option<FileConfig>, Refusal>()
         .map(Option::unwrap_or_default)
-        .map_err(|e| {
-            fail(
-                Code::Config,
-                format!(
-                    "config file {}: {}",
-                    path.display(),
-                    describe_yaml_error(&e, text)
-                ),
-            )
-        })
-}
-
-/// What is wrong with a config file, for a person: its line and the
-/// problem, and a key name only when it looks like one. Never a line of
-/// the file, and no value but the one a policy key refuses (under
-/// `budget`, `max_in_flight` or `fallback`, clipped): `--config` pointed at
-/// a key file, or at a symlink to /etc/shadow, must not print a secret.
-fn describe_yaml_error(e: &YamlError, text: &str) -> String {
-    let e = match e {
-        YamlError::TooComplex(why) => {
-            return format!("too complex to parse safely ({why}); is it the right file?");
-        }
-        YamlError::Yaml(e) => e,
-    };
-    let msg = e.to_string();
-    let (line, msg) = match e.location() {
-        Some(at) => (
-            Some(at.line()),
-            msg.strip_suffix(&format!(" at line {} column {}", at.line(), at.column()))
-                .unwrap_or(&msg)
-                .to_string(),
-        ),
-        None => (None, msg),
-    };
-    let (what, line) = describe_serde_message(&msg, text, line);
-    format!("{}{what}", line_prefix(line))
-}
-
-fn line_prefix(line: Option<usize>) -> String {
-    line.map(|l| format!("line {l}: ")).unwrap_or_default()
-}
-
-/// A key name as written in a config file: short, lower case and `_`.
-fn looks_like_key(k: &str) -> bool {
-    (1..=40).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-}
-
-/// The part of `msg` between the first pair of backticks after `after`.
-fn quoted_after<'a>(msg: &'a str, after: &str) -> Option<&'a str> {
-    msg.strip_prefix(after)?.split('`').next()
-}
-
-/// Turns serde_yaml's message (location removed) into the problem in words
-/// and the line it is on; the line is found in `text` when serde_yaml puts
-/// it at the mapping's start. Each kind of message has its reader below;
-/// what none knows is shown only when it cannot quote the file.
-fn describe_serde_message(msg: &str, text: &str, line: Option<usize>) -> (String, Option<usize>) {
-    // `[path: ]MESSAGE`: the path is made of key names, safe to show.
-    let (path, rest) = match msg.split_once(": ") {
-        Some((p, r))
-            if p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_[].".contains(&b)) =>
-        {
-            (Some(p), r)
-        }
-        _ => (None, msg),
-    };
-    let said = unknown_key(path, rest)
-        .or_else(|| unknown_provider(path, rest))
-        .or_else(|| duplicate_key(rest))
-        .map(|(what, k, nth)| (what, key_line(text, k, nth).or(line)))
-        .or_else(|| wrong_type(path, rest).map(|what| (what, line)))
-        .or_else(|| policy_sentence(path, rest).map(|what| (what, line)));
-    if let Some(said) = said {
-        return said;
-    }
-    // libyaml's syntax errors are fixed sentences; anything quoting the
-    // file is not shown.
-    if msg
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b" ,':".contains(&b))
-    {
-        (format!("not valid YAML: {msg}"), line)
-    } else {
-        ("not valid YAML".to_string(), line)
-    }
-}
-
-/// serde's `unknown field`: the problem, the key to find the line of, and
-/// which of its lines.
-fn unknown_key<'a>(path: Option<&str>, rest: &'a str) -> Option<(String, &'a str, usize)> {
-    let k = quoted_after(rest, "unknown field `")?;
-    // serde lists the struct's own fields after the key: safe to show.
-    let keys = rest
-        .split_once("expected one of ")
-        .map(|(_, ks)| format!("; the keys are {}", ks.replace('`', "")))
-        .unwrap_or_default();
-    let what = if looks_like_key(k) {
-        format!(
-            "unknown key `{}{k}`{keys}",
-            path.map(|p| format!("{p}.")).unwrap_or_default()
-        )
-    } else {
-        format!("a key that is not a config key (not shown){keys}")
-    };
-    Some((what, k, 1))
-}
-
-/// An unknown name where a provider (or `all`) is expected: serde's
-/// `unknown variant`, or the fallback chain's own `unknown provider`.
-fn unknown_provider<'a>(path: Option<&str>, rest: &'a str) -> Option<(String, &'a str, usize)> {
-    let k = ["unknown variant `", "unknown provider `"]
-        .iter()
-        .find_map(|prefix| quoted_after(rest, prefix))?;
-    let shown = if looks_like_key(k)
-        || ((1..=40).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
-    {
-        format!("`{k}`")
-    } else {
-        "(not shown)".to_string()
-    };
-    let place = path.map(|p| format!("{p}: ")).unwrap_or_default();
-    // `max_in_flight` takes `all` too; the nearest valid name is said when
-    // one is close.
-    let valid: &[&str] = if path.is_some_and(|p| p.starts_with("max_in_flight")) {
-        &["all", "gpu", "gemini", "claude", "auto"]
-    } else {
-        &["gpu", "gemini", "claude", "auto"]
-    };
-    let nearest = valid
-        .iter()
-        .map(|v| (strsim::levenshtein(&k.to_ascii_lowercase(), v), *v))
-        .min()
-        .filter(|(d, _)| *d <= 3 && shown != "(not shown)")
-        .map(|(_, v)| format!(" (did you mean `{v}`?)"))
-        .unwrap_or_default();
-    let (what, names) = if valid.contains(&"all") {
-        ("the keys are all", ", gpu, gemini, claude, auto")
-    } else {
-        ("the providers are", " gpu, gemini, claude, auto")
-    };
-    Some((
-        format!("{place}unknown provider {shown}{nearest}; {what}{names}"),
-        k,
-        1,
-    ))
-}
-
-/// serde's `duplicate field`: said at the key's second line.
-fn duplicate_key(rest: &str) -> Option<(String, &str, usize)> {
-    let k = quoted_after(rest, "duplicate field `")?;
-    Some((format!("key `{k}` is given twice; keep one"), k, 2))
-}
-
-/// serde's `invalid type` and `invalid value`: what was wanted, and the
-/// kind of what was found (never the value).
-fn wrong_type(path: Option<&str>, rest: &str) -> Option<String> {
-    // An invalid value is of the right type but out of range (a negative
-    // amount): "not an integer" would mislead, so only the rule is said.
-    let out_of_range = rest.starts_with("invalid value: ");
-    let typed = rest
-        .strip_prefix("invalid type: ")
-        .or_else(|| rest.strip_prefix("invalid value: "))?;
-    let (found, wanted) = typed.split_once(", expected ").unwrap_or((typed, "?"));
-    let found = value_kind(found);
-    let wanted = match wanted {
-        "struct FileConfig" => "a mapping of config keys (`key: value` lines)",
-        w if w.starts_with("struct ") => "a mapping of its keys",
-        "u32" => "a whole number",
-        "a sequence" => "a list",
-        "a string" => "a string",
-        "a boolean" => "a boolean",
-        "f64" => "a number",
-        // The policy keys' own `expecting` sentences: ours, safe to show.
-        w if w
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b" ,.()[]_".contains(&b)) =>
-        {
-            w
-        }
-        _ => "another type",
-    };
-    Some(match path {
-        Some(p) if out_of_range => format!("{p} must be {wanted}"),
-        Some(p) => format!("{p} must be {wanted}, not {found}"),
-        None => format!("the file must be {wanted}, not {found}; is it the right file?"),
-    })
-}
-
-/// Under a policy key, what serde did not say above is the policy
-/// module's own sentence: the rule broken and the value as read, clipped
-/// and escaped there (a number, the one value a config error shows).
-fn policy_sentence(path: Option<&str>, rest: &str) -> Option<String> {
-    let p = path.filter(|p| {
-        let top = p.split(['.', '[']).next().unwrap_or("");
-        crate::policy::KEYS.contains(&top)
-    })?;
-    Some(format!("{p}: {}", crate::text::clip(rest, 300)))
-}
-
-/// `string "secret"` → `a string`: the kind of a value serde names, never
-/// the value.
-fn value_kind(found: &str) -> &'static str {
-    let word = found.split([' ', '`', '"']).next().unwrap_or("");
-    match word {
-        "string" | "character" => "a string",
-        "integer" => "an integer",
-        "floating" => "a number",
-        "boolean" => "a boolean",
-        "sequence" => "a list",
-        "map" => "a mapping",
-        "unit" | "null" => "null",
-        _ => "something else",
-    }
-}
-
-/// The 1-based line of the `nth` line that sets `key` (plain or quoted) at
-/// the start of a line (after indentation), if any.
-fn key_line(text: &str, key: &str, nth: usize) -> Option<usize> {
-    let sets = |l: &str| {
-        let l = l.trim_start();
-        let (l, quote) = match l.strip_prefix(['"', '\'']) {
-            Some(rest) => (rest, &l[..1]),
-            None => (l, ""),
-        };
-        l.strip_prefix(key)
-            .and_then(|r| r.strip_prefix(quote))
-            .is_some_and(|r| r.trim_start().starts_with(':'))
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| sets(l))
-        .nth(nth - 1)
-        .map(|(i, _)| i + 1)
+        .map_err(|e| refused(refusal::describe(e.path(), e.inner(), text)))
 }
 
 /// Adds a `projects` entry's directories to `out`; `true` when the entry
@@ -862,7 +643,32 @@ mod tests {
             ),
             (
                 "fallback:\n  gemini: [claude, claude, claude, claude, claude]\n",
-                "line 2: fallback: a fallback chain has at most 4 entries, this one has 5",
+                "line 2: fallback.gemini: a fallback chain has at most 4 entries, this one has 5",
+            ),
+            (
+                "fallback:\n  gemini: [claude, gemni]\n",
+                "line 2: fallback.gemini: unknown provider `gemni` (did you mean `gemini`?); the providers are gpu, gemini, claude, auto",
+            ),
+            (
+                "budget:\n  daily_cad: 1\n  providers:\n    claude: {}\n    claude: {}\n",
+                "line 5: key `budget.providers.claude` is given twice; keep one",
+            ),
+            (
+                "budget:\n  providers:\n    claud: {}\n",
+                "line 3: budget.providers: unknown provider `claud` (did you mean `claude`?); the providers are gpu",
+            ),
+            ("retries: -1\n", "line 1: retries must be a whole number"),
+            (
+                "retries: 1\nretires: 2\n",
+                "line 2: unknown key `retires` (did you mean `retries`?); the keys are api_url",
+            ),
+            (
+                "fleet:\n  host: a\n",
+                "line 1: `fleet` is missing its key `url`",
+            ),
+            (
+                "# nothing yet\n---\n\nsecret-value\n",
+                "line 4: the file must be a mapping of config keys (`key: value` lines), not a string",
             ),
         ];
         let dir = tempfile::tempdir().unwrap();
