@@ -87,15 +87,37 @@ fn a_task_fails_over_twice_and_lands_in_done_with_its_attempts() {
     );
 
     let text = std::fs::read_to_string(&metrics).unwrap();
+    // Each job the service made is counted under its provider: the two
+    // earlier jobs of the chain ended without completing.
+    let failed = |provider: &str| {
+        format!(
+            "ccl_delegate_failed_total{{project=\"{}\",provider=\"{provider}\"}} 1\n",
+            p.dir.display()
+        )
+    };
     for want in [
-        "ccl_delegate_failover_total{from=\"gemini\",to=\"claude\"} 1\n",
-        "ccl_delegate_failover_total{from=\"claude\",to=\"gpu\"} 1\n",
+        "ccl_delegate_failover_total{from=\"gemini\",to=\"claude\"} 1\n".to_string(),
+        "ccl_delegate_failover_total{from=\"claude\",to=\"gpu\"} 1\n".to_string(),
+        failed("gemini"),
+        failed("claude"),
     ] {
-        assert!(text.contains(want), "{want} in {text}");
+        assert!(text.contains(&want), "{want} in {text}");
     }
-    let out = p.reap(&mock, &[]);
+    let out = p.reap(&mock, &metrics_arg);
     out.expect(0);
     assert!(out.stdout.starts_with("done "), "{}", out.stdout);
+    // The chain ended: its steps are still counted once, its last job too.
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    for want in [
+        "ccl_delegate_failover_total{from=\"gemini\",to=\"claude\"} 1\n".to_string(),
+        failed("gemini"),
+        format!(
+            "ccl_delegate_completed_total{{project=\"{}\",provider=\"gpu\"}} 1\n",
+            p.dir.display()
+        ),
+    ] {
+        assert!(text.contains(&want), "{want} in {text}");
+    }
     assert!(
         out.stdout.contains(&format!("job {third}")),
         "{}",

@@ -47,13 +47,27 @@ fn metric<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         .and_then(|l| l.rsplit(' ').next())
 }
 
+/// A run with the service unreachable or the key refused is no success;
+/// the last success is the books', so it survives the metrics file being
+/// removed between runs.
 #[test]
 fn metrics_call_a_run_with_an_unreachable_service_or_a_refused_key_no_success() {
     let mock = Mock::start(&["--statuses", "queued"]);
     let p = Project::new();
     p.delegated(&mock, "a.md", &rfc3339_ago(60));
     let file = p.tmp.path().join("m.prom");
-    let before = "ccl_delegate_last_success_timestamp_seconds 123.000\n";
+    p.reap(&mock, &["--metrics-file", s(&file)]).expect(0);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(metric(&text, "ccl_delegate_reap_success "), Some("1"));
+    let last = metric(&text, "ccl_delegate_last_success_timestamp_seconds ")
+        .unwrap()
+        .to_string();
+    let at: f64 = last.parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - 60.0..=now + 1.0).contains(&at), "{last}");
     for env in [
         vec![
             ("SECUTOOLS_URL", dead_url()),
@@ -64,7 +78,7 @@ fn metrics_call_a_run_with_an_unreachable_service_or_a_refused_key_no_success() 
             ("SECUTOOLS_API_KEY", "wrong-key-0123456789".to_string()),
         ],
     ] {
-        std::fs::write(&file, before).unwrap();
+        std::fs::remove_file(&file).unwrap();
         let out = Out::of(p.cmd(None).envs(env.clone()).args([
             "reap",
             "--project",
@@ -85,7 +99,7 @@ fn metrics_call_a_run_with_an_unreachable_service_or_a_refused_key_no_success() 
         );
         assert_eq!(
             metric(&text, "ccl_delegate_last_success_timestamp_seconds "),
-            Some("123.000"),
+            Some(last.as_str()),
             "{env:?}: {text}"
         );
     }

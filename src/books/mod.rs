@@ -30,7 +30,8 @@ pub mod sync;
 
 pub use entry::{Entry, counted_provider, entries_from_record, entry_from_record, sane_cost, utc};
 pub use store::{
-    Books, Rebuilt, RecordTotal, Reservation, Row, Unpushed, move_aside, open_if_present,
+    Books, Counters, JobTotal, Rebuilt, RecordTotal, Reservation, Row, Unpushed, move_aside,
+    open_if_present,
 };
 
 /// The store's file name under the state directory.

@@ -1,9 +1,10 @@
 //! The store's tables, created on first use, with a version.
 
 /// The schema this binary writes and reads (`PRAGMA user_version`).
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
-/// Version 1. Times are `YYYY-MM-DDTHH:MM:SSZ` text, so they compare as
+/// Version 2 (version 1 without `job_total` and `failover`, which
+/// [`UPGRADE_FROM_1`] adds). Times are `YYYY-MM-DDTHH:MM:SSZ` text, so they compare as
 /// strings and a day is the first 10 bytes.
 pub const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS ledger (
@@ -88,6 +89,37 @@ CREATE TRIGGER IF NOT EXISTS ledger_record_back AFTER UPDATE OF step ON ledger
         DO UPDATE SET jobs = jobs + 1, cost_cad = cost_cad + excluded.cost_cad;
 END;
 
+-- Every job the books hold (each job of a chain included) per project,
+-- provider and outcome, for the metrics' counters: kept by the ledger's
+-- triggers.
+CREATE TABLE IF NOT EXISTS job_total (
+    project   TEXT NOT NULL,
+    provider  TEXT NOT NULL,
+    completed INTEGER NOT NULL,
+    jobs      INTEGER NOT NULL,
+    cost_cad  REAL NOT NULL,
+    PRIMARY KEY (project, provider, completed)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS ledger_job_add AFTER INSERT ON ledger BEGIN
+    INSERT INTO job_total (project, provider, completed, jobs, cost_cad)
+        VALUES (NEW.project, NEW.provider, NEW.status = 'completed', 1, NEW.cost_cad)
+        ON CONFLICT (project, provider, completed)
+        DO UPDATE SET jobs = jobs + 1, cost_cad = cost_cad + excluded.cost_cad;
+END;
+CREATE TRIGGER IF NOT EXISTS ledger_job_sub AFTER DELETE ON ledger BEGIN
+    UPDATE job_total SET jobs = max(0, jobs - 1), cost_cad = max(0, cost_cad - OLD.cost_cad)
+        WHERE project = OLD.project AND provider = OLD.provider
+          AND completed = (OLD.status = 'completed');
+END;
+
+-- Each failover step sent to the service, once (by the step's
+-- idempotency key, so two reaps count it once).
+CREATE TABLE IF NOT EXISTS failover (
+    key           TEXT PRIMARY KEY,
+    from_provider TEXT NOT NULL,
+    to_provider   TEXT NOT NULL
+) WITHOUT ROWID;
+
 -- A job in flight: one row per marker pending or submitted (a failover
 -- step a limit deferred holds no job and has none).
 CREATE TABLE IF NOT EXISTS reservation (
@@ -124,4 +156,14 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+";
+
+/// From version 1: the tables and triggers of [`CREATE`] it lacks, and
+/// `job_total` summed from the ledger it has (steps sent before the
+/// upgrade are not known: `failover` starts empty).
+pub const UPGRADE_FROM_1: &str = "
+INSERT INTO job_total (project, provider, completed, jobs, cost_cad)
+    SELECT project, provider, status = 'completed', count(*), sum(cost_cad)
+    FROM ledger GROUP BY 1, 2, 3
+    ON CONFLICT (project, provider, completed) DO NOTHING;
 ";

@@ -64,6 +64,27 @@ pub struct RecordTotal {
     pub jobs: u64,
 }
 
+/// Every job in the books (each job of a chain included), per project,
+/// provider and outcome: the metrics' `_total` counters.
+#[derive(Debug)]
+pub struct JobTotal {
+    pub project: String,
+    pub provider: String,
+    pub completed: bool,
+    pub jobs: u64,
+    pub cost_cad: f64,
+}
+
+/// What the metrics' counters say, summed by the books.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub jobs: Vec<JobTotal>,
+    /// Failover steps sent, per (from, to).
+    pub failovers: Vec<(String, String, u64)>,
+    /// When a reap last finished without an error (Unix seconds; 0: never).
+    pub last_success: f64,
+}
+
 /// What a rebuild kept besides the entries it made.
 #[derive(Debug, Default, PartialEq)]
 pub struct Rebuilt {
@@ -292,10 +313,14 @@ impl Books {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let mut imported = None;
-        if version == 0 {
+        if version < schema::VERSION {
             tx.execute_batch(schema::CREATE)?;
-            let dir = self.path.parent().unwrap_or(Path::new("."));
-            imported = import_old_ledger(&tx, dir)?;
+            if version == 0 {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                imported = import_old_ledger(&tx, dir)?;
+            } else if version == 1 {
+                tx.execute_batch(schema::UPGRADE_FROM_1)?;
+            }
             tx.execute_batch(&format!("PRAGMA user_version = {}", schema::VERSION))?;
         }
         tx.commit()?;
@@ -604,6 +629,66 @@ impl Books {
             })?
             .collect::<Result<_, _>>()?;
         Ok(v)
+    }
+
+    /// A failover step sent (`key` is the step's idempotency key): counted
+    /// once, however many runs note it.
+    pub fn note_failover(&mut self, key: &str, from: &str, to: &str) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO failover (key, from_provider, to_provider) VALUES (?1, ?2, ?3)",
+            [key, from, to],
+        )?;
+        Ok(())
+    }
+
+    /// The metrics' counters, summed by the books: every job per project,
+    /// provider and outcome; failover steps per (from, to); the last
+    /// successful run (0 when none).
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let mut q = self.conn.prepare_cached(
+            "SELECT project, provider, completed, jobs, cost_cad FROM job_total WHERE jobs > 0",
+        )?;
+        let jobs = q
+            .query_map([], |r| {
+                Ok(JobTotal {
+                    project: r.get(0)?,
+                    provider: r.get(1)?,
+                    completed: r.get(2)?,
+                    jobs: r.get::<_, i64>(3)?.max(0) as u64,
+                    cost_cad: r.get::<_, f64>(4)?.max(0.0),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut q = self.conn.prepare_cached(
+            "SELECT from_provider, to_provider, count(*) FROM failover GROUP BY 1, 2",
+        )?;
+        let failovers = q
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+            })?
+            .collect::<Result<_, _>>()?;
+        let last_success = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'last_success'")?
+            .query_row([], |r| r.get::<_, String>(0))
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        Ok(Counters {
+            jobs,
+            failovers,
+            last_success,
+        })
+    }
+
+    /// Notes a reap that finished without an error, at `at` (Unix seconds).
+    pub fn note_success(&mut self, at: f64) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_success', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [format!("{at:.3}")],
+        )?;
+        Ok(())
     }
 
     /// Every entry, oldest first (tests and small books).
@@ -1070,7 +1155,64 @@ mod tests {
         let e = Books::open(d.path(), Duration::from_secs(1)).err().unwrap();
         assert_eq!(crate::error::code_of(&e), Code::Config);
         let m = format!("{e:#}");
-        assert!(m.contains("version 7") && m.contains("version 1"), "{m}");
+        assert!(m.contains("version 7") && m.contains("version 2"), "{m}");
+    }
+
+    /// Books of version 1 (no `job_total`, no `failover`) are upgraded in
+    /// place at the first open: the metrics' sums start from the ledger.
+    #[test]
+    fn version_1_books_are_upgraded_with_their_sums() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = open(d.path());
+        b.book(
+            &[
+                entry("j-1", "gemini", "completed", 0.5, "2026-01-02T00:00:00Z"),
+                entry("j-2", "gemini", "failed", 0.0, "2026-01-02T00:00:01Z"),
+            ],
+            &[],
+        )
+        .unwrap();
+        drop(b);
+        let c = Connection::open(super::super::path(d.path())).unwrap();
+        c.execute_batch(
+            "DROP TABLE job_total; DROP TABLE failover; DROP TRIGGER ledger_job_add;
+             DROP TRIGGER ledger_job_sub; PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(c);
+        let mut b = open(d.path());
+        b.note_failover("k-2", "gemini", "claude").unwrap();
+        b.note_failover("k-2", "gemini", "claude").unwrap();
+        b.book(
+            &[entry(
+                "j-3",
+                "claude",
+                "completed",
+                0.25,
+                "2026-01-02T00:00:02Z",
+            )],
+            &[],
+        )
+        .unwrap();
+        let c = b.counters().unwrap();
+        let mut jobs: Vec<_> = c
+            .jobs
+            .iter()
+            .map(|t| (t.provider.as_str(), t.completed, t.jobs, t.cost_cad))
+            .collect();
+        jobs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(
+            jobs,
+            [
+                ("claude", true, 1, 0.25),
+                ("gemini", false, 1, 0.0),
+                ("gemini", true, 1, 0.5)
+            ]
+        );
+        assert_eq!(c.failovers, [("gemini".into(), "claude".into(), 1)]);
+        assert_eq!(c.last_success, 0.0);
+        b.note_success(12.5).unwrap();
+        assert_eq!(b.counters().unwrap().last_success, 12.5);
     }
 
     #[test]

@@ -369,10 +369,7 @@ impl Ctx<'_> {
         // A step counts in the metrics when it is sent: a deferred one
         // when a later run sends it (it may never be: a budget can end it).
         if !deferred {
-            self.tally
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .failover(&m.provider, &next.provider);
+            self.note_failover(&next.idempotency_key, &m.provider, &next.provider);
         }
         if deferred {
             self.ui.info(format_args!(

@@ -178,16 +178,9 @@ impl Finished {
         }
     }
 
-    /// Counts it in the run's metrics.
+    /// Takes it out of the run's jobs in flight (the books count it).
     fn tally(&self, tally: &mut metrics::Tally) {
-        match &self.verdict {
-            Verdict::Done {
-                provider, cost_cad, ..
-            } => tally.finished(&self.queue, &self.requested, provider, true, *cost_cad),
-            Verdict::Failed { provider, .. } => {
-                tally.finished(&self.queue, &self.requested, provider, false, 0.0)
-            }
-        }
+        tally.finished(&self.queue, &self.requested);
     }
 }
 

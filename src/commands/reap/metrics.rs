@@ -2,13 +2,17 @@
 //! written after each run in the Prometheus text format that
 //! node_exporter's textfile collector reads.
 //!
-//! There is no daemon to keep counters in memory, so the `_total` counters
-//! are carried from the previous file: each run adds what it finished.
+//! There is no daemon to keep counters in memory: the `_total` counters
+//! and the last success are the books' (every job the books hold, each
+//! job of a failover chain included, and each failover step sent), so
+//! they agree with `report` and survive a lost or removed metrics file.
+//! The jobs in flight are what this run saw.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::books::Counters;
 use crate::policy::admit::CapState;
 use crate::queue::{AtomicWriter, Queue};
 
@@ -18,9 +22,6 @@ struct Counts {
     /// the gauge written, so no key carries a series that stays zero.
     tracked: bool,
     active: u64,
-    completed: u64,
-    failed: u64,
-    cost_cad: f64,
 }
 
 /// What one run saw and did, per project and provider.
@@ -30,8 +31,6 @@ pub struct Tally {
     projects: Vec<String>,
     /// Each configured cap at the end of the run (policy.md "Report").
     pub budget: Vec<CapState>,
-    /// Failover steps taken, per (from, to) provider.
-    failovers: BTreeMap<(String, String), u64>,
 }
 
 fn project_label(q: &Queue) -> String {
@@ -39,14 +38,6 @@ fn project_label(q: &Queue) -> String {
 }
 
 impl Tally {
-    /// A failover step from one provider to the next.
-    pub fn failover(&mut self, from: &str, to: &str) {
-        *self
-            .failovers
-            .entry((from.to_string(), to.to_string()))
-            .or_default() += 1;
-    }
-
     pub fn project(&mut self, q: &Queue) {
         self.projects.push(project_label(q));
     }
@@ -63,61 +54,47 @@ impl Tally {
     }
 
     /// A job finished: out of flight under the provider it was counted
-    /// with, into the counters under the provider that ran it.
-    pub fn finished(
-        &mut self,
-        q: &Queue,
-        requested: &str,
-        provider: &str,
-        completed: bool,
-        cost_cad: f64,
-    ) {
-        let project = project_label(q);
-        if let Some(c) = self.by.get_mut(&(project.clone(), requested.to_string())) {
+    /// with (the books count it under the provider that ran it).
+    pub fn finished(&mut self, q: &Queue, requested: &str) {
+        if let Some(c) = self.by.get_mut(&(project_label(q), requested.to_string())) {
             c.active = c.active.saturating_sub(1);
-        }
-        let c = self.by.entry((project, provider.to_string())).or_default();
-        if completed {
-            c.completed += 1;
-            c.cost_cad += cost_cad;
-        } else {
-            c.failed += 1;
         }
     }
 }
-
-const COUNTERS: [&str; 3] = [
-    "ccl_delegate_completed_total",
-    "ccl_delegate_failed_total",
-    "ccl_delegate_cost_cad_total",
-];
-
-/// The samples of one run, with what the previous file carried.
-type ByKey = BTreeMap<(String, String), Counts>;
-
-/// Failover steps, per (from, to) provider.
-type Failovers = BTreeMap<(String, String), u64>;
 
 /// The file's temporary name begins so, beside it.
 const TMP_PREFIX: &str = ".ccl-delegate-metrics-";
 
 /// Writes the metrics file atomically (temporary file + rename) through
 /// the queue's one writer; not fsynced: a file a crash loses is whole
-/// again after the next run.
-pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyhow::Result<()> {
-    let previous = read_previous(path)?;
-    let (mut by, mut failovers) = (tally.by.clone(), tally.failovers.clone());
-    let mut last_success = carry(&previous, &mut by, &mut failovers);
-    if success {
-        last_success = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+/// again after the next run. `counters` is `None` when the books could
+/// not be read: then the counters and the last success are left out (an
+/// alert on `absent()` sees it), never written as zero.
+pub fn write(
+    path: &Path,
+    tally: &Tally,
+    counters: Option<&Counters>,
+    took: Duration,
+    success: bool,
+) -> anyhow::Result<()> {
+    // A FIFO or a device there would hang or be replaced: left alone.
+    if let Ok(m) = std::fs::metadata(path)
+        && !m.is_file()
+    {
+        anyhow::bail!(
+            "{} is not a regular file; remove or rename it",
+            path.display()
+        );
     }
-    let mut out = counter_families(&by);
+    let mut out = active_family(&tally.by);
+    if let Some(c) = counters {
+        out.push_str(&counter_families(c));
+    }
     out.push_str(&budget_families(&tally.budget));
-    out.push_str(&failover_family(&failovers));
-    out.push_str(&run_gauges(took, success, last_success));
+    if let Some(c) = counters {
+        out.push_str(&failover_family(&c.failovers));
+    }
+    out.push_str(&run_gauges(took, success, counters.map(|c| c.last_success)));
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -131,108 +108,101 @@ pub fn write(path: &Path, tally: &Tally, took: Duration, success: bool) -> anyho
     Ok(())
 }
 
-/// The previous file's text, read through the checks every file read
-/// gets: a FIFO or a device there is an error, never a read that hangs the
-/// reap; the file is then left alone.
-fn read_previous(path: &Path) -> anyhow::Result<String> {
-    match crate::fsread::read(path, crate::fsread::Kind::Metrics) {
-        Ok(c) => Ok(c
-            .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
-            .unwrap_or_default()),
-        Err(e) => anyhow::bail!("cannot read it to carry its counters: {e}; remove or rename it"),
-    }
+/// Now, in Unix seconds (the last success's clock).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
-/// Adds the previous file's counters to this run's; gives the last
-/// success it said.
-fn carry(previous: &str, by: &mut ByKey, failovers: &mut Failovers) -> f64 {
-    let mut last_success = 0.0f64;
-    for line in previous.lines() {
-        if let Some((from, to, n)) = parse_failover(line) {
-            *failovers.entry((from, to)).or_default() += n;
-            continue;
-        }
-        if let Some(v) = line.strip_prefix("ccl_delegate_last_success_timestamp_seconds ") {
-            last_success = v.trim().parse().unwrap_or(0.0);
-            continue;
-        }
-        let Some((name, labels, value)) = parse_sample(line) else {
-            continue;
-        };
-        let Some(i) = COUNTERS.iter().position(|c| *c == name) else {
-            continue;
-        };
-        let c = by.entry(labels).or_default();
-        match i {
-            0 => c.completed += value as u64,
-            1 => c.failed += value as u64,
-            _ => c.cost_cad += value,
-        }
-    }
-    last_success
+fn family_head(out: &mut String, name: &str, kind: &str, help: &str) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
 }
 
-/// The gauge for the keys with jobs in flight this run, the counters for
-/// the keys that ever finished one.
-fn counter_families(by: &ByKey) -> String {
+/// The gauge for the keys this run saw jobs in flight for: a key whose
+/// last job finished in the run says `0` once, then is no longer written.
+fn active_family(by: &BTreeMap<(String, String), Counts>) -> String {
     let mut out = String::new();
-    type Pick = dyn Fn(&Counts) -> bool;
-    // The keys this run saw jobs in flight for: a key whose last job
-    // finished in the run says `0` once, then is no longer written.
-    let tracked: &Pick = &|c| c.tracked;
-    let counted: &Pick = &|c| c.completed + c.failed > 0;
-    let mut family =
-        |name: &str, kind: &str, help: &str, pick: &Pick, value: &dyn Fn(&Counts) -> String| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for ((project, provider), c) in by.iter().filter(|(_, c)| pick(c)) {
-                out.push_str(&format!(
-                    "{name}{{project=\"{}\",provider=\"{}\"}} {}\n",
-                    escape(project),
-                    escape(provider),
-                    value(c)
-                ));
-            }
-        };
-    family(
-        "ccl_delegate_active_jobs",
+    let name = "ccl_delegate_active_jobs";
+    family_head(
+        &mut out,
+        name,
         "gauge",
         "Delegated tasks in flight after the last reap, by the provider the task asked for.",
-        tracked,
-        &|c| c.active.to_string(),
     );
-    family(
-        COUNTERS[0],
-        "counter",
-        "Tasks moved to done/ by reap.",
-        counted,
-        &|c| c.completed.to_string(),
-    );
-    family(
-        COUNTERS[1],
-        "counter",
-        "Tasks moved to failed/ by reap.",
-        counted,
-        &|c| c.failed.to_string(),
-    );
-    family(
-        COUNTERS[2],
-        "counter",
-        "Summed cost_cad of completed tasks.",
-        counted,
-        &|c| format!("{:.4}", c.cost_cad),
-    );
+    for ((project, provider), c) in by.iter().filter(|(_, c)| c.tracked) {
+        out.push_str(&format!(
+            "{name}{{project=\"{}\",provider=\"{}\"}} {}\n",
+            escape(project),
+            escape(provider),
+            c.active
+        ));
+    }
+    out
+}
+
+/// The books' jobs per project and provider: completed, ended otherwise,
+/// and their cost.
+fn counter_families(c: &Counters) -> String {
+    #[derive(Default)]
+    struct Sums {
+        completed: u64,
+        failed: u64,
+        cost_cad: f64,
+    }
+    let mut by: BTreeMap<(&str, &str), Sums> = BTreeMap::new();
+    for t in &c.jobs {
+        let s = by.entry((&t.project, &t.provider)).or_default();
+        if t.completed {
+            s.completed += t.jobs;
+        } else {
+            s.failed += t.jobs;
+        }
+        s.cost_cad += t.cost_cad;
+    }
+    type Value = fn(&Sums) -> String;
+    let families: [(&str, &str, Value); 3] = [
+        (
+            "ccl_delegate_completed_total",
+            "Jobs completed, by the provider that ran them.",
+            |s| s.completed.to_string(),
+        ),
+        (
+            "ccl_delegate_failed_total",
+            "Jobs that ended without completing (failed, cancelled, expired, timed out), each earlier job of a failover chain included.",
+            |s| s.failed.to_string(),
+        ),
+        (
+            "ccl_delegate_cost_cad_total",
+            "Summed cost_cad of the jobs.",
+            |s| format!("{:.4}", s.cost_cad),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in families {
+        family_head(&mut out, name, "counter", help);
+        for ((project, provider), s) in &by {
+            out.push_str(&format!(
+                "{name}{{project=\"{}\",provider=\"{}\"}} {}\n",
+                escape(project),
+                escape(provider),
+                value(s)
+            ));
+        }
+    }
     out
 }
 
 /// `ccl_delegate_failover_total`, by from and to; nothing before the
 /// first step.
-fn failover_family(failovers: &Failovers) -> String {
+fn failover_family(failovers: &[(String, String, u64)]) -> String {
     let mut out = String::new();
     if !failovers.is_empty() {
         out.push_str(&format!(
             "# HELP {FAILOVER} Failover steps taken by reap, from the provider whose job ended to the next.\n# TYPE {FAILOVER} counter\n"
         ));
-        for ((from, to), n) in failovers {
+        for (from, to, n) in failovers {
             out.push_str(&format!(
                 "{FAILOVER}{{from=\"{}\",to=\"{}\"}} {n}\n",
                 escape(from),
@@ -245,7 +215,7 @@ fn failover_family(failovers: &Failovers) -> String {
 
 /// The gauges of the run itself: its wall time, whether it succeeded, and
 /// when one last did.
-fn run_gauges(took: Duration, success: bool, last_success: f64) -> String {
+fn run_gauges(took: Duration, success: bool, last_success: Option<f64>) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "# HELP ccl_delegate_reap_duration_seconds Wall time of the last reap.\n# TYPE ccl_delegate_reap_duration_seconds gauge\nccl_delegate_reap_duration_seconds {:.6}\n",
@@ -255,9 +225,11 @@ fn run_gauges(took: Duration, success: bool, last_success: f64) -> String {
         "# HELP ccl_delegate_reap_success Whether the last reap finished without an error: local, the service unreachable or failing, the key refused, or a queue lock held too long.\n# TYPE ccl_delegate_reap_success gauge\nccl_delegate_reap_success {}\n",
         u8::from(success)
     ));
-    out.push_str(&format!(
-        "# HELP ccl_delegate_last_success_timestamp_seconds When a reap last finished without an error.\n# TYPE ccl_delegate_last_success_timestamp_seconds gauge\nccl_delegate_last_success_timestamp_seconds {last_success:.3}\n"
-    ));
+    if let Some(at) = last_success {
+        out.push_str(&format!(
+            "# HELP ccl_delegate_last_success_timestamp_seconds When a reap last finished without an error.\n# TYPE ccl_delegate_last_success_timestamp_seconds gauge\nccl_delegate_last_success_timestamp_seconds {at:.3}\n"
+        ));
+    }
     out
 }
 
@@ -301,100 +273,83 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            match chars.next() {
-                Some('n') => out.push('\n'),
-                Some(o) => out.push(o),
-                None => {}
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `name{project="..",provider=".."} value` as this module writes it.
 const FAILOVER: &str = "ccl_delegate_failover_total";
-
-/// A `ccl_delegate_failover_total{from,to}` sample of the previous file.
-fn parse_failover(line: &str) -> Option<(String, String, u64)> {
-    let rest = line.strip_prefix(FAILOVER)?.strip_prefix("{from=\"")?;
-    let (labels, value) = rest.rsplit_once("} ")?;
-    let (from, to) = labels.split_once("\",to=\"")?;
-    let to = to.strip_suffix('"')?;
-    Some((unescape(from), unescape(to), value.trim().parse().ok()?))
-}
-
-fn parse_sample(line: &str) -> Option<(&str, (String, String), f64)> {
-    let (name, rest) = line.split_once("{project=\"")?;
-    let (labels, value) = rest.rsplit_once("} ")?;
-    let (project, provider) = labels.split_once("\",provider=\"")?;
-    let provider = provider.strip_suffix('"')?;
-    Some((
-        name,
-        (unescape(project), unescape(provider)),
-        value.trim().parse().ok()?,
-    ))
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::FileTypeExt;
 
-    #[test]
-    fn failovers_carry_over_by_from_and_to() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.prom");
-        let mut t = Tally::default();
-        t.failover("gemini", "claude");
-        t.failover("gemini", "claude");
-        t.failover("claude", "gp\"u");
-        write(&path, &t, Duration::from_millis(5), true).unwrap();
-        write(&path, &t, Duration::from_millis(5), true).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            text.contains("ccl_delegate_failover_total{from=\"gemini\",to=\"claude\"} 4\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("ccl_delegate_failover_total{from=\"claude\",to=\"gp\\\"u\"} 2\n"),
-            "{text}"
-        );
-        let none = dir.path().join("n.prom");
-        write(&none, &Tally::default(), Duration::from_millis(5), true).unwrap();
-        assert!(!std::fs::read_to_string(&none).unwrap().contains("failover"));
+    use crate::books::JobTotal;
+
+    fn job(project: &str, provider: &str, completed: bool, jobs: u64, cost: f64) -> JobTotal {
+        JobTotal {
+            project: project.into(),
+            provider: provider.into(),
+            completed,
+            jobs,
+            cost_cad: cost,
+        }
     }
 
     #[test]
-    fn counters_carry_over_from_the_previous_file() {
+    fn counters_are_the_books_sums() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.prom");
-        let q = Queue::at(Path::new("/p/we\"ird"));
-        let mut t = Tally::default();
-        t.active(&q, "gemini");
-        t.finished(&q, "gemini", "gemini", true, 0.5);
-        write(&path, &t, Duration::from_millis(5), true).unwrap();
-        write(&path, &t, Duration::from_millis(5), true).unwrap();
+        let c = Counters {
+            jobs: vec![
+                job("/p/we\"ird", "gemini", true, 2, 1.0),
+                job("/p/we\"ird", "gemini", false, 3, 0.0),
+                job("/q", "claude", false, 1, 0.25),
+            ],
+            failovers: vec![
+                ("gemini".into(), "claude".into(), 4),
+                ("claude".into(), "gp\"u".into(), 2),
+            ],
+            last_success: 1_700_000_000.5,
+        };
+        write(
+            &path,
+            &Tally::default(),
+            Some(&c),
+            Duration::from_millis(5),
+            false,
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            text.contains(
-                "ccl_delegate_completed_total{project=\"/p/we\\\"ird\",provider=\"gemini\"} 2\n"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "ccl_delegate_cost_cad_total{project=\"/p/we\\\"ird\",provider=\"gemini\"} 1.0000\n"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("ccl_delegate_reap_success 1\n"));
+        for line in [
+            "ccl_delegate_completed_total{project=\"/p/we\\\"ird\",provider=\"gemini\"} 2\n",
+            "ccl_delegate_failed_total{project=\"/p/we\\\"ird\",provider=\"gemini\"} 3\n",
+            "ccl_delegate_cost_cad_total{project=\"/p/we\\\"ird\",provider=\"gemini\"} 1.0000\n",
+            "ccl_delegate_completed_total{project=\"/q\",provider=\"claude\"} 0\n",
+            "ccl_delegate_failed_total{project=\"/q\",provider=\"claude\"} 1\n",
+            "ccl_delegate_cost_cad_total{project=\"/q\",provider=\"claude\"} 0.2500\n",
+            "ccl_delegate_failover_total{from=\"gemini\",to=\"claude\"} 4\n",
+            "ccl_delegate_failover_total{from=\"claude\",to=\"gp\\\"u\"} 2\n",
+            "ccl_delegate_reap_success 0\n",
+            "ccl_delegate_last_success_timestamp_seconds 1700000000.500\n",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn without_the_books_no_counter_is_written_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        write(
+            &path,
+            &Tally::default(),
+            None,
+            Duration::from_millis(5),
+            false,
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("ccl_delegate_reap_success 0\n"), "{text}");
+        for absent in ["_total", "last_success"] {
+            assert!(!text.contains(absent), "{absent}\n{text}");
+        }
     }
 
     #[test]
@@ -442,7 +397,7 @@ mod tests {
         let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let e = write(&path, &Tally::default(), Duration::ZERO, true).unwrap_err();
+        let e = write(&path, &Tally::default(), None, Duration::ZERO, true).unwrap_err();
         assert!(format!("{e:#}").contains("m.prom"), "{e:#}");
         assert!(
             std::fs::symlink_metadata(&path)
@@ -453,35 +408,33 @@ mod tests {
     }
 
     #[test]
-    fn an_auto_job_is_in_flight_as_auto_and_done_under_its_provider() {
+    fn an_auto_job_is_in_flight_as_auto_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.prom");
         let q = Queue::at(Path::new("/p"));
         let mut t = Tally::default();
         t.active(&q, "auto");
         t.active(&q, "auto");
-        t.finished(&q, "auto", "claude", true, 0.25);
-        write(&path, &t, Duration::from_millis(5), false).unwrap();
+        t.active(&q, "gemini");
+        t.finished(&q, "auto");
+        t.finished(&q, "gemini");
+        write(&path, &t, None, Duration::from_millis(5), true).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         for (line, present) in [
             (
                 "ccl_delegate_active_jobs{project=\"/p\",provider=\"auto\"} 1\n",
                 true,
             ),
+            // The key whose last job finished says 0 once.
             (
-                "ccl_delegate_completed_total{project=\"/p\",provider=\"claude\"} 1\n",
+                "ccl_delegate_active_jobs{project=\"/p\",provider=\"gemini\"} 0\n",
                 true,
-            ),
-            (
-                "ccl_delegate_completed_total{project=\"/p\",provider=\"auto\"}",
-                false,
             ),
             (
                 "ccl_delegate_active_jobs{project=\"/p\",provider=\"claude\"}",
                 false,
             ),
-            ("ccl_delegate_reap_success 0\n", true),
-            ("ccl_delegate_last_success_timestamp_seconds 0.000\n", true),
+            ("ccl_delegate_reap_success 1\n", true),
         ] {
             assert_eq!(text.contains(line), present, "{line}\n{text}");
         }

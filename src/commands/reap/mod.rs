@@ -278,7 +278,16 @@ impl Ctx<'_> {
             && !matches!(self.client.get(), Some(Err(_)));
         let mut tally = std::mem::take(&mut *self.tally.lock().unwrap_or_else(|p| p.into_inner()));
         tally.budget = budget;
-        if let Err(e) = metrics::write(path, &tally, started.elapsed(), success) {
+        let counters = self.with_books(|b| {
+            if success {
+                b.note_success(metrics::unix_now())?;
+            }
+            b.counters()
+        });
+        let counters = counters.map_err(|e| self.books_failed(&e)).ok();
+        let success = success && counters.is_some();
+        if let Err(e) = metrics::write(path, &tally, counters.as_ref(), started.elapsed(), success)
+        {
             self.local_error(format_args!(
                 "cannot write the metrics file {}: {e:#}",
                 shown(path)
@@ -516,6 +525,13 @@ impl Ctx<'_> {
 
     /// Books that could not be used: one error line for the run (it exits
     /// 1 and its metrics say it failed); the tasks still move.
+    /// A failover step sent, in the books (once, by its key).
+    fn note_failover(&self, key: &str, from: &str, to: &str) {
+        if let Err(e) = self.with_books(|b| b.note_failover(key, from, to)) {
+            self.books_failed(&e);
+        }
+    }
+
     fn books_failed(&self, e: &anyhow::Error) {
         if !self.books_said.swap(true, Ordering::Relaxed) {
             self.local_error(format_args!(

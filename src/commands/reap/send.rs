@@ -96,10 +96,7 @@ impl Ctx<'_> {
         }
         drop(lock);
         if let Some(last) = fresh.attempts.last() {
-            self.tally
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .failover(&last.provider, &fresh.provider);
+            self.note_failover(&fresh.idempotency_key, &last.provider, &fresh.provider);
         }
         w.seen = fresh.to_bytes();
         w.m = fresh;
