@@ -11,10 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use postgres::{Client, NoTls, Transaction};
+use postgres::types::{ToSql, Type};
+use postgres::{Client, GenericClient, NoTls, SimpleQueryMessage};
 
 use super::conninfo::{self, SslMode};
 use super::entry::{Entry, sane_cost, utc};
+use super::queries::{self, Fetched, Reader};
 use super::store::{Reservation, Row};
 use crate::error::{Code, fail};
 use crate::policy::admit::{CapState, budget_states};
@@ -124,7 +126,120 @@ pub struct Fleet {
     /// Reservations older than this no longer count (their host stopped
     /// reaping; their jobs were cancelled or abandoned).
     max_age: Duration,
+    /// The schema's version was read and is this binary's. Only an
+    /// [`Admitter`] holds a connection without: its admission reads the
+    /// version in its first round trip.
+    checked: bool,
 }
+
+/// A connection for one admission (a submit's), whose schema is checked by
+/// the admission's first round trip rather than by one before it.
+pub struct Admitter(Fleet);
+
+impl Admitter {
+    pub fn connect(
+        cfg: &FleetConfig,
+        timeout: Duration,
+        max_age: Duration,
+    ) -> anyhow::Result<Admitter> {
+        Fleet::open(cfg, timeout, max_age).map(Admitter)
+    }
+
+    /// [`Fleet::admit_counted`] for a new job.
+    pub fn admit(
+        mut self,
+        policy: &Policy,
+        job: &Reservation,
+        provider: Provider,
+        now: SystemTime,
+    ) -> anyhow::Result<(Decision, Counts)> {
+        self.0.admit_counted(policy, job, provider, None, now)
+    }
+}
+
+/// A statement's parameters, each with its type: sent with the statement
+/// in one round trip (no prepare first).
+type Params<'a> = Vec<(&'a (dyn ToSql + Sync), Type)>;
+
+/// The jobs in flight per provider (`count` rows), as an admission counts
+/// them: a reservation past `max_age` (`$1`, the cutoff) no longer counts.
+macro_rules! counts_sql {
+    () => {
+        "SELECT 'count'::text, provider, NULL::float8, count(*)
+             FROM reservation WHERE started_at >= $1 GROUP BY provider"
+    };
+}
+
+/// What a budget reads besides: spent per provider in each window (`day`,
+/// `month`: `$2`..`$5`), the mean of the last completed costs (`$7` of
+/// them) of each provider (`$6`) and of all (`mean`, the provider null).
+/// The same reads as [`queries::SPENT`], [`queries::MEAN_OF`] and
+/// [`queries::MEAN_ALL`].
+macro_rules! spending_sql {
+    () => {
+        " UNION ALL
+         SELECT 'day', provider, coalesce(sum(cost_cad), 0), NULL FROM spend_day
+             WHERE day >= $2 AND day <= $3 GROUP BY provider
+         UNION ALL
+         SELECT 'month', provider, coalesce(sum(cost_cad), 0), NULL FROM spend_day
+             WHERE day >= $4 AND day <= $5 GROUP BY provider
+         UNION ALL
+         SELECT 'mean', p.provider, m.avg, m.count FROM unnest($6::text[]) AS p (provider)
+             CROSS JOIN LATERAL (SELECT avg(cost_cad), count(*) FROM (SELECT cost_cad FROM ledger
+                 WHERE status = 'completed' AND provider = p.provider
+                 ORDER BY id DESC LIMIT $7) AS recent) AS m
+         UNION ALL
+         SELECT 'mean', NULL, avg(cost_cad), count(*) FROM (SELECT cost_cad FROM ledger
+             WHERE status = 'completed' ORDER BY id DESC LIMIT $7) AS recent"
+    };
+}
+
+/// The job's reservation (`$8`..`$14`), inserted by the statement whose
+/// reads, on the statement's one snapshot, do not see it.
+macro_rules! insert_sql {
+    () => {
+        "WITH mine AS (INSERT INTO reservation (key, host, project, task, provider, job_id, started_at)
+             VALUES ($8, $9, $10, $11, $12, $13, $14) ON CONFLICT (key) DO NOTHING RETURNING key) "
+    };
+}
+
+/// Everything an admission reads, in one statement (so on one snapshot,
+/// taken after the admission lock), with or without spending (none is
+/// read without a budget: a statement that reads less is planned sooner,
+/// and it is planned under the lock), with or without inserting the
+/// job's reservation.
+const READS: [[&str; 2]; 2] = [
+    [counts_sql!(), concat!(counts_sql!(), spending_sql!())],
+    [
+        concat!(insert_sql!(), counts_sql!()),
+        concat!(insert_sql!(), counts_sql!(), spending_sql!()),
+    ],
+];
+
+/// [`queries::PROBE`], the job being admitted left out (its reservation
+/// may be in the transaction already).
+const PROBE_OTHER: &str = "SELECT coalesce(job_id, task) FROM reservation
+     WHERE provider = $1 AND key <> $2 ORDER BY job_id IS NULL, started_at LIMIT 1";
+
+/// A push in one statement, so in one transaction: the entries the
+/// database lacks inserted in their order (an entry already there counts
+/// nothing), the reservations of their jobs deleted, this host noted as
+/// seen with its caps. Answers how many entries were new.
+const PUSH: &str = "WITH new AS (
+        INSERT INTO ledger (host, job_id, project, task, provider, said_provider, model, status,
+            cost_cad, tokens_in, tokens_out, delegated_at, finished_at, turnaround, step)
+        SELECT $1, j, p, t, pr, sp, m, st, c, ti, tou, d, f, ta, s
+        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                    $8::text[], $9::float8[], $10::int8[], $11::int8[], $12::text[], $13::text[],
+                    $14::int8[], $15::bool[])
+             WITH ORDINALITY AS u (j, p, t, pr, sp, m, st, c, ti, tou, d, f, ta, s, n)
+        ORDER BY n
+        ON CONFLICT DO NOTHING RETURNING 1),
+    released AS (DELETE FROM reservation WHERE key = ANY($16::text[])),
+    seen AS (INSERT INTO hosts (host, machine_id, first_seen, last_seen, caps)
+        VALUES ($1, $17, $18, $18, $19)
+        ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, caps = excluded.caps)
+    SELECT count(*) FROM new";
 
 /// One host as the database knows it (`doctor`, `status`).
 #[derive(Debug)]
@@ -236,6 +351,13 @@ impl Fleet {
         timeout: Duration,
         max_age: Duration,
     ) -> anyhow::Result<Fleet> {
+        let mut f = Fleet::open(cfg, timeout, max_age)?;
+        f.schema()?;
+        Ok(f)
+    }
+
+    /// Connects, the schema not checked yet.
+    fn open(cfg: &FleetConfig, timeout: Duration, max_age: Duration) -> anyhow::Result<Fleet> {
         let shown = cfg.shown();
         let info = conninfo::parse(&cfg.url)
             .map_err(|why| fail(Code::Config, format!("fleet.url {shown}: {why}")))?;
@@ -271,14 +393,13 @@ impl Fleet {
             }
         }
         .map_err(|e| unreachable(&shown, &e))?;
-        let mut f = Fleet {
+        Ok(Fleet {
             client,
             host: cfg.host.clone(),
             shown,
             max_age,
-        };
-        f.schema()?;
-        Ok(f)
+            checked: false,
+        })
     }
 
     pub fn shown(&self) -> &str {
@@ -298,6 +419,7 @@ impl Fleet {
     fn schema(&mut self) -> anyhow::Result<()> {
         let found = self.version()?;
         if found == Some(VERSION) {
+            self.checked = true;
             return Ok(());
         }
         if let Some(v) = found
@@ -331,26 +453,52 @@ impl Fleet {
         r.map_err(|e| self.err(e))?;
         match self.version()? {
             Some(v) if v > VERSION => Err(self.newer(v)),
-            _ => Ok(()),
+            _ => {
+                self.checked = true;
+                Ok(())
+            }
         }
     }
 
     fn version(&mut self) -> anyhow::Result<Option<i64>> {
-        let r = self.client.query_opt(
-            "SELECT value FROM ccl_delegate.meta WHERE key = 'schema_version'",
-            &[],
-        );
+        let r = self.client.query_typed_opt(VERSION_SQL, &[]);
         match r {
             Ok(row) => Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok())),
-            // No schema or table yet.
-            Err(e)
-                if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE)
-                    || e.code() == Some(&postgres::error::SqlState::INVALID_SCHEMA_NAME) =>
-            {
-                Ok(None)
-            }
+            Err(e) if no_schema(&e) => Ok(None),
             Err(e) => Err(self.err(e)),
         }
+    }
+
+    /// The first round trip of an admission: its transaction and the
+    /// fleet-wide lock (the reads, in the next statement, see everything
+    /// committed before the lock was granted); on a connection whose
+    /// schema is not checked yet, the schema's version too. A schema
+    /// missing or not this binary's is rolled back from and made (or
+    /// refused) as on connecting, then the admission begins again.
+    fn begin_admission(&mut self) -> anyhow::Result<()> {
+        let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOCK_ADMIT})");
+        if self.checked {
+            self.client.batch_execute(&begin)?;
+            return Ok(());
+        }
+        let found = match self.client.simple_query(&format!("{begin}; {VERSION_SQL}")) {
+            Ok(messages) => messages.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(r) if r.columns()[0].name() == "value" => {
+                    r.get(0).map(str::to_string)
+                }
+                _ => None,
+            }),
+            Err(e) if no_schema(&e) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if found.and_then(|v| v.parse().ok()) == Some(VERSION) {
+            self.checked = true;
+            return Ok(());
+        }
+        self.client.batch_execute("ROLLBACK")?;
+        self.schema()?;
+        self.client.batch_execute(&begin)?;
+        Ok(())
     }
 
     fn newer(&self, v: i64) -> anyhow::Error {
@@ -374,32 +522,107 @@ impl Fleet {
         leaving: Option<&str>,
         now: SystemTime,
     ) -> anyhow::Result<Decision> {
-        let cutoff = self.cutoff(now);
-        let host = self.host.clone();
-        let r = (|| -> anyhow::Result<Decision> {
-            let mut tx = self.client.transaction()?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_ADMIT])?;
-            if let Some(k) = leaving {
-                tx.execute("DELETE FROM reservation WHERE key = $1", &[&k])?;
-            }
-            let counts = counts_in(&mut tx, &cutoff)?;
-            let spending = if policy.caps().is_empty() {
-                Spending::default()
-            } else {
-                super::queries::spending(&mut PgReader(&mut tx), &counts, now)?
-            };
-            let d = admit(policy, &spending, &counts, provider);
-            match (&d, leaving) {
-                (Decision::Budget { .. }, Some(_)) => return Ok(d),
-                (Decision::Admit, _) => {
-                    insert_reservation(&mut tx, &host, job)?;
-                }
-                _ => {}
-            }
-            tx.commit()?;
-            Ok(d)
-        })();
+        self.admit_counted(policy, job, provider, leaving, now)
+            .map(|(d, _)| d)
+    }
+
+    /// [`Fleet::admit`], answering also the jobs in flight the decision
+    /// counted (this one not among them).
+    pub fn admit_counted(
+        &mut self,
+        policy: &Policy,
+        job: &Reservation,
+        provider: Provider,
+        leaving: Option<&str>,
+        now: SystemTime,
+    ) -> anyhow::Result<(Decision, Counts)> {
+        let r = self.admission(policy, job, provider, leaving, now);
+        if r.is_err() && !self.client.is_closed() {
+            // Nothing of an admission that failed stays, nor its lock.
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
         r.map_err(|e| self.wrap(e))
+    }
+
+    /// One transaction in three round trips for a submit: the lock; the
+    /// reads, with the job's reservation inserted by the same statement;
+    /// the commit, or the rollback that takes the reservation back when
+    /// the decision is not to admit. A failover step first deletes the
+    /// reservation of the job it leaves, and inserts its own once
+    /// admitted; a budget's refusal changes nothing.
+    fn admission(
+        &mut self,
+        policy: &Policy,
+        job: &Reservation,
+        provider: Provider,
+        leaving: Option<&str>,
+        now: SystemTime,
+    ) -> anyhow::Result<(Decision, Counts)> {
+        self.begin_admission()?;
+        if let Some(k) = leaving {
+            self.client.query_typed(
+                "DELETE FROM reservation WHERE key = $1",
+                &[(&k, Type::TEXT)],
+            )?;
+        }
+        let early = leaving.is_none().then_some(job);
+        let fetched = self.fetch(policy, now, early)?;
+        let counts = fetched.counts.clone();
+        let spending = if policy.caps().is_empty() {
+            Spending::default()
+        } else {
+            let mut r = fetched.reader(&mut self.client, &job.key);
+            queries::spending(&mut r, &counts, now)?
+        };
+        let d = admit(policy, &spending, &counts, provider);
+        let keep = match (&d, leaving) {
+            (Decision::Admit, Some(_)) => {
+                insert_reservation(&mut self.client, &self.host, job)?;
+                true
+            }
+            (Decision::Admit, None) => true,
+            (Decision::Budget { .. }, _) | (_, None) => false,
+            // The job left no longer counts.
+            (_, Some(_)) => true,
+        };
+        self.client
+            .batch_execute(if keep { "COMMIT" } else { "ROLLBACK" })?;
+        Ok((d, counts))
+    }
+
+    /// The reads of [`READS`], in one statement (after inserting
+    /// `insert`'s reservation, unseen by them, when given).
+    fn fetch(
+        &mut self,
+        policy: &Policy,
+        now: SystemTime,
+        insert: Option<&Reservation>,
+    ) -> Result<Fetch, postgres::Error> {
+        let cutoff = self.cutoff(now);
+        let windows = queries::windows(now);
+        let [(d0, d1), (m0, m1)] = &windows;
+        let spending = !policy.caps().is_empty();
+        let providers: Vec<&str> = Provider::ALL
+            .iter()
+            .filter(|p| **p != Provider::Auto)
+            .map(|p| p.as_str())
+            .collect();
+        let recent = queries::RECENT;
+        let mut params: Params = vec![
+            (&cutoff, Type::TEXT),
+            (d0, Type::TEXT),
+            (d1, Type::TEXT),
+            (m0, Type::TEXT),
+            (m1, Type::TEXT),
+            (&providers, Type::TEXT_ARRAY),
+            (&recent, Type::INT8),
+        ];
+        if let Some(job) = insert {
+            params.extend(reservation_params(&self.host, job));
+        }
+        let sql = READS[usize::from(insert.is_some())][usize::from(spending)];
+        let rows = self.client.query_typed(sql, &params)?;
+        Ok(Fetch::of(&rows, spending.then_some(windows)))
     }
 
     fn wrap(&self, e: anyhow::Error) -> anyhow::Error {
@@ -416,9 +639,9 @@ impl Fleet {
     /// Notes the job a reservation became (the price rule names it).
     pub fn set_job(&mut self, key: &str, job_id: &str) -> anyhow::Result<()> {
         self.client
-            .execute(
+            .query_typed(
                 "UPDATE reservation SET job_id = $2 WHERE key = $1",
-                &[&key, &job_id],
+                &[(&key, Type::TEXT), (&job_id, Type::TEXT)],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -427,68 +650,45 @@ impl Fleet {
     /// Takes back a reservation of this host's.
     pub fn release(&mut self, key: &str) -> anyhow::Result<()> {
         self.client
-            .execute("DELETE FROM reservation WHERE key = $1", &[&key])
+            .query_typed(
+                "DELETE FROM reservation WHERE key = $1",
+                &[(&key, Type::TEXT)],
+            )
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Pushes journal entries and releases the reservations of their jobs,
-    /// in one transaction; an entry already there counts nothing. Notes
-    /// this host as seen, with its caps. Answers how many were new.
+    /// in one statement, so in one transaction and one round trip
+    /// ([`PUSH`]); an entry already there counts nothing. Notes this host
+    /// as seen, with its caps. Answers how many were new.
     pub fn push(&mut self, entries: &[Entry], keys: &[String], caps: &str) -> anyhow::Result<u64> {
-        let host = self.host.clone();
-        let now = crate::timestamp::now();
-        let r = (|| -> Result<u64, postgres::Error> {
-            let mut tx = self.client.transaction()?;
-            let ins = tx.prepare(
-                "INSERT INTO ledger (host, job_id, project, task, provider, said_provider, model,
-                     status, cost_cad, tokens_in, tokens_out, delegated_at, finished_at, turnaround, step)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                 ON CONFLICT DO NOTHING",
-            )?;
-            let mut n = 0;
-            for e in entries {
-                let finished_at = utc(&e.finished_at).unwrap_or_else(crate::timestamp::now);
-                let turnaround = Entry {
-                    finished_at: finished_at.clone(),
-                    ..e.clone()
-                }
-                .turnaround();
-                let tokens = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
-                n += tx.execute(
-                    &ins,
-                    &[
-                        &host,
-                        &e.job_id,
-                        &e.project,
-                        &e.task,
-                        &e.provider,
-                        &e.said_provider,
-                        &e.model,
-                        &e.status,
-                        &sane_cost(e.cost_cad),
-                        &tokens(e.tokens_in),
-                        &tokens(e.tokens_out),
-                        &e.delegated_at,
-                        &finished_at,
-                        &turnaround,
-                        &e.step,
-                    ],
-                )?;
-            }
-            if !keys.is_empty() {
-                tx.execute("DELETE FROM reservation WHERE key = ANY($1)", &[&keys])?;
-            }
-            tx.execute(
-                "INSERT INTO hosts (host, machine_id, first_seen, last_seen, caps)
-                 VALUES ($1, $2, $3, $3, $4)
-                 ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, caps = excluded.caps",
-                &[&host, &machine_id(), &now, &caps],
-            )?;
-            tx.commit()?;
-            Ok(n)
-        })();
-        r.map_err(|e| self.err(e))
+        let c = Columns::of(entries);
+        let (machine, now) = (machine_id(), crate::timestamp::now());
+        let params: Params = vec![
+            (&self.host, Type::TEXT),
+            (&c.job_id, Type::TEXT_ARRAY),
+            (&c.project, Type::TEXT_ARRAY),
+            (&c.task, Type::TEXT_ARRAY),
+            (&c.provider, Type::TEXT_ARRAY),
+            (&c.said_provider, Type::TEXT_ARRAY),
+            (&c.model, Type::TEXT_ARRAY),
+            (&c.status, Type::TEXT_ARRAY),
+            (&c.cost_cad, Type::FLOAT8_ARRAY),
+            (&c.tokens_in, Type::INT8_ARRAY),
+            (&c.tokens_out, Type::INT8_ARRAY),
+            (&c.delegated_at, Type::TEXT_ARRAY),
+            (&c.finished_at, Type::TEXT_ARRAY),
+            (&c.turnaround, Type::INT8_ARRAY),
+            (&c.step, Type::BOOL_ARRAY),
+            (&keys, Type::TEXT_ARRAY),
+            (&machine, Type::TEXT),
+            (&now, Type::TEXT),
+            (&caps, Type::TEXT),
+        ];
+        let r = self.client.query_typed_one(PUSH, &params);
+        let n: i64 = r.map_err(|e| self.err(e))?.get(0);
+        Ok(n.max(0) as u64)
     }
 
     /// Makes this host's reservations of a project the markers a reap sees,
@@ -498,16 +698,19 @@ impl Fleet {
         let r = (|| -> Result<(), postgres::Error> {
             let mut tx = self.client.transaction()?;
             let rows: std::collections::HashSet<String> = tx
-                .query(
+                .query_typed(
                     "SELECT key FROM reservation WHERE host = $1 AND project = $2",
-                    &[&host, &project],
+                    &[(&host, Type::TEXT), (&project, Type::TEXT)],
                 )?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
             let ids: Vec<&str> = markers.iter().filter_map(|m| m.job_id.as_deref()).collect();
             let booked: std::collections::HashSet<String> = tx
-                .query("SELECT job_id FROM ledger WHERE job_id = ANY($1)", &[&ids])?
+                .query_typed(
+                    "SELECT job_id FROM ledger WHERE job_id = ANY($1)",
+                    &[(&ids, Type::TEXT_ARRAY)],
+                )?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
@@ -519,15 +722,13 @@ impl Fleet {
                 want.iter().map(|m| m.key.as_str()).collect();
             let gone: Vec<&String> = rows.iter().filter(|k| !keep.contains(k.as_str())).collect();
             if !gone.is_empty() {
-                tx.execute("DELETE FROM reservation WHERE key = ANY($1)", &[&gone])?;
+                tx.query_typed(
+                    "DELETE FROM reservation WHERE key = ANY($1)",
+                    &[(&gone, Type::TEXT_ARRAY)],
+                )?;
             }
-            for m in want {
-                if !rows.contains(&m.key) {
-                    insert_reservation(&mut tx, &host, m).map_err(|e| match e.downcast() {
-                        Ok(pe) => pe,
-                        Err(_) => unreachable!("insert_reservation fails only with the database"),
-                    })?;
-                }
+            for m in want.into_iter().filter(|m| !rows.contains(&m.key)) {
+                insert_reservation(&mut tx, &host, m)?;
             }
             tx.commit()
         })();
@@ -536,27 +737,27 @@ impl Fleet {
 
     /// The projects this host holds reservations of.
     pub fn reserved_projects(&mut self) -> anyhow::Result<Vec<String>> {
-        let host = self.host.clone();
         let rows = self
             .client
-            .query(
+            .query_typed(
                 "SELECT DISTINCT project FROM reservation WHERE host = $1",
-                &[&host],
+                &[(&self.host, Type::TEXT)],
             )
             .map_err(|e| self.err(e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Every configured cap's state for the fleet now.
+    /// Every configured cap's state for the fleet now: the reads of an
+    /// admission, in one statement.
     pub fn budget(&mut self, policy: &Policy, now: SystemTime) -> anyhow::Result<Vec<CapState>> {
         if policy.caps().is_empty() {
             return Ok(Vec::new());
         }
-        let cutoff = self.cutoff(now);
         let r = (|| -> anyhow::Result<Vec<CapState>> {
-            let mut tx = self.client.build_transaction().read_only(true).start()?;
-            let counts = counts_in(&mut tx, &cutoff)?;
-            let spending = super::queries::spending(&mut PgReader(&mut tx), &counts, now)?;
+            let fetched = self.fetch(policy, now, None)?;
+            let counts = fetched.counts.clone();
+            let spending =
+                queries::spending(&mut fetched.reader(&mut self.client, ""), &counts, now)?;
             Ok(budget_states(policy, &spending, &counts))
         })();
         r.map_err(|e| self.wrap(e))
@@ -564,12 +765,8 @@ impl Fleet {
 
     /// Jobs in flight in the fleet, per provider.
     pub fn counts(&mut self, now: SystemTime) -> anyhow::Result<Counts> {
-        let cutoff = self.cutoff(now);
-        let r = (|| -> anyhow::Result<Counts> {
-            let mut tx = self.client.transaction()?;
-            counts_in(&mut tx, &cutoff)
-        })();
-        r.map_err(|e| self.wrap(e))
+        let r = self.fetch(&Policy::default(), now, None);
+        Ok(r.map_err(|e| self.err(e))?.counts)
     }
 
     /// Calls `each` with every fleet entry that ended in `[since, until)`,
@@ -661,55 +858,190 @@ impl Fleet {
     }
 }
 
-fn insert_reservation(tx: &mut Transaction, host: &str, r: &Reservation) -> anyhow::Result<()> {
-    tx.execute(
+/// The schema's version, as recorded.
+const VERSION_SQL: &str = "SELECT value FROM ccl_delegate.meta WHERE key = 'schema_version'";
+
+/// No schema or table yet.
+fn no_schema(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE)
+        || e.code() == Some(&postgres::error::SqlState::INVALID_SCHEMA_NAME)
+}
+
+/// A reservation's row, as `$1`..`$7` of an insert (`$8`..`$14` of
+/// [`READS`] with the insert).
+fn reservation_params<'a>(host: &'a String, r: &'a Reservation) -> Params<'a> {
+    vec![
+        (&r.key, Type::TEXT),
+        (host, Type::TEXT),
+        (&r.project, Type::TEXT),
+        (&r.task, Type::TEXT),
+        (&r.provider, Type::TEXT),
+        (&r.job_id, Type::TEXT),
+        (&r.started_at, Type::TEXT),
+    ]
+}
+
+fn insert_reservation(
+    c: &mut impl GenericClient,
+    host: &String,
+    r: &Reservation,
+) -> Result<(), postgres::Error> {
+    c.query_typed(
         "INSERT INTO reservation (key, host, project, task, provider, job_id, started_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO NOTHING",
-        &[
-            &r.key,
-            &host,
-            &r.project,
-            &r.task,
-            &r.provider,
-            &r.job_id,
-            &r.started_at,
-        ],
+        &reservation_params(host, r),
     )?;
     Ok(())
 }
 
-fn counts_in(tx: &mut Transaction, cutoff: &str) -> anyhow::Result<Counts> {
-    let rows = tx.query(
-        "SELECT provider, count(*) FROM reservation WHERE started_at >= $1 GROUP BY provider",
-        &[&cutoff],
-    )?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
-        .collect())
+/// What [`Fleet::fetch`] read: the spending rows only when asked for.
+struct Fetch {
+    counts: Counts,
+    spent: Vec<queries::Window>,
+    means: Vec<queries::Mean>,
 }
 
-/// The shared reads ([`super::queries`]) on PostgreSQL.
-struct PgReader<'a, 'b>(&'a mut Transaction<'b>);
+impl Fetch {
+    fn of(rows: &[postgres::Row], windows: Option<[(String, String); 2]>) -> Fetch {
+        let mut f = Fetch {
+            counts: Counts::new(),
+            spent: windows
+                .into_iter()
+                .flatten()
+                .map(|w| (w, Vec::new()))
+                .collect(),
+            means: Vec::new(),
+        };
+        for r in rows {
+            let (what, provider): (&str, Option<String>) = (r.get(0), r.get(1));
+            let (x, n): (Option<f64>, Option<i64>) = (r.get(2), r.get(3));
+            let window = match what {
+                "day" => 0,
+                "month" => 1,
+                _ => 2,
+            };
+            match (what, provider) {
+                ("count", Some(p)) => {
+                    f.counts.insert(p, n.unwrap_or(0).max(0) as u64);
+                }
+                ("mean", p) => f.means.push((p, (x, n.unwrap_or(0)))),
+                (_, Some(p)) if window < f.spent.len() => {
+                    f.spent[window].1.push((p, x.unwrap_or(0.0)));
+                }
+                _ => {}
+            }
+        }
+        f
+    }
 
-impl super::queries::Reader for PgReader<'_, '_> {
+    /// A [`Reader`] answering from these rows, and from `client` for the
+    /// rest, `except` (the job being admitted) left out of probes.
+    fn reader<'a>(self, client: &'a mut Client, except: &'a str) -> Fetched<Live<'a>> {
+        Fetched {
+            spent: self.spent,
+            means: self.means,
+            rest: Live { client, except },
+        }
+    }
+}
+
+/// The reads a [`Fetch`] does not hold, asked one statement each.
+struct Live<'a> {
+    client: &'a mut Client,
+    except: &'a str,
+}
+
+impl Reader for Live<'_> {
     fn spent(&mut self, from_day: &str, to_day: &str) -> anyhow::Result<Vec<(String, f64)>> {
-        let rows = self.0.query(super::queries::SPENT, &[&from_day, &to_day])?;
+        let rows = self.client.query_typed(
+            queries::SPENT,
+            &[(&from_day, Type::TEXT), (&to_day, Type::TEXT)],
+        )?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     fn mean(&mut self, provider: Option<&str>) -> anyhow::Result<(Option<f64>, i64)> {
-        let recent = super::queries::RECENT;
+        let recent = queries::RECENT;
         let row = match provider {
-            Some(p) => self.0.query_one(super::queries::MEAN_OF, &[&p, &recent])?,
-            None => self.0.query_one(super::queries::MEAN_ALL, &[&recent])?,
+            Some(p) => self
+                .client
+                .query_typed_one(queries::MEAN_OF, &[(&p, Type::TEXT), (&recent, Type::INT8)])?,
+            None => self
+                .client
+                .query_typed_one(queries::MEAN_ALL, &[(&recent, Type::INT8)])?,
         };
         Ok((row.get(0), row.get(1)))
     }
 
     fn probe(&mut self, provider: &str) -> anyhow::Result<Option<String>> {
-        let row = self.0.query_opt(super::queries::PROBE, &[&provider])?;
+        let row = self.client.query_typed_opt(
+            PROBE_OTHER,
+            &[(&provider, Type::TEXT), (&self.except, Type::TEXT)],
+        )?;
         Ok(row.map(|r| r.get(0)))
+    }
+}
+
+/// A push's entries, column by column ([`PUSH`]).
+struct Columns<'a> {
+    job_id: Vec<Option<&'a str>>,
+    project: Vec<&'a str>,
+    task: Vec<&'a str>,
+    provider: Vec<&'a str>,
+    said_provider: Vec<Option<&'a str>>,
+    model: Vec<Option<&'a str>>,
+    status: Vec<&'a str>,
+    cost_cad: Vec<f64>,
+    tokens_in: Vec<Option<i64>>,
+    tokens_out: Vec<Option<i64>>,
+    delegated_at: Vec<&'a str>,
+    finished_at: Vec<String>,
+    turnaround: Vec<Option<i64>>,
+    step: Vec<bool>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(entries: &'a [Entry]) -> Columns<'a> {
+        let tokens = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let mut c = Columns {
+            job_id: Vec::new(),
+            project: Vec::new(),
+            task: Vec::new(),
+            provider: Vec::new(),
+            said_provider: Vec::new(),
+            model: Vec::new(),
+            status: Vec::new(),
+            cost_cad: Vec::new(),
+            tokens_in: Vec::new(),
+            tokens_out: Vec::new(),
+            delegated_at: Vec::new(),
+            finished_at: Vec::new(),
+            turnaround: Vec::new(),
+            step: Vec::new(),
+        };
+        for e in entries {
+            let finished_at = utc(&e.finished_at).unwrap_or_else(crate::timestamp::now);
+            let turnaround = Entry {
+                finished_at: finished_at.clone(),
+                ..e.clone()
+            }
+            .turnaround();
+            c.job_id.push(e.job_id.as_deref());
+            c.project.push(&e.project);
+            c.task.push(&e.task);
+            c.provider.push(&e.provider);
+            c.said_provider.push(e.said_provider.as_deref());
+            c.model.push(e.model.as_deref());
+            c.status.push(&e.status);
+            c.cost_cad.push(sane_cost(e.cost_cad));
+            c.tokens_in.push(tokens(e.tokens_in));
+            c.tokens_out.push(tokens(e.tokens_out));
+            c.delegated_at.push(&e.delegated_at);
+            c.finished_at.push(finished_at);
+            c.turnaround.push(turnaround);
+            c.step.push(e.step);
+        }
+        c
     }
 }
 

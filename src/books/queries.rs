@@ -36,13 +36,62 @@ pub trait Reader {
     fn probe(&mut self, provider: &str) -> anyhow::Result<Option<String>>;
 }
 
+/// The windows [`spending`] sums, as the days [`SPENT`] takes (inclusive):
+/// today, and this month.
+pub fn windows(now: SystemTime) -> [(String, String); 2] {
+    let today = crate::timestamp::format(now);
+    let (day, month) = (&today[..10], &today[..7]);
+    [
+        (day.to_string(), day.to_string()),
+        (format!("{month}-01"), format!("{month}-31")),
+    ]
+}
+
+/// Rows of [`SPENT`] for one window (`from_day`, `to_day`).
+pub type Window = ((String, String), Vec<(String, f64)>);
+
+/// The row of [`MEAN_OF`] (`Some(provider)`) or [`MEAN_ALL`] (`None`).
+pub type Mean = (Option<String>, (Option<f64>, i64));
+
+/// Reads fetched ahead, all at once (the fleet's admission reads them in
+/// one statement): answers [`Reader`] from them, and asks `rest` for
+/// anything not fetched.
+pub struct Fetched<R> {
+    pub spent: Vec<Window>,
+    pub means: Vec<Mean>,
+    pub rest: R,
+}
+
+impl<R: Reader> Reader for Fetched<R> {
+    fn spent(&mut self, from_day: &str, to_day: &str) -> anyhow::Result<Vec<(String, f64)>> {
+        match self
+            .spent
+            .iter()
+            .find(|((f, t), _)| f == from_day && t == to_day)
+        {
+            Some((_, rows)) => Ok(rows.clone()),
+            None => self.rest.spent(from_day, to_day),
+        }
+    }
+
+    fn mean(&mut self, provider: Option<&str>) -> anyhow::Result<(Option<f64>, i64)> {
+        match self.means.iter().find(|(p, _)| p.as_deref() == provider) {
+            Some((_, m)) => Ok(*m),
+            None => self.rest.mean(provider),
+        }
+    }
+
+    fn probe(&mut self, provider: &str) -> anyhow::Result<Option<String>> {
+        self.rest.probe(provider)
+    }
+}
+
 /// What the ledger says for admission: spent today and this month (by the
 /// day sums, so an entry dated ahead counts in its own day and never hides
 /// today's), the mean of the last completed costs, and a job in flight of
 /// each provider whose price is not known.
 pub fn spending(r: &mut impl Reader, counts: &Counts, now: SystemTime) -> anyhow::Result<Spending> {
-    let today = crate::timestamp::format(now);
-    let (day, month) = (&today[..10], &today[..7]);
+    let [(day_lo, day_hi), (month_lo, month_hi)] = windows(now);
     let mut s = Spending::default();
     let mut sums = |lo: &str, hi: &str| -> anyhow::Result<BTreeMap<String, f64>> {
         let mut out = BTreeMap::new();
@@ -56,8 +105,8 @@ pub fn spending(r: &mut impl Reader, counts: &Counts, now: SystemTime) -> anyhow
         out.insert("all".to_string(), all);
         Ok(out)
     };
-    s.daily = sums(day, day)?;
-    s.monthly = sums(&format!("{month}-01"), &format!("{month}-31"))?;
+    s.daily = sums(&day_lo, &day_hi)?;
+    s.monthly = sums(&month_lo, &month_hi)?;
     for p in Provider::ALL.iter().filter(|p| **p != Provider::Auto) {
         if let (Some(m), n) = r.mean(Some(p.as_str()))?
             && n > 0

@@ -102,6 +102,8 @@ pub struct Books {
     /// A fleet is configured: the keys entries release are kept until
     /// pushed.
     journal: bool,
+    /// How long a writer waits for another (`lock_timeout`).
+    timeout: Duration,
 }
 
 /// Opens the books when there are any (the store, or a ledger of an earlier
@@ -161,6 +163,7 @@ impl Books {
             conn,
             path,
             journal: false,
+            timeout,
         };
         books
             .prepare(timeout)
@@ -249,19 +252,40 @@ impl Books {
     /// Notes what a push sent: the entries are in the fleet's database, the
     /// keys released there.
     pub fn mark_pushed(&mut self, ids: &[i64], keys: &[String]) -> anyhow::Result<()> {
+        let (ids, keys) = (serde_json::to_string(ids)?, serde_json::to_string(keys)?);
         let tx = self.immediate()?;
-        {
-            let mut up = tx.prepare_cached("UPDATE ledger SET pushed = 1 WHERE id = ?1")?;
-            for id in ids {
-                up.execute([id])?;
-            }
-            let mut del = tx.prepare_cached("DELETE FROM released WHERE key = ?1")?;
-            for k in keys {
-                del.execute([k])?;
-            }
-        }
+        tx.prepare_cached(
+            "UPDATE ledger SET pushed = 1 WHERE id IN (SELECT value FROM json_each(?1))",
+        )?
+        .execute([&ids])?;
+        tx.prepare_cached("DELETE FROM released WHERE key IN (SELECT value FROM json_each(?1))")?
+            .execute([&keys])?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Empties the write-ahead log into the store, when it holds anything,
+    /// so that the next run opens the books without reading it back (an
+    /// idle reap stays cheap): `wal_checkpoint(TRUNCATE)`, which syncs the
+    /// store before it truncates the log, so nothing committed is at risk
+    /// whenever the process dies. Never waits: with another run reading or
+    /// writing, it is left for a later run.
+    pub fn checkpoint(&mut self) -> anyhow::Result<()> {
+        let wal = self
+            .path
+            .with_file_name(format!("{}-wal", super::BOOKS_FILE));
+        if std::fs::metadata(&wal).map_or(true, |m| m.len() == 0) {
+            return Ok(());
+        }
+        self.conn.busy_timeout(Duration::ZERO)?;
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        self.conn.busy_timeout(self.timeout)?;
+        match done {
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(()),
+            r => Ok(r?),
+        }
     }
 
     /// Settings of the connection, then the schema: created (and an old

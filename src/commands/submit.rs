@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 
 use anyhow::Context;
 
-use crate::books::fleet::Fleet;
+use crate::books::fleet::{Admitter, Fleet};
 use crate::books::{Books, Reservation};
 use crate::cli::SubmitArgs;
 use crate::client::{Client, SubmitRequest};
@@ -336,7 +336,8 @@ fn admit(
 
 /// Admission by the fleet's database (fleet.md), then this host's own copy
 /// of the reservation (a failure there only warns: the next reap
-/// reconciles).
+/// reconciles). The local books are opened on a thread of their own
+/// meanwhile: their file work overlaps the database's round trips.
 fn fleet_admit(
     settings: &Settings,
     cfg: &crate::books::fleet::FleetConfig,
@@ -345,21 +346,30 @@ fn fleet_admit(
     now: std::time::SystemTime,
     ui: Ui,
 ) -> anyhow::Result<(Decision, bool)> {
-    let mut f = Fleet::connect(cfg, settings.lock_timeout, settings.max_age)?;
-    let t = std::time::Instant::now();
-    let d = f.admit(&settings.policy, job, p, None, now)?;
-    ui.info(format_args!(
-        "admission by the fleet database took {:.1} ms",
-        t.elapsed().as_secs_f64() * 1e3
-    ));
+    let (dir, timeout) = (settings.state_dir.clone(), settings.lock_timeout);
+    let local = std::thread::spawn(move || Books::open(&dir, timeout));
+    let decided = Admitter::connect(cfg, timeout, settings.max_age).and_then(|a| {
+        let t = std::time::Instant::now();
+        let d = a.admit(&settings.policy, job, p, now)?;
+        ui.info(format_args!(
+            "admission by the fleet database took {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        ));
+        Ok(d)
+    });
+    let local = local.join().unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "cannot open the books: the thread panicked"
+        ))
+    });
+    let (d, counted) = decided?;
     if d != Decision::Admit {
         return Ok((d, false));
     }
+    // The price rule names this job when it is its provider's only one.
     let probe =
-        !settings.policy.caps().is_empty() && f.counts(now)?.get(p.as_str()).copied() == Some(1);
-    let local =
-        Books::open(&settings.state_dir, settings.lock_timeout).and_then(|mut b| b.reserve(job));
-    if let Err(e) = local {
+        !settings.policy.caps().is_empty() && counted.get(p.as_str()).is_none_or(|n| *n == 0);
+    if let Err(e) = local.and_then(|mut b| b.reserve(job)) {
         ui.warn(format_args!("{e:#}; the next reap reconciles"));
     }
     Ok((d, probe))

@@ -12,12 +12,15 @@
 //!      whose mean is not known (src/books/queries.rs, copied below);
 //!   4. INSERT the reservation; COMMIT.
 //!
-//! Each iteration is timed from before the connection to after the commit,
-//! and printed as one line `<microseconds> <microseconds of the
-//! transaction alone>`; then (untimed) its
-//! reservation is deleted and the connection closed. No schema check, no
-//! decision, no local books: whatever a fleet submit spends beyond this
-//! is its own.
+//! Each iteration is timed from before the connection to after the commit;
+//! then (untimed) its reservation is deleted and the connection closed.
+//! Then the same again with the transaction as the tool now makes it, in
+//! three round trips (`BEGIN` and the lock in one simple query; the reads,
+//! with the reservation inserted by the same statement, sent with their
+//! parameter types so that nothing is prepared first; `COMMIT`). One line
+//! per iteration: `<microseconds> <microseconds of the transaction alone>
+//! <the same two, three round trips>`. No schema check, no decision, no
+//! local books: whatever a fleet submit spends beyond this is its own.
 //!
 //! Environment: CCL_PG_FLOOR_URL (a URL the crate parses; without it the
 //! program does nothing and exits 0, so that `cargo test` stays green),
@@ -52,6 +55,26 @@ const INSERT: &str =
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO NOTHING";
 /// Provider::ALL without auto.
 const PROVIDERS: [&str; 3] = ["gpu", "gemini", "claude"];
+/// As src/books/fleet.rs's `READS` with the insert and the spending.
+const INSERT_THEN_READS: &str =
+    "WITH mine AS (INSERT INTO reservation (key, host, project, task, provider, job_id, started_at)
+         VALUES ($8, $9, $10, $11, $12, $13, $14) ON CONFLICT (key) DO NOTHING RETURNING key)
+     SELECT 'count'::text, provider, NULL::float8, count(*)
+         FROM reservation WHERE started_at >= $1 GROUP BY provider
+     UNION ALL
+     SELECT 'day', provider, coalesce(sum(cost_cad), 0), NULL FROM spend_day
+         WHERE day >= $2 AND day <= $3 GROUP BY provider
+     UNION ALL
+     SELECT 'month', provider, coalesce(sum(cost_cad), 0), NULL FROM spend_day
+         WHERE day >= $4 AND day <= $5 GROUP BY provider
+     UNION ALL
+     SELECT 'mean', p.provider, m.avg, m.count FROM unnest($6::text[]) AS p (provider)
+         CROSS JOIN LATERAL (SELECT avg(cost_cad), count(*) FROM (SELECT cost_cad FROM ledger
+             WHERE status = 'completed' AND provider = p.provider
+             ORDER BY id DESC LIMIT $7) AS recent) AS m
+     UNION ALL
+     SELECT 'mean', NULL, avg(cost_cad), count(*) FROM (SELECT cost_cad FROM ledger
+         WHERE status = 'completed' ORDER BY id DESC LIMIT $7) AS recent";
 
 fn die(what: &str, e: impl std::fmt::Display) -> ! {
     eprintln!("pg-floor: {what}: {e}");
@@ -131,6 +154,59 @@ fn admit(c: &mut Client, key: &str, now: SystemTime) -> Result<(), postgres::Err
     tx.commit()
 }
 
+/// The same admission in three round trips, as the tool makes it.
+fn admit_batched(c: &mut Client, key: &str, now: SystemTime) -> Result<(), postgres::Error> {
+    use postgres::types::Type;
+    let cutoff = rfc3339(now - Duration::from_secs(24 * 3600));
+    let today = rfc3339(now);
+    let (day, month) = (today[..10].to_string(), &today[..7]);
+    let (m0, m1) = (format!("{month}-01"), format!("{month}-31"));
+    c.batch_execute(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({LOCK_ADMIT})"
+    ))?;
+    let providers = PROVIDERS.to_vec();
+    let none = None::<String>;
+    c.query_typed(
+        INSERT_THEN_READS,
+        &[
+            (&cutoff, Type::TEXT),
+            (&day, Type::TEXT),
+            (&day, Type::TEXT),
+            (&m0, Type::TEXT),
+            (&m1, Type::TEXT),
+            (&providers, Type::TEXT_ARRAY),
+            (&RECENT, Type::INT8),
+            (&key, Type::TEXT),
+            (&"floor", Type::TEXT),
+            (&"/bench/floor", Type::TEXT),
+            (&"floor.md", Type::TEXT),
+            (&"gemini", Type::TEXT),
+            (&none, Type::TEXT),
+            (&today, Type::TEXT),
+        ],
+    )?;
+    c.batch_execute("COMMIT")
+}
+
+/// One timed connection and admission: (total, transaction alone).
+fn timed(
+    url: &str,
+    password: Option<&str>,
+    timeout: Duration,
+    key: &str,
+    admission: fn(&mut Client, &str, SystemTime) -> Result<(), postgres::Error>,
+) -> (Duration, Duration) {
+    let t0 = Instant::now();
+    let mut c = connect(url, password, timeout);
+    let t1 = Instant::now();
+    admission(&mut c, key, SystemTime::now()).unwrap_or_else(|e| die("admission", e));
+    let (took, tx) = (t0.elapsed(), t1.elapsed());
+    c.execute("DELETE FROM reservation WHERE key = $1", &[&key])
+        .unwrap_or_else(|e| die("delete", e));
+    drop(c);
+    (took, tx)
+}
+
 fn main() {
     let Ok(url) = std::env::var("CCL_PG_FLOOR_URL") else {
         // `cargo test` runs this target too: without a server, nothing.
@@ -146,14 +222,15 @@ fn main() {
     let timeout = Duration::from_millis(env_num("CCL_PG_FLOOR_TIMEOUT_MS", 10_000));
     for i in 0..runs {
         let key = format!("floor-{}-{i}", std::process::id());
-        let t0 = Instant::now();
-        let mut c = connect(&url, password.as_deref(), timeout);
-        let t1 = Instant::now();
-        admit(&mut c, &key, SystemTime::now()).unwrap_or_else(|e| die("admission", e));
-        let (took, tx) = (t0.elapsed(), t1.elapsed());
-        c.execute("DELETE FROM reservation WHERE key = $1", &[&key])
-            .unwrap_or_else(|e| die("delete", e));
-        drop(c);
-        println!("{} {}", took.as_micros(), tx.as_micros());
+        let pw = password.as_deref();
+        let (took, tx) = timed(&url, pw, timeout, &key, admit);
+        let (took3, tx3) = timed(&url, pw, timeout, &key, admit_batched);
+        println!(
+            "{} {} {} {}",
+            took.as_micros(),
+            tx.as_micros(),
+            took3.as_micros(),
+            tx3.as_micros()
+        );
     }
 }

@@ -192,6 +192,20 @@ impl Ctx<'_> {
         for dir in todo {
             self.reconcile_project(&dir);
         }
+        self.tidy_books();
+    }
+
+    /// What this run wrote to the books is emptied from their write-ahead
+    /// log into the store, so that the next run opens them without reading
+    /// the log back (an idle cron reap stays cheap). Never waits for
+    /// another run; a failure is only said with -v (the books stay whole).
+    fn tidy_books(&self) {
+        let mut g = self.books.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(Err(e)) = g.as_mut().map(crate::books::Books::checkpoint) {
+            self.ui.info(format_args!(
+                "cannot empty the books' write-ahead log: {e:#}"
+            ));
+        }
     }
 
     fn reconcile_project(&self, dir: &Path) {
