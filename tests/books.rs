@@ -717,3 +717,27 @@ fn a_step_that_never_became_a_job_is_booked_as_none() {
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(!text.contains("from=\"gpu\",to=\"claude\""), "{text}");
 }
+
+/// A new process reads the books' whole write-ahead log back when it opens
+/// them, so many submits without a reap must not let it grow: each run
+/// that closes the books empties a log over 256 KiB (README "The books").
+#[test]
+fn many_submits_without_a_reap_keep_the_books_log_short() {
+    let mock = Mock::start(&["--statuses", "running"]);
+    let p = Project::new();
+    p.write_config("max_in_flight:\n  all: 1000\n");
+    let wal = p.state_dir().join("books.sqlite-wal");
+    let mut largest = 0;
+    for i in 0..120 {
+        p.task(&format!("w{i}.md"), &provider_task("gemini", ""));
+        submit(&p, &mock, &format!("w{i}.md"), &["-q"]).expect(0);
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    assert_eq!(markers(&p), 120);
+    // The log may exceed the bound by one run's own commit, never more.
+    assert!(largest > 0, "the books were never written");
+    assert!(
+        largest < 256 * 1024 + 64 * 1024,
+        "log grew to {largest} bytes"
+    );
+}

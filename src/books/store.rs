@@ -271,10 +271,15 @@ impl Books {
     /// whenever the process dies. Never waits: with another run reading or
     /// writing, it is left for a later run.
     pub fn checkpoint(&mut self) -> anyhow::Result<()> {
+        self.checkpoint_over(0)
+    }
+
+    /// [`Books::checkpoint`] when the log holds more than `kept` bytes.
+    fn checkpoint_over(&mut self, kept: u64) -> anyhow::Result<()> {
         let wal = self
             .path
             .with_file_name(format!("{}-wal", super::BOOKS_FILE));
-        if std::fs::metadata(&wal).map_or(true, |m| m.len() == 0) {
+        if std::fs::metadata(&wal).map_or(true, |m| m.len() <= kept) {
             return Ok(());
         }
         self.conn.busy_timeout(Duration::ZERO)?;
@@ -802,6 +807,19 @@ fn not_a_file(path: &str) -> anyhow::Error {
         "the books {path} cannot be used: not a regular file; {}",
         super::REBUILD_HINT
     )
+}
+
+/// The log a run leaves behind, at most (about 64 pages): a new process
+/// reads the whole log back when it opens the books (SQLite rebuilds its
+/// index of it), so a log that grew over many submits without a reap made
+/// each of them slower (measured: 1.0 MB of log, +1.7 ms a submit).
+const WAL_KEPT: u64 = 256 * 1024;
+
+/// Closing the books empties a long log (never waiting for another run).
+impl Drop for Books {
+    fn drop(&mut self) {
+        let _ = self.checkpoint_over(WAL_KEPT);
+    }
 }
 
 /// Moves books that cannot be opened aside (with their -wal and -shm), so
