@@ -1,10 +1,11 @@
 //! The store's tables, created on first use, with a version.
 
 /// The schema this binary writes and reads (`PRAGMA user_version`).
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
-/// Version 2 (version 1 without `job_total` and `failover`, which
-/// [`UPGRADE_FROM_1`] adds). Times are `YYYY-MM-DDTHH:MM:SSZ` text, so they compare as
+/// Version 3 (version 1 without `job_total` and `failover`, which
+/// [`UPGRADE_FROM_1`] adds; versions 1 and 2 with the estimate's indexes
+/// without `cost_cad`, which [`UPGRADE_FROM_2`] drops). Times are `YYYY-MM-DDTHH:MM:SSZ` text, so they compare as
 /// strings and a day is the first 10 bytes.
 pub const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS ledger (
@@ -31,8 +32,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS ledger_job ON ledger(job_id) WHERE job_id IS N
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_jobless
     ON ledger(project, task, finished_at) WHERE job_id IS NULL;
 CREATE INDEX IF NOT EXISTS ledger_finished ON ledger(finished_at);
-CREATE INDEX IF NOT EXISTS ledger_recent ON ledger(status, provider, id);
-CREATE INDEX IF NOT EXISTS ledger_recent_all ON ledger(status, id);
+-- The estimate's last completed costs (queries::MEAN_OF, MEAN_ALL), read
+-- from the index alone: an admission touches no row of the ledger.
+CREATE INDEX IF NOT EXISTS ledger_recent_cost ON ledger(status, provider, id, cost_cad);
+CREATE INDEX IF NOT EXISTS ledger_recent_all_cost ON ledger(status, id, cost_cad);
 CREATE INDEX IF NOT EXISTS ledger_project ON ledger(project, step);
 
 -- Spent per UTC day and provider: kept by the ledger's triggers.
@@ -166,4 +169,12 @@ INSERT INTO job_total (project, provider, completed, jobs, cost_cad)
     SELECT project, provider, status = 'completed', count(*), sum(cost_cad)
     FROM ledger GROUP BY 1, 2, 3
     ON CONFLICT (project, provider, completed) DO NOTHING;
+";
+
+/// From versions 1 and 2: the estimate's indexes of [`CREATE`] replace the
+/// earlier ones, which lacked the cost (each admission read its last 50
+/// completed costs from the ledger's rows).
+pub const UPGRADE_FROM_2: &str = "
+DROP INDEX IF EXISTS ledger_recent;
+DROP INDEX IF EXISTS ledger_recent_all;
 ";

@@ -309,6 +309,13 @@ impl Books {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
             true,
         )?;
+        // Plans never depend on the values bound: a statement is prepared
+        // once, not again at its first bind (SQLite re-prepares a statement
+        // whose LIMIT is a bound value, as the estimate's is).
+        self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         // NORMAL in WAL mode: a commit survives any crash of the process
         // (SIGKILL included); a power loss may lose the last ones, which
         // the records and the next reap's reconcile make good.
@@ -347,8 +354,12 @@ impl Books {
             if version == 0 {
                 let dir = self.path.parent().unwrap_or(Path::new("."));
                 imported = import_old_ledger(&tx, dir)?;
-            } else if version == 1 {
+            }
+            if version == 1 {
                 tx.execute_batch(schema::UPGRADE_FROM_1)?;
+            }
+            if (1..=2).contains(&version) {
+                tx.execute_batch(schema::UPGRADE_FROM_2)?;
             }
             tx.execute_batch(&format!("PRAGMA user_version = {}", schema::VERSION))?;
         }
@@ -1197,7 +1208,10 @@ mod tests {
         let e = Books::open(d.path(), Duration::from_secs(1)).err().unwrap();
         assert_eq!(crate::error::code_of(&e), Code::Config);
         let m = format!("{e:#}");
-        assert!(m.contains("version 7") && m.contains("version 2"), "{m}");
+        assert!(
+            m.contains("version 7") && m.contains(&format!("version {}", schema::VERSION)),
+            "{m}"
+        );
     }
 
     /// Books of version 1 (no `job_total`, no `failover`) are upgraded in
@@ -1255,6 +1269,82 @@ mod tests {
         assert_eq!(c.last_success, 0.0);
         b.note_success(12.5).unwrap();
         assert_eq!(b.counters().unwrap().last_success, 12.5);
+    }
+
+    /// The estimate (the mean of the last completed costs) is read from an
+    /// index alone, on new books and on books of version 2 upgraded in
+    /// place: an admission reads no row of a large ledger.
+    #[test]
+    fn the_estimate_reads_an_index_alone_also_after_an_upgrade_from_2() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = open(d.path());
+        b.book(
+            &[
+                entry("j-1", "gemini", "completed", 0.5, "2026-01-02T00:00:00Z"),
+                entry("j-2", "gemini", "completed", 0.25, "2026-01-02T00:00:01Z"),
+                entry("j-3", "claude", "failed", 0.0, "2026-01-02T00:00:02Z"),
+            ],
+            &[],
+        )
+        .unwrap();
+        drop(b);
+        let plans = |b: &Books| -> Vec<String> {
+            [
+                (super::super::queries::MEAN_OF, 2),
+                (super::super::queries::MEAN_ALL, 1),
+            ]
+            .iter()
+            .map(|(sql, n)| {
+                let args: Vec<&dyn rusqlite::ToSql> = if *n == 2 {
+                    vec![&"gemini", &50i64]
+                } else {
+                    vec![&50i64]
+                };
+                let mut q = b
+                    .conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .unwrap();
+                let rows: Vec<String> = q
+                    .query_map(args.as_slice(), |r| r.get(3))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                rows.join("; ")
+            })
+            .collect()
+        };
+        for p in plans(&open(d.path())) {
+            assert!(p.contains("USING COVERING INDEX ledger_recent"), "{p}");
+        }
+        let c = Connection::open(super::super::path(d.path())).unwrap();
+        c.execute_batch(
+            "DROP INDEX ledger_recent_cost; DROP INDEX ledger_recent_all_cost;
+             CREATE INDEX ledger_recent ON ledger(status, provider, id);
+             CREATE INDEX ledger_recent_all ON ledger(status, id);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(c);
+        let b = open(d.path());
+        for p in plans(&b) {
+            assert!(p.contains("USING COVERING INDEX ledger_recent"), "{p}");
+        }
+        let names: Vec<String> = b
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE name LIKE 'ledger_recent%' ORDER BY 1")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(names, ["ledger_recent_all_cost", "ledger_recent_cost"]);
+        let mean: (Option<f64>, i64) = b
+            .conn
+            .query_row(super::super::queries::MEAN_OF, params!["gemini", 50], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(mean, (Some(0.375), 2));
     }
 
     #[test]
