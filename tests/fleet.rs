@@ -20,6 +20,39 @@ fn lib_config(pg: &pg::Pg, host: &str) -> FleetConfig {
     }
 }
 
+/// Hosts that start at once against a new database all get the schema:
+/// none fails on another's half-made one (PostgreSQL's `CREATE SCHEMA IF
+/// NOT EXISTS` is no guard against a concurrent one).
+#[test]
+fn hosts_starting_at_once_on_a_new_database_all_connect() {
+    let Some(pg) = pg::Pg::start() else { return };
+    for round in 0..8 {
+        pg.psql("DROP SCHEMA IF EXISTS ccl_delegate CASCADE");
+        let start = std::sync::Barrier::new(12);
+        let failed: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..12)
+                .map(|i| {
+                    let (pg, start) = (&pg, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        Fleet::connect(
+                            &lib_config(pg, &format!("h{i}")),
+                            Duration::from_secs(10),
+                            Duration::from_secs(86_400),
+                        )
+                        .err()
+                        .map(|e| format!("round {round}, host h{i}: {e:#}"))
+                    })
+                })
+                .collect();
+            hs.into_iter().filter_map(|h| h.join().unwrap()).collect()
+        });
+        assert!(failed.is_empty(), "{failed:#?}");
+        let version = pg.psql("SELECT value FROM ccl_delegate.meta WHERE key = 'schema_version'");
+        assert!(version.trim().parse::<i64>().is_ok(), "{version:?}");
+    }
+}
+
 #[test]
 fn the_library_admits_across_connections_exactly_to_the_limit() {
     let Some(pg) = pg::Pg::start() else { return };

@@ -261,10 +261,19 @@ fn unreachable(shown: &str, e: &(dyn std::error::Error + 'static)) -> anyhow::Er
         why.push_str(&s.to_string());
         src = s.source();
     }
+    // A database that answered with an error was reached: said so.
+    let answered = e
+        .downcast_ref::<postgres::Error>()
+        .is_some_and(|p| p.as_db_error().is_some());
+    let what = if answered {
+        "answered with an error"
+    } else {
+        "is unreachable"
+    };
     fail(
         Code::TempFail,
         format!(
-            "the fleet database {shown} is unreachable: {}",
+            "the fleet database {shown} {what}: {}",
             crate::text::clip(&why, 300)
         ),
     )
@@ -428,10 +437,12 @@ impl Fleet {
             return Err(self.newer(v));
         }
         let r = (|| {
-            self.client
-                .batch_execute("CREATE SCHEMA IF NOT EXISTS ccl_delegate")?;
+            // Everything under the lock, the schema itself included: two
+            // hosts' `CREATE SCHEMA IF NOT EXISTS` at once make one fail
+            // (a duplicate key in pg_namespace).
             let mut tx = self.client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
+            tx.batch_execute("CREATE SCHEMA IF NOT EXISTS ccl_delegate")?;
             tx.batch_execute(
                 "CREATE TABLE IF NOT EXISTS ccl_delegate.meta (key text PRIMARY KEY, value text NOT NULL)",
             )?;

@@ -74,8 +74,14 @@ fn main() {
     let run = || -> rusqlite::Result<()> {
         conn.busy_timeout(Duration::from_secs(10))?;
         // As src/books/store.rs: the log stays between runs.
-        conn.file_control(Some(rusqlite::MAIN_DB), rusqlite::FileControl::PersistWal(&mut 1))?;
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        conn.file_control(
+            Some(rusqlite::MAIN_DB),
+            rusqlite::FileControl::PersistWal(&mut 1),
+        )?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")?;
         let mut n = 0i64;
         conn.prepare(COUNTS)?
@@ -83,7 +89,9 @@ fn main() {
             .for_each(|c| n += c.unwrap_or(0));
         let mut spent = conn.prepare(SPENT)?;
         for (lo, hi) in [(&day, &day), (&month_lo, &month_hi)] {
-            spent.query_map([lo, hi], |r| r.get::<_, f64>(1))?.for_each(drop);
+            spent
+                .query_map([lo, hi], |r| r.get::<_, f64>(1))?
+                .for_each(drop);
         }
         let mut mean = conn.prepare(MEAN_OF)?;
         for p in PROVIDERS {
@@ -92,7 +100,14 @@ fn main() {
         conn.query_row(MEAN_ALL, [RECENT], |r| r.get::<_, Option<f64>>(0))?;
         conn.execute(
             INSERT,
-            params![key, project, "floor.md", "gemini", None::<String>, "2026-01-01T00:00:00Z"],
+            params![
+                key,
+                project,
+                "floor.md",
+                "gemini",
+                None::<String>,
+                "2026-01-01T00:00:00Z"
+            ],
         )?;
         conn.execute_batch("COMMIT")
     };
