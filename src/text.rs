@@ -51,6 +51,11 @@ pub fn json_pretty<T: serde::Serialize + ?Sized>(v: &T) -> serde_json::Result<St
     Ok(json_escape_raw(serde_json::to_string_pretty(v)?))
 }
 
+/// [`json_pretty`] on one line (as `serde_json` writes a value compactly).
+pub fn json_line<T: serde::Serialize + ?Sized>(v: &T) -> serde_json::Result<String> {
+    Ok(json_escape_raw(serde_json::to_string(v)?))
+}
+
 /// Outside its strings, JSON text is ASCII with no control but the
 /// newlines of the pretty form; every unsafe character at or above DEL is
 /// thus inside a string, where `\uXXXX` means the same character (all of
@@ -143,6 +148,9 @@ mod tests {
             );
             let back: serde_json::Value = serde_json::from_str(&got).unwrap();
             assert_eq!(back, v, "{got}");
+            let one = json_line(&v).unwrap();
+            assert!(!one.chars().any(is_unsafe_char), "{one:?}");
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&one).unwrap(), v);
         }
         assert!(json_pretty(&"\u{202e}").unwrap() == "\"\\u202e\"");
     }

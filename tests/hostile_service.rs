@@ -222,6 +222,46 @@ fn server_strings_with_control_characters_are_escaped() {
     assert_clean("cancel stderr", &out.stderr);
 }
 
+/// `--json` prints the service's object as it is, but never a raw control
+/// or bidi character: DEL, the C1 controls (CSI among them), U+202E and the
+/// line separators come out as `\uXXXX`, and the JSON reads back the same.
+#[test]
+fn json_of_get_result_and_cancel_escapes_what_the_service_sent() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    p.task("a.md", b"---\nallow_delegation: true\n---\nA.\n");
+    let job = p.submit_ok(&mock, "a.md");
+    let evil = "x\u{7f}\u{9b}2J\u{202e}\u{2028}\u{2066}\u{1b}[31m";
+    let reads_back = |what: &str, out: &Out, field: &str| {
+        assert_clean(what, &out.stdout);
+        assert_eq!(out.stdout.lines().count(), 1, "{what}: {:?}", out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{what}: {e}: {:?}", out.stdout));
+        let got = v[field].as_str().unwrap_or_default();
+        assert!(got.ends_with(evil), "{what}: {field} = {got:?}");
+    };
+
+    mock.set(json!({"status_of": {job.clone(): "failed"}, "error": format!("boom{evil}")}));
+    let out = p.run(Some(&mock), &["get", "--json", &job]);
+    out.expect(0);
+    reads_back("get --json", &out, "error");
+
+    mock.set(json!({"status_of": {job.clone(): "completed"}, "error": null}));
+    mock.set(json!({"job": job, "response": format!("answer{evil}")}));
+    let out = p.run(Some(&mock), &["result", "--json", &job]);
+    out.expect(0);
+    reads_back("result --json", &out, "response");
+
+    mock.set(json!({"status_of": {job.clone(): "running"}, "error": format!("busy{evil}")}));
+    let out = p.run(Some(&mock), &["cancel", "--json", &job]);
+    assert_clean("cancel --json stderr", &out.stderr);
+    if !out.stdout.is_empty() {
+        assert_clean("cancel --json", &out.stdout);
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("cancel --json: {e}: {:?}", out.stdout));
+    }
+}
+
 /// The first cell of a CSV line, as a spreadsheet reads it (quotes off).
 fn first_csv_cell(line: &str) -> String {
     match line.strip_prefix('"') {

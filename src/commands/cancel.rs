@@ -26,7 +26,7 @@ pub fn run(args: &CancelArgs, settings: &Settings) -> anyhow::Result<Code> {
         Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot cancel job {job}"))),
     };
     if args.json {
-        println!("{}", st.raw);
+        println!("{}", crate::text::json_line(&st.raw)?);
     } else {
         println!("{}", crate::text::clip(st.status.as_str(), 64));
     }

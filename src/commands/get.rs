@@ -13,7 +13,7 @@ pub fn run(args: &GetArgs, settings: &Settings) -> anyhow::Result<Code> {
         .status(&job)
         .map_err(|e| anyhow::Error::new(e).context(format!("job {job}")))?;
     if args.json {
-        println!("{}", st.raw);
+        println!("{}", crate::text::json_line(&st.raw)?);
     } else {
         println!("{}", clip(st.status.as_str(), 64));
         if let Some(err) = &st.error {

@@ -72,7 +72,7 @@ pub fn run(args: &ResultArgs, settings: &Settings) -> anyhow::Result<Code> {
 fn print_result(r: &JobResult, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", r.raw)?;
+        writeln!(out, "{}", crate::text::json_line(&r.raw)?)?;
     } else {
         out.write_all(r.response.as_bytes())?;
         if !r.response.ends_with('\n') {
