@@ -503,9 +503,18 @@ pub struct LedgerRebuildArgs {
 
 /// A humantime duration such as `30s`, `2m`, `24h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration like 30s or 24h: {e}"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like 30s or 24h: {e}"))?;
+    // Every duration is added to or taken from a time: one beyond any
+    // clock's range is refused rather than overflowing one.
+    if d > MAX_DURATION {
+        return Err(format!("`{s}` is longer than 100 years"));
+    }
+    Ok(d)
 }
+
+/// The longest duration any flag or config key takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 86_400);
 
 /// The clap command, for the generators of completions and man pages.
 pub fn command() -> clap::Command {

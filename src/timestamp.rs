@@ -2,9 +2,17 @@
 
 use std::time::{Duration, SystemTime};
 
-/// `2026-11-24T10:00:00Z`.
+/// As stored: `YYYY-MM-DDTHH:MM:SSZ`. A time outside the years 1970 to
+/// 9999 (a window's bound from a long `--since`, a far `--until`) is
+/// clamped to that range, which holds every time the tool stores.
 pub fn format(t: SystemTime) -> String {
+    let t = t.clamp(SystemTime::UNIX_EPOCH, latest());
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// 9999-12-31T23:59:59Z, the last time [`format`] writes.
+fn latest() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
 }
 
 pub fn now() -> String {

@@ -455,3 +455,49 @@ fn a_cap_of_minus_zero_is_zero() {
         }
     }
 }
+
+/// Durations at the edges of every clock: a `lock_timeout` longer than
+/// SQLite's or PostgreSQL's longest wait (24 days) works, a `max_age` of
+/// 60 years counts nothing as expired, report windows reaching before 1970
+/// or up to 9999 report; past 100 years a duration is refused with its key
+/// (exit 78) or its flag (exit 64). Nothing panics.
+#[test]
+fn durations_at_the_edges_of_the_clocks_work_or_are_refused_never_panic() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    p.write_config("lock_timeout: 30d\nmax_age: 60y\nbudget:\n  daily_cad: 100\n");
+    p.task("a.md", b"---\nallow_delegation: true\n---\nA.\n");
+    let job = p.submit_ok(&mock, "a.md");
+    mock.set(json!({"status_of": {job.clone(): "completed"}}));
+    let out = p.reap(&mock, &[]);
+    out.expect(0);
+    assert!(out.stdout.starts_with("done "), "{out:?}");
+    assert!(p.queue().join("done/a.md").is_file());
+    for args in [
+        vec!["report", "--since", "100y"],
+        vec!["report", "--until", "9999-12-31"],
+        vec!["report", "--since", "1960-01-01", "--json"],
+        vec!["status", "--project", s(&p.dir)],
+    ] {
+        let out = p.run(None, &args);
+        out.expect(0);
+        assert_eq!(out.stderr, "", "{args:?}");
+    }
+    let out = p.run(None, &["report", "--since", "100y", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["total"]["jobs"], 1, "{}", out.stdout);
+
+    let f = p.write_config("lock_timeout: 200y\n");
+    let out = p.run(None, &["status", "--project", s(&p.dir)]);
+    out.expect(78);
+    assert!(
+        out.stderr
+            .contains(&format!("config file {}: line 1: lock_timeout", s(&f))),
+        "{}",
+        out.stderr
+    );
+    p.write_config("");
+    let out = p.run(Some(&mock), &["reap", "--max-age", "1000y"]);
+    out.expect(64);
+    assert!(out.stderr.contains("longer than 100 years"), "{}", out.stderr);
+}

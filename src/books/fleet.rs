@@ -377,7 +377,8 @@ impl Fleet {
         if let Some(p) = password(cfg, info.has_password)? {
             pg.password(p);
         }
-        let ms = timeout.as_millis().max(1);
+        // PostgreSQL takes at most i32::MAX ms (24 days) for either.
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
         let options = format!(
             "{} -c search_path=ccl_delegate -c statement_timeout={ms} -c lock_timeout={ms}",
             pg.get_options().unwrap_or_default()
@@ -644,7 +645,7 @@ impl Fleet {
     }
 
     fn cutoff(&self, now: SystemTime) -> String {
-        crate::timestamp::format(now.checked_sub(self.max_age).unwrap_or(now))
+        crate::timestamp::format(now.checked_sub(self.max_age).unwrap_or(SystemTime::UNIX_EPOCH))
     }
 
     /// Notes the job a reservation became (the price rule names it).

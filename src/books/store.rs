@@ -286,7 +286,7 @@ impl Books {
         let done = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        self.conn.busy_timeout(self.timeout)?;
+        self.conn.busy_timeout(busy(self.timeout))?;
         match done {
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(()),
             r => Ok(r?),
@@ -296,7 +296,7 @@ impl Books {
     /// Settings of the connection, then the schema: created (and an old
     /// ledger imported) on first use, refused when newer than this binary.
     fn prepare(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        self.conn.busy_timeout(timeout)?;
+        self.conn.busy_timeout(busy(timeout))?;
         // The -wal and -shm files stay between runs, and closing does not
         // checkpoint: a run that opens the books creates, fsyncs and
         // deletes nothing (SQLite's own checkpoints, every 1000 pages,
@@ -825,6 +825,12 @@ fn not_a_file(path: &str) -> anyhow::Error {
 /// index of it), so a log that grew over many submits without a reap made
 /// each of them slower (measured: 1.0 MB of log, +1.7 ms a submit).
 const WAL_KEPT: u64 = 256 * 1024;
+
+/// A wait SQLite takes: at most `i32::MAX` milliseconds (24 days), which
+/// its busy timeout cannot exceed.
+fn busy(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_millis(i32::MAX as u64))
+}
 
 /// Closing the books empties a long log (never waiting for another run).
 impl Drop for Books {

@@ -167,10 +167,18 @@ pub fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
 /// time.
 pub fn parse_when(s: &str, now: SystemTime, end_of_day: bool) -> Option<SystemTime> {
     let t = s.trim();
+    // Back past 1970 is from the start: no entry is older.
     if let Ok(d) = humantime::parse_duration(t) {
-        return now.checked_sub(d);
+        return Some(now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
     }
     if t.len() == 10 && t.as_bytes()[4] == b'-' && t.as_bytes()[7] == b'-' {
+        if let Some(year) = t.get(..4).and_then(|y| y.parse::<u32>().ok())
+            && year < 1970
+        {
+            // A real date (checked in a leap year of the clock's range).
+            crate::timestamp::parse(&format!("1972{}T00:00:00Z", &t[4..]))?;
+            return Some(SystemTime::UNIX_EPOCH);
+        }
         let start = crate::timestamp::parse(&format!("{t}T00:00:00Z"))?;
         return Some(if end_of_day { start + DAY } else { start });
     }
@@ -455,6 +463,16 @@ mod tests {
         );
         assert_eq!(f("last week", false), None);
         assert_eq!(f("2026-13-45", false), None);
+        // Reaching before 1970, or up to 9999: clamped, never a panic.
+        let epoch = Some("1970-01-01T00:00:00Z");
+        assert_eq!(f("100y", false).as_deref(), epoch);
+        assert_eq!(f("500000y", false).as_deref(), epoch);
+        assert_eq!(f("1960-02-29", false).as_deref(), epoch);
+        assert_eq!(f("1961-02-30", false), None);
+        assert_eq!(
+            f("9999-12-31", true).as_deref(),
+            Some("9999-12-31T23:59:59Z")
+        );
     }
 
     #[test]
