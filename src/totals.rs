@@ -89,7 +89,10 @@ pub fn from_books(
         });
         if completed {
             t.done = t.done.saturating_add(count);
-            t.cost_cad += cost;
+            // A sum damaged by hand (negative, infinite) adds nothing.
+            if cost.is_finite() && cost > 0.0 {
+                t.cost_cad += cost;
+            }
         } else {
             t.failed = t.failed.saturating_add(count);
         }

@@ -478,10 +478,11 @@ fn a_burst_while_the_price_is_unknown_sends_one_job() {
 }
 
 /// Sums never wrap, and damaged sums never make room: a hostile service's
-/// token counts saturate; a day's sum set below zero by hand counts as
-/// nothing spent, never as credit.
+/// token counts saturate; a day's sum set below zero or to infinity by
+/// hand is damage, on which admission fails closed (naming the fix) until
+/// `ledger rebuild` makes the sums again from the ledger.
 #[test]
-fn sums_saturate_and_a_negative_sum_is_no_credit() {
+fn sums_saturate_and_a_damaged_sum_fails_closed_until_rebuilt() {
     let mock = Mock::start(&["--statuses", "completed", "--provider-cost", "gpu=0.40"]);
     mock.set(serde_json::json!({"tokens_in": u64::MAX}));
     let p = Project::new();
@@ -495,10 +496,25 @@ fn sums_saturate_and_a_negative_sum_is_no_credit() {
     assert_eq!(r["total"]["jobs"], 3);
 
     p.write_config("budget:\n  daily_cad: 2.00\n");
-    let c = rusqlite::Connection::open(p.state_dir().join("books.sqlite")).unwrap();
-    c.execute_batch("UPDATE spend_day SET cost_cad = -1000")
-        .unwrap();
-    drop(c);
+    p.task("d.md", &provider_task("gpu", ""));
+    for damage in ["-1000", "9e999"] {
+        let c = rusqlite::Connection::open(p.state_dir().join("books.sqlite")).unwrap();
+        c.execute_batch(&format!("UPDATE spend_day SET cost_cad = {damage}"))
+            .unwrap();
+        drop(c);
+        let out = submit(&p, &mock, "d.md", &[]);
+        assert_eq!(out.code, 75, "{damage}: {out:?}");
+        assert_eq!(out.stdout, "deferred gpu: books unavailable\n", "{damage}");
+        assert!(
+            out.stderr.contains("the books are damaged")
+                && out.stderr.contains("ledger rebuild"),
+            "{damage}: {}",
+            out.stderr
+        );
+        assert_eq!(markers(&p), 0, "{damage}");
+    }
+    let dir = p.dir.to_str().unwrap();
+    p.run(None, &["ledger", "rebuild", "--project", dir]).expect(0);
     let mut delegated = 0;
     for i in 0..8 {
         let name = format!("n{i}.md");
@@ -508,9 +524,9 @@ fn sums_saturate_and_a_negative_sum_is_no_credit() {
         }
         p.reap(&mock, &[]).expect(0);
     }
-    // Nothing counted spent today (the sum reads as 0, never -1000): 2.00
-    // at 0.40 a job lets five go, not eight.
-    assert_eq!(delegated, 5);
+    // The sums made again: 1.20 spent today, so 2.00 at 0.40 a job lets
+    // two more go, never the five or more a damaged sum would.
+    assert_eq!(delegated, 2);
 }
 
 /// A requeued task's job stays in the books, and status and rebuild agree

@@ -86,6 +86,18 @@ impl<R: Reader> Reader for Fetched<R> {
     }
 }
 
+/// A value no transaction of the tool writes: the books were changed by
+/// other hands, and `ledger rebuild` makes their sums again.
+fn damaged_if(bad: bool, what: &str, provider: &str, v: f64) -> anyhow::Result<()> {
+    if bad {
+        anyhow::bail!(
+            "the books are damaged: {what} of {} is {v}; run `ccl-delegate ledger rebuild`",
+            crate::text::clip(provider, 40)
+        );
+    }
+    Ok(())
+}
+
 /// What the ledger says for admission: spent today and this month (by the
 /// day sums, so an entry dated ahead counts in its own day and never hides
 /// today's), the mean of the last completed costs, and a job in flight of
@@ -97,8 +109,10 @@ pub fn spending(r: &mut impl Reader, counts: &Counts, now: SystemTime) -> anyhow
         let mut out = BTreeMap::new();
         let mut all = 0.0;
         for (p, c) in r.spent(lo, hi)? {
-            // A sum damaged below zero is no credit.
-            let c = if c.is_finite() { c.max(0.0) } else { 0.0 };
+            // The triggers never make a sum negative or infinite: one that
+            // is was damaged, and admission fails closed on it rather
+            // than read it as a credit or as nothing spent.
+            damaged_if(!(c.is_finite() && c >= 0.0), "spent", &p, c)?;
             all += c;
             out.insert(p, c);
         }
@@ -111,12 +125,14 @@ pub fn spending(r: &mut impl Reader, counts: &Counts, now: SystemTime) -> anyhow
         if let (Some(m), n) = r.mean(Some(p.as_str()))?
             && n > 0
         {
+            damaged_if(!(m.is_finite() && m >= 0.0), "the mean cost", p.as_str(), m)?;
             s.means.insert(p.as_str().to_string(), m);
         }
     }
     if let (Some(m), n) = r.mean(None)?
         && n > 0
     {
+        damaged_if(!(m.is_finite() && m >= 0.0), "the mean cost", "all", m)?;
         s.means.insert("all".to_string(), m);
     }
     for p in counts.keys() {
