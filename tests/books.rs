@@ -238,6 +238,40 @@ fn a_provider_named_in_another_case_counts_under_its_cap() {
     );
 }
 
+/// A marker that names its provider in another case (one of the earlier Go
+/// implementation, or edited by hand) counts under the provider's own name
+/// when a reap reconciles the books with the markers: it holds the
+/// `claude` limit like any claude job, and the metrics count it there.
+#[test]
+fn a_marker_naming_its_provider_in_another_case_counts_under_its_limit() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    // Sent before any limit was configured: the books learn of it from
+    // its marker, at the next reap.
+    p.task("old.md", &provider_task("claude", ""));
+    let job = p.submit_ok(&mock, "old.md");
+    p.write_config("max_in_flight:\n  claude: 1\n");
+    let mut m = p.marker("old.md").unwrap();
+    m["provider"] = "Claude".into();
+    m["started_at"] = format!(" {} ", m["started_at"].as_str().unwrap()).into();
+    p.write_marker("old.md", &m.to_string());
+    let metrics = p.dir.join("metrics.prom");
+    p.reap(&mock, &["--metrics-file", metrics.to_str().unwrap()])
+        .expect(0);
+    assert!(p.marker("old.md").is_some(), "job {job} still running");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("provider=\"claude\"") && l.ends_with(" 1")
+            && l.starts_with("ccl_delegate_active_jobs")),
+        "{text}"
+    );
+    assert!(!text.contains("\"Claude\""), "{text}");
+    p.task("new.md", &provider_task("claude", ""));
+    let out = submit(&p, &mock, "new.md", &[]);
+    assert_eq!(out.code, 75, "{out:?}");
+    assert_eq!(out.stdout, "deferred claude: 1 in flight, limit 1\n");
+}
+
 /// Counting once never depends on the run lock: two reaps at once with
 /// their own lock files, over chains that fail over, book every job once.
 #[test]

@@ -802,10 +802,12 @@ fn reap_moves_failed_cancelled_and_expired_jobs_to_failed_with_reason() {
     want.sort();
     assert_eq!(got, want, "one line per finished task");
 
+    // The provider the service said ran the job (policy.md "The ledger"):
+    // the auto task's job ran on gemini.
     for (name, reason, provider, job) in [
         ("f.md", "failed", "gemini", &jobs[0]),
         ("c.md", "cancelled", "gpu", &jobs[1]),
-        ("e.md", "expired", "auto", &jobs[2]),
+        ("e.md", "expired", "gemini", &jobs[2]),
     ] {
         let r = Record::read(&p.failed().join(name));
         assert_eq!(

@@ -313,13 +313,16 @@ fn in_flight(q: &Queue, project: &str) -> std::io::Result<Vec<Reservation>> {
             (Some(j), true) => format!("job:{j}"),
             (None, true) => continue,
         };
+        // As admission writes them: the provider's own name whatever its
+        // case in the file (a marker of the Go implementation, one edited
+        // by hand), the start in UTC (the fleet compares it as text).
         out.push(Reservation {
             key,
             project: project.to_string(),
             task: task.to_string_lossy().into_owned(),
-            provider: m.provider.clone(),
+            provider: crate::books::counted_provider(&m.provider, None).0,
             job_id: m.job_id.clone().filter(|_| m.state == State::Submitted),
-            started_at: m.started_at.clone(),
+            started_at: crate::books::utc(&m.started_at).unwrap_or_else(|| m.started_at.clone()),
         });
     }
     Ok(out)

@@ -115,10 +115,18 @@ impl Ctx<'_> {
     }
 
     fn failed(&self, w: &Work<'_>, reason: &str, details: Vec<u8>) -> anyhow::Result<()> {
+        // The provider that ran the job where the service said it (policy.md
+        // "The ledger"), as a done record has it; else the one asked for.
+        let provider = w
+            .status
+            .as_ref()
+            .and_then(|s| s.provider.as_deref())
+            .filter(|p| !p.trim().is_empty())
+            .map_or_else(|| w.m.provider.clone(), |p| crate::text::clip(p, 80));
         self.hand_over(finished(
             w,
             Verdict::Failed {
-                provider: w.m.provider.clone(),
+                provider,
                 reason: reason.to_string(),
                 details,
             },

@@ -37,6 +37,11 @@ fn project_label(q: &Queue) -> String {
     q.project.display().to_string()
 }
 
+/// A provider as the books count it, whatever its case in a marker.
+fn provider_label(requested: &str) -> String {
+    crate::books::counted_provider(requested, None).0
+}
+
 impl Tally {
     pub fn project(&mut self, q: &Queue) {
         self.projects.push(project_label(q));
@@ -47,7 +52,7 @@ impl Tally {
     pub fn active(&mut self, q: &Queue, requested: &str) {
         let c = self
             .by
-            .entry((project_label(q), requested.to_string()))
+            .entry((project_label(q), provider_label(requested)))
             .or_default();
         c.tracked = true;
         c.active += 1;
@@ -56,7 +61,7 @@ impl Tally {
     /// A job finished: out of flight under the provider it was counted
     /// with (the books count it under the provider that ran it).
     pub fn finished(&mut self, q: &Queue, requested: &str) {
-        if let Some(c) = self.by.get_mut(&(project_label(q), requested.to_string())) {
+        if let Some(c) = self.by.get_mut(&(project_label(q), provider_label(requested))) {
             c.active = c.active.saturating_sub(1);
         }
     }
