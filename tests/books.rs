@@ -261,7 +261,8 @@ fn a_marker_naming_its_provider_in_another_case_counts_under_its_limit() {
     assert!(p.marker("old.md").is_some(), "job {job} still running");
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(
-        text.lines().any(|l| l.contains("provider=\"claude\"") && l.ends_with(" 1")
+        text.lines().any(|l| l.contains("provider=\"claude\"")
+            && l.ends_with(" 1")
             && l.starts_with("ccl_delegate_active_jobs")),
         "{text}"
     );
@@ -540,15 +541,15 @@ fn sums_saturate_and_a_damaged_sum_fails_closed_until_rebuilt() {
         assert_eq!(out.code, 75, "{damage}: {out:?}");
         assert_eq!(out.stdout, "deferred gpu: books unavailable\n", "{damage}");
         assert!(
-            out.stderr.contains("the books are damaged")
-                && out.stderr.contains("ledger rebuild"),
+            out.stderr.contains("the books are damaged") && out.stderr.contains("ledger rebuild"),
             "{damage}: {}",
             out.stderr
         );
         assert_eq!(markers(&p), 0, "{damage}");
     }
     let dir = p.dir.to_str().unwrap();
-    p.run(None, &["ledger", "rebuild", "--project", dir]).expect(0);
+    p.run(None, &["ledger", "rebuild", "--project", dir])
+        .expect(0);
     let mut delegated = 0;
     for i in 0..8 {
         let name = format!("n{i}.md");

@@ -499,5 +499,9 @@ fn durations_at_the_edges_of_the_clocks_work_or_are_refused_never_panic() {
     p.write_config("");
     let out = p.run(Some(&mock), &["reap", "--max-age", "1000y"]);
     out.expect(64);
-    assert!(out.stderr.contains("longer than 100 years"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("longer than 100 years"),
+        "{}",
+        out.stderr
+    );
 }

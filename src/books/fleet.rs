@@ -645,7 +645,10 @@ impl Fleet {
     }
 
     fn cutoff(&self, now: SystemTime) -> String {
-        crate::timestamp::format(now.checked_sub(self.max_age).unwrap_or(SystemTime::UNIX_EPOCH))
+        crate::timestamp::format(
+            now.checked_sub(self.max_age)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        )
     }
 
     /// Notes the job a reservation became (the price rule names it).

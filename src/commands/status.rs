@@ -265,7 +265,8 @@ fn totals_from_heads(q: &Queue, totals: &mut Totals) {
                 continue;
             };
             // Counted as the books count it: `Claude` is claude.
-            let provider = crate::books::counted_provider(r.provider.as_deref().unwrap_or(""), None).0;
+            let provider =
+                crate::books::counted_provider(r.provider.as_deref().unwrap_or(""), None).0;
             totals::add(totals, provider, done, r.cost_cad.unwrap_or(0.0));
         }
     }

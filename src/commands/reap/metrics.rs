@@ -61,7 +61,10 @@ impl Tally {
     /// A job finished: out of flight under the provider it was counted
     /// with (the books count it under the provider that ran it).
     pub fn finished(&mut self, q: &Queue, requested: &str) {
-        if let Some(c) = self.by.get_mut(&(project_label(q), provider_label(requested))) {
+        if let Some(c) = self
+            .by
+            .get_mut(&(project_label(q), provider_label(requested)))
+        {
             c.active = c.active.saturating_sub(1);
         }
     }
