@@ -703,6 +703,31 @@ fn ledger_rebuild_mends_books_that_are_no_database() {
     assert_eq!(p.report_json("provider")["total"]["jobs"], 2);
 }
 
+/// Books made anew by `ledger rebuild` know the jobs in flight at once
+/// (from the markers, under the queue locks), not only after the next
+/// reap: a limit holds between the rebuild and that reap.
+#[test]
+fn ledger_rebuild_of_damaged_books_keeps_the_jobs_in_flight() {
+    let mock = Mock::start(&[]);
+    let p = Project::new();
+    p.write_config("max_in_flight:\n  all: 1\n");
+    p.task("a.md", &provider_task("gemini", ""));
+    p.submit_ok(&mock, "a.md");
+    let books = p.state_dir().join("books.sqlite");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", books.display()));
+    }
+    std::fs::write(&books, vec![0x5au8; 4096]).unwrap();
+    let dir = p.dir.to_str().unwrap();
+    p.run(None, &["ledger", "rebuild", "--project", dir])
+        .expect(0);
+    p.task("b.md", &provider_task("gemini", ""));
+    let out = submit(&p, &mock, "b.md", &[]);
+    assert_eq!(out.code, 75, "{out:?}");
+    assert_eq!(out.stdout, "deferred gemini: 1 in flight, limit 1\n");
+    assert_eq!(markers(&p), 1);
+}
+
 /// Only jobs the service made are jobs: a step a limit deferred and a
 /// budget then refused is no job, in the ledger, `report`, `status` and
 /// the metrics; the line names the last job that ran.

@@ -337,7 +337,8 @@ fn limit_position(key: crate::policy::LimitKey, counts: &crate::policy::Counts) 
         LimitKey::Auto => "auto",
     };
     let n = if key == LimitKey::All {
-        counts.values().sum()
+        // Saturating, as admission sums them: damaged counts never wrap.
+        counts.values().fold(0u64, |a, n| a.saturating_add(*n))
     } else {
         counts.get(name).copied().unwrap_or(0)
     };

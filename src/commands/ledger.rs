@@ -1,5 +1,6 @@
 //! `ledger rebuild`: the books' ledger again from the done/ and failed/
-//! records (the source of truth), in one transaction.
+//! records (the source of truth), in one transaction; then the projects'
+//! jobs in flight from their markers.
 //!
 //! Locks, in the one order every command takes them (queue locks, then the
 //! books' transaction): the queue locks of the projects rebuilt are held
@@ -29,6 +30,13 @@ pub fn rebuild(args: &LedgerRebuildArgs, settings: &Settings, ui: Ui) -> anyhow:
     let keys: Vec<String> = projects.iter().map(|p| project_key(p)).collect();
     let mut books = open_or_renew(settings, ui)?;
     let kept = books.rebuild(&keys, &found.entries)?;
+    // The jobs in flight of these projects again from their markers, under
+    // the same locks (books made anew have none until then).
+    for (dir, key) in projects.iter().zip(&keys) {
+        let marked = super::reap::book::in_flight(&Queue::at(dir), key)
+            .map_err(|e| anyhow::anyhow!("cannot read the markers of {}: {e}", dir.display()))?;
+        books.reconcile(key, &marked)?;
+    }
     // What runs owed these projects is in the records just read.
     for dir in &projects {
         let owed = Queue::at(dir).root.join(".ccl-delegate.owed");

@@ -295,7 +295,7 @@ impl Ctx<'_> {
 /// The jobs in flight of a project, from its markers: pending or
 /// submitted, not a step a limit deferred (it holds no job). A corrupt
 /// marker counts nothing: the reap moves it to failed/.
-fn in_flight(q: &Queue, project: &str) -> std::io::Result<Vec<Reservation>> {
+pub(crate) fn in_flight(q: &Queue, project: &str) -> std::io::Result<Vec<Reservation>> {
     let mut out = Vec::new();
     for task in q.marked_tasks()? {
         let Ok(Some(bytes)) = q.read_marker(&task) else {

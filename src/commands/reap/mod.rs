@@ -24,7 +24,7 @@ use crate::queue::{Queue, shown};
 use crate::ui::Ui;
 use finish::Finished;
 
-mod book;
+pub(super) mod book;
 mod fail;
 mod failover;
 mod finish;
