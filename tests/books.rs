@@ -728,6 +728,36 @@ fn ledger_rebuild_of_damaged_books_keeps_the_jobs_in_flight() {
     assert_eq!(markers(&p), 1);
 }
 
+/// A job the service said ran on a provider that is none of ours counts
+/// under the one asked for, at reap and after `ledger rebuild` alike: the
+/// rebuild never moves its spend off that provider's cap.
+#[test]
+fn ledger_rebuild_keeps_a_job_under_the_provider_it_was_counted_for() {
+    let mock = Mock::start(&["--statuses", "completed", "--provider-cost", "claude=0.90"]);
+    mock.set(serde_json::json!({"provider": "anthropic-opus"}));
+    let p = Project::new();
+    p.write_config("budget:\n  providers:\n    claude: {daily_cad: 1.00}\n");
+    p.task("a.md", &provider_task("claude", ""));
+    p.submit_ok(&mock, "a.md");
+    p.reap(&mock, &[]).expect(0);
+    let dir = p.dir.to_str().unwrap();
+    for rebuilt in [false, true] {
+        if rebuilt {
+            p.run(None, &["ledger", "rebuild", "--project", dir])
+                .expect(0);
+        }
+        let r = p.report_json("provider");
+        let rows = r["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "rebuilt {rebuilt}: {r}");
+        assert_eq!(rows[0]["provider"], "claude", "rebuilt {rebuilt}: {r}");
+        let name = format!("b{rebuilt}.md");
+        p.task(&name, &provider_task("claude", ""));
+        let out = submit(&p, &mock, &name, &[]);
+        assert_eq!(out.code, 10, "rebuilt {rebuilt}: {out:?}");
+        assert_eq!(out.stdout, "local budget\n", "rebuilt {rebuilt}");
+    }
+}
+
 /// Only jobs the service made are jobs: a step a limit deferred and a
 /// budget then refused is no job, in the ledger, `report`, `status` and
 /// the metrics; the line names the last job that ran.

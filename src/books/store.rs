@@ -576,6 +576,26 @@ impl Books {
     /// jobless ones, are replaced.
     pub fn rebuild(&mut self, projects: &[String], fresh: &[Entry]) -> anyhow::Result<Rebuilt> {
         let tx = self.immediate()?;
+        // A record names the provider the service said; when that is no
+        // provider of ours, reap counted the job under the one asked for,
+        // which the record does not hold: kept from the entry it replaces.
+        let mut counted: std::collections::HashMap<String, String> = Default::default();
+        {
+            let mut q = tx.prepare_cached(
+                "SELECT job_id, provider FROM ledger WHERE project = ?1 AND job_id IS NOT NULL",
+            )?;
+            for p in projects {
+                let rows = q.query_map([p], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
+                for row in rows {
+                    let (job, provider) = row?;
+                    if crate::policy::Provider::parse(&provider).is_some() {
+                        counted.insert(job, provider);
+                    }
+                }
+            }
+        }
         {
             let mut del = tx.prepare_cached(
                 "DELETE FROM ledger WHERE project = ?1 AND (job_id IS NULL OR job_id IN (SELECT value FROM json_each(?2)))",
@@ -588,6 +608,19 @@ impl Books {
         }
         let mut inserted = 0i64;
         for e in fresh {
+            let kept = e
+                .job_id
+                .as_ref()
+                .filter(|_| crate::policy::Provider::parse(&e.provider).is_none())
+                .and_then(|j| counted.get(j));
+            let e = match kept {
+                Some(p) => &Entry {
+                    said_provider: e.said_provider.clone().or_else(|| Some(e.provider.clone())),
+                    provider: p.clone(),
+                    ..e.clone()
+                },
+                None => e,
+            };
             // A job booked under another project key keeps its entry.
             inserted += insert_entry(&tx, e)? as i64;
         }
