@@ -173,6 +173,51 @@ fn hosts_submitting_at_once_delegate_exactly_the_fleet_limit() {
     );
 }
 
+/// A submit whose POST surely failed gives its count back; when the fleet
+/// cannot be told then, the key waits in the host's journal and the next
+/// reap, idle as it is, deletes the reservation in the fleet's database:
+/// it never holds the fleet's limit until max_age.
+#[test]
+fn a_release_the_fleet_missed_is_pushed_by_the_next_reap() {
+    let Some(pg) = pg::Pg::start() else { return };
+    let mock = Mock::start(&[]);
+    let h = host(&pg, "h0", "max_in_flight:\n  gpu: 1\n");
+    h.p.task("a.md", &fm("preferred_ai: gpu\n"));
+    // The release's DELETE is refused by the database, the admission's
+    // INSERT is not.
+    h.p.task("warm.md", &fm("preferred_ai: gpu\n"));
+    mock.faults(serde_json::json!({"next": ["400"], "method": "POST"}));
+    h.submit(&mock, "warm.md");
+    pg.psql(
+        "CREATE FUNCTION ccl_delegate.no_delete() RETURNS trigger LANGUAGE plpgsql AS \
+         $$BEGIN RAISE EXCEPTION 'deletes refused for the test'; END$$; \
+         CREATE TRIGGER no_delete BEFORE DELETE ON ccl_delegate.reservation \
+         FOR EACH ROW EXECUTE FUNCTION ccl_delegate.no_delete()",
+    );
+    mock.faults(serde_json::json!({"next": ["400"], "method": "POST"}));
+    let out = h.submit(&mock, "a.md");
+    assert_eq!(out.code, 65, "{out:?}");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM ccl_delegate.reservation")
+            .trim(),
+        "1",
+        "the fleet could not be told"
+    );
+    pg.psql("DROP TRIGGER no_delete ON ccl_delegate.reservation");
+    let dir = h.p.dir.to_str().unwrap();
+    h.p.run(Some(&mock), &["reap", "--project", dir, "-q"])
+        .expect(0);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM ccl_delegate.reservation")
+            .trim(),
+        "0",
+        "the next reap pushed the release"
+    );
+    h.p.task("b.md", &fm("preferred_ai: gpu\n"));
+    let out = h.submit(&mock, "b.md");
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
 /// Against a fleet budget: exactly what fits, whichever host asks.
 #[test]
 fn hosts_submitting_at_once_spend_exactly_what_the_fleet_budget_allows() {

@@ -445,6 +445,17 @@ impl Books {
         Ok(())
     }
 
+    /// Takes back a reservation here and keeps its key for the fleet's
+    /// database (the next push deletes it there), when the fleet could not
+    /// be told now: the next reap then has something to push.
+    pub fn release_for_fleet(&mut self, key: &str) -> anyhow::Result<()> {
+        let tx = self.immediate()?;
+        tx.execute("DELETE FROM reservation WHERE key = ?1", [key])?;
+        tx.execute("INSERT OR IGNORE INTO released (key) VALUES (?1)", [key])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Notes the job a reservation became (the price rule names it).
     pub fn set_job(&mut self, key: &str, job_id: &str) -> anyhow::Result<()> {
         self.conn.execute(

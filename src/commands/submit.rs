@@ -381,15 +381,22 @@ fn release(settings: &Settings, reserved: Option<Reserved>, key: &str, ui: Ui) {
     if reserved.is_none() {
         return;
     }
-    let mut r =
-        Books::open(&settings.state_dir, settings.lock_timeout).and_then(|mut b| b.release(key));
-    if let Some(cfg) = &settings.fleet {
-        r = r.and(
-            Fleet::connect(cfg, settings.lock_timeout, settings.max_age)
-                .and_then(|mut f| f.release(key)),
-        );
-    }
-    if let Err(e) = r {
+    let local = || Books::open(&settings.state_dir, settings.lock_timeout);
+    let r = match &settings.fleet {
+        None => local().and_then(|mut b| b.release(key)),
+        Some(cfg) => {
+            let told = Fleet::connect(cfg, settings.lock_timeout, settings.max_age)
+                .and_then(|mut f| f.release(key));
+            // Not told: the key waits in this host's journal, which the
+            // next reap pushes (an idle reap pushes too when it holds one).
+            let kept = local().and_then(|mut b| match &told {
+                Ok(()) => b.release(key),
+                Err(_) => b.release_for_fleet(key),
+            });
+            told.and(kept)
+        }
+    };
+    if let Err(e) = &r {
         ui.warn(format_args!(
             "{e:#}; the job counts as in flight until the next reap"
         ));
