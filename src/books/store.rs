@@ -211,9 +211,14 @@ impl Books {
     }
 
     /// Up to `limit` entries not pushed yet (with their row ids), and the
-    /// keys released but not pushed.
+    /// keys released but not pushed, read on one snapshot. The keys only
+    /// with the last entries: a job's reservation is released in the fleet
+    /// in the batch that brings its entry or after it, never before (a
+    /// push cut off between batches never leaves a job counted neither
+    /// reserved nor spent).
     pub fn unpushed(&self, limit: i64) -> anyhow::Result<Unpushed> {
-        let mut q = self.conn.prepare_cached(
+        let snapshot = self.conn.unchecked_transaction()?;
+        let mut q = snapshot.prepare_cached(
             "SELECT id, job_id, project, task, provider, said_provider, model, status, cost_cad,
                     tokens_in, tokens_out, delegated_at, finished_at, step
              FROM ledger WHERE pushed = 0 ORDER BY id LIMIT ?1",
@@ -239,13 +244,16 @@ impl Books {
                     },
                 ))
             })?
-            .collect::<Result<_, _>>()?;
-        let mut q = self
-            .conn
-            .prepare_cached("SELECT key FROM released LIMIT ?1")?;
-        let keys = q
-            .query_map([limit], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = if (entries.len() as i64) < limit {
+            let mut q = snapshot.prepare_cached("SELECT key FROM released LIMIT ?1")?;
+            q.query_map([limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        drop(q);
+        snapshot.finish()?;
         Ok(Unpushed { entries, keys })
     }
 
@@ -1127,6 +1135,38 @@ mod tests {
         );
         b.release("k2").unwrap();
         assert!(b.counts().unwrap().is_empty());
+    }
+
+    /// A push sends released keys only with the last entries: a batch cut
+    /// off midway never releases a job whose entry the fleet lacks.
+    #[test]
+    fn released_keys_go_only_with_the_last_unpushed_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = open(d.path());
+        b.set_journal(true);
+        b.book(
+            &[
+                entry("j-1", "gemini", "completed", 0.5, "2026-01-02T00:00:00Z"),
+                entry("j-2", "gemini", "completed", 0.5, "2026-01-02T00:00:01Z"),
+                entry("j-3", "claude", "completed", 0.5, "2026-01-02T00:00:02Z"),
+            ],
+            &["k-1", "k-2", "k-3"],
+        )
+        .unwrap();
+        let first = b.unpushed(2).unwrap();
+        assert_eq!(first.entries.len(), 2);
+        assert!(first.keys.is_empty(), "{:?}", first.keys);
+        let ids: Vec<i64> = first.entries.iter().map(|(i, _)| *i).collect();
+        b.mark_pushed(&ids, &first.keys).unwrap();
+        // The last entry, then the keys (a batch each at most).
+        for (n_entries, n_keys) in [(1, 2), (0, 1)] {
+            let batch = b.unpushed(2).unwrap();
+            assert_eq!(batch.entries.len(), n_entries);
+            assert_eq!(batch.keys.len(), n_keys, "{:?}", batch.keys);
+            let ids: Vec<i64> = batch.entries.iter().map(|(i, _)| *i).collect();
+            b.mark_pushed(&ids, &batch.keys).unwrap();
+        }
+        assert!(!b.has_unpushed().unwrap());
     }
 
     #[test]
