@@ -86,16 +86,18 @@ impl<R: Reader> Reader for Fetched<R> {
     }
 }
 
-/// A value no transaction of the tool writes: the books were changed by
-/// other hands, and `ledger rebuild` makes their sums again.
-fn damaged_if(bad: bool, what: &str, provider: &str, v: f64) -> anyhow::Result<()> {
-    if bad {
-        anyhow::bail!(
-            "the books are damaged: {what} of {} is {v}; run `ccl-delegate ledger rebuild`",
-            crate::text::clip(provider, 40)
-        );
+/// An amount read from the books, as their transactions write it: finite
+/// and not negative. Any other was written by other hands: admission fails
+/// closed on it (rather than read it as a credit or as nothing spent), and
+/// `ledger rebuild` makes the sums again.
+fn stored(what: &str, provider: &str, v: f64) -> anyhow::Result<f64> {
+    if v.is_finite() && v >= 0.0 {
+        return Ok(v);
     }
-    Ok(())
+    anyhow::bail!(
+        "the books are damaged: {what} of {} is {v}; run `ccl-delegate ledger rebuild`",
+        crate::text::clip(provider, 40)
+    )
 }
 
 /// What the ledger says for admission: spent today and this month (by the
@@ -109,10 +111,7 @@ pub fn spending(r: &mut impl Reader, counts: &Counts, now: SystemTime) -> anyhow
         let mut out = BTreeMap::new();
         let mut all = 0.0;
         for (p, c) in r.spent(lo, hi)? {
-            // The triggers never make a sum negative or infinite: one that
-            // is was damaged, and admission fails closed on it rather
-            // than read it as a credit or as nothing spent.
-            damaged_if(!(c.is_finite() && c >= 0.0), "spent", &p, c)?;
+            let c = stored("spent", &p, c)?;
             all += c;
             out.insert(p, c);
         }
@@ -125,15 +124,17 @@ pub fn spending(r: &mut impl Reader, counts: &Counts, now: SystemTime) -> anyhow
         if let (Some(m), n) = r.mean(Some(p.as_str()))?
             && n > 0
         {
-            damaged_if(!(m.is_finite() && m >= 0.0), "the mean cost", p.as_str(), m)?;
-            s.means.insert(p.as_str().to_string(), m);
+            s.means.insert(
+                p.as_str().to_string(),
+                stored("the mean cost", p.as_str(), m)?,
+            );
         }
     }
     if let (Some(m), n) = r.mean(None)?
         && n > 0
     {
-        damaged_if(!(m.is_finite() && m >= 0.0), "the mean cost", "all", m)?;
-        s.means.insert("all".to_string(), m);
+        s.means
+            .insert("all".to_string(), stored("the mean cost", "all", m)?);
     }
     for p in counts.keys() {
         let scope = match Provider::parse(p) {

@@ -453,17 +453,6 @@ impl Books {
         Ok(())
     }
 
-    /// Takes back a reservation here and keeps its key for the fleet's
-    /// database (the next push deletes it there), when the fleet could not
-    /// be told now: the next reap then has something to push.
-    pub fn release_for_fleet(&mut self, key: &str) -> anyhow::Result<()> {
-        let tx = self.immediate()?;
-        tx.execute("DELETE FROM reservation WHERE key = ?1", [key])?;
-        tx.execute("INSERT OR IGNORE INTO released (key) VALUES (?1)", [key])?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Notes the job a reservation became (the price rule names it).
     pub fn set_job(&mut self, key: &str, job_id: &str) -> anyhow::Result<()> {
         self.conn.execute(
@@ -597,21 +586,18 @@ impl Books {
         let tx = self.immediate()?;
         // A record names the provider the service said; when that is no
         // provider of ours, reap counted the job under the one asked for,
-        // which the record does not hold: kept from the entry it replaces.
-        let mut counted: std::collections::HashMap<String, String> = Default::default();
+        // which the record does not hold: kept from the entry it replaces
+        // (looked up for those entries alone, by the job's unique index).
+        let known = |p: &str| crate::policy::Provider::parse(p).is_some();
+        let mut counted = std::collections::HashMap::new();
         {
-            let mut q = tx.prepare_cached(
-                "SELECT job_id, provider FROM ledger WHERE project = ?1 AND job_id IS NOT NULL",
-            )?;
-            for p in projects {
-                let rows = q.query_map([p], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })?;
-                for row in rows {
-                    let (job, provider) = row?;
-                    if crate::policy::Provider::parse(&provider).is_some() {
-                        counted.insert(job, provider);
-                    }
+            let mut q = tx.prepare_cached("SELECT provider FROM ledger WHERE job_id = ?1")?;
+            for e in fresh.iter().filter(|e| !known(&e.provider)) {
+                if let Some(j) = &e.job_id
+                    && let Some(p) = q.query_row([j], |r| r.get::<_, String>(0)).optional()?
+                    && known(&p)
+                {
+                    counted.insert(j.as_str(), p);
                 }
             }
         }
@@ -627,11 +613,7 @@ impl Books {
         }
         let mut inserted = 0i64;
         for e in fresh {
-            let kept = e
-                .job_id
-                .as_ref()
-                .filter(|_| crate::policy::Provider::parse(&e.provider).is_none())
-                .and_then(|j| counted.get(j));
+            let kept = e.job_id.as_deref().and_then(|j| counted.get(j));
             let e = match kept {
                 Some(p) => &Entry {
                     said_provider: e.said_provider.clone().or_else(|| Some(e.provider.clone())),

@@ -387,11 +387,15 @@ fn release(settings: &Settings, reserved: Option<Reserved>, key: &str, ui: Ui) {
         Some(cfg) => {
             let told = Fleet::connect(cfg, settings.lock_timeout, settings.max_age)
                 .and_then(|mut f| f.release(key));
-            // Not told: the key waits in this host's journal, which the
-            // next reap pushes (an idle reap pushes too when it holds one).
+            // Not told: released as a reap releases a job it books, the
+            // key kept in this host's journal for the next reap to push
+            // (an idle reap pushes too when it holds one).
             let kept = local().and_then(|mut b| match &told {
                 Ok(()) => b.release(key),
-                Err(_) => b.release_for_fleet(key),
+                Err(_) => {
+                    b.set_journal(true);
+                    b.book(&[], &[key]).map(drop)
+                }
             });
             told.and(kept)
         }
